@@ -1,0 +1,1 @@
+"""The RAVE model family: PQMF, encoders, generators, discriminators, the RAVE container."""

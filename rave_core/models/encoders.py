@@ -1,0 +1,182 @@
+"""Encoders: band signal ``(batch, n_band * channels, time)`` -> latent ``(batch, n_out * latent, frames)``.
+
+* :class:`Encoder`: RAVE v1 / BRAVE (strided convolutions with BatchNorm).
+* :class:`EncoderV2`: RAVE v2 / v3 (residual dilated units, strided downsampling).
+* :class:`VariationalEncoder`, :class:`DiscreteEncoder`: the latent regularisation around
+  them (Gaussian posterior with KL; residual vector quantisation).
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence, Tuple
+
+import gin
+import torch
+import torch.nn as nn
+
+from ..nn.conv import cached_conv1d as Conv1d
+from ..nn.conv import get_padding
+from .layers import (ActivationFactory, Residual, SampleNorm, leaky_relu, normalization,
+                     normalize_dilations)
+
+
+@gin.configurable(module="rave.blocks")
+class DilatedUnit(nn.Module):
+    """activation -> dilated conv -> activation -> 1x1 conv (the v2 residual unit)."""
+
+    def __init__(self, dim: int, kernel_size: int, dilation: int,
+                 activation: ActivationFactory = leaky_relu) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            activation(dim),
+            normalization(Conv1d(dim, dim, kernel_size=kernel_size, dilation=dilation,
+                                 padding=get_padding(kernel_size, dilation=dilation))),
+            activation(dim),
+            normalization(Conv1d(dim, dim, kernel_size=1)),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+@gin.configurable(module="rave.blocks")
+class Encoder(nn.Module):
+    """RAVE v1 / BRAVE encoder: conv, then per ratio BatchNorm, LeakyReLU, strided conv."""
+
+    def __init__(self, data_size: int, capacity: int, latent_size: int,
+                 ratios: Sequence[int], n_out: int, sample_norm: bool,
+                 repeat_layers: int, n_channels: int = 1,
+                 recurrent_layer: Optional[Callable[..., nn.Module]] = None,
+                 spectrogram=None) -> None:
+        super().__init__()
+        if recurrent_layer is not None:
+            raise NotImplementedError("recurrent encoders are not supported")
+        data_size = data_size or n_channels
+        net = [Conv1d(data_size * n_channels, capacity, 7, padding=get_padding(7))]
+        out_dim = capacity
+        for i, r in enumerate(ratios):
+            in_dim, out_dim = 2**i * capacity, 2**(i + 1) * capacity
+            net.append(SampleNorm() if sample_norm else nn.BatchNorm1d(in_dim))
+            net.append(nn.LeakyReLU(.2))
+            net.append(Conv1d(in_dim, out_dim, 2 * r + 1, stride=r,
+                              padding=get_padding(2 * r + 1, r)))
+            for _ in range(repeat_layers - 1):
+                net.append(SampleNorm() if sample_norm else nn.BatchNorm1d(out_dim))
+                net.append(nn.LeakyReLU(.2))
+                net.append(Conv1d(out_dim, out_dim, 3, padding=get_padding(3)))
+        net.append(nn.LeakyReLU(.2))
+        net.append(Conv1d(out_dim, latent_size * n_out, 5, padding=get_padding(5),
+                          groups=n_out))
+        self.net = nn.Sequential(*net)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+@gin.configurable(module="rave.blocks")
+class EncoderV2(nn.Module):
+    """RAVE v2 encoder: per ratio, residual dilated units then a strided conv."""
+
+    def __init__(self, data_size: Optional[int], capacity: int, ratios: Sequence[int],
+                 latent_size: int, n_out: int, kernel_size: int, dilations: Sequence,
+                 keep_dim: bool = False,
+                 recurrent_layer: Optional[Callable[..., nn.Module]] = None,
+                 n_channels: int = 1, activation: ActivationFactory = leaky_relu,
+                 adain: Optional[Callable[..., nn.Module]] = None,
+                 spectrogram=None) -> None:
+        super().__init__()
+        if recurrent_layer is not None:
+            raise NotImplementedError("recurrent encoders are not supported")
+        data_size = data_size or n_channels
+        net = [normalization(Conv1d(data_size * n_channels, capacity,
+                                    kernel_size=kernel_size * 2 + 1,
+                                    padding=get_padding(kernel_size * 2 + 1)))]
+        channels = capacity
+        for r, dilations_r in zip(ratios, normalize_dilations(dilations, ratios)):
+            for d in dilations_r:
+                if adain is not None:
+                    net.append(adain(dim=channels))
+                net.append(Residual(DilatedUnit(dim=channels, kernel_size=kernel_size,
+                                                dilation=d)))
+            net.append(activation(channels))
+            out_channels = channels * r if keep_dim else channels * 2
+            net.append(normalization(Conv1d(channels, out_channels, kernel_size=2 * r,
+                                            stride=r, padding=get_padding(2 * r, r))))
+            channels = out_channels
+        net.append(activation(channels))
+        net.append(normalization(Conv1d(channels, latent_size * n_out,
+                                        kernel_size=kernel_size,
+                                        padding=get_padding(kernel_size))))
+        self.net = nn.Sequential(*net)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+@gin.configurable(module="rave.blocks")
+class VariationalEncoder(nn.Module):
+    """Gaussian posterior: the encoder outputs ``(mean, scale)`` stacked on channels.
+
+    ``std = softplus(scale) + 1e-4``; ``reparametrize`` samples ``mean + std * eps`` and
+    returns the KL divergence to a standard normal, times ``beta``.
+    """
+
+    def __init__(self, encoder: Callable[..., nn.Module], beta: float = 1.0,
+                 n_channels: int = 1) -> None:
+        super().__init__()
+        self.encoder = encoder(n_channels=n_channels)
+        self.beta = beta
+        self.register_buffer("warmed_up", torch.tensor(0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.encoder(x)
+        if bool(self.warmed_up):
+            z = z.detach()
+        return z
+
+    @staticmethod
+    def split(z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(batch, 2 * latent, frames)`` -> mean, std, each ``(batch, latent, frames)``."""
+        mean, scale = z.chunk(2, 1)
+        return mean, nn.functional.softplus(scale) + 1e-4
+
+    def reparametrize(self, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        mean, std = self.split(z)
+        var = std * std
+        sample = torch.randn_like(mean) * std + mean
+        kl = (mean * mean + var - torch.log(var) - 1).sum(1).mean()
+        return sample, self.beta * kl
+
+    def set_warmed_up(self, state: bool) -> None:
+        self.warmed_up = torch.tensor(int(state), device=self.warmed_up.device)
+
+
+@gin.configurable(module="rave.blocks")
+class DiscreteEncoder(nn.Module):
+    """Encoder followed by residual vector quantisation (the ``discrete`` config)."""
+
+    def __init__(self, encoder_cls: Callable[..., nn.Module],
+                 vq_cls: Callable[[], nn.Module], num_quantizers: int,
+                 noise_augmentation: int = 0, n_channels: int = 1) -> None:
+        super().__init__()
+        self.encoder = encoder_cls(n_channels=n_channels)
+        self.rvq = vq_cls()
+        self.num_quantizers = num_quantizers
+        self.register_buffer("warmed_up", torch.tensor(0))
+        self.register_buffer("enabled", torch.tensor(0))
+        self.noise_augmentation = noise_augmentation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def reparametrize(self, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        if bool(self.enabled):
+            z, diff, _ = self.rvq(z)
+        else:
+            diff = torch.zeros_like(z).mean()
+        if self.noise_augmentation:
+            noise = torch.randn(z.shape[0], self.noise_augmentation, z.shape[-1]).type_as(z)
+            z = torch.cat([z, noise], 1)
+        return z, diff
+
+    def set_warmed_up(self, state: bool) -> None:
+        self.warmed_up = torch.tensor(int(state), device=self.warmed_up.device)

@@ -1,0 +1,192 @@
+"""Padded convolutions that run offline or block by block with exact streaming.
+
+We use cached-conv's padding arithmetic (:func:`get_padding`, same modes and results) and
+its gin vocabulary (``cc.Conv1d.bias``, ``convs.get_padding.mode``), but not its cached
+layers: those keep caches of a fixed batch of 64 behind a process-wide flag, and align
+strided convolutions on their own padding only. Our layers keep an explicit state per
+layer, sized for the batch in use, and align on the true upstream delay (see
+:mod:`rave_core.nn.streaming`).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import gin
+import torch
+import torch.nn as nn
+
+from .streaming import StreamingModule
+
+
+@gin.configurable(module="cached_conv.convs")
+def get_padding(kernel_size: int, stride: int = 1, dilation: int = 1,
+                mode: str = "centered") -> Tuple[int, int]:
+    """'Same' padding ``(left, right)`` of a convolution, as cached-conv computes it.
+
+    ``mode`` is ``"centered"``, ``"causal"`` (all on the left) or ``"anticausal"``.
+    ``stride`` does not change the result; it is accepted because configs bind it.
+    """
+    if kernel_size == 1:
+        return (0, 0)
+    p = (kernel_size - 1) * dilation + 1
+    if mode == "centered":
+        return ((p - 1) // 2, p // 2)
+    if mode == "causal":
+        return (p // 2 + (p - 1) // 2, 0)
+    if mode == "anticausal":
+        return (0, p // 2 + (p - 1) // 2)
+    raise ValueError(f"padding mode {mode!r} is not one of 'centered', 'causal', 'anticausal'")
+
+
+def _as_pair(padding: Union[int, Tuple[int, int], list]) -> Tuple[int, int]:
+    if isinstance(padding, int):
+        return (padding, padding)
+    return (int(padding[0]), int(padding[1]))
+
+
+class Conv1d(StreamingModule):
+    """``nn.Conv1d`` with explicit ``(left, right)`` padding and a streaming mode.
+
+    Offline: ``pad(x, (left, right))`` then convolve (what cached-conv's ``Conv1d`` does).
+    Streaming: the ``left + right`` samples of padding come from the previous call, so the
+    output is the offline output delayed by ``right`` samples (plus the alignment of a
+    strided convolution), and each call of ``T`` samples (``T`` a multiple of the stride)
+    returns ``T / stride`` samples.
+
+    Shapes: ``(batch, in_channels, time) -> (batch, out_channels, time / stride)``.
+    Parameters are named ``weight`` and ``bias`` (``weight_g`` / ``weight_v`` once weight
+    norm is applied), as in acids-rave's state dicts.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
+                 stride: int = 1, padding: Union[int, Tuple[int, int]] = 0,
+                 dilation: int = 1, groups: int = 1, bias: bool = True,
+                 cumulative_delay: int = 0) -> None:
+        super().__init__()
+        # The conv holds the parameters so that keys are `weight`/`bias` at this level.
+        conv = nn.Conv1d(in_channels, out_channels, kernel_size, stride=stride,
+                         dilation=dilation, groups=groups, bias=bias)
+        self.weight = conv.weight
+        self.bias = conv.bias
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = (kernel_size, )
+        self.stride = (stride, )
+        self.dilation = (dilation, )
+        self.groups = groups
+        self.padding_lr = _as_pair(padding)
+        # Extra input delay that puts a strided conv on the offline frame grid.
+        self.alignment = 0
+
+    def state_shape(self) -> Tuple[int, int, int]:
+        return (1, self.in_channels, self.padding_lr[0] + self.padding_lr[1] + self.alignment)
+
+    def configure_delay(self, input_delay: int) -> int:
+        s = self.stride[0]
+        d = input_delay + self.padding_lr[1]
+        self.alignment = (s - d % s) % s
+        return (d + self.alignment) // s
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.streaming:
+            n_state = self.state.shape[2]
+            if n_state > 0:
+                buf = torch.cat([self._get_state(x), x], -1)
+                self.state = buf[..., buf.shape[-1] - n_state:]
+                if self.alignment > 0:
+                    buf = buf[..., :buf.shape[-1] - self.alignment]
+                x = buf
+        else:
+            x = nn.functional.pad(x, self.padding_lr)
+        return nn.functional.conv1d(x, self.weight, self.bias, self.stride, 0,
+                                    self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size[0]}, "
+                f"stride={self.stride[0]}, padding={self.padding_lr}, dilation={self.dilation[0]}"
+                f", groups={self.groups}, bias={self.bias is not None}")
+
+
+class ConvTranspose1d(StreamingModule):
+    """``nn.ConvTranspose1d`` (symmetric ``padding``) with a streaming mode.
+
+    Streaming keeps the ``kernel - stride`` samples that overlap the next block and
+    returns ``T * stride`` samples per call: the offline output delayed by ``padding``.
+
+    Shapes: ``(batch, in_channels, time) -> (batch, out_channels, time * stride)``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
+                 stride: int = 1, padding: int = 0, bias: bool = True,
+                 cumulative_delay: int = 0) -> None:
+        super().__init__()
+        conv = nn.ConvTranspose1d(in_channels, out_channels, kernel_size, stride=stride,
+                                  padding=padding, bias=bias)
+        self.weight = conv.weight
+        self.bias = conv.bias
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = (kernel_size, )
+        self.stride = (stride, )
+        self.padding = (padding, )
+        if kernel_size < stride:
+            raise ValueError("ConvTranspose1d needs kernel_size >= stride to stream")
+
+    def state_shape(self) -> Tuple[int, int, int]:
+        return (1, self.out_channels, self.kernel_size[0] - self.stride[0])
+
+    def configure_delay(self, input_delay: int) -> int:
+        return input_delay * self.stride[0] + self.padding[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.streaming:
+            return nn.functional.conv_transpose1d(x, self.weight, self.bias, self.stride,
+                                                  self.padding)
+        y = nn.functional.conv_transpose1d(x, self.weight, None, self.stride, 0)
+        n_out = x.shape[-1] * self.stride[0]
+        n_state = self.state.shape[2]
+        if n_state > 0:
+            head = y[..., :n_state] + self._get_state(y)
+            self.state = y[..., n_out:]
+            y = torch.cat([head, y[..., n_state:n_out]], -1)
+        if self.bias is not None:
+            y = y + self.bias.unsqueeze(-1)
+        return y
+
+
+class Delay(StreamingModule):
+    """Delays a signal by ``delay`` samples in streaming; identity offline.
+
+    Used to align a skip connection with a branch that has a streaming delay.
+    Shapes: ``(batch, channels, time) -> (batch, channels, time)``.
+    """
+
+    def __init__(self, channels: int, delay: int = 0) -> None:
+        super().__init__()
+        self.channels = channels
+        self.delay = delay
+
+    def state_shape(self) -> Tuple[int, int, int]:
+        return (1, self.channels, self.delay)
+
+    def configure_delay(self, input_delay: int) -> int:
+        return input_delay + self.delay
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.streaming or self.delay == 0:
+            return x
+        buf = torch.cat([self._get_state(x), x], -1)
+        self.state = buf[..., x.shape[-1]:]
+        return buf[..., :x.shape[-1]]
+
+
+# cached-conv's public factories, under its gin names, so that acids-rave configs
+# (`cc.Conv1d.bias = False`) bind to our layers.
+@gin.configurable("Conv1d", module="cached_conv")
+def cached_conv1d(*args, **kwargs) -> Conv1d:
+    return Conv1d(*args, **kwargs)
+
+
+@gin.configurable("ConvTranspose1d", module="cached_conv")
+def cached_conv_transpose1d(*args, **kwargs) -> ConvTranspose1d:
+    return ConvTranspose1d(*args, **kwargs)

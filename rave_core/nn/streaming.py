@@ -1,0 +1,128 @@
+"""Explicit streaming state and delay bookkeeping.
+
+Every layer that needs the past to process the present (a padded convolution, a
+transposed convolution's overlap, a delay line) derives from :class:`StreamingModule`.
+It owns its state as a *non-persistent buffer* named ``state``:
+
+* the state never enters the state dict, so checkpoints stay those of the offline model
+  (acids-rave's key set);
+* it is sized for the batch actually used (never a fixed batch of 64): a call with another
+  batch size starts that layer from silence;
+* ``state`` is *replaced*, not written in place, so the same layer can be scripted for
+  TorchScript hosts (state carried inside the module) and traced for ONNX with the state
+  passed in and out explicitly (see :func:`streaming_layers`).
+
+Exactness: a streaming model must output the offline model's output delayed by a whole
+number of samples. Each layer reports, through :meth:`StreamingModule.configure_delay`,
+the delay of its output given the delay of its input. A strided convolution only computes
+the offline frames if the delay of its input plus its right padding is a multiple of its
+stride; where it is not, the layer delays its input by the few samples needed
+(``alignment``). cached-conv computes that alignment from the layer's own padding only,
+which leaves some encoders (v2, v2_small) computing frames at another phase than the
+offline model; here the alignment uses the true upstream delay, so streaming is exact.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, List, Tuple
+
+import torch
+import torch.nn as nn
+
+
+class StreamingModule(nn.Module):
+    """A layer whose streaming mode carries state from one call to the next.
+
+    Subclasses implement :meth:`state_shape` (the state for batch 1) and use
+    :meth:`_get_state` / :meth:`_set_state` inside ``forward`` when ``self.streaming``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.streaming: bool = False
+        self.register_buffer("state", torch.zeros(0), persistent=False)
+
+    def state_shape(self) -> Tuple[int, int, int]:
+        """Shape ``(1, channels, length)`` of this layer's state for batch 1."""
+        raise NotImplementedError
+
+    def reset_state(self, batch_size: int = 1) -> None:
+        c, n = self.state_shape()[1:]
+        p = next(self.parameters(), None)
+        dtype = p.dtype if p is not None else torch.float32
+        device = p.device if p is not None else self.state.device
+        self.state = torch.zeros(batch_size, c, n, dtype=dtype, device=device)
+
+    def _get_state(self, x: torch.Tensor) -> torch.Tensor:
+        state = self.state
+        if state.shape[0] != x.shape[0] or state.dtype != x.dtype:
+            # A new batch size (e.g. mc.nn~ voices) starts from silence.
+            state = torch.zeros(x.shape[0], state.shape[1], state.shape[2],
+                                dtype=x.dtype, device=x.device)
+        return state
+
+    def configure_delay(self, input_delay: int) -> int:
+        """Set up alignment for an input delayed by ``input_delay`` samples.
+
+        Returns the delay of the output, in samples at the output rate.
+        """
+        raise NotImplementedError
+
+
+def configure_delay(module: nn.Module, input_delay: int) -> int:
+    """Delay bookkeeping through any module.
+
+    Modules that know their delay implement ``configure_delay``. Any other module is
+    taken to apply its children one after the other, in the order they were registered
+    (``nn.Sequential`` and the ``net`` wrappers of our blocks); a module without children
+    (activation, normalisation) is pointwise in time and keeps the delay.
+    """
+    fn = getattr(module, "configure_delay", None)
+    if fn is not None:
+        return fn(input_delay)
+    d = input_delay
+    for child in module.children():
+        d = configure_delay(child, d)
+    return d
+
+
+def streaming_layers(module: nn.Module) -> List[Tuple[str, StreamingModule]]:
+    """All stateful layers below ``module``, in a fixed order (that of ``named_modules``).
+
+    This order is the order of the state tensors of an ONNX streaming graph and of the
+    slices of an anira flat state.
+    """
+    return [(name, m) for name, m in module.named_modules()
+            if isinstance(m, StreamingModule) and m.state_shape()[2] > 0]
+
+
+def set_streaming(module: nn.Module, streaming: bool, batch_size: int = 1) -> None:
+    """Switch every layer below ``module`` to streaming (or offline) and reset its state."""
+    for m in module.modules():
+        if isinstance(m, StreamingModule):
+            m.streaming = streaming
+            if streaming:
+                m.reset_state(batch_size)
+            else:
+                m.state = torch.zeros(0, device=m.state.device)
+
+
+def reset_streaming_state(module: nn.Module, batch_size: int = 1) -> None:
+    """Return every streaming layer to silence, keeping streaming mode on."""
+    for m in module.modules():
+        if isinstance(m, StreamingModule) and m.streaming:
+            m.reset_state(batch_size)
+
+
+@contextlib.contextmanager
+def streaming(module: nn.Module, batch_size: int = 1) -> Iterator[nn.Module]:
+    """Context in which ``module`` runs block by block, starting from silence.
+
+    >>> with streaming(model.decoder):
+    ...     y = torch.cat([model.decoder(z[..., i:i + 1]) for i in range(z.shape[-1])], -1)
+    """
+    set_streaming(module, True, batch_size)
+    try:
+        yield module
+    finally:
+        set_streaming(module, False)

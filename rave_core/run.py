@@ -1,0 +1,168 @@
+"""Load a trained run (ours or acids-rave's ``rave train``) into an eval-mode model.
+
+A run directory holds ``config.gin`` and, somewhere below it, Lightning-style checkpoints
+(``version_0/checkpoints/best.ckpt``). Checkpoints are untrusted files: they are read with
+``torch.load(weights_only=True)``, which refuses any pickle that would run code.
+"""
+from __future__ import annotations
+
+import hashlib
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from .config import ConfigError, build_model
+
+# Keys of the training-only modules: not needed (nor built) to run the model.
+TRAINING_ONLY_PREFIXES = ("discriminator.", "audio_distance.", "multiband_audio_distance.")
+CHECKPOINT_PREFERENCE = ("best.ckpt", "last.ckpt")
+
+
+class RunError(ValueError):
+    """A run directory or checkpoint that cannot be loaded; the message says what to do."""
+
+
+@dataclass
+class Run:
+    """A loaded run: the model plus where it came from."""
+
+    model: torch.nn.Module
+    config_path: Path
+    checkpoint_path: Path
+    config_text: str
+    checkpoint_sha256: str
+    step: int = 0
+    epoch: int = 0
+    ema: bool = False
+    extra: Dict[str, object] = field(default_factory=dict)
+
+
+def find_config(path: Path) -> Path:
+    """``config.gin`` of a run: in the run directory, or up to three levels above a checkpoint."""
+    start = path if path.is_dir() else path.parent
+    for folder in [start, *start.parents][:4]:
+        candidate = folder / "config.gin"
+        if candidate.exists():
+            return candidate
+    raise RunError(f"no config.gin found in or above {path}: a run directory holds the "
+                   "config.gin written at training time; copy it next to the checkpoint")
+
+
+def find_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint to use in a run directory: ``best.ckpt``, else ``last.ckpt``, else the newest."""
+    ckpts = sorted(run_dir.rglob("*.ckpt"))
+    if not ckpts:
+        raise RunError(f"no checkpoint (*.ckpt) found under {run_dir}: train the model first "
+                       "(rave-core train) or pass the checkpoint file itself")
+    for name in CHECKPOINT_PREFERENCE:
+        named = [c for c in ckpts if c.name == name]
+        if named:
+            return max(named, key=lambda p: p.stat().st_mtime)
+    return max(ckpts, key=lambda p: p.stat().st_mtime)
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_checkpoint(path: Path) -> Dict[str, object]:
+    """Read a checkpoint without executing any pickled code."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0][:200]
+        raise RunError(f"refusing to load {path}: it contains pickled objects other than tensors "
+                       f"and plain values ({first}). Only load checkpoints you trust; re-save it "
+                       "as a plain state dict with torch.save(model.state_dict(), ...)") from None
+    except (RuntimeError, zipfile.BadZipFile, EOFError, OSError) as err:
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise RunError(f"cannot read checkpoint {path}: the file is truncated or corrupted "
+                       f"({first}). Use another checkpoint of the run (e.g. last.ckpt)") from None
+    if not isinstance(ckpt, dict):
+        raise RunError(f"{path} is not a checkpoint: expected a dict with a 'state_dict'")
+    return ckpt
+
+
+def extract_state_dict(ckpt: Dict[str, object], ema: bool = False) -> Tuple[Dict[str, torch.Tensor], bool]:
+    """The model's weights from a checkpoint dict (Lightning, ours, or a bare state dict)."""
+    if ema:
+        callbacks = ckpt.get("callbacks") or {}
+        for name, state in callbacks.items() if isinstance(callbacks, dict) else []:
+            if "EMA" in str(name) and isinstance(state, dict):
+                weights = state.get("weights") or state.get("state_dict") or state
+                if isinstance(weights, dict) and weights and all(
+                        isinstance(v, torch.Tensor) for v in weights.values()):
+                    return dict(weights), True
+        raise RunError("--ema_weights: this checkpoint carries no EMA weights; export without "
+                       "--ema_weights")
+    sd = ckpt.get("state_dict", ckpt)
+    if not isinstance(sd, dict) or not any(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise RunError("checkpoint has no 'state_dict' of tensors")
+    return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}, False
+
+
+def load_weights(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor],
+                 source: str = "checkpoint") -> None:
+    """Load ``state_dict`` into ``model`` (training-only keys may be absent or ignored).
+
+    Any other missing key, unexpected key or shape mismatch is an error naming the first
+    key that differs, and both shapes.
+    """
+    expected = model.state_dict()
+    skip = TRAINING_ONLY_PREFIXES if getattr(model, "discriminator", None) is None else ()
+    given = {k: v for k, v in state_dict.items() if not k.startswith(skip or ("\0", ))}
+    for key, value in expected.items():
+        if key.startswith(TRAINING_ONLY_PREFIXES) and key not in given:
+            continue
+        if key not in given:
+            raise RunError(f"{source} does not fit the config: key {key!r} (shape "
+                           f"{tuple(value.shape)}) is missing; was it trained with another config?")
+        if tuple(given[key].shape) != tuple(value.shape):
+            raise RunError(f"{source} does not fit the config: {key!r} has shape "
+                           f"{tuple(given[key].shape)} in the checkpoint but {tuple(value.shape)} "
+                           "in the model built from config.gin")
+    extra = sorted(k for k in given if k not in expected and not k.startswith(TRAINING_ONLY_PREFIXES))
+    if extra:
+        raise RunError(f"{source} does not fit the config: unexpected key {extra[0]!r} "
+                       f"({len(extra)} in all); was it trained with another config?")
+    model.load_state_dict({k: v for k, v in given.items() if k in expected}, strict=False)
+
+
+def load_run(path, streaming: bool = False, ema: bool = False,
+             overrides: Optional[List[str]] = None) -> torch.nn.Module:
+    """Load a run directory or checkpoint made by ``rave-core train`` or acids-rave's
+    ``rave train`` and return its eval-mode :class:`~rave_core.models.rave.RAVE`
+    (streaming if asked; built without discriminator)."""
+    return open_run(path, streaming=streaming, ema=ema, overrides=overrides).model
+
+
+def open_run(path, streaming: bool = False, ema: bool = False,
+             overrides: Optional[List[str]] = None) -> Run:
+    """Like :func:`load_run`, but returns the model with where it came from (:class:`Run`)."""
+    path = Path(path)
+    if not path.exists():
+        raise RunError(f"{path} does not exist: give a run directory (with config.gin) or a .ckpt file")
+    checkpoint = path if path.is_file() else find_checkpoint(path)
+    config_path = find_config(path)
+    text = config_path.read_text()
+    try:
+        model = build_model(text=text, overrides=overrides or [], build_discriminator=False)
+    except ConfigError as err:
+        raise RunError(f"{config_path}: {err}") from None
+    ckpt = read_checkpoint(checkpoint)
+    sd, used_ema = extract_state_dict(ckpt, ema=ema)
+    load_weights(model, sd, source=str(checkpoint))
+    model.eval()
+    if streaming:
+        model.set_streaming(True)
+    return Run(model=model, config_path=config_path, checkpoint_path=checkpoint, config_text=text,
+               checkpoint_sha256=sha256_of(checkpoint), step=int(ckpt.get("global_step", 0) or 0),
+               epoch=int(ckpt.get("epoch", 0) or 0), ema=used_ema)

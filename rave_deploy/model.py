@@ -1,0 +1,163 @@
+"""The export-ready model every target serves: one streaming core, no second implementation.
+
+:class:`DeployModel` wraps a trained RAVE as hosts use it (acids-rave's export
+conventions):
+
+* ``encode``: audio -> latent, reparametrised (or the posterior mean when
+  ``deterministic``), centred on the learned latent mean, rotated by the learned PCA, and
+  cut to the first ``latent_size`` dimensions, those that reach ``fidelity`` of the
+  variance (rounded up to a power of two, as RAVE does).
+* ``decode``: the inverse: fill the dimensions beyond the cut (noise, or zeros when
+  ``deterministic``, i.e. the learned mean), rotate back, add the mean, decode.
+* weight norm folded, noise branches off when ``deterministic``, streaming layers set up
+  for exact block-by-block processing (their state owned by each layer).
+
+TorchScript targets script it (inside nn~'s ``Module``); ONNX targets trace it with the
+state of :func:`rave_core.nn.streaming_layers` passed in and out explicitly.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import List, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from rave_core.models.encoders import DiscreteEncoder, VariationalEncoder
+from rave_core.models.rave import RAVE
+from rave_core.nn.streaming import set_streaming, streaming_layers
+from rave_core.nn.weight_norm import copy_model, remove_weight_norm
+
+
+class DeployError(ValueError):
+    """A model or option a target cannot serve; the message says why and what to do."""
+
+
+def cut_latent_size(fidelity: torch.Tensor, threshold: float) -> Tuple[int, bool]:
+    """Latent dimensions kept for ``threshold`` of the variance, and whether the latent
+    statistics were ever computed (an all-zero ``fidelity`` means they were not)."""
+    f = fidelity.detach().cpu().numpy()
+    trained = bool(np.any(f > 0))
+    n = max(int(np.argmax(f > threshold)), 1)
+    return 2**math.ceil(math.log2(n)), trained
+
+
+class DeployModel(nn.Module):
+    """Export wrapper of a :class:`~rave_core.models.rave.RAVE`.
+
+    Args:
+        model: the trained model (left untouched: a copy is prepared).
+        fidelity: share of latent variance the exported latent keeps (0 < f <= 1).
+        deterministic: posterior mean instead of a sample, zeros instead of noise, no
+            noise branch: the same input always gives the same output.
+        streaming: set the layers up for block-by-block processing.
+
+    Shapes: ``encode``: ``(batch, channels, N) -> (batch, latent_size, N / ratio)``;
+    ``decode``: ``(batch, latent_size, T) -> (batch, channels, T * ratio)``;
+    ``forward``: ``(batch, channels, N) -> (batch, channels, N)``.
+    """
+
+    def __init__(self, model: RAVE, fidelity: float = 0.95, deterministic: bool = False,
+                 streaming: bool = True) -> None:
+        super().__init__()
+        if not 0 < fidelity <= 1:
+            raise DeployError(f"--fidelity must be in (0, 1], got {fidelity}")
+        model = copy_model(model).eval()
+        remove_weight_norm(model)
+        model.set_noise(not deterministic)
+        delays = model.streaming_delays()
+
+        self.pqmf = model.pqmf
+        self.encoder = model.encoder
+        self.decoder = model.decoder
+        self.register_buffer("latent_pca", model.latent_pca.clone())
+        self.register_buffer("latent_mean", model.latent_mean.clone())
+        self.register_buffer("fidelity", model.fidelity.clone())
+
+        self.sr = int(model.sr)
+        self.n_channels = int(model.n_channels)
+        self.ratio = int(model.ratio)
+        self.full_latent_size = int(model.latent_size)
+        self.decoder_latent_size = int(model.decoder_latent_size)
+        self.noise_augmentation = self.decoder_latent_size - self.full_latent_size
+        self.deterministic = deterministic
+        self.variational = isinstance(model.encoder, VariationalEncoder)
+        if isinstance(model.encoder, DiscreteEncoder):
+            raise DeployError("discrete (RVQ) models cannot be exported yet: export a "
+                              "variational model (v1, v2, v3, BRAVE)")
+        self.latent_size = self.full_latent_size
+        self.latent_statistics_trained = True
+        if self.variational:
+            self.latent_size, trained = cut_latent_size(model.fidelity, fidelity)
+            self.latent_statistics_trained = trained
+            if not trained:
+                warnings.warn(
+                    "this checkpoint's latent statistics were never computed (its fidelity "
+                    "curve is all zeros): the exported latent falls to 1 dimension. Train "
+                    "past a validation step, or export with --fidelity 1 to keep all "
+                    f"{self.full_latent_size} dimensions.", stacklevel=2)
+                if fidelity >= 1:
+                    self.latent_size = self.full_latent_size
+        self.latent_size = min(self.latent_size, self.full_latent_size)
+        self.fidelity_threshold = float(fidelity)
+        self.encode_delay = int(delays.encode)
+        self.decode_delay = int(delays.decode)
+        self.latency_samples = int(delays.forward)
+        self.streaming = streaming
+        set_streaming(self, streaming)
+
+    # ---------------------------------------------------------------- methods
+    def _analysis(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[0]
+        bands = self.pqmf(x.reshape(batch * self.n_channels, 1, x.shape[-1]))
+        return bands.reshape(batch, -1, bands.shape[-1])
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.encoder(self._analysis(x.contiguous()))
+        if self.variational:
+            mean, scale = z.chunk(2, 1)
+            if self.deterministic:
+                z = mean
+            else:
+                std = nn.functional.softplus(scale) + 1e-4
+                z = mean + std * torch.randn_like(mean)
+            z = z - self.latent_mean.unsqueeze(-1)
+            z = nn.functional.conv1d(z, self.latent_pca.unsqueeze(-1))
+            z = z[:, :self.latent_size]
+        return z
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        z = z.contiguous()
+        if self.variational:
+            missing = self.full_latent_size - z.shape[1]
+            if missing > 0:
+                if self.deterministic:
+                    fill = torch.zeros(z.shape[0], missing, z.shape[-1], dtype=z.dtype, device=z.device)
+                else:
+                    fill = torch.randn(z.shape[0], missing, z.shape[-1], dtype=z.dtype, device=z.device)
+                z = torch.cat([z, fill], 1)
+            z = nn.functional.conv1d(z, self.latent_pca.t().unsqueeze(-1))
+            z = z + self.latent_mean.unsqueeze(-1)
+        if self.noise_augmentation > 0:
+            noise = torch.zeros(z.shape[0], self.noise_augmentation, z.shape[-1], dtype=z.dtype, device=z.device)
+            if not self.deterministic:
+                noise = torch.randn_like(noise)
+            z = torch.cat([z, noise], 1)
+        y = self.decoder(z)
+        batch = y.shape[0]
+        y = self.pqmf.inverse(y.reshape(batch * self.n_channels, -1, y.shape[-1]))
+        return y.reshape(batch, self.n_channels, -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+    # ---------------------------------------------------------------- state
+    def state_layers(self) -> List[Tuple[str, nn.Module]]:
+        """Stateful layers, in the fixed order of explicit state tensors."""
+        return streaming_layers(self)
+
+    def reset(self, batch_size: int = 1) -> None:
+        """Back to silence (all streaming states zero)."""
+        set_streaming(self, self.streaming, batch_size)

@@ -1,0 +1,45 @@
+"""Shared fixtures: where the reference material lives, and small random models."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = Path(os.environ.get("RAVE_REFERENCE_DIR", ROOT.parent / "shared" / "reference"))
+ORACLE = ROOT / "tests" / "fixtures" / "oracle"
+
+# Reduced capacity: real strides, dilations and delays, small weights.
+SMALL = ["CAPACITY = 4", "LATENT_SIZE = 8"]
+NO_TRAINING_MODULES = ["rave.model.RAVE.audio_distance = None",
+                       "rave.model.RAVE.multiband_audio_distance = None"]
+
+
+def reference_dir() -> Path:
+    if not REFERENCE.exists():
+        pytest.fail(f"reference material not found at {REFERENCE}: clone next to shared/ or set "
+                    "RAVE_REFERENCE_DIR")
+    return REFERENCE
+
+
+def randomize(model: torch.nn.Module, seed: int = 0, scale: float = 0.3) -> torch.nn.Module:
+    """Random weights that keep outputs in a useful range (PQMF filters untouched)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith("pqmf."):
+                continue
+            if name.endswith("alpha"):
+                p.copy_(0.5 + torch.rand(p.shape, generator=g))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return model
+
+
+def small_model(configs, extra=(), seed: int = 0):
+    from rave_core.config import build_model
+    model = build_model(list(configs), overrides=SMALL + NO_TRAINING_MODULES + list(extra),
+                        build_discriminator=False)
+    return randomize(model, seed).eval()

@@ -1,0 +1,88 @@
+"""Streaming equals offline: fed block by block, every model outputs the offline output
+delayed by exactly its reported latency (after the first receptive field)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from .conftest import small_model
+
+EXACT = 1e-5  # of the offline peak
+
+# config, block sizes in samples
+CASES = [
+    (("brave",), (128, 512, 2048)),
+    (("c128_r10",), (128, 2048)),
+    (("v1",), (2048, 4096)),
+    (("v2",), (2048, 4096)),
+    (("v2_small",), (512, 2048)),
+    (("v2", "causal"), (2048, 4096)),
+    (("v3",), (2048, 4096)),
+    (("discrete",), (2048,)),
+]
+
+# Streaming delays of the full-size models at 44.1 kHz (same strides as the small ones).
+EXPECTED_LATENCY = {("brave",): 112, ("c128_r10",): 112, ("v2", "causal"): 1696}
+
+
+def _run_blocks(fn, x, block):
+    return torch.cat([fn(x[..., i:i + block]) for i in range(0, x.shape[-1], block)], -1)
+
+
+def _error(stream, offline, delay, skip):
+    n = offline.shape[-1] - delay
+    diff = (stream[..., delay:delay + n] - offline[..., :n])[..., skip:]
+    return float(diff.abs().max() / offline.abs().max())
+
+
+@pytest.mark.parametrize("configs,blocks", CASES, ids=lambda c: "+".join(c) if isinstance(c[0], str) else "")
+def test_streaming_equals_offline(configs, blocks):
+    model = small_model(configs).set_noise(False)
+    ratio, delays = model.ratio, model.streaming_delays()
+    n = max(64 * ratio, 3 * 50000)  # several receptive fields
+    n = (n // max(blocks) + 1) * max(blocks)
+    torch.manual_seed(0)
+    x = torch.randn(1, model.n_channels, n) * 0.5
+    z = torch.randn(1, model.decoder_latent_size, n // ratio)
+    skip = n // 2
+    with torch.no_grad():
+        e, y = model.encode(x), model.decode(z)
+        mean = model.latent_mean_of(e)[:, :model.decoder_latent_size]
+        yf = model.decode(mean) if mean.shape[1] == model.decoder_latent_size else None
+        for block in blocks:
+            model.set_streaming(True)
+            es = _run_blocks(model.encode, x, block)
+            model.set_streaming(True)
+            ys = _run_blocks(model.decode, z, block // ratio)
+            assert _error(es, e, delays.encode // ratio, skip // ratio) < EXACT, f"encode @ {block}"
+            assert _error(ys, y, delays.decode, skip) < EXACT, f"decode @ {block}"
+            if yf is not None:  # forward through the latent mean
+                model.set_streaming(True)
+                fs = _run_blocks(lambda b: model.decode(model.latent_mean_of(model.encode(b))), x, block)
+                assert _error(fs, yf, delays.forward, skip) < EXACT, f"forward @ {block}"
+        model.set_streaming(False)
+
+
+@pytest.mark.parametrize("configs,latency", sorted(EXPECTED_LATENCY.items()))
+def test_reported_latency(configs, latency):
+    from rave_core.config import build_model
+    model = build_model(list(configs), build_discriminator=False)
+    assert model.latency_samples == latency
+
+
+def test_latency_is_whole_frames_for_the_encoder():
+    for configs in [("v1",), ("v2",), ("v2_small",), ("brave",)]:
+        model = small_model(configs)
+        assert model.streaming_delays().encode % model.ratio == 0
+
+
+def test_batch_change_restarts_from_silence():
+    model = small_model(("brave",)).set_noise(False)
+    x = torch.randn(4, 1, 128 * 8)
+    with torch.no_grad():
+        model.set_streaming(True, batch_size=1)
+        y4 = model.decode(model.latent_mean_of(model.encode(x)))
+        model.set_streaming(True, batch_size=4)
+        y4b = model.decode(model.latent_mean_of(model.encode(x)))
+    assert y4.shape == (4, 1, 128 * 8)
+    torch.testing.assert_close(y4, y4b)
