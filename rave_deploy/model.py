@@ -27,7 +27,7 @@ import torch.nn as nn
 
 from rave_core.models.encoders import DiscreteEncoder, VariationalEncoder
 from rave_core.models.rave import RAVE
-from rave_core.nn.streaming import set_streaming, streaming_layers
+from rave_core.nn.streaming import set_matmul_streaming, set_streaming, streaming_layers
 from rave_core.nn.weight_norm import copy_model, remove_weight_norm
 
 
@@ -53,6 +53,8 @@ class DeployModel(nn.Module):
         deterministic: posterior mean instead of a sample, zeros instead of noise, no
             noise branch: the same input always gives the same output.
         streaming: set the layers up for block-by-block processing.
+        matmul_streaming: compute short streaming blocks as matrix products (faster in
+            TorchScript on CPU; ONNX runtimes fuse convolutions better themselves).
 
     Shapes: ``encode``: ``(batch, channels, N) -> (batch, latent_size, N / ratio)``;
     ``decode``: ``(batch, latent_size, T) -> (batch, channels, T * ratio)``;
@@ -60,7 +62,7 @@ class DeployModel(nn.Module):
     """
 
     def __init__(self, model: RAVE, fidelity: float = 0.95, deterministic: bool = False,
-                 streaming: bool = True) -> None:
+                 streaming: bool = True, matmul_streaming: bool = False) -> None:
         super().__init__()
         if not 0 < fidelity <= 1:
             raise DeployError(f"--fidelity must be in (0, 1], got {fidelity}")
@@ -106,6 +108,7 @@ class DeployModel(nn.Module):
         self.decode_delay = int(delays.decode)
         self.latency_samples = int(delays.forward)
         self.streaming = streaming
+        set_matmul_streaming(self, matmul_streaming)
         set_streaming(self, streaming)
 
     # ---------------------------------------------------------------- methods

@@ -77,6 +77,9 @@ class Conv1d(StreamingModule):
         self.padding_lr = _as_pair(padding)
         # Extra input delay that puts a strided conv on the offline frame grid.
         self.alignment = 0
+        # Streaming blocks are a few samples long: there one matrix product beats the
+        # convolution kernels (see :meth:`_matmul_conv`). Switched on for TorchScript export.
+        self.matmul_streaming = False
 
     def state_shape(self) -> Tuple[int, int, int]:
         return (1, self.in_channels, self.padding_lr[0] + self.padding_lr[1] + self.alignment)
@@ -96,10 +99,38 @@ class Conv1d(StreamingModule):
                 if self.alignment > 0:
                     buf = buf[..., :buf.shape[-1] - self.alignment]
                 x = buf
+            if self.matmul_streaming:
+                span = (self.kernel_size[0] - 1) * self.dilation[0] + 1
+                if (x.shape[-1] - span) // self.stride[0] < 4:
+                    return self._matmul_conv(x)
         else:
             x = nn.functional.pad(x, self.padding_lr)
         return nn.functional.conv1d(x, self.weight, self.bias, self.stride, 0,
                                     self.dilation, self.groups)
+
+    def _matmul_conv(self, x: torch.Tensor) -> torch.Tensor:
+        """Unpadded convolution as one (batched) matrix product over gathered taps.
+
+        ``x``: ``(batch, in_channels, time)``, already padded -> ``(batch, out, frames)``.
+        """
+        k, d, g = self.kernel_size[0], self.dilation[0], self.groups
+        taps = x.unfold(2, (k - 1) * d + 1, self.stride[0])       # (B, C, T, span)
+        if d > 1:
+            taps = taps[..., ::d]                                  # (B, C, T, k)
+        b, c, t = taps.shape[0], taps.shape[1], taps.shape[2]
+        o = self.out_channels
+        if g == 1:
+            y = torch.matmul(taps.permute(0, 2, 1, 3).reshape(b, t, c * k),
+                             self.weight.reshape(o, c * k).t())   # (B, T, O)
+            y = y.transpose(1, 2)
+        else:
+            cg, og = c // g, o // g
+            taps = taps.reshape(b, g, cg, t, k).permute(1, 0, 3, 2, 4).reshape(g, b * t, cg * k)
+            w = self.weight.reshape(g, og, cg * k).transpose(1, 2)  # (G, Cg*k, Og)
+            y = torch.bmm(taps, w).reshape(g, b, t, og).permute(1, 0, 3, 2).reshape(b, o, t)
+        if self.bias is not None:
+            y = y + self.bias.unsqueeze(-1)
+        return y
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size[0]}, "
@@ -131,6 +162,7 @@ class ConvTranspose1d(StreamingModule):
         self.padding = (padding, )
         if kernel_size < stride:
             raise ValueError("ConvTranspose1d needs kernel_size >= stride to stream")
+        self.matmul_streaming = False  # see Conv1d.matmul_streaming
 
     def state_shape(self) -> Tuple[int, int, int]:
         return (1, self.out_channels, self.kernel_size[0] - self.stride[0])
@@ -142,7 +174,10 @@ class ConvTranspose1d(StreamingModule):
         if not self.streaming:
             return nn.functional.conv_transpose1d(x, self.weight, self.bias, self.stride,
                                                   self.padding)
-        y = nn.functional.conv_transpose1d(x, self.weight, None, self.stride, 0)
+        if self.matmul_streaming and self.kernel_size[0] == 2 * self.stride[0] and x.shape[-1] < 4:
+            y = self._matmul_conv_transpose(x)
+        else:
+            y = nn.functional.conv_transpose1d(x, self.weight, None, self.stride, 0)
         n_out = x.shape[-1] * self.stride[0]
         n_state = self.state.shape[2]
         if n_state > 0:
@@ -152,6 +187,21 @@ class ConvTranspose1d(StreamingModule):
         if self.bias is not None:
             y = y + self.bias.unsqueeze(-1)
         return y
+
+
+    def _matmul_conv_transpose(self, x: torch.Tensor) -> torch.Tensor:
+        """Unpadded transposed convolution (kernel = 2 x stride) as one matrix product.
+
+        ``x``: ``(batch, in_channels, T)`` -> ``(batch, out_channels, (T + 1) * stride)``.
+        """
+        b, t = x.shape[0], x.shape[-1]
+        s, o = self.stride[0], self.out_channels
+        y = torch.matmul(x.transpose(1, 2), self.weight.reshape(self.in_channels, o * 2 * s))
+        y = y.reshape(b, t, o, 2, s).permute(0, 2, 3, 1, 4)      # (B, O, half, T, s)
+        zero = torch.zeros(b, o, 1, s, dtype=y.dtype, device=y.device)
+        first = torch.cat([y[:, :, 0], zero], 2)                   # lands on frames 0..T-1
+        second = torch.cat([zero, y[:, :, 1]], 2)                  # one frame later
+        return (first + second).reshape(b, o, (t + 1) * s)
 
 
 class Delay(StreamingModule):

@@ -126,3 +126,11 @@ def streaming(module: nn.Module, batch_size: int = 1) -> Iterator[nn.Module]:
         yield module
     finally:
         set_streaming(module, False)
+
+
+def set_matmul_streaming(module: nn.Module, enabled: bool = True) -> None:
+    """Let streaming convolutions of ``module`` compute short blocks as matrix products
+    (faster on CPU at host block sizes; TorchScript export turns it on)."""
+    for m in module.modules():
+        if hasattr(m, "matmul_streaming"):
+            m.matmul_streaming = enabled

@@ -1,0 +1,100 @@
+"""Training checkpoints: plain, safe to load, written atomically, enough to resume exactly.
+
+A checkpoint is a dict of tensors and plain Python values only, so
+``torch.load(path, weights_only=True)`` reads it (and :func:`rave_core.run.open_run`
+loads the model from it). Keys follow PyTorch Lightning's layout, which acids-rave's
+runs use, minus ``pytorch-lightning_version``:
+
+- ``state_dict``: the whole model (discriminator included);
+- ``global_step``, ``epoch``;
+- ``optimizer_states`` (generator, then discriminator), ``lr_schedulers``;
+- ``callbacks``: ``{"BetaWarmupCallback": {"training_steps": n}}``;
+- ``rng_states``: one entry per process (torch, CUDA, numpy, python RNGs);
+- ``loader``: where the data stream is (batches taken, batch size, world size, seed);
+- ``best_validation``: the lowest validation distance so far (``best.ckpt``'s).
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any, Dict
+
+import numpy as np
+import torch
+
+from ..run import read_checkpoint
+
+__all__ = ["capture_rng", "restore_rng", "save_checkpoint", "load_checkpoint"]
+
+
+def capture_rng() -> Dict[str, Any]:
+    """This process's RNG states, as tensors and plain values."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, state, gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "python": [version, list(state), gauss],
+    }
+
+
+def restore_rng(state: Dict[str, Any]) -> None:
+    """Undo :func:`capture_rng` (CUDA states only where CUDA is there)."""
+    torch.set_rng_state(state["torch"].cpu())
+    if state.get("cuda") and torch.cuda.is_available():
+        cuda = list(state["cuda"])[: torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, py_state, gauss = state["python"]
+    random.setstate((version, tuple(py_state), gauss))
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def save_checkpoint(path: Path, checkpoint: Dict[str, Any]) -> None:
+    """Write ``checkpoint`` to ``path`` atomically: a reader (or a crash) sees the old
+    file or the new one, never a partial one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(_to_cpu(checkpoint), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: Path) -> Dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True`` (raises :class:`~rave_core.run.RunError`)."""
+    return read_checkpoint(Path(path))
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write a small text file (the run's ``config.gin``) atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

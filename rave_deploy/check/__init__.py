@@ -1,0 +1,57 @@
+"""``rave-deploy check``: prove an exported artefact right, the way its host will use it."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from rave_core.run import open_run
+
+from ..sidecar import read_sidecar
+from ..targets import CheckOptions, get_target, registry
+from .result import CheckReport, CheckResult
+
+
+class CheckUsageError(ValueError):
+    """The artefact or options cannot be checked at all (exit code 2)."""
+
+
+SUFFIX_TARGETS = {".ts": "nn_tilde", ".onnx": "onnx", ".h5": "minifusion"}
+
+
+def identify(artifact: Path):
+    """The sidecar of ``artifact`` (or ``{}``) and the name of its target."""
+    try:
+        sidecar = read_sidecar(artifact)
+        return sidecar, str(sidecar["target"])
+    except FileNotFoundError:
+        pass
+    if artifact.is_dir() and any(artifact.glob("*.json")) and any(artifact.glob("*.onnx")):
+        return {}, "anira"
+    name = SUFFIX_TARGETS.get(artifact.suffix)
+    if name is None:
+        raise CheckUsageError(
+            f"{artifact}: unknown artefact type (no rave-deploy sidecar, suffix "
+            f"{artifact.suffix or 'none'}): expected a .ts, .onnx, .h5 or an anira folder")
+    return {}, name
+
+
+def check_artifact(artifact, run: Optional[str] = None,
+                   options: Optional[CheckOptions] = None) -> CheckReport:
+    """Check ``artifact`` against the eager model of its run (``run``, else the
+    checkpoint named in its sidecar)."""
+    artifact = Path(artifact)
+    if not artifact.exists():
+        raise CheckUsageError(f"{artifact} does not exist")
+    options = options or CheckOptions()
+    sidecar, target_name = identify(artifact)
+    if target_name not in registry():
+        raise CheckUsageError(f"{artifact}: target {target_name!r} is not known to this version")
+    source = run or (sidecar.get("source") or {}).get("checkpoint")
+    if not source:
+        raise CheckUsageError(f"{artifact} has no rave-deploy sidecar naming its run: pass "
+                              "--run RUN (the run directory or checkpoint it was exported from)")
+    model = open_run(source, ema=bool((sidecar.get("source") or {}).get("ema_weights"))).model
+    return get_target(target_name).check(artifact, sidecar, model, options)
+
+
+__all__ = ["CheckReport", "CheckResult", "CheckUsageError", "check_artifact", "identify"]

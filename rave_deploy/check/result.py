@@ -1,0 +1,54 @@
+"""Results of ``rave-deploy check``: named checks, each passed or failed with a reason."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+
+@dataclass
+class CheckResult:
+    """One check. ``name`` is dotted: ``contract.decode_params``, ``parity.decode``,
+    ``causality.forward``, ``blocks.forward``, ``latency.forward``, ``rtf.forward@128``."""
+
+    name: str
+    passed: bool
+    message: str
+    value: Optional[float] = None
+    threshold: Optional[str] = None
+    details: Dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> Dict[str, Any]:
+        v = self.value
+        if v is not None and (math.isnan(v) or math.isinf(v)):
+            v = str(v)
+        return {"name": self.name, "passed": self.passed, "message": self.message,
+                "value": v, "threshold": self.threshold, "details": self.details}
+
+
+@dataclass
+class CheckReport:
+    """All checks of one artefact, plus data for the HTML report."""
+
+    artifact: Path
+    target: str
+    results: List[CheckResult] = field(default_factory=list)
+    summary: Dict[str, Any] = field(default_factory=dict)   # latency ms, rtf, snr, size...
+    signals: Dict[str, Any] = field(default_factory=dict)   # numpy arrays for plots/audio
+
+    def add(self, name: str, passed: bool, message: str, **kw) -> CheckResult:
+        r = CheckResult(name, bool(passed), message, **kw)
+        self.results.append(r)
+        return r
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.results) and all(r.passed for r in self.results)
+
+    def failures(self) -> List[CheckResult]:
+        return [r for r in self.results if not r.passed]
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"artifact": str(self.artifact), "target": self.target, "passed": self.passed,
+                "summary": self.summary, "checks": [r.as_dict() for r in self.results]}

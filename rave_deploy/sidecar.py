@@ -1,0 +1,82 @@
+"""The JSON sidecar written next to every artefact: what it is and where it came from."""
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+
+import rave_core
+from rave_core.run import Run
+
+from .io import write_json
+from .model import DeployModel
+
+FORMAT = "rave-deploy-sidecar/1"
+FOLDER_SIDECAR = "rave-deploy.json"
+
+
+def sidecar_path(artifact: Path) -> Path:
+    """``model.ts`` -> ``model.ts.json``; a folder artefact keeps it inside."""
+    artifact = Path(artifact)
+    if artifact.is_dir():
+        return artifact / FOLDER_SIDECAR
+    return artifact.with_name(artifact.name + ".json")
+
+
+def host_block_sizes(ratio: int, largest: int = 4096) -> List[int]:
+    """Block sizes a host may use: powers of two from ``max(64, ratio)`` up to ``largest``."""
+    sizes, n = [], max(64, ratio)
+    while n <= max(largest, ratio):
+        sizes.append(n)
+        n *= 2
+    return sizes
+
+
+def build_sidecar(target: str, artifact: Path, run: Run, core: DeployModel,
+                  extra: Dict[str, object]) -> Dict[str, object]:
+    return {
+        "format": FORMAT,
+        "target": target,
+        "artifact": Path(artifact).name,
+        "source": {
+            "checkpoint": str(run.checkpoint_path.resolve()),
+            "checkpoint_sha256": run.checkpoint_sha256,
+            "config": str(run.config_path.resolve()),
+            "step": run.step,
+            "ema_weights": run.ema,
+        },
+        "sample_rate": core.sr,
+        "channels": core.n_channels,
+        "ratio": core.ratio,
+        "latent_size": core.latent_size,
+        "full_latent_size": core.full_latent_size,
+        "fidelity": core.fidelity_threshold,
+        "deterministic": bool(core.deterministic),
+        "latency_samples": core.latency_samples,
+        "encode_latency_samples": core.encode_delay,
+        "decode_latency_samples": core.decode_delay,
+        "block_multiple": core.ratio,
+        "block_sizes": host_block_sizes(core.ratio),
+        "versions": {
+            "rave_deploy": rave_core.__version__,
+            "torch": torch.__version__.split("+")[0],
+            "python": platform.python_version(),
+        },
+        **extra,
+    }
+
+
+def write_sidecar(artifact: Path, data: Dict[str, object]) -> Path:
+    path = sidecar_path(artifact)
+    write_json(path, data)
+    return path
+
+
+def read_sidecar(artifact: Path) -> Dict[str, object]:
+    path = sidecar_path(artifact)
+    if not path.exists():
+        raise FileNotFoundError(path)
+    return json.loads(path.read_text())

@@ -1,0 +1,88 @@
+"""What a target is: a small plugin that writes the file a host loads and checks it.
+
+Adding a target is one module in ``rave_deploy/targets/`` (a :class:`Target` subclass
+decorated with :func:`register`) and one folder in ``targets/<name>/`` (the host's
+requirements, host-side examples). Nothing else is edited.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from rave_core.models.rave import RAVE
+
+
+class TargetUnsupported(Exception):
+    """This model cannot be served by this target (the message names the property)."""
+
+
+@dataclass
+class ExportOptions:
+    """Options of ``rave-deploy export`` (targets read what applies to them)."""
+
+    streaming: bool = True
+    fidelity: float = 0.95
+    deterministic: bool = False
+    sr: Optional[int] = None          # host sample rate (a multiple of the model's)
+    channels: Optional[int] = None    # host channels
+    ema_weights: bool = False
+    name: Optional[str] = None
+    block_size: Optional[int] = None  # fixed-block targets (anira)
+    engine: str = "onnx"
+
+
+@dataclass
+class CheckOptions:
+    """Options of ``rave-deploy check``."""
+
+    block_sizes: List[int] = field(default_factory=list)
+    seconds: float = 4.0
+    rtf_seconds: float = 2.0
+    report: Optional[Path] = None
+
+
+class Target:
+    """Base class of an export target.
+
+    Subclasses set ``name``, ``suffix`` (file suffix, or ``""`` for a folder) and
+    ``description``, and implement :meth:`export` and :meth:`check`.
+    """
+
+    name: str = ""
+    suffix: str = ""
+    description: str = ""
+    #: ``"file"`` or ``"folder"``: what :meth:`export` writes at ``path``.
+    kind: str = "file"
+
+    def unsupported_reason(self, model: RAVE, options: ExportOptions) -> Optional[str]:
+        """Why this model cannot be served (``None`` if it can)."""
+        return None
+
+    def export(self, model: RAVE, options: ExportOptions, path: Path) -> Dict[str, object]:
+        """Write the artefact at ``path`` (a temporary path; the caller moves it into
+        place). Returns target-specific fields for the JSON sidecar, plus ``"_core"``: the
+        :class:`~rave_deploy.model.DeployModel` exported (its latency, ratio, latent size
+        fill the common sidecar fields)."""
+        raise NotImplementedError
+
+    def check(self, artifact: Path, sidecar: Dict[str, object], model: RAVE,
+              options: CheckOptions):
+        """Load ``artifact`` as its host does and return a
+        :class:`rave_deploy.check.result.CheckReport`."""
+        raise NotImplementedError
+
+
+_REGISTRY: Dict[str, Target] = {}
+
+
+def register(cls):
+    """Class decorator: make a :class:`Target` available to the CLI by its ``name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    _REGISTRY[cls.name] = cls()
+    return cls
+
+
+def registry() -> Dict[str, Target]:
+    return dict(_REGISTRY)
