@@ -44,6 +44,26 @@ def cut_latent_size(fidelity: torch.Tensor, threshold: float) -> Tuple[int, bool
     return 2**math.ceil(math.log2(n)), trained
 
 
+def fold_batch_norms(module: nn.Module) -> int:
+    """Fold every eval-mode ``BatchNorm1d`` that directly follows a convolution in a
+    ``Sequential`` into that convolution (v1 / BRAVE encoders). Returns how many."""
+    from rave_core.nn.conv import Conv1d
+    folded = 0
+    for seq in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
+        for i in range(1, len(seq)):
+            bn, conv = seq[i], seq[i - 1]
+            if not (isinstance(bn, nn.BatchNorm1d) and isinstance(conv, Conv1d)):
+                continue
+            with torch.no_grad():
+                scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+                bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+                conv.weight.mul_(scale[:, None, None])
+                conv.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias)
+            seq[i] = nn.Identity()
+            folded += 1
+    return folded
+
+
 class DeployModel(nn.Module):
     """Export wrapper of a :class:`~rave_core.models.rave.RAVE`.
 
@@ -68,6 +88,7 @@ class DeployModel(nn.Module):
             raise DeployError(f"--fidelity must be in (0, 1], got {fidelity}")
         model = copy_model(model).eval()
         remove_weight_norm(model)
+        fold_batch_norms(model)  # fewer ops per streaming call, same function
         model.set_noise(not deterministic)
         delays = model.streaming_delays()
 

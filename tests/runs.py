@@ -1,0 +1,34 @@
+"""Fake run directories, laid out as acids-rave's `rave train` (and ours) write them."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from rave_core.config import build_model, parse_config
+
+from .conftest import NO_TRAINING_MODULES, SMALL, randomize
+
+
+def make_run(root: Path, configs: Sequence[str] = ("brave",), extra: Sequence[str] = (),
+             name: str = "run", seed: int = 0, trained_statistics: bool = True) -> Path:
+    """``root/name/config.gin`` + ``root/name/version_0/checkpoints/best.ckpt`` of a small
+    random model. Returns the run directory."""
+    overrides = SMALL + NO_TRAINING_MODULES + list(extra)
+    text = parse_config(list(configs), overrides)
+    model = randomize(build_model(list(configs), overrides, build_discriminator=False), seed)
+    if trained_statistics:
+        n = model.latent_size
+        g = torch.Generator().manual_seed(seed)
+        q, _ = torch.linalg.qr(torch.randn(n, n, generator=g))
+        model.latent_pca.copy_(q)
+        model.latent_mean.copy_(torch.randn(n, generator=g) * 0.1)
+        model.fidelity.copy_(torch.linspace(0.5, 1.0, n))
+    run = root / name
+    ckpt_dir = run / "version_0" / "checkpoints"
+    ckpt_dir.mkdir(parents=True)
+    (run / "config.gin").write_text(text)
+    torch.save({"state_dict": model.state_dict(), "global_step": 10, "epoch": 1},
+               ckpt_dir / "best.ckpt")
+    return run
