@@ -65,10 +65,13 @@ def main(argv=None) -> int:
 
     _say("3/5", f"training {args.config} for {args.steps} steps on CPU "
                 "(about 5-10 minutes on 2 cores)")
-    run_dir = train([args.config], db_path=str(out / "dataset"), name=args.config,
+    result = train([args.config], db_path=str(out / "dataset"), name=args.config,
                     out_path=str(out / "runs"), max_steps=args.steps, batch=4, n_signal=32768,
                     val_every=max(args.steps // 3, 1), save_every=max(args.steps // 3, 1),
                     device="cpu", workers=0)
+    run_dir = result.run_dir
+    print(f"  {result.global_step} steps, {result.steps_per_second:.2f} steps/s, "
+          f"best validation distance {result.best_validation}")
 
     _say("4/5", "exporting to every target the model can serve")
     results = export_run(run_dir, ["all"], out / "exports", ExportOptions())

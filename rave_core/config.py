@@ -120,7 +120,8 @@ def _expand_includes(text: str, folder: Path) -> str:
 
 
 def _known_selectors() -> List[str]:
-    return sorted(gin.config._REGISTRY.keys()) if hasattr(gin.config, "_REGISTRY") else []
+    registry = getattr(gin.config, "_REGISTRY", None)
+    return sorted(sel for sel, _ in registry.items()) if registry is not None else []
 
 
 def _explain_gin_error(err: Exception, overrides: Sequence[str]) -> ConfigError:

@@ -40,8 +40,11 @@ def cut_latent_size(fidelity: torch.Tensor, threshold: float) -> Tuple[int, bool
     statistics were ever computed (an all-zero ``fidelity`` means they were not)."""
     f = fidelity.detach().cpu().numpy()
     trained = bool(np.any(f > 0))
-    n = max(int(np.argmax(f > threshold)), 1)
-    return 2**math.ceil(math.log2(n)), trained
+    reached = f > threshold
+    if trained and not reached.any():
+        return len(f), trained  # the threshold is never passed: every dimension is needed
+    n = max(int(np.argmax(reached)), 1)
+    return min(2**math.ceil(math.log2(n)), len(f)), trained
 
 
 def fold_batch_norms(module: nn.Module) -> int:

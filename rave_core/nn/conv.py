@@ -1,8 +1,7 @@
 """Padded convolutions that run offline or block by block with exact streaming.
 
-We use cached-conv's padding arithmetic (:func:`get_padding`, same modes and results) and
-its gin vocabulary (``cc.Conv1d.bias``, ``convs.get_padding.mode``), but not its cached
-layers: those keep caches of a fixed batch of 64 behind a process-wide flag, and align
+We use cached-conv's padding arithmetic (:func:`get_padding`) and its gin vocabulary
+(``cc.Conv1d.bias``, ``convs.get_padding.mode``), but not its cached layers: those keep caches of a fixed batch of 64 behind a process-wide flag, and align
 strided convolutions on their own padding only. Our layers keep an explicit state per
 layer, sized for the batch in use, and align on the true upstream delay (see
 :mod:`rave_core.nn.streaming`).
@@ -11,6 +10,7 @@ from __future__ import annotations
 
 from typing import Optional, Tuple, Union
 
+import cached_conv as cc
 import gin
 import torch
 import torch.nn as nn
@@ -18,24 +18,11 @@ import torch.nn as nn
 from .streaming import StreamingModule
 
 
-@gin.configurable(module="cached_conv.convs")
-def get_padding(kernel_size: int, stride: int = 1, dilation: int = 1,
-                mode: str = "centered") -> Tuple[int, int]:
-    """'Same' padding ``(left, right)`` of a convolution, as cached-conv computes it.
-
-    ``mode`` is ``"centered"``, ``"causal"`` (all on the left) or ``"anticausal"``.
-    ``stride`` does not change the result; it is accepted because configs bind it.
-    """
-    if kernel_size == 1:
-        return (0, 0)
-    p = (kernel_size - 1) * dilation + 1
-    if mode == "centered":
-        return ((p - 1) // 2, p // 2)
-    if mode == "causal":
-        return (p // 2 + (p - 1) // 2, 0)
-    if mode == "anticausal":
-        return (0, p // 2 + (p - 1) // 2)
-    raise ValueError(f"padding mode {mode!r} is not one of 'centered', 'causal', 'anticausal'")
+# cached-conv's padding arithmetic ("centered", "causal", "anticausal"), bound to gin
+# under its own name so that acids-rave configs (`convs.get_padding.mode = 'causal'`)
+# set it. Returns ``(left, right)``.
+get_padding = gin.external_configurable(cc.get_padding, "get_padding",
+                                        module="cached_conv.convs")
 
 
 def _as_pair(padding: Union[int, Tuple[int, int], list]) -> Tuple[int, int]:

@@ -89,8 +89,8 @@ def receptive_field(model, start: int = 2 ** 15, limit: int = 2 ** 22) -> Tuple[
 def valid_signal_crop(x: torch.Tensor, left: int, right: int) -> torch.Tensor:
     """Drop the edges of a multiband ``(batch, bands, frames)`` signal that see padding.
 
-    ``left`` / ``right`` are the receptive field in audio samples; a band sample covers
-    ``bands`` of them (RAVE's arithmetic: floor on the left, ceiling on the right).
+    ``left`` / ``right`` are the receptive field in audio samples, divided by the number
+    of rows (RAVE's arithmetic, channels included: floor on the left, ceiling on the right).
     """
     bands = x.shape[1]
     x = x[..., left // bands:]
@@ -99,11 +99,12 @@ def valid_signal_crop(x: torch.Tensor, left: int, right: int) -> torch.Tensor:
     return x
 
 
-def cropped_length(n_signal: int, bands: int, left: int, right: int) -> int:
-    """Frames left per band of ``n_signal`` samples after :func:`valid_signal_crop`."""
-    frames = n_signal // bands - left // bands
+def cropped_length(n_signal: int, n_band: int, dim: int, left: int, right: int) -> int:
+    """Frames left per band of ``n_signal`` samples after :func:`valid_signal_crop` of a
+    multiband signal with ``dim`` rows (``n_band`` times the audio channels)."""
+    frames = n_signal // n_band - left // dim
     if right:
-        frames -= _ceil_div(right, bands)
+        frames -= _ceil_div(right, dim)
     return frames
 
 

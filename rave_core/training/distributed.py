@@ -75,6 +75,12 @@ class DistContext:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def broadcast_tensors(self, tensors: List[torch.Tensor]) -> None:
+        """Copy rank 0's values of ``tensors`` into every process's, in place."""
+        if self.enabled:
+            for t in tensors:
+                dist.broadcast(t, src=0)
+
     def close(self) -> None:
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()

@@ -13,15 +13,14 @@ def _discover() -> None:
             importlib.import_module(f"{__name__}.{info.name}")
 
 
-_discover()
-
-
 def get_target(name: str) -> Target:
     targets = registry()
     if name not in targets:
         raise KeyError(name)
     return targets[name]
 
+
+_discover()  # last: target modules may import this package's names
 
 __all__ = ["CheckOptions", "ExportOptions", "Target", "TargetUnsupported", "get_target",
            "register", "registry"]

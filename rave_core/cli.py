@@ -1,0 +1,280 @@
+"""``rave-core``: prepare datasets and train RAVE-family models.
+
+::
+
+    rave-core preprocess --input_path audio/ --output_path data/db
+    rave-core train --config v2_small --db_path data/db --name my_run
+    rave-core configs
+
+Exit codes: 0 success, 1 a failed operation, 2 bad usage, 130 interrupted (Ctrl-C).
+Errors print one or two lines naming the problem and the fix; ``--debug`` shows tracebacks.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import click
+
+from .config import CONFIG_DIR, ConfigError, available_configs
+from .data import DataError
+from .run import RunError
+
+# Unusable input (exit 2) versus a failed operation (exit 1).
+USAGE_ERRORS = (ConfigError, RunError)
+OPERATION_ERRORS = (DataError, OSError)
+
+DEFAULTS = dict(out_path="runs", max_steps=6_000_000, batch=8, n_signal=131072, val_every=10_000,
+                save_every=500_000, device="auto", workers=8, seed=0)
+
+
+class _Settings:
+    debug = False
+
+
+def _rank_prefix() -> str:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return f"[rank {os.environ.get('RANK', '0')}] " if world > 1 else ""
+
+
+def _fail(settings: _Settings, err: BaseException, code: int, text: Optional[str] = None) -> None:
+    if settings.debug:
+        traceback.print_exception(err)
+    msg = text or str(err).strip() or type(err).__name__
+    click.echo(f"{_rank_prefix()}Error: {msg}", err=True)
+    sys.exit(code)
+
+
+def _guard(settings: _Settings, fn: Callable, *args, interrupted: str = "Interrupted.", **kwargs):
+    """Run ``fn``; known errors become clean messages and exit codes."""
+    from .training.trainer import TrainingArgumentError, TrainingError, TrainingInterrupted
+    try:
+        return fn(*args, **kwargs)
+    except TrainingInterrupted as err:
+        click.echo(f"{_rank_prefix()}{err.message}", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo(f"{_rank_prefix()}{interrupted}", err=True)
+        sys.exit(130)
+    except (*USAGE_ERRORS, TrainingArgumentError) as err:
+        _fail(settings, err, 2)
+    except (*OPERATION_ERRORS, TrainingError) as err:
+        _fail(settings, err, 1)
+    except Exception as err:  # noqa: BLE001 - the last line of defence: no raw traceback
+        first = (str(err).strip().splitlines() or [""])[0]
+        _fail(settings, err, 1, f"unexpected {type(err).__name__}: {first} (run `rave-core --debug "
+                                "...` for the traceback, and report it)")
+
+
+def _usage(message: str) -> None:
+    click.echo(f"{_rank_prefix()}Error: {message}", err=True)
+    sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.version_option(package_name="rave-deploy")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """Prepare audio datasets and train RAVE-family models (RAVE v1/v2/v3, BRAVE)."""
+    ctx.obj = _Settings()
+    ctx.obj.debug = debug
+
+
+# ============================================================================ preprocess
+@main.command()
+@click.option("--input_path", "input_paths", multiple=True, required=True, metavar="DIR",
+              help="Folder of audio files (searched recursively) or one audio file; repeat "
+                   "for several. wav, flac, aiff, ogg, mp3.")
+@click.option("--output_path", required=True, metavar="DB",
+              help="Dataset folder to write (replaced atomically if it is a dataset already).")
+@click.option("--channels", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Audio channels of the dataset (sources are mixed down or duplicated).")
+@click.option("--sampling_rate", type=click.IntRange(min=1), default=44100, show_default=True,
+              help="Sampling rate of the dataset in Hz; must match the config's SAMPLING_RATE.")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Show a progress bar.")
+@click.pass_obj
+def preprocess(settings: _Settings, input_paths, output_path, channels, sampling_rate, progress):
+    """Resample and concatenate audio into a training dataset (rave-core train --db_path)."""
+    from .data import preprocess as run_preprocess
+    missing = [p for p in input_paths if not Path(p).exists()]
+    if missing:
+        _usage(f"--input_path {missing[0]} does not exist; give a folder of audio files")
+    report = _guard(settings, run_preprocess, list(input_paths), output_path, channels=channels,
+                    sampling_rate=sampling_rate, progress=progress,
+                    interrupted=f"Interrupted: nothing was written at {output_path}.")
+    click.echo(str(report))
+
+
+# ============================================================================ train
+def _train_options(fn):
+    """The flags of `rave-core train` and `python -m rave_core.train`."""
+    options = [
+        click.option("--config", "configs", multiple=True, metavar="NAME",
+                     help="Config name (see `rave-core configs`) or .gin file; repeat to "
+                          "compose, e.g. --config v2 --config causal. Optional when resuming "
+                          "(the run's config.gin is used)."),
+        click.option("--db_path", required=True, metavar="DB",
+                     help="Dataset folder written by `rave-core preprocess`."),
+        click.option("--name", required=True, metavar="RUN",
+                     help="Run name: files go to OUT_PATH/RUN. An existing run of that name is "
+                          "resumed exactly where its last.ckpt left off."),
+        click.option("--out_path", default=DEFAULTS["out_path"], show_default=True, metavar="DIR",
+                     help="Folder holding the runs."),
+        click.option("--max_steps", type=click.IntRange(min=1), default=DEFAULTS["max_steps"],
+                     show_default=True, help="Total training steps (a resumed run continues to it)."),
+        click.option("--batch", type=click.IntRange(min=1), default=DEFAULTS["batch"],
+                     show_default=True, help="Windows per step (per GPU with --gpus)."),
+        click.option("--n_signal", type=click.IntRange(min=1), default=DEFAULTS["n_signal"],
+                     show_default=True, help="Samples per training window."),
+        click.option("--val_every", type=click.IntRange(min=1), default=DEFAULTS["val_every"],
+                     show_default=True,
+                     help="Validate, update the latent statistics and save last.ckpt (and "
+                          "best.ckpt when validation improves) every N steps."),
+        click.option("--save_every", type=click.IntRange(min=1), default=DEFAULTS["save_every"],
+                     show_default=True, help="Also keep epoch_<step>.ckpt every N steps."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]),
+                     default=DEFAULTS["device"], show_default=True,
+                     help="auto: CUDA when available, else CPU."),
+        click.option("--workers", type=click.IntRange(min=0), default=DEFAULTS["workers"],
+                     show_default=True, help="Data-loading processes (0: load in the main process)."),
+        click.option("--ckpt", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     metavar="PATH", help="Resume from this checkpoint (default: the run's own "
+                                          "last.ckpt if there is one)."),
+        click.option("--override", "overrides", multiple=True, metavar="'KEY=VALUE'",
+                     help="Gin binding applied after the configs, e.g. 'CAPACITY=32' or "
+                          "'rave.model.RAVE.phase_1_duration=200000'; repeatable."),
+        click.option("--seed", type=int, default=DEFAULTS["seed"], show_default=True,
+                     help="Seed of the initial weights, data order and noise."),
+        click.option("--progress/--no-progress", default=True, show_default=True,
+                     help="Show a progress bar with steps/s and the main losses."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _run_training(settings: _Settings, configs, db_path, name, out_path, max_steps, batch,
+                  n_signal, val_every, save_every, device, workers, ckpt, overrides, seed,
+                  progress) -> None:
+    from .training.trainer import train
+    if not Path(db_path).is_dir():
+        _usage(f"--db_path {db_path}: no such dataset folder; create it with "
+               "`rave-core preprocess --input_path AUDIO_DIR --output_path "
+               f"{db_path}`")
+    if ckpt is not None and not Path(ckpt).is_file():
+        _usage(f"--ckpt {ckpt}: no such checkpoint file")
+    result = _guard(settings, train, list(configs), db_path, name, out_path=out_path,
+                    max_steps=max_steps, batch=batch, n_signal=n_signal, val_every=val_every,
+                    save_every=save_every, device=device, workers=workers, ckpt=ckpt,
+                    overrides=list(overrides), seed=seed, progress=progress,
+                    interrupted="Interrupted: checkpoints already written are intact; run the "
+                                "same command again to resume.")
+    if int(os.environ.get("RANK", "0")) == 0:
+        best = (f", best validation {result.best_validation:.4g}"
+                if result.best_validation is not None else "")
+        click.echo(f"trained {result.run_dir} to step {result.global_step}{best}")
+
+
+@main.command("train")
+@_train_options
+@click.option("--gpus", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train on N GPUs of this machine (spawns torchrun with N processes).")
+@click.pass_obj
+def train_command(settings: _Settings, gpus: int, **kwargs) -> None:
+    """Train a model, or resume a run (the whole RAVE schedule: phase 1, then adversarial
+    phase 2 from PHASE_1_DURATION steps)."""
+    if gpus > 1 and "WORLD_SIZE" not in os.environ:
+        _spawn_torchrun(settings, gpus, kwargs)
+        return
+    _run_training(settings, **kwargs)
+
+
+def _spawn_torchrun(settings: _Settings, gpus: int, kwargs: dict) -> None:
+    import torch
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    cpu_hint = (f"for several CPU processes run: torchrun --nproc_per_node {gpus} "
+                "-m rave_core.train --device cpu ...")
+    if kwargs["device"] == "cpu":
+        _usage(f"--gpus {gpus} asks for GPU processes but --device is cpu; {cpu_hint}")
+    if available < gpus:
+        _usage(f"--gpus {gpus}: this machine has {available} CUDA GPU(s); {cpu_hint}")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={gpus}", "-m", "rave_core.train", *_as_arguments(kwargs)]
+    if settings.debug:
+        cmd.append("--debug")
+    proc = subprocess.Popen(cmd)
+    interrupted = False
+
+    def on_signal(signum, frame):
+        # Ctrl-C reaches the children too (same process group): wait while they save.
+        # A SIGTERM sent to this process alone is passed on.
+        nonlocal interrupted
+        interrupted = True
+        if signum == signal.SIGTERM:
+            proc.send_signal(signum)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = proc.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if interrupted:
+        click.echo("Interrupted: the run saved last.ckpt; run the same command again to resume.",
+                   err=True)
+        sys.exit(130)
+    if code != 0:
+        click.echo(f"Error: the training processes failed (exit code {code}); see their "
+                   "messages above.", err=True)
+        sys.exit(1)
+
+
+def _as_arguments(kwargs: dict) -> List[str]:
+    """Command-line flags reproducing parsed `train` options (for the torchrun children)."""
+    args: List[str] = []
+    for key, value in kwargs.items():
+        if key == "configs":
+            args += [a for c in value for a in ("--config", c)]
+        elif key == "overrides":
+            args += [a for o in value for a in ("--override", o)]
+        elif key == "progress":
+            args.append("--progress" if value else "--no-progress")
+        elif value is not None:
+            args += [f"--{key}", str(value)]
+    return args
+
+
+# ============================================================================ configs
+@main.command()
+def configs() -> None:
+    """List the shipped configs (use with --config)."""
+    for name in available_configs():
+        description = ""
+        for line in (CONFIG_DIR / f"{name}.gin").read_text().splitlines():
+            if line.startswith("#"):
+                description = line.lstrip("# ").strip()
+                break
+        click.echo(f"{name:<14} {description}")
+
+
+# ============================================================================ torchrun entry
+@click.command("train", context_settings={"help_option_names": ["-h", "--help"]})
+@_train_options
+@click.option("--gpus", type=click.IntRange(min=1), default=1, hidden=True)
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+def torchrun_train(gpus: int, debug: bool, **kwargs) -> None:
+    """Train one process of a torchrun job (`rave-core train --gpus N` starts these).
+
+    \b
+    torchrun --nproc_per_node N -m rave_core.train --config v2 --db_path DB --name RUN
+    """
+    settings = _Settings()
+    settings.debug = debug
+    _run_training(settings, **kwargs)

@@ -1,0 +1,850 @@
+"""Train a RAVE-family model on a preprocessed dataset, on one process or many.
+
+The schedule is RAVE's:
+
+* **phase 1** (steps ``0 .. phase_1_duration - 1``): the autoencoder learns to
+  reconstruct. Loss = multiband + fullband spectral distance + beta * KL (beta from
+  :class:`~rave_core.training.schedule.BetaWarmup`). Adam(1e-3, betas (.5, .9)), its
+  learning rate decayed linearly to a tenth over phase 1.
+* **phase 2** (from ``phase_1_duration``): the encoder is frozen (``set_warmed_up``) and
+  the decoder is trained adversarially: hinge (or the config's) GAN loss plus feature
+  matching against the discriminator, which is updated by its own Adam(1e-4) on every
+  ``update_discriminator_every``-th step instead of the generator.
+
+A run lives in ``<out_path>/<name>/``: ``config.gin`` (the operative config) and
+``version_0/`` (TensorBoard events, ``checkpoints/{last,best,epoch_<step>}.ckpt``,
+``audio/step_<n>.wav`` reconstructions). Re-running the same name resumes it exactly.
+
+Multi-process: run under ``torchrun`` (``python -m rave_core.train``); each process
+trains on its shard of every epoch, gradients are averaged by
+:class:`~torch.nn.parallel.DistributedDataParallel` (NCCL on GPUs, gloo on CPU) and only
+rank 0 validates, logs and writes files.
+"""
+from __future__ import annotations
+
+import collections
+import difflib
+import inspect
+import random
+import re
+import signal
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
+
+import gin
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from ..config import ConfigError, parse_config
+from ..data import AudioDataset, DataError, load_metadata
+from ..losses import adversarial_losses, feature_matching_loss, split_features
+from ..run import RunError, find_config
+from .analysis import (cropped_length, fidelity_dimensions, latent_statistics,
+                       receptive_field, valid_signal_crop)
+from .checkpoint import (capture_rng, load_checkpoint, restore_rng, save_checkpoint,
+                         write_text_atomically)
+from .distributed import DistContext
+from .sampler import ResumableSampler
+from .schedule import BetaWarmup
+
+__all__ = ["TrainingError", "TrainingArgumentError", "TrainingInterrupted", "TrainResult",
+           "RAVETrainer", "train"]
+
+CHECKPOINT_DIR = Path("version_0") / "checkpoints"
+GEN_LR, DIS_LR, BETAS = 1e-3, 1e-4, (.5, .9)
+FINAL_LR_FACTOR = .1
+PROGRESS_KEYS = {"fullband_spectral_distance": "fb", "multiband_spectral_distance": "mb",
+                 "regularization": "kl", "loss_dis": "dis", "adversarial": "adv"}
+
+
+class TrainingError(RuntimeError):
+    """Training could not go on (diverged, checkpoint does not fit); the message says why
+    and what to do."""
+
+
+class TrainingArgumentError(ValueError):
+    """An argument of :func:`train` is unusable as given (bad usage)."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C / SIGTERM: training stopped after a complete step and saved ``last.ckpt``."""
+
+    def __init__(self, message: str, checkpoint: Optional[Path]) -> None:
+        super().__init__(message)
+        self.message = message
+        self.checkpoint = checkpoint
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` did.
+
+    ``history``: the values logged at each of the last steps (dicts with ``step``);
+    ``validations``: one dict per validation (``step``, ``validation``, fidelity levels).
+    """
+
+    run_dir: Path
+    global_step: int
+    epoch: int
+    model: nn.Module
+    history: List[Dict[str, float]] = field(default_factory=list)
+    validations: List[Dict[str, float]] = field(default_factory=list)
+    best_validation: Optional[float] = None
+    resumed_from: Optional[Path] = None
+    steps_per_second: float = 0.0
+
+
+# ============================================================================ the step
+def _analysis(pqmf: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``(batch, channels, time)`` -> multiband ``(batch, channels * bands, time / bands)``."""
+    batch, channels, time = x.shape
+    return pqmf(x.reshape(batch * channels, 1, time)).reshape(batch, -1, time // pqmf.n_band)
+
+
+class _Decoder(nn.Module):
+    """Latent -> ``(y_multiband, y)``: the decoder and the PQMF synthesis.
+
+    Phase 2's trainable generator (the frozen encoder runs outside it).
+    """
+
+    def __init__(self, pqmf: nn.Module, decoder: nn.Module) -> None:
+        super().__init__()
+        self.pqmf, self.decoder = pqmf, decoder
+
+    def forward(self, z: torch.Tensor, channels: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        y_mb = self.decoder(z)
+        batch = y_mb.shape[0]
+        y = self.pqmf.inverse(y_mb.reshape(batch * channels, -1, y_mb.shape[-1]))
+        return y_mb, y.reshape(batch, channels, -1)
+
+
+class _Autoencoder(nn.Module):
+    """Audio -> ``(x_multiband, y_multiband, y, regularisation)``: phase 1's generator.
+
+    One module so that DDP sees one forward. Multiband signals are
+    ``(batch, channels * bands, time / bands)``.
+    """
+
+    def __init__(self, pqmf: nn.Module, encoder: nn.Module, decoder: _Decoder) -> None:
+        super().__init__()
+        self.pqmf, self.encoder, self.decoder = pqmf, encoder, decoder
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        x_mb = _analysis(self.pqmf, x)
+        z, reg = self.encoder.reparametrize(self.encoder(x_mb))[:2]
+        return (x_mb, *self.decoder(z, x.shape[1]), reg)
+
+
+def _phase_1_has_unused_parameters(model: nn.Module) -> bool:
+    """Parameters phase 1 leaves unused: v1's noise branch (added only once warmed up),
+    an RVQ's projections while quantisation is off. DDP must be told."""
+    if getattr(model.decoder, "use_noise", False):
+        return True
+    rvq = getattr(model.encoder, "rvq", None)
+    start = getattr(model, "warmup_quantize", None)
+    return rvq is not None and any(True for _ in rvq.parameters()) and (start is None or start > 0)
+
+
+class RAVETrainer:
+    """RAVE's training step, its optimisers and its validation, for one process.
+
+    Args:
+        model: a :class:`~rave_core.models.rave.RAVE` built with its discriminator and
+            losses, already on ``device``.
+        beta: the KL weight schedule.
+        device: where the model lives.
+        dist: the process group (DDP-wraps the generator and discriminator when enabled).
+    """
+
+    def __init__(self, model: nn.Module, beta: BetaWarmup, device: torch.device,
+                 dist: Optional[DistContext] = None) -> None:
+        self.model = model
+        self.beta = beta
+        self.device = device
+        self.dist = dist or DistContext()
+        # The PQMF filters are fixed: no gradient, not in any optimiser.
+        model.pqmf.requires_grad_(False)
+        self.decoder = _Decoder(model.pqmf, model.decoder)
+        self.autoencoder = _Autoencoder(model.pqmf, model.encoder, self.decoder)
+        gen_params = [*model.encoder.parameters(), *model.decoder.parameters()]
+        self.gen_opt = torch.optim.Adam(gen_params, GEN_LR, BETAS)
+        self.gen_sched = torch.optim.lr_scheduler.LinearLR(
+            self.gen_opt, start_factor=1.0, end_factor=FINAL_LR_FACTOR,
+            total_iters=max(1, int(model.phase_1_duration)))
+        disc = model.discriminator
+        self.dis_opt = torch.optim.Adam(disc.parameters(), DIS_LR, BETAS) if disc is not None else None
+
+        self._wrapped: Dict[str, nn.Module] = {}
+        self._phase: Optional[bool] = None  # warmed up? (None: not set yet)
+        self._crop: Optional[Tuple[int, int]] = None
+
+    def _ddp(self, key: str) -> nn.Module:
+        """The module for ``key`` ("autoencoder", "decoder", "discriminator"), DDP-wrapped
+        when distributed. Wrapped on first use: phase 2's modules only exist from phase 2,
+        each with exactly the parameters its backward reaches."""
+        module = {"autoencoder": self.autoencoder, "decoder": self.decoder,
+                  "discriminator": self.model.discriminator}[key]
+        if not self.dist.enabled:
+            return module
+        if key not in self._wrapped:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            unused = key == "autoencoder" and _phase_1_has_unused_parameters(self.model)
+            # Buffers (RVQ codebooks) follow rank 0 at every forward.
+            self._wrapped[key] = DistributedDataParallel(module, device_ids=ids,
+                                                         find_unused_parameters=unused)
+        return self._wrapped[key]
+
+    # ---------------------------------------------------------------- schedule
+    def is_adversarial(self, step: int) -> bool:
+        """Whether 0-based step ``step`` is in phase 2."""
+        return step >= int(self.model.phase_1_duration)
+
+    def _set_phase(self, step: int) -> bool:
+        warmed = self.is_adversarial(step)
+        if warmed != self._phase:
+            self.model.encoder.set_warmed_up(warmed)
+            self.model.decoder.set_warmed_up(warmed)
+            self._phase = warmed
+        enabled = getattr(self.model.encoder, "enabled", None)
+        start = self.model.warmup_quantize
+        if enabled is not None and start is not None and step >= start and not bool(enabled):
+            self.model.encoder.enabled = torch.ones_like(enabled)
+        return warmed
+
+    # ---------------------------------------------------------------- step
+    def step(self, x: torch.Tensor, step: int, stop: bool = False) -> Tuple[Dict[str, float], bool]:
+        """Train on batch ``x`` ``(batch, channels, n_signal)`` as 0-based step ``step``.
+
+        Returns the logged values and whether any process asked to stop (``stop`` is this
+        process's request). Raises :class:`TrainingError` on a non-finite loss, before
+        any weight is touched.
+        """
+        model, weights = self.model, self.model.weights
+        warmed = self._set_phase(step)
+        beta = self.beta(step + 1)  # acids-rave counts warm-up steps from 1
+        adversarial = warmed and model.discriminator is not None
+        dis_step = adversarial and step % int(model.update_discriminator_every) == 0
+
+        with torch.set_grad_enabled(not dis_step):
+            if warmed:
+                # Frozen encoder: it runs outside the trained module, without a graph.
+                with torch.no_grad():
+                    x_mb = _analysis(model.pqmf, x)
+                    z_raw = model.encoder(x_mb)
+                z, reg = model.encoder.reparametrize(z_raw)[:2]
+                y_mb, y = self._ddp("decoder")(z, x.shape[1])
+            else:
+                x_mb, y_mb, y, reg = self._ddp("autoencoder")(x)
+            y_mb, y = y_mb[..., :x_mb.shape[-1]], y[..., :x.shape[-1]]
+            if self._crop is None:  # read once: the buffer lives on the device
+                rf = [int(v) for v in model.receptive_field.tolist()]
+                self._crop = (rf[0], rf[1]) if model.valid_signal_crop and sum(rf) else (0, 0)
+            if sum(self._crop):
+                x_mb = valid_signal_crop(x_mb, *self._crop)
+                y_mb = valid_signal_crop(y_mb, *self._crop)
+            losses: Dict[str, torch.Tensor] = {}
+            for k, v in model.multiband_audio_distance(x_mb, y_mb).items():
+                losses[f"multiband_{k}"] = weights["multiband_audio_distance"] * v
+            for k, v in model.audio_distance(x, y).items():
+                losses[f"fullband_{k}"] = weights["audio_distance"] * v
+            losses["regularization"] = reg * beta
+
+        extra: Dict[str, torch.Tensor] = {}
+        if adversarial:
+            # The discriminator's own step trains it on a detached reconstruction, through
+            # DDP; the generator's step only needs gradients *through* it, so it calls the
+            # plain module (its parameter gradients are discarded before its next step).
+            disc = self._ddp("discriminator") if dis_step else model.discriminator
+            real, fake = split_features(disc(torch.cat([x, y.detach() if dis_step else y], 0)))
+            loss_dis, loss_adv, pred_real, pred_fake = adversarial_losses(real, fake, model.gan_loss)
+            with torch.set_grad_enabled(not dis_step):
+                fm = feature_matching_loss(real, fake, model.feature_matching_fun,
+                                           int(model.num_skipped_features))
+            losses["feature_matching"] = weights["feature_matching"] * fm
+            losses["adversarial"] = weights["adversarial"] * loss_adv
+            extra = {"loss_dis": loss_dis, "pred_real": pred_real, "pred_fake": pred_fake}
+
+        # acids-rave weighs each term once more by `weights.get(name, 1)`: feature matching
+        # ends up at weight**2 (20 -> 400 for v2). Kept, so configs train as they do there.
+        loss_gen = sum(v * weights.get(k, 1.) for k, v in losses.items())
+        loss = extra["loss_dis"] if dis_step else loss_gen
+
+        # One host sync per step: the finite check and every logged value together.
+        flags = torch.stack([(~torch.isfinite(loss)).float(),
+                             torch.tensor(float(stop), device=loss.device)])
+        flags = self.dist.any(flags)
+        names = [*losses, *extra]
+        values = torch.stack([t.detach().float().reshape(()) for t in [*losses.values(), *extra.values()]])
+        flag_values, logged = flags.tolist(), values.tolist()
+        logs = dict(zip(names, logged))
+        if flag_values[0]:
+            which = "discriminator" if dis_step else "generator"
+            raise TrainingError(f"the {which} loss is not finite at step {step + 1} "
+                                f"({', '.join(f'{k}={v:.4g}' for k, v in logs.items())})")
+
+        learning_rate = self.gen_opt.param_groups[0]["lr"]
+        if dis_step:
+            self.dis_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.dis_opt.step()
+        else:
+            self.gen_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.gen_opt.step()  # the frozen encoder has no gradient: Adam skips it
+        self.gen_sched.step()
+        logs["beta_factor"] = beta
+        logs["learning_rate"] = learning_rate
+        return logs, bool(flag_values[1])
+
+    # ---------------------------------------------------------------- validation
+    @torch.no_grad()
+    def validate(self, loader: DataLoader, seed: int = 0, n_audio: int = 4
+                 ) -> Tuple[float, Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """Mean fullband spectral distance over ``loader``'s windows.
+
+        Returns ``(distance, posterior means (frames, latent) or None, audio)`` where
+        ``audio`` is ``(channels, time)``: the first ``n_audio`` windows, each input then
+        its reconstruction. Uses its own seeded RNG so training's is untouched.
+        """
+        model = self.model
+        was_training = model.training
+        model.eval()
+        total, count, means, audio = 0.0, 0, [], []
+        devices = [self.device] if self.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
+                for x in loader:
+                    x = x.to(self.device, non_blocking=True)
+                    z = model.encode(x)
+                    if model.is_variational:
+                        means.append(model.latent_mean_of(z).transpose(1, 2).reshape(-1, z.shape[1] // 2).cpu())
+                    y = model.decode(model.encoder.reparametrize(z)[0])[..., :x.shape[-1]]
+                    distance = sum(model.audio_distance(x, y).values())
+                    total += float(distance) * x.shape[0]
+                    count += x.shape[0]
+                    for xi, yi in zip(x, y):
+                        if len(audio) < 2 * n_audio:
+                            audio += [xi.cpu(), yi.cpu()]
+        finally:
+            model.train(was_training)
+        z_all = torch.cat(means, 0) if means else None
+        wav = torch.cat(audio, -1) if audio else None
+        return total / max(count, 1), z_all, wav
+
+    # ---------------------------------------------------------------- state
+    def state_dict(self) -> Dict[str, Any]:
+        return {
+            "optimizer_states": [self.gen_opt.state_dict()]
+            + ([self.dis_opt.state_dict()] if self.dis_opt is not None else []),
+            "lr_schedulers": [self.gen_sched.state_dict()],
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> bool:
+        """Restore optimisers and scheduler; False (and untouched) if they do not fit."""
+        opts = state.get("optimizer_states") or []
+        scheds = state.get("lr_schedulers") or []
+        expected = 1 + (self.dis_opt is not None)
+        if len(opts) != expected or len(scheds) != 1:
+            return False
+        try:
+            self.gen_opt.load_state_dict(opts[0])
+            if self.dis_opt is not None:
+                self.dis_opt.load_state_dict(opts[1])
+            self.gen_sched.load_state_dict(scheds[0])
+        except (ValueError, KeyError, RuntimeError):
+            return False
+        return True
+
+
+# ============================================================================ config
+def _macros(text: str) -> List[str]:
+    defined = re.findall(r"^\s*([A-Za-z_]\w*)\s*=", text, flags=re.MULTILINE)
+    used = re.findall(r"%([A-Za-z_]\w*)", text)
+    return sorted(set(defined) | set(used))
+
+
+def _selectors() -> List[str]:
+    return sorted(sel for sel, _ in gin.config._REGISTRY.items())
+
+
+def check_overrides(config_text: str, overrides: Sequence[str]) -> None:
+    """Refuse overrides that would silently do nothing or fail deep inside gin.
+
+    ``NAME = value`` must name a macro of the config (gin would accept a typo as a new,
+    unused macro); ``[scope/]module.Class.param = value`` must name a configurable and
+    one of its parameters. Errors name the nearest valid keys.
+    """
+    for override in overrides:
+        if "=" not in override:
+            raise ConfigError(f"override {override!r} is not of the form 'KEY=VALUE' "
+                              "(e.g. --override 'CAPACITY=32')")
+        key = override.split("=", 1)[0].strip()
+        if "." not in key:
+            macros = _macros(config_text)
+            if key not in macros:
+                close = difflib.get_close_matches(key, macros, n=3, cutoff=0.5)
+                hint = f"nearest: {', '.join(close)}" if close else f"macros: {', '.join(macros)}"
+                raise ConfigError(f"override {key!r}: the config has no macro {key}; {hint}")
+            continue
+        selector, param = key.split("/")[-1].rsplit(".", 1)
+        matches = gin.config._REGISTRY.matching_selectors(selector)
+        if not matches:
+            close = difflib.get_close_matches(selector, _selectors(), n=3, cutoff=0.5)
+            hint = f"; nearest: {', '.join(close)}" if close else ""
+            raise ConfigError(f"override {key!r}: no configurable {selector!r}{hint}")
+        if len(matches) > 1:
+            continue  # ambiguous: gin itself says so
+        target = gin.config._REGISTRY.get_match(matches[0]).wrapped
+        try:
+            signature = inspect.signature(target)
+        except (TypeError, ValueError):
+            continue
+        params = [p.name for p in signature.parameters.values()
+                  if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values()) or param in params:
+            continue
+        close = difflib.get_close_matches(param, params, n=3, cutoff=0.5)
+        hint = f"nearest: {', '.join(close)}" if close else f"parameters: {', '.join(params)}"
+        raise ConfigError(f"override {key!r}: {matches[0]} has no parameter {param!r}; {hint}")
+
+
+def _build(configs: Sequence[str], overrides: Sequence[str], text: Optional[str],
+           channels: int, seed: int):
+    """Parse the config, build the model with its discriminator, and the beta schedule.
+
+    Returns ``(model, beta, operative config text)``.
+    """
+    from ..models.rave import RAVE
+    full = parse_config(configs, (), text)
+    check_overrides(full, overrides)
+    # The dataset decides the channel count, as in acids-rave's `rave train`.
+    parse_config(configs, [*overrides, f"rave.model.RAVE.n_channels = {channels}"], text)
+    torch.manual_seed(seed)  # the initial weights depend on the seed only
+    try:
+        model = RAVE(build_discriminator=True)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"config does not build a RAVE model: {err}") from None
+    beta = BetaWarmup()
+    # Calling the training-time callables once records their bindings (e.g. the
+    # feature-matching norm) in the operative config, so config.gin is complete.
+    probe = torch.ones(1, 1, 4)
+    if model.gan_loss is not None:
+        model.gan_loss(probe, probe)
+    if model.feature_matching_fun is not None:
+        model.feature_matching_fun(probe, probe)
+    return model, beta, gin.operative_config_str()
+
+
+def _first_difference(a: str, b: str) -> str:
+    for la, lb in zip(a.splitlines(), b.splitlines()):
+        if la != lb:
+            return f"{la.strip()!r} vs {lb.strip()!r}"
+    return "different length"
+
+
+# ============================================================================ the loop
+class _StopRequest:
+    """SIGINT / SIGTERM ask training to stop after the current step (and save); a second
+    signal stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> "_StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise TrainingArgumentError("--device cuda: CUDA is not available on this machine; "
+                                        "use --device cpu (or auto)")
+        return torch.device(device)
+    if device == "cpu":
+        return torch.device("cpu")
+    raise TrainingArgumentError(f"--device {device!r}: use auto, cpu or cuda")
+
+
+def _check_arguments(name: str, max_steps: int, batch: int, n_signal: int, val_every: int,
+                     save_every: int, workers: int) -> None:
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise TrainingArgumentError(f"--name {name!r}: give a plain run name (no '/'), e.g. "
+                                    "--name my_run")
+    for flag, value, low in (("--max_steps", max_steps, 1), ("--batch", batch, 1),
+                             ("--n_signal", n_signal, 1), ("--val_every", val_every, 1),
+                             ("--save_every", save_every, 1), ("--workers", workers, 0)):
+        if int(value) < low:
+            raise TrainingArgumentError(f"{flag} must be >= {low}, got {value}")
+
+
+def _load_model_weights(model: nn.Module, state_dict: Dict[str, torch.Tensor], path: Path) -> None:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    # A checkpoint without discriminator (e.g. from an export-only model) can still
+    # seed training: the discriminator starts fresh.
+    blocking = [k for k in missing if not k.startswith("discriminator.")]
+    if blocking or unexpected:
+        key = (blocking or unexpected)[0]
+        why = "is missing" if blocking else "is not in the model"
+        raise TrainingError(f"{path} does not fit the config: key {key!r} {why}; resume with the "
+                            "config the run was trained with (leave out --config)")
+    for k, v in state_dict.items():
+        if tuple(v.shape) != tuple(expected[k].shape):
+            raise TrainingError(f"{path} does not fit the config: {k!r} has shape {tuple(v.shape)} "
+                                f"in the checkpoint but {tuple(expected[k].shape)} in the model")
+    if missing:
+        warnings.warn(f"{path} has no discriminator weights: the discriminator starts from scratch")
+    # `warmed_up` / `enabled` are replaced (not written in place) by set_warmed_up: copy
+    # through load_state_dict, which handles both.
+    model.load_state_dict(state_dict, strict=False)
+
+
+def train(configs: Sequence[str], db_path, name: str, out_path="runs", max_steps: int = 6_000_000,
+          batch: int = 8, n_signal: int = 131072, val_every: int = 10_000,
+          save_every: int = 500_000, device: str = "auto", workers: int = 8,
+          ckpt=None, overrides: Sequence[str] = (), seed: int = 0, progress: bool = True, *,
+          valid_fraction: float = 0.02, log_every: int = 50, audio_examples: int = 4,
+          keep_history: int = 10_000) -> TrainResult:
+    """Train (or resume) the run ``<out_path>/<name>`` until ``max_steps`` steps.
+
+    Args:
+        configs: config names or gin files, composed in order (``rave-core configs``).
+            May be empty when resuming: the run's ``config.gin`` is used.
+        db_path: a dataset folder written by :func:`rave_core.data.preprocess`.
+        name: run name (a folder under ``out_path``). An existing run of that name with a
+            ``last.ckpt`` is resumed exactly (same step, optimisers, RNG, data order).
+        max_steps: total training steps (a resumed run continues up to it).
+        batch: windows per step (per process under torchrun).
+        n_signal: samples per window.
+        val_every: validate, update latent statistics and save ``last.ckpt`` (and
+            ``best.ckpt`` when the validation distance improves) every that many steps,
+            and at the end.
+        save_every: also keep ``epoch_<step>.ckpt`` every that many steps.
+        device: ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda"``.
+        workers: data-loading processes.
+        ckpt: resume from this checkpoint instead (with its run's config unless
+            ``configs`` are given).
+        overrides: gin bindings ``'KEY=VALUE'`` applied after the configs.
+        seed: seeds weights, data order and noise.
+        progress: show a progress bar (rank 0).
+        valid_fraction: share of the windows held out for validation.
+        log_every: TensorBoard scalars every that many steps.
+        audio_examples: reconstructions written at each validation.
+        keep_history: steps of logged values kept in the result.
+
+    Raises:
+        ConfigError: unknown config or override. DataError: missing or too short dataset.
+        TrainingArgumentError: unusable argument. TrainingError: diverged (non-finite
+        loss; the last good checkpoint is kept) or a checkpoint that does not fit.
+        TrainingInterrupted: Ctrl-C / SIGTERM (``last.ckpt`` saved first).
+    """
+    _check_arguments(name, max_steps, batch, n_signal, val_every, save_every, workers)
+    dev = _resolve_device(device)
+    ctx = DistContext.from_environment(dev.type == "cuda")
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed window shapes: let cuDNN pick kernels
+        if ctx.enabled:
+            dev = torch.device("cuda", ctx.local_rank)
+    try:
+        return _train(ctx, configs, Path(db_path), name, Path(out_path), int(max_steps), int(batch),
+                      int(n_signal), int(val_every), int(save_every), dev, int(workers),
+                      ckpt, list(overrides), int(seed), progress, valid_fraction, log_every,
+                      audio_examples, keep_history)
+    finally:
+        ctx.close()
+
+
+def _train(ctx: DistContext, configs, db_path: Path, name: str, out_path: Path, max_steps: int,
+           batch: int, n_signal: int, val_every: int, save_every: int, device: torch.device,
+           workers: int, ckpt, overrides: List[str], seed: int, progress: bool,
+           valid_fraction: float, log_every: int, audio_examples: int,
+           keep_history: int) -> TrainResult:
+    meta = load_metadata(db_path)
+    channels = int(meta["channels"])
+    run_dir = out_path / name
+    ckpt_dir = run_dir / CHECKPOINT_DIR
+    by_name = ckpt is None and (ckpt_dir / "last.ckpt").exists()
+    resume_path = Path(ckpt) if ckpt is not None else (ckpt_dir / "last.ckpt" if by_name else None)
+    if resume_path is not None and not resume_path.is_file():
+        raise TrainingArgumentError(f"--ckpt {resume_path}: no such checkpoint file")
+
+    # ---- config and model
+    stored = (run_dir / "config.gin").read_text() if (run_dir / "config.gin").exists() else None
+    text = None
+    if not configs:
+        if resume_path is None:
+            raise TrainingArgumentError("no --config given: choose one or more of "
+                                        "`rave-core configs` (e.g. --config v2_small)")
+        try:
+            text = find_config(resume_path).read_text()
+        except RunError as err:
+            raise TrainingError(str(err)) from None
+    model, beta, operative = _build(configs, overrides, text, channels, seed)
+    if by_name and configs and stored is not None and operative != stored:
+        raise TrainingArgumentError(
+            f"run {run_dir} exists and was trained with another config "
+            f"({_first_difference(stored, operative)}); leave out --config to resume it, "
+            "or choose a new --name")
+    if int(model.sr) != int(meta["sr"]):
+        raise DataError(f"dataset {db_path} is at {meta['sr']} Hz but the config at {model.sr} Hz; "
+                        f"re-run `rave-core preprocess --sampling_rate {model.sr}`, or "
+                        f"--override 'SAMPLING_RATE={meta['sr']}'")
+    model.to(device)
+
+    # ---- data
+    train_set = AudioDataset(db_path, n_signal, "train", valid_fraction)
+    valid_set = AudioDataset(db_path, n_signal, "valid", valid_fraction)
+
+    # ---- optimisation state
+    trainer = RAVETrainer(model, beta, device, ctx)
+    start_step, best, rng_state = 0, None, None
+    if resume_path is not None:
+        state = load_checkpoint(resume_path)
+        _load_model_weights(model, state["state_dict"], resume_path)
+        start_step = int(state.get("global_step", 0) or 0)
+        best = state.get("best_validation")
+        if not trainer.load_state_dict(state):
+            warnings.warn(f"{resume_path}: no usable optimiser state; optimisers start afresh")
+        rngs = state.get("rng_states") or []
+        if len(rngs) == ctx.world_size:
+            rng_state = rngs[ctx.rank]
+        elif rngs:
+            warnings.warn(f"{resume_path} was saved by {len(rngs)} processes, this run has "
+                          f"{ctx.world_size}: noise and data order will differ from an "
+                          "uninterrupted run")
+        loader_state = state.get("loader") or {}
+        if loader_state and (loader_state.get("batch"), loader_state.get("seed")) != (batch, seed):
+            warnings.warn(f"{resume_path} was trained with batch {loader_state.get('batch')} and seed "
+                          f"{loader_state.get('seed')}: the data order changes")
+    if rng_state is not None:
+        restore_rng(rng_state)
+    else:
+        # Per-rank noise (reparametrisation, filtered noise); weights were seeded alike.
+        torch.manual_seed(seed + ctx.rank)
+        np.random.seed(seed + ctx.rank)
+        random.seed(seed + ctx.rank)
+
+    # ---- receptive field (RAVE measures it before training; valid_signal_crop uses it)
+    if not int(model.receptive_field.sum()):
+        left, right = receptive_field(model)
+        model.receptive_field.copy_(torch.tensor([left, right], device=model.receptive_field.device))
+    _check_signal_length(model, n_signal)
+
+    sampler = ResumableSampler(train_set, batch, ctx.world_size, ctx.rank, seed, start_step)
+    loader = DataLoader(train_set, batch_size=batch, sampler=sampler, drop_last=True,
+                        num_workers=workers, pin_memory=device.type == "cuda",
+                        generator=torch.Generator().manual_seed(seed))
+    valid_loader = DataLoader(valid_set, batch_size=batch, shuffle=False, num_workers=0)
+
+    # ---- run directory (rank 0 only)
+    writer = None
+    if ctx.is_main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        if stored != operative:
+            write_text_atomically(run_dir / "config.gin", operative)
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(log_dir=str(run_dir / "version_0"))
+        if start_step == 0:
+            writer.add_text("config", "```\n" + operative + "\n```")
+
+    result = TrainResult(run_dir=run_dir, global_step=start_step, epoch=sampler.epoch_of(start_step),
+                         model=model, best_validation=best, resumed_from=resume_path)
+    history: Deque[Dict[str, float]] = collections.deque(maxlen=keep_history)
+    step = start_step
+    last_saved: Optional[Tuple[Path, int]] = (resume_path, start_step) if resume_path else None
+
+    def save(step: int, periodic: bool, improved: bool) -> None:
+        nonlocal last_saved
+        rngs = ctx.gather(capture_rng())  # every rank's RNG, for an exact resume
+        if not ctx.is_main:
+            return
+        payload = {
+            "state_dict": model.state_dict(),
+            "global_step": step,
+            "epoch": sampler.epoch_of(step),
+            **trainer.state_dict(),
+            "callbacks": {"BetaWarmupCallback": {"training_steps": step}},
+            "rng_states": rngs,
+            "loader": {"batches_consumed": step, "batch": batch, "world_size": ctx.world_size,
+                       "seed": seed, "batches_per_epoch": sampler.batches_per_epoch},
+            "best_validation": result.best_validation,
+        }
+        save_checkpoint(ckpt_dir / "last.ckpt", payload)
+        if improved:
+            save_checkpoint(ckpt_dir / "best.ckpt", payload)
+        if periodic:
+            save_checkpoint(ckpt_dir / f"epoch_{step}.ckpt", payload)
+        last_saved = (ckpt_dir / "last.ckpt", step)
+
+    def validate(step: int, baseline: bool = False) -> bool:
+        """Rank 0: validation, latent statistics, audio; True when the distance improved
+        (never for the ``baseline`` validation of the untrained model)."""
+        if not ctx.is_main or len(valid_set) == 0:
+            return False
+        distance, z, audio = trainer.validate(valid_loader, seed, audio_examples)
+        record = {"step": step, "validation": distance}
+        if z is not None and len(z):
+            mean, pca, fidelity = latent_statistics(z)
+            model.latent_mean.copy_(mean)
+            model.latent_pca.copy_(pca)
+            model.fidelity.copy_(fidelity)
+            record.update(fidelity_dimensions(model.fidelity))
+        result.validations.append(record)
+        for k, v in record.items():
+            if k != "step":
+                writer.add_scalar(k, v, step)
+        if audio is not None:
+            _write_audio(run_dir / "version_0" / "audio" / f"step_{step}.wav", audio, int(model.sr))
+            writer.add_audio("audio_val", audio.mean(0).clamp(-1, 1), step, sample_rate=int(model.sr))
+        writer.flush()
+        if baseline:
+            return False
+        improved = result.best_validation is None or distance < result.best_validation
+        if improved:
+            result.best_validation = distance
+        return improved
+
+    bar = None
+    if ctx.is_main and progress:
+        from tqdm import tqdm
+        bar = tqdm(total=max_steps, initial=start_step, unit="step", desc=name, dynamic_ncols=True)
+    persistent = model.state_dict(keep_vars=True)
+    buffers = [b for name, b in model.named_buffers() if name in persistent]
+    if start_step == 0:
+        validate(0, baseline=True)  # where training starts from (Lightning's sanity check)
+        ctx.broadcast_tensors(buffers)
+    model.train()
+    t0, steps_done = time.perf_counter(), 0
+    stopper = _StopRequest()
+    iterator, interrupted = None, False
+    try:
+        with stopper:
+            iterator = iter(loader)
+            while step < max_steps:
+                try:
+                    x = next(iterator)
+                except RuntimeError:
+                    if stopper.requested:  # a signal took the data workers down
+                        interrupted = True
+                        break
+                    raise
+                x = x.to(device, non_blocking=True)
+                try:
+                    logs, stop = trainer.step(x, step, stopper.requested)
+                except TrainingError as err:
+                    raise TrainingError(_divergence_message(err, last_saved)) from None
+                step += 1
+                steps_done += 1
+                logs["step"] = step
+                history.append(logs)
+                if writer is not None and step % log_every == 0:
+                    for k, v in logs.items():
+                        if k != "step":
+                            writer.add_scalar(k, v, step)
+                if bar is not None:
+                    bar.update(1)
+                    if step % 10 == 0 or step == max_steps:
+                        bar.set_postfix({short: f"{logs[k]:.3g}" for k, short in PROGRESS_KEYS.items()
+                                         if k in logs}, refresh=False)
+                at_val = step % val_every == 0 or step == max_steps
+                periodic = step % save_every == 0
+                if at_val or periodic or stop:
+                    improved = validate(step) if at_val else False
+                    save(step, periodic, improved)
+                    if at_val:
+                        # Rank 0's buffers (latent statistics, BatchNorm running stats, which
+                        # each rank updates from its own batches) everywhere: every rank
+                        # then holds the model that was saved.
+                        ctx.broadcast_tensors(buffers)
+                if stop:
+                    interrupted = True
+                    break
+            if interrupted and step < max_steps:
+                if last_saved is None or last_saved[1] != step:
+                    save(step, False, False)
+                raise TrainingInterrupted(
+                    f"interrupted at step {step}: saved {ckpt_dir / 'last.ckpt'}; run the same "
+                    "command again to resume", ckpt_dir / "last.ckpt")
+    finally:
+        del iterator
+        if bar is not None:
+            bar.close()
+        if writer is not None:
+            writer.close()
+    elapsed = time.perf_counter() - t0
+    result.global_step = step
+    result.epoch = sampler.epoch_of(step)
+    result.history = list(history)
+    result.steps_per_second = steps_done / elapsed if elapsed > 0 else 0.0
+    model.eval()
+    return result
+
+
+def _divergence_message(err: TrainingError, last_saved: Optional[Tuple[Path, int]]) -> str:
+    if last_saved is None:
+        keep = "no checkpoint was written yet"
+    else:
+        keep = f"the last good checkpoint is {last_saved[0]} (step {last_saved[1]})"
+    return (f"training diverged: {err}.\n{keep}; re-run to resume from it (another --seed "
+            "changes the data order), or check the dataset for clipped or corrupt audio")
+
+
+def _check_signal_length(model: nn.Module, n_signal: int) -> None:
+    """The spectral distances need windows longer than half their largest STFT."""
+    n_band = int(model.pqmf.n_band)
+    left, right = (int(v) for v in model.receptive_field) if model.valid_signal_crop else (0, 0)
+    frames = cropped_length(n_signal, n_band, n_band * int(model.n_channels), left, right)
+    for module, length, label in ((getattr(model, "multiband_audio_distance", None), frames,
+                                   "per band"),
+                                  (getattr(model, "audio_distance", None), n_signal, "")):
+        stft = getattr(module, "multiscale_stft", None)
+        scales = getattr(stft, "scales", None)
+        if not scales:
+            continue
+        need = max(scales) // 2 + 1
+        if length < need:
+            crop = " after the receptive-field crop" if label and (left or right) else ""
+            raise TrainingArgumentError(
+                f"--n_signal {n_signal} is too short for this config: the spectral distance sees "
+                f"{length} samples {label}{crop} but its largest STFT ({max(scales)}) needs "
+                f"{need}; raise --n_signal, or override rave.core.MultiScaleSTFT.scales")
+
+
+def _write_audio(path: Path, audio: torch.Tensor, sr: int) -> None:
+    """``(channels, time)`` float audio to a WAV file, atomically."""
+    import os
+
+    import soundfile as sf
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        sf.write(str(tmp), audio.clamp(-1, 1).t().numpy(), sr, format="WAV", subtype="FLOAT")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+

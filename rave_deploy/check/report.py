@@ -1,0 +1,544 @@
+"""Reports of ``rave-deploy check``: a terminal table, JSON, and one self-contained HTML page.
+
+The HTML page has everything inline (plots as base64 PNG, audio as base64 WAV), so it can
+be mailed, attached to a CI run or opened offline. Per artefact: the pass/fail table of
+checks, exported-vs-eager waveforms and spectrograms, the impulse response with the
+latency marked, the latency jitter histogram, the real-time factor per block size, and
+players for the input, the eager output and the exported output.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+import numpy as np
+
+from ..io import atomic_file
+from .result import CheckReport
+
+#: Longest audio excerpt embedded per player (seconds): keeps the page small.
+MAX_AUDIO_SECONDS = 6.0
+
+
+# --------------------------------------------------------------------------- text / JSON
+def _size_of(path: Path) -> Optional[int]:
+    try:
+        if path.is_dir():
+            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
+def _fmt_size(n: Optional[int]) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return "-"
+
+
+def _host_rtf(report: CheckReport) -> Optional[Dict[str, Any]]:
+    table = report.summary.get("rtf") or {}
+    if not table:
+        return None
+    n = min(table, key=lambda k: int(k))
+    return table[n]
+
+
+def _parity_snr(report: CheckReport) -> Optional[float]:
+    parity = report.summary.get("parity") or {}
+    values = [v.get("snr_db") for v in parity.values() if isinstance(v, dict) and v.get("snr_db") is not None]
+    values = [float(v) for v in values]
+    return min(values) if values else None
+
+
+def _fmt_snr(v: Optional[float]) -> str:
+    if v is None:
+        return "-"
+    if math.isinf(v):
+        return "exact" if v > 0 else "-inf dB"
+    return f"{v:.1f} dB"
+
+
+def _row(report: CheckReport) -> Dict[str, str]:
+    s = report.summary
+    size = s.get("size_bytes")
+    size = int(size) if size is not None else _size_of(Path(report.artifact))
+    lat = s.get("latency_ms")
+    rtf = _host_rtf(report)
+    fails = report.failures()
+    return {
+        "target": report.target,
+        "file": Path(report.artifact).name,
+        "size": _fmt_size(size),
+        "latency": f"{lat:.2f} ms" if lat is not None else "-",
+        "rtf": f"{rtf['rtf']:.2f}x @{rtf['block']}" if rtf else "-",
+        "snr": _fmt_snr(_parity_snr(report)),
+        "result": "PASS" if report.passed else (f"FAIL ({len(fails)})" if fails else "NO CHECKS"),
+    }
+
+
+_COLUMNS = [("target", "target"), ("file", "file"), ("size", "size"), ("latency", "latency"),
+            ("rtf", "RTF @host block"), ("snr", "parity SNR"), ("result", "result")]
+
+
+def format_table(reports: Sequence[CheckReport]) -> str:
+    """A plain-text table, one line per artefact, then the failed checks."""
+    rows = [_row(r) for r in reports]
+    widths = {k: max([len(title)] + [len(r[k]) for r in rows]) for k, title in _COLUMNS}
+    line = lambda cells: "  ".join(c.ljust(widths[k]) for (k, _), c in zip(_COLUMNS, cells)).rstrip()
+    out = [line([t for _, t in _COLUMNS]), line(["-" * widths[k] for k, _ in _COLUMNS])]
+    out += [line([r[k] for k, _ in _COLUMNS]) for r in rows]
+    for rep in reports:
+        for f in rep.failures():
+            out.append(f"  FAIL {Path(rep.artifact).name} {f.name}: {f.message}")
+    return "\n".join(out)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return _jsonable(v.tolist())
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating, float)):
+        v = float(v)
+        return v if math.isfinite(v) else str(v)
+    if isinstance(v, (np.bool_,)):
+        return bool(v)
+    if isinstance(v, Path):
+        return str(v)
+    return v
+
+
+def reports_to_json(reports: Sequence[CheckReport]) -> Dict[str, Any]:
+    """All reports as a JSON-ready dict (no NaN/inf: they become strings)."""
+    return _jsonable({"passed": bool(reports) and all(r.passed for r in reports),
+                      "reports": [r.as_dict() for r in reports]})
+
+
+# --------------------------------------------------------------------------- figures
+_EAGER, _EXPORT, _ERR, _MARK = "#1f77b4", "#e4572e", "#6c757d", "#2a9d8f"
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    plt.rcParams.update({"font.size": 9, "axes.spines.top": False, "axes.spines.right": False,
+                         "axes.titlesize": 10, "axes.titleweight": "bold", "legend.frameon": True,
+                         "legend.framealpha": 0.9, "legend.edgecolor": "0.85", "legend.fontsize": 8})
+    return plt
+
+
+def _png(fig) -> str:
+    plt = _plt()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _img(b64: str, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
+
+
+def _envelope(y: np.ndarray, sr: int, points: int = 2000):
+    """Min/max envelope of ``y`` for plotting: ``points`` columns instead of every
+    sample (fast to draw, and every peak still visible)."""
+    n = len(y)
+    if n <= 2 * points:
+        return np.arange(n) / sr, y
+    hop = n // points
+    m = y[:hop * points].reshape(points, hop)
+    with np.errstate(all="ignore"):
+        lo, hi = np.nanmin(m, 1), np.nanmax(m, 1)
+    t = (np.arange(points) * hop + hop / 2) / sr
+    return np.repeat(t, 2), np.stack([lo, hi], 1).ravel()
+
+
+def _fig_waveform(w: Dict[str, Any], sr: int, method: str) -> str:
+    plt = _plt()
+    y, a = np.asarray(w["exported"])[0], np.asarray(w["aligned"])[0]
+    warm, d = int(w["warmup"]), int(w["delay"])
+    t = np.arange(len(y)) / sr
+    err = np.where(np.isnan(a), 0.0, y - a)
+    err[:warm] = 0
+    peak = np.nanmax(np.abs(a[warm:])) if len(a) > warm else 0
+    fig, ax = plt.subplots(3, 1, layout='constrained', figsize=(11, 6.2), gridspec_kw={"height_ratios": [2, 2, 1.2]})
+    import warnings
+    with warnings.catch_warnings():   # all-NaN columns before the delay
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ax[0].plot(*_envelope(a, sr), color=_EAGER, lw=0.6, label=f"eager, delayed by {d}")
+    ax[0].plot(*_envelope(y, sr), color=_EXPORT, lw=0.6, alpha=0.7, label="exported")
+    ax[0].axvspan(0, warm / sr, color="0.92", zorder=0, label="warm-up (not compared)")
+    ax[0].set_title(f"{method}: exported vs eager (block {w['block']})", loc="left")
+    ax[0].set_xlabel("time (s)")
+    ax[0].legend(loc="lower right", bbox_to_anchor=(1, 1), ncol=3, frameon=False)
+    ax[0].set_xlim(0, t[-1] if len(t) else 1)
+    # zoom where the error is largest (or mid-signal if exact)
+    if len(y) > warm + 16:
+        c = warm + int(np.argmax(np.abs(err[warm:]))) if np.any(err[warm:]) else (warm + len(y)) // 2
+        half = int(0.01 * sr)
+        lo, hi = max(warm, c - half), min(len(y), c + half)
+        ms = 1000 * np.arange(lo, hi) / sr
+        ax[1].plot(ms, a[lo:hi], color=_EAGER, lw=1.4, label="eager (aligned)")
+        ax[1].plot(ms, y[lo:hi], color=_EXPORT, lw=1.0, ls="--", label="exported")
+        ax[1].set_title("zoom: 20 ms around the largest error", loc="left")
+        ax[1].set_xlabel("time (ms)")
+        ax[1].legend(loc="lower right", bbox_to_anchor=(1, 1), ncol=2, frameon=False)
+    ax[2].plot(*_envelope(err, sr), color=_ERR, lw=0.6)
+    rel = np.abs(err).max() / peak if peak else float("nan")
+    ax[2].set_title(f"error (exported − aligned eager), max {rel:.2g} of peak", loc="left")
+    ax[2].set_xlabel("time (s)")
+    ax[2].set_xlim(0, t[-1] if len(t) else 1)
+    return _png(fig)
+
+
+def _fig_latents(w: Dict[str, Any]) -> str:
+    plt = _plt()
+    y, a = np.asarray(w["exported"]), np.asarray(w["aligned"])   # (latent, frames)
+    warm = int(w["warmup"])
+    fig, ax = plt.subplots(1, 2, layout='constrained', figsize=(11, 3.2))
+    n = min(4, y.shape[0])
+    frames = np.arange(y.shape[-1])
+    for i in range(n):
+        ax[0].plot(frames, a[i], color=f"C{i}", lw=1.4, alpha=0.5)
+        ax[0].plot(frames, y[i], color=f"C{i}", lw=0.8, ls="--")
+    ax[0].axvspan(0, warm, color="0.92", zorder=0)
+    ax[0].set_title(f"encode: first {n} latent dims (solid eager, dashed exported)")
+    ax[0].set_xlabel("latent frame")
+    err = np.where(np.isnan(a), 0.0, y - a)
+    err[:, :warm] = 0
+    im = ax[1].imshow(np.abs(err), aspect="auto", origin="lower", cmap="magma", interpolation="nearest")
+    fig.colorbar(im, ax=ax[1], label="|error|")
+    ax[1].set_title("|exported − eager| per latent dim")
+    ax[1].set_xlabel("latent frame")
+    ax[1].set_ylabel("dim")
+    return _png(fig)
+
+
+def _fig_spectrograms(w: Dict[str, Any], sr: int, method: str) -> str:
+    from scipy import signal as sps
+    plt = _plt()
+    warm = int(w["warmup"])
+    y = np.asarray(w["exported"])[0, warm:].astype(np.float64)
+    a = np.nan_to_num(np.asarray(w["aligned"])[0, warm:]).astype(np.float64)
+    nper = 1024 if len(y) >= 4096 else max(16, len(y) // 4)
+    f, t, sa = sps.spectrogram(a, sr, nperseg=nper, noverlap=nper * 3 // 4)
+    _, _, sy = sps.spectrogram(y, sr, nperseg=nper, noverlap=nper * 3 // 4)
+    ref = max(sa.max(), sy.max(), 1e-30)
+    fig, ax = plt.subplots(1, 2, layout='constrained', figsize=(11, 3.4), sharey=True)
+    extent = (warm / sr + t[0], warm / sr + t[-1], 0, f[-1] / 1000)
+    for axis, s, title in ((ax[0], sa, "eager (aligned)"), (ax[1], sy, "exported")):
+        im = axis.imshow(10 * np.log10(s / ref + 1e-12), vmin=-100, vmax=0, origin="lower",
+                         aspect="auto", extent=extent, cmap="magma", interpolation="nearest")
+        axis.set_title(f"{method}: {title}")
+        axis.set_xlabel("time (s)")
+    ax[0].set_ylabel("kHz")
+    fig.colorbar(im, ax=ax, label="dB relative to the peak", fraction=0.03)
+    return _png(fig)
+
+
+def _fig_impulse(imp: Dict[str, Any], sr: int) -> str:
+    plt = _plt()
+    r, e = np.asarray(imp["response"])[0], np.asarray(imp["eager"])[0]
+    click, d, ratio = int(imp["click"]), int(imp["latency"]), int(imp.get("ratio", 128))
+    onset = imp.get("onset")
+    x = np.arange(len(r)) - click
+    ed = np.full_like(e, np.nan)
+    if d < len(e):
+        ed[d:] = e[:len(e) - d]
+    fig, ax = plt.subplots(1, 2, layout='constrained', figsize=(11, 3.4), gridspec_kw={"width_ratios": [3, 2]})
+    lo = -min(ratio, 256)
+    hi = max((onset - click) if onset is not None else d, d) + 4 * ratio
+    sel = (x >= lo) & (x <= hi)
+    ax[0].plot(x[sel], ed[sel], color=_EAGER, lw=1.6, alpha=0.6, label=f"eager, delayed by {d}")
+    ax[0].plot(x[sel], r[sel], color=_EXPORT, lw=0.9, label="exported")
+    ax[0].axvline(0, color="k", lw=0.8, ls=":", label="click")
+    ax[0].axvline(d, color=_MARK, lw=1.2, ls="--", label=f"reported latency {d} ({1000 * d / sr:.2f} ms)")
+    if onset is not None:
+        ax[0].axvline(onset - click, color=_EXPORT, lw=0.8, ls="-.",
+                      label=f"onset {onset - click} ({1000 * (onset - click) / sr:.2f} ms)")
+    ax[0].set_title("impulse response (click minus silence)")
+    ax[0].set_xlabel("samples after the click")
+    ax[0].legend(loc="upper left", fontsize=8)
+    mag = 20 * np.log10(np.abs(r) / max(np.abs(r).max(), 1e-30) + 1e-12)
+    ax[1].plot(1000 * x / sr, mag, color=_EXPORT, lw=0.5)
+    ax[1].axvline(1000 * d / sr, color=_MARK, lw=1.2, ls="--")
+    ax[1].set_ylim(-120, 5)
+    ax[1].set_xlim(1000 * lo / sr, 1000 * x[-1] / sr)
+    ax[1].set_title("whole response, dB")
+    ax[1].set_xlabel("ms after the click")
+    return _png(fig)
+
+
+def _fig_jitter(j: Dict[str, Any], sr: int) -> str:
+    plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+    lat = np.asarray(j["latencies"], dtype=float)
+    pos = np.asarray(j["positions"])
+    d = int(j["structural"])
+    kinds = list(j.get("kinds", ["excitation"] * len(lat)))
+    fig, ax = plt.subplots(1, 2, layout='constrained', figsize=(11, 3.0))
+    lo, hi = int(min(lat.min(), d)) - 2, int(max(lat.max(), d)) + 3
+    ax[0].hist(lat, bins=np.arange(lo, hi) - 0.5, color=_EXPORT, rwidth=0.8)
+    ax[0].axvline(d, color=_MARK, ls="--", lw=1.2, label=f"structural {d}")
+    ax[0].set_title(f"measured latency, {len(lat)} onsets in a {j['block']}-sample block")
+    ax[0].set_xlabel("latency (samples)")
+    ax[0].set_ylabel("count")
+    ax[0].xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax[0].yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax[0].legend()
+    for kind, marker in (("click", "o"), ("note", "s")):
+        sel = np.array([k == kind for k in kinds])
+        if sel.any():
+            ax[1].plot(pos[sel], lat[sel], marker, color=_EXPORT if kind == "click" else _EAGER, label=kind)
+    ax[1].axhline(d, color=_MARK, ls="--", lw=1.2)
+    ax[1].set_ylim(lo, hi)
+    ax[1].yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax[1].set_title("latency vs position of the onset in the block")
+    ax[1].set_xlabel("offset inside the host block (samples)")
+    ax[1].set_ylabel("latency (samples)")
+    ax[1].legend()
+    return _png(fig)
+
+
+def _fig_rtf(table: Dict[str, Dict[str, Any]]) -> str:
+    plt = _plt()
+    rows = [table[k] for k in sorted(table, key=int)]
+    labels = [str(r["block"]) for r in rows]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(layout='constrained', figsize=(11, 3.0))
+    mean = [100 * r["mean_ms"] / r["budget_ms"] for r in rows]
+    p99 = [100 * r["p99_ms"] / r["budget_ms"] for r in rows]
+    ax.bar(x - 0.18, mean, 0.36, color=_EAGER, label="mean block time")
+    ax.bar(x + 0.18, p99, 0.36, color=[_EXPORT if not r["passed"] else "#f4a261" for r in rows],
+           label="p99 block time")
+    ax.axhline(100, color="k", ls="--", lw=1, label="budget (block duration)")
+    for i, r in enumerate(rows):
+        ax.text(i, max(mean[i], p99[i], 100) + 4,
+                f"{r['rtf']:.2f}x real time\np99 {r['p99_ms']:.2f} ms of {r['budget_ms']:.2f} ms",
+                ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x, labels)
+    ax.set_xlabel("host block size (samples)")
+    ax.set_ylabel("% of the block's budget")
+    ax.set_ylim(0, max(p99 + mean + [100]) * 1.3 + 20)
+    ax.set_title("compute time per block, one thread (below the dashed line: real time)")
+    ax.legend(loc="upper right")
+    return _png(fig)
+
+
+# --------------------------------------------------------------------------- audio
+def _wav(x: np.ndarray, sr: int, gain: float) -> str:
+    import soundfile as sf
+    x = np.nan_to_num(np.asarray(x, dtype=np.float32))[:, :int(MAX_AUDIO_SECONDS * sr)]
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(gain * x.T, -1, 1), sr, format="WAV", subtype="PCM_16")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _players(w: Dict[str, Any], sr: int, method: str) -> str:
+    warm = int(w["warmup"])
+    y = np.asarray(w["exported"])[:, warm:]
+    a = np.nan_to_num(np.asarray(w["aligned"]))[:, warm:]
+    peak = max(float(np.abs(y).max()), float(np.abs(a).max()), 1e-12)
+    gain, note = 1.0, ""
+    if peak < 0.05 or peak > 1.0:   # quiet random models / clipping: one common gain
+        gain = 0.9 / peak
+        note = f" (both normalised by the same gain, {20 * math.log10(gain):+.0f} dB)"
+    items = []
+    if w.get("in_unit", "samples") == "samples":
+        xin = np.asarray(w["input"])[:, warm:]
+        pin = max(float(np.abs(xin).max()), 1e-12)
+        items.append(("input", _wav(xin, sr, 1.0 if pin <= 1 else 0.9 / pin)))
+    items += [("eager", _wav(a, sr, gain)), ("exported", _wav(y, sr, gain))]
+    cells = "".join(
+        f'<figure class="player"><figcaption>{html.escape(name)}</figcaption>'
+        f'<audio controls preload="none" src="data:audio/wav;base64,{data}"></audio></figure>'
+        for name, data in items)
+    return (f'<div class="players"><h4>{html.escape(method)}{html.escape(note)}</h4>'
+            f'<div class="row">{cells}</div></div>')
+
+
+# --------------------------------------------------------------------------- HTML
+_CSS = """
+:root { --ok:#1b7f3b; --ok-bg:#e6f4ea; --bad:#b3261e; --bad-bg:#fce8e6; --ink:#1d2330;
+        --muted:#5f6b7a; --line:#e3e7ee; --card:#ffffff; --bg:#f5f7fa; }
+* { box-sizing: border-box; }
+body { margin:0; background:var(--bg); color:var(--ink);
+       font:14px/1.5 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
+main { max-width:1180px; margin:0 auto; padding:28px 24px 60px; }
+header h1 { margin:0 0 4px; font-size:24px; }
+header p { margin:0; color:var(--muted); }
+section.card { background:var(--card); border:1px solid var(--line); border-radius:10px;
+               padding:20px 24px; margin:22px 0; box-shadow:0 1px 2px rgba(0,0,0,.04); }
+h2 { margin:0 0 12px; font-size:19px; display:flex; align-items:center; gap:10px; flex-wrap:wrap; }
+h2 code { font-size:15px; color:var(--muted); font-weight:normal; }
+h3 { font-size:15px; margin:26px 0 8px; padding-top:14px; border-top:1px solid var(--line); }
+h4 { font-size:13px; margin:10px 0 6px; color:var(--muted); font-weight:600; }
+table { border-collapse:collapse; width:100%; font-size:13px; }
+th, td { text-align:left; padding:6px 10px; border-bottom:1px solid var(--line); vertical-align:top; }
+th { background:#f0f3f7; font-weight:600; white-space:nowrap; }
+td.num { font-variant-numeric:tabular-nums; white-space:nowrap; }
+td.name { font-family:ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; white-space:nowrap; }
+tr.fail td { background:var(--bad-bg); }
+.badge { display:inline-block; padding:1px 9px; border-radius:999px; font-size:12px; font-weight:700;
+         letter-spacing:.02em; }
+.badge.pass { color:var(--ok); background:var(--ok-bg); }
+.badge.fail { color:var(--bad); background:var(--bad-bg); }
+dl.facts { display:grid; grid-template-columns:repeat(auto-fill, minmax(150px, 1fr)); gap:8px 18px;
+           margin:0 0 16px; }
+dl.facts div { background:#f8fafc; border:1px solid var(--line); border-radius:8px; padding:8px 12px; }
+dl.facts dt { color:var(--muted); font-size:12px; }
+dl.facts dd { margin:0; font-size:16px; font-weight:600; }
+img { max-width:100%; display:block; margin:6px 0 10px; }
+details { margin-top:3px; }
+details summary { cursor:pointer; color:var(--muted); font-size:12px; }
+details pre { white-space:pre-wrap; font-size:11px; background:#f8fafc; padding:8px; border-radius:6px;
+              max-height:260px; overflow:auto; }
+.players .row { display:flex; flex-wrap:wrap; gap:14px; }
+figure.player { margin:0; background:#f8fafc; border:1px solid var(--line); border-radius:8px;
+                padding:8px 12px; }
+figure.player figcaption { font-size:12px; color:var(--muted); margin-bottom:4px; }
+audio { width:300px; }
+p.note { color:var(--muted); font-size:12px; margin:4px 0; }
+nav ul { margin:6px 0 0; padding-left:18px; }
+"""
+
+
+def _fmt_value(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        if math.isinf(v):
+            return "∞" if v > 0 else "−∞"
+        if math.isnan(v):
+            return "nan"
+        return f"{v:.4g}"
+    return html.escape(str(v))
+
+
+def _details_json(details: Dict[str, Any]) -> str:
+    text = json.dumps(_jsonable(details), indent=1)
+    if len(text) > 4000:
+        text = text[:4000] + "\n…"
+    return f"<details><summary>details</summary><pre>{html.escape(text)}</pre></details>" if details else ""
+
+
+def _checks_table(report: CheckReport) -> str:
+    rows = []
+    for r in report.results:
+        badge = '<span class="badge pass">pass</span>' if r.passed else '<span class="badge fail">FAIL</span>'
+        rows.append(
+            f'<tr class="{"pass" if r.passed else "fail"}"><td class="name">{html.escape(r.name)}</td>'
+            f"<td>{badge}</td><td class=num>{_fmt_value(r.value)}</td>"
+            f"<td>{html.escape(r.threshold or '')}</td>"
+            f"<td>{html.escape(r.message)}{_details_json(r.details)}</td></tr>")
+    return ("<table class=checks><thead><tr><th>check</th><th>result</th><th>value</th>"
+            "<th>threshold</th><th>message</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+
+
+def _facts(report: CheckReport) -> str:
+    row = _row(report)
+    s = report.summary
+    facts = [("size", row["size"]), ("model latency", row["latency"])]
+    if s.get("latency_samples") is not None:
+        facts[-1] = ("model latency", f"{row['latency']} ({s['latency_samples']} samples)")
+    m = s.get("latency_measured")
+    if m:
+        facts.append(("measured latency", f"{m['mean']:.0f} samples, jitter {m['jitter']}"))
+    facts += [("RTF at host block", row["rtf"]), ("parity SNR (worst)", row["snr"]),
+              ("checks", f"{sum(r.passed for r in report.results)}/{len(report.results)} passed")]
+    cells = "".join(f"<div><dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd></div>" for k, v in facts)
+    return f'<dl class="facts">{cells}</dl>'
+
+
+def _host_latency_table(report: CheckReport, sr: int) -> str:
+    host = report.summary.get("host_latency") or {}
+    if not host:
+        return ""
+    rows = "".join(
+        f"<tr><td class=num>{n}</td>"
+        f"<td class=num>{h['unthreaded']['samples']} ({h['unthreaded']['ms']:.2f} ms)</td>"
+        f"<td class=num>{h['threaded']['samples']} ({h['threaded']['ms']:.2f} ms)</td></tr>"
+        for n, h in sorted(host.items(), key=lambda kv: int(kv[0])))
+    return ("<h4>total latency in nn~ (model + host buffering at Pd's 64-sample vector)</h4>"
+            "<table><thead><tr><th>host block</th><th>unthreaded (N − 64)</th>"
+            "<th>threaded (2N − 64)</th></tr></thead><tbody>" + rows + "</tbody></table>")
+
+
+def _section(i: int, report: CheckReport) -> str:
+    sig = report.signals
+    sr = int(sig.get("sr", 44100))
+    status = '<span class="badge pass">PASS</span>' if report.passed else '<span class="badge fail">FAIL</span>'
+    parts = [f'<section class="card" id="artifact-{i}"><h2>{html.escape(report.target)} '
+             f"<code>{html.escape(str(report.artifact))}</code>{status}</h2>",
+             _facts(report), _checks_table(report)]
+
+    def figure(title: str, fn, *args) -> None:
+        try:
+            parts.append(f"<h3>{html.escape(title)}</h3>" + _img(fn(*args), title))
+        except Exception as exc:   # a plot must never hide the verdict
+            parts.append(f"<h3>{html.escape(title)}</h3><p class=note>plot failed: {html.escape(str(exc))}</p>")
+
+    waves = sig.get("waveforms") or {}
+    for method in ("forward", "decode"):
+        if method in waves:
+            figure(f"{method}: waveforms", _fig_waveform, waves[method], sr, method)
+            figure(f"{method}: spectrograms", _fig_spectrograms, waves[method], sr, method)
+    if "encode" in waves:
+        figure("encode: latent trajectories", _fig_latents, waves["encode"])
+    if "impulse" in sig:
+        figure("impulse response", _fig_impulse, sig["impulse"], sr)
+    if "jitter" in sig:
+        figure("latency and jitter", _fig_jitter, sig["jitter"], sr)
+    parts.append(_host_latency_table(report, sr))
+    if report.summary.get("rtf"):
+        figure("real-time factor per host block size", _fig_rtf, report.summary["rtf"])
+    players = [_players(waves[m], sr, m) for m in ("forward", "decode") if m in waves]
+    if players:
+        parts.append("<h3>listen</h3><p class=note>after the warm-up; eager = the offline model "
+                     "delayed by the reported latency.</p>" + "".join(players))
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def write_html_report(reports: Sequence[CheckReport], path) -> Path:
+    """Write one self-contained HTML page for ``reports`` at ``path`` and return it."""
+    path = Path(path)
+    when = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    passed = sum(r.passed for r in reports)
+    overview_rows = "".join(
+        f'<tr class="{"pass" if r.passed else "fail"}">'
+        + "".join(f"<td>{'<a href=#artifact-%d>%s</a>' % (i, html.escape(v)) if k == 'file' else html.escape(v)}</td>"
+                  for k, v in ((k, _row(r)[k]) for k, _ in _COLUMNS))
+        + "</tr>" for i, r in enumerate(reports))
+    overview = ("<section class=card><h2>overview</h2><table><thead><tr>"
+                + "".join(f"<th>{html.escape(t)}</th>" for _, t in _COLUMNS)
+                + f"</tr></thead><tbody>{overview_rows}</tbody></table></section>")
+    body = "".join(_section(i, r) for i, r in enumerate(reports))
+    page = (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
+            f"<meta name=viewport content='width=device-width, initial-scale=1'>"
+            f"<title>rave-deploy check: {passed}/{len(reports)} passed</title><style>{_CSS}</style></head>"
+            f"<body><main><header><h1>rave-deploy check</h1><p>{passed} of {len(reports)} artefact(s) "
+            f"passed · {when}</p></header>{overview}{body}</main></body></html>")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return path
+
+
+__all__ = ["format_table", "reports_to_json", "write_html_report"]
