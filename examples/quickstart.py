@@ -23,7 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-DEFAULT_STEPS = 1500
+DEFAULT_STEPS = 60  # about 5 s per step for BRAVE on 2 CPU cores
 
 
 def _say(step: str, text: str) -> None:
@@ -40,6 +40,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=180,
                         help="seconds of synthesised training audio (default 180)")
     parser.add_argument("--config", default="brave", help="model config (default brave)")
+    parser.add_argument("--override", action="append", default=[],
+                        help="gin override, e.g. 'CAPACITY = 8' (repeatable; tests shrink the model)")
     args = parser.parse_args(argv)
 
     from synth_dataset import synthesize
@@ -64,11 +66,11 @@ def main(argv=None) -> int:
     print(report)
 
     _say("3/5", f"training {args.config} for {args.steps} steps on CPU "
-                "(about 5-10 minutes on 2 cores)")
+                f"(about {args.steps * 5.5 / 60:.0f} minutes on 2 cores)")
     result = train([args.config], db_path=str(out / "dataset"), name=args.config,
                     out_path=str(out / "runs"), max_steps=args.steps, batch=4, n_signal=32768,
                     val_every=max(args.steps // 3, 1), save_every=max(args.steps // 3, 1),
-                    device="cpu", workers=0)
+                    device="cpu", workers=0, overrides=args.override)
     run_dir = result.run_dir
     print(f"  {result.global_step} steps, {result.steps_per_second:.2f} steps/s, "
           f"best validation distance {result.best_validation}")

@@ -1,0 +1,181 @@
+"""Streaming speed of every real-time target, one thread: model x target x block -> RTF.
+
+    python benchmarks/streaming_rtf.py                        # brave, v2_small, v2
+    python benchmarks/streaming_rtf.py --configs brave --blocks 128 512 2048
+    python benchmarks/streaming_rtf.py --reference-ts brave=/path/to/acids_brave.ts
+
+For each config a full-size model (random weights: speed does not depend on them) is
+exported with ``rave-deploy export`` to ``nn_tilde`` (TorchScript) and ``onnx_streaming``
+(ONNX Runtime, state fed back). Each (target, block) is timed over ``--seconds`` of audio
+after a warm-up, ``--repeats`` times, and the median repetition is kept. The table gives
+the real-time factor (audio time / compute time), mean and p99 block time against the
+block's budget, and the ratio to the eager ceiling (the offline eager model on the whole
+signal: the speed a streaming target would reach with no per-call overhead). With
+``--reference-ts CONFIG=PATH`` an acids-rave export of the same config is timed in the
+same run, alternating with ours, and the ratio is reported. These machines are shared:
+prefer medians of several repetitions.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SR = 44100
+
+
+def make_full_run(root: Path, config: str) -> Path:
+    """A run directory with a full-size model of ``config`` (random weights)."""
+    from rave_core.config import build_model, parse_config
+    text = parse_config([config], ["rave.model.RAVE.audio_distance = None",
+                                   "rave.model.RAVE.multiband_audio_distance = None"])
+    model = build_model([config], ["rave.model.RAVE.audio_distance = None",
+                                   "rave.model.RAVE.multiband_audio_distance = None"],
+                        build_discriminator=False)
+    n = model.latent_size
+    model.fidelity.copy_(torch.linspace(0.5, 1.0, n))
+    run = root / config
+    (run / "version_0" / "checkpoints").mkdir(parents=True)
+    (run / "config.gin").write_text(text)
+    torch.save({"state_dict": model.state_dict(), "global_step": 0, "epoch": 0},
+               run / "version_0" / "checkpoints" / "best.ckpt")
+    return run
+
+
+def torchscript_step(path: Path) -> Callable[[np.ndarray], None]:
+    module = torch.jit.load(str(path))
+    module.eval()
+
+    def step(block: np.ndarray) -> None:
+        with torch.inference_mode():
+            module.forward(torch.from_numpy(block))
+    return step
+
+
+def onnx_streaming_step(path: Path) -> Callable[[np.ndarray], None]:
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    inputs, outputs = sess.get_inputs(), sess.get_outputs()
+    states = {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], np.float32)
+              for i in inputs[1:]}
+    out_names = [o.name for o in outputs]
+    state_in = [i.name for i in inputs[1:]]
+
+    def step(block: np.ndarray) -> None:
+        feeds = {inputs[0].name: block, **states}
+        res = sess.run(out_names, feeds)
+        for name, value in zip(state_in, res[1:]):
+            states[name] = value
+    return step
+
+
+def time_blocks(step: Callable[[np.ndarray], None], block: int, seconds: float) -> np.ndarray:
+    """Per-block times (s) over ``seconds`` of noise, after a warm-up."""
+    rng = np.random.default_rng(0)
+    n = max(int(seconds * SR / block), 16)
+    x = (rng.standard_normal((1, 1, block * (n + 16))) * 0.1).astype(np.float32)
+    for i in range(16):
+        step(np.ascontiguousarray(x[..., i * block:(i + 1) * block]))
+    times = np.empty(n)
+    for i in range(n):
+        b = np.ascontiguousarray(x[..., (i + 16) * block:(i + 17) * block])
+        t0 = time.perf_counter()
+        step(b)
+        times[i] = time.perf_counter() - t0
+    return times
+
+
+def eager_ceiling(run: Path, seconds: float) -> float:
+    """RTF of the offline eager model on the whole signal (no per-call overhead)."""
+    from rave_core import load_run
+    from rave_deploy.model import DeployModel
+    core = DeployModel(load_run(run), deterministic=True, streaming=False)
+    x = torch.randn(1, 1, int(seconds * SR) // core.ratio * core.ratio) * 0.1
+    with torch.inference_mode():
+        core(x[..., :core.ratio * 8])
+        t0 = time.perf_counter()
+        core(x)
+    return x.shape[-1] / SR / (time.perf_counter() - t0)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--configs", nargs="+", default=["brave", "v2_small", "v2"])
+    p.add_argument("--blocks", nargs="+", type=int, default=[128, 512, 2048])
+    p.add_argument("--targets", nargs="+", default=["nn_tilde", "onnx_streaming"])
+    p.add_argument("--seconds", type=float, default=3.0, help="audio per repetition")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--reference-ts", action="append", default=[],
+                   help="CONFIG=PATH of an acids-rave TorchScript export to compare with")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+
+    from rave_deploy.export import export_run
+    from rave_deploy.targets import ExportOptions
+
+    refs = dict(r.split("=", 1) for r in args.reference_ts)
+    rows: List[Dict[str, object]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for config in args.configs:
+            run = make_full_run(tmp, config)
+            results = export_run(run, args.targets, tmp / f"{config}_out", ExportOptions())
+            paths = {r.target: r.path for r in results if r.path is not None}
+            ceiling = eager_ceiling(run, args.seconds * 2)
+            steps = {"nn_tilde": torchscript_step, "onnx_streaming": onnx_streaming_step}
+            candidates = {t: steps[t](paths[t]) for t in args.targets if t in paths}
+            if config in refs:
+                candidates["acids-rave .ts"] = torchscript_step(Path(refs[config]))
+            for block in args.blocks:
+                per: Dict[str, List[np.ndarray]] = {k: [] for k in candidates}
+                for _ in range(args.repeats):  # alternate targets within each repetition
+                    for name, step in candidates.items():
+                        try:
+                            per[name].append(time_blocks(step, block, args.seconds))
+                        except Exception as err:  # a block size a target cannot take
+                            per[name].append(np.array([np.nan]))
+                            print(f"{config} {name} @{block}: {type(err).__name__}: {err}",
+                                  file=sys.stderr)
+                budget = block / SR * 1000
+                base = None
+                for name, reps in per.items():
+                    med = sorted(reps, key=lambda t: float(np.mean(t)))[len(reps) // 2]
+                    mean_ms = float(np.mean(med)) * 1000
+                    rtf = budget / mean_ms if mean_ms == mean_ms else float("nan")
+                    row = {"config": config, "target": name, "block": block, "rtf": rtf,
+                           "mean_ms": mean_ms, "p99_ms": float(np.percentile(med, 99)) * 1000,
+                           "budget_ms": budget, "vs_eager": rtf / ceiling}
+                    if name == "acids-rave .ts":
+                        base = rtf
+                    rows.append(row)
+                if base:
+                    for row in rows:
+                        if row["config"] == config and row["block"] == block:
+                            row["vs_acids"] = row["rtf"] / base
+
+    head = f"{'config':9s} {'target':16s} {'block':>5s} {'RTF':>6s} {'mean ms':>8s} {'p99 ms':>8s} {'budget':>7s} {'/eager':>7s} {'/acids':>7s}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        acids = f"{r['vs_acids']:.2f}x" if "vs_acids" in r else "-"
+        print(f"{r['config']:9s} {r['target']:16s} {r['block']:5d} {r['rtf']:6.2f} "
+              f"{r['mean_ms']:8.2f} {r['p99_ms']:8.2f} {r['budget_ms']:7.2f} "
+              f"{r['vs_eager']:7.2f} {acids:>7s}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""SuperCollider: the RAVE UGens (rave-supercollider) and NN.ar.
+
+NN.ar runs nn~'s backend, so the nn~ contract (points 1-12, 25) applies as is. The older
+RAVE UGens read the module directly (host contracts 17-19):
+
+* ``named_buffers()`` must hold ``decode_params`` (``[0]`` latent size, ``[1]`` ratio),
+  and a top-level ``model`` attribute would be loaded *instead* of the file (point 5);
+* an ``int`` attribute ``sr`` > 0 (the UGens' resampling branch);
+* ``forward(1, 1, R) -> (1, C, R)``, ``encode(1, 1, R) -> (1, L, 1)``,
+  ``decode(1, L, 1) -> (1, C, R)``: one latent frame per call, read through
+  ``data_ptr`` (contiguous, channel 0 first);
+* a prior only if a buffer ``last_z`` (or ``_prior.previous_step``) exists: our files
+  have none, so ``RAVEPrior`` and ``RAVE.new(..., prior: 1)`` output silence.
+
+The server's sample rate must equal the file's ``sr`` (export with ``--sr`` for a server
+at a multiple of the model's rate).
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, List
+
+import torch
+
+from .base import register
+from .nn_tilde import TorchScriptTarget, _call, _named, _params
+
+
+@register
+class SuperColliderTarget(TorchScriptTarget):
+    """RAVE UGens and NN.ar in scsynth."""
+
+    name = "supercollider"
+    description = "TorchScript for SuperCollider (RAVE UGens, NN.ar)"
+    host = "SuperCollider"
+
+    def host_fields(self, ratio: int) -> Dict[str, object]:
+        # The RAVE UGens run one model block of R samples as soon as it is complete: at
+        # scsynth's block of 64 they add R - 64 samples. NN.ar buffers as nn~ does.
+        fields = super().host_fields(ratio)
+        return {"host_latency_samples": {"rave_ugens": max(ratio - 64, 0),
+                                         "nn_ar": fields["host_latency_samples"]}}
+
+    def host_checks(self) -> List[Callable]:
+        return [self._check_sc_buffers, self._check_sc_sr, self._check_sc_one_frame,
+                self._check_sc_prior]
+
+    @_named("contract.17_decode_params")
+    def _check_sc_buffers(self, report, module, ctx) -> None:
+        buffers = dict(module.named_buffers())
+        p = buffers.get("decode_params")
+        problems = []
+        if p is None:
+            problems.append("no top-level buffer `decode_params` in named_buffers(): the "
+                            "UGens fail to load the model")
+        else:
+            enc = _params(module, "encode")
+            if int(p[0]) != enc[2] or int(p[1]) != enc[3]:
+                problems.append(f"decode_params = {[int(v) for v in p]}: [0] must be the latent "
+                                f"size {enc[2]} and [1] the ratio {enc[3]}")
+        report.add("contract.17_decode_params", not problems,
+                   "host contract 17: " + ("; ".join(problems) if problems else
+                                           f"buffer decode_params = {[int(v) for v in p]} "
+                                           "(latent size, block size)"))
+
+
+    @_named("contract.17_sr")
+    def _check_sc_sr(self, report, module, ctx) -> None:
+        sr = self._attr(module, "sr")
+        expected = int(ctx.sidecar.get("sample_rate") or ctx.model.sr)
+        if not isinstance(sr, int) or isinstance(sr, bool):
+            ok, msg = False, (f"`sr` is {type(sr).__name__} ({sr!r}), not an int: the UGens "
+                              "read it as an integer sample rate")
+        elif sr <= 0 or sr != expected:
+            ok, msg = False, f"`sr` = {sr}, expected {expected} > 0"
+        else:
+            ok, msg = True, (f"int `sr` = {sr}: run scsynth at {sr} Hz (the UGens do not "
+                             "resample the model)")
+        report.add("contract.17_sr", ok, "host contract 17: " + msg)
+
+
+    @_named("contract.18_one_frame")
+    def _check_sc_one_frame(self, report, module, ctx) -> None:
+        self._set_deterministic(module)
+        r = ctx.ratio
+        latent, channels = _params(module, "encode")[2], _params(module, "forward")[2]
+        problems = []
+        x = torch.randn(1, 1, r, generator=torch.Generator().manual_seed(0)) * 0.3
+        z = torch.randn(1, latent, 1, generator=torch.Generator().manual_seed(1))
+        for method, arg, expected in (("forward", x, (1, channels, r)),
+                                      ("encode", x, (1, latent, 1)),
+                                      ("decode", z, (1, channels, r))):
+            self._reset(module)
+            try:
+                y = _call(module, method, arg)
+            except Exception as exc:
+                problems.append(f"{method}{tuple(arg.shape)} fails: {type(exc).__name__}: {exc}")
+                continue
+            problems += [f"{method}{tuple(arg.shape)}: {p}"
+                         for p in self._output_problems(y, expected)]
+        self._reset(module)
+        report.add("contract.18_one_frame", not problems,
+                   "host contract 18: " + ("; ".join(problems) if problems else
+                                           f"forward (1, 1, {r}) -> (1, {channels}, {r}), encode "
+                                           f"-> (1, {latent}, 1), decode (1, {latent}, 1) -> "
+                                           f"(1, {channels}, {r}), contiguous"))
+
+
+    @_named("contract.19_prior")
+    def _check_sc_prior(self, report, module, ctx) -> None:
+        names = {n for n, _ in module.named_buffers()}
+        prior_buffers = sorted(names & {"last_z", "_prior.previous_step"})
+        has_method = module._c._has_method("prior")
+        if prior_buffers and not has_method:
+            ok, msg = False, (f"buffer {prior_buffers[0]} makes the UGens call `prior`, which "
+                              "the file lacks")
+        elif prior_buffers:
+            ok, msg = True, f"prior present ({prior_buffers[0]})"
+        else:
+            ok, msg = True, ("no prior (no `last_z` buffer): RAVEPrior and RAVE with prior > 0 "
+                             "output silence; use encode/decode or forward")
+        report.add("contract.19_prior", ok, "host contract 19: " + msg)
+
