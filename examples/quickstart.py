@@ -23,7 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-DEFAULT_STEPS = 60  # about 5 s per step for BRAVE on 2 CPU cores
+DEFAULT_STEPS = 600  # about 2 steps/s for BRAVE on 2 CPU cores
 
 
 def _say(step: str, text: str) -> None:
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     print(report)
 
     _say("3/5", f"training {args.config} for {args.steps} steps on CPU "
-                f"(about {args.steps * 5.5 / 60:.0f} minutes on 2 cores)")
+                f"(about {args.steps / 2 / 60:.0f} minutes on 2 cores)")
     result = train([args.config], db_path=str(out / "dataset"), name=args.config,
                     out_path=str(out / "runs"), max_steps=args.steps, batch=4, n_signal=32768,
                     val_every=max(args.steps // 3, 1), save_every=max(args.steps // 3, 1),

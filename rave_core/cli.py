@@ -8,10 +8,13 @@
 
 Exit codes: 0 success, 1 a failed operation, 2 bad usage, 130 interrupted (Ctrl-C).
 Errors print one or two lines naming the problem and the fix; ``--debug`` shows tracebacks.
+Output folders are created as needed. docs/bad-input.md lists every case and its message.
 """
 from __future__ import annotations
 
+import errno
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -42,33 +45,136 @@ def _rank_prefix() -> str:
     return f"[rank {os.environ.get('RANK', '0')}] " if world > 1 else ""
 
 
+_OS_REASONS = {
+    errno.ENOSPC: "no space left on device: free some space or choose another folder",
+    errno.EDQUOT: "disk quota exceeded: free some space or choose another folder",
+    errno.EACCES: "permission denied: choose a folder you can write to",
+    errno.EPERM: "permission denied: choose a folder you can write to",
+    errno.EROFS: "read-only file system: choose a folder you can write to",
+    errno.ENOTDIR: "a part of that path is a file, not a folder: choose another path",
+    errno.EISDIR: "it is a folder, not a file: choose another path",
+    errno.ENOENT: "no such file or folder, and none can be created there: choose another path",
+    errno.ENAMETOOLONG: "the name is too long: choose a shorter path",
+    errno.EIO: "input/output error: the disk or network share failed",
+}
+
+
+def describe_os_error(err: OSError) -> str:
+    """One line for a file-system error: the path and what to do, no ``[Errno n]`` noise."""
+    reason = (_OS_REASONS.get(err.errno or -1) or err.strerror or str(err).strip()
+              or type(err).__name__)
+    return f"{err.filename}: {reason}" if err.filename else reason
+
+
+_GIN_CONTEXT = re.compile(r"^\s*In call to configurable '([^']+)'.*?(?:in scope '([^']+)')?\s*$")
+
+
+def short_message(text: str) -> str:
+    """At most two lines: gin's "In call to configurable ..." context lines (one per
+    nesting level) become a short suffix naming the innermost configurable."""
+    lines = [line.rstrip() for line in str(text).strip().splitlines() if line.strip()]
+    body = [line for line in lines if not _GIN_CONTEXT.match(line)]
+    context = [_GIN_CONTEXT.match(line) for line in lines if _GIN_CONTEXT.match(line)]
+    if not body:
+        return ""
+    if context:
+        name, scope = context[0].groups()
+        body[0] += f" (in {name}" + (f", scope {scope})" if scope else ")")
+    return "\n".join(body[:2])
+
+
+class ShortErrorsGroup(click.Group):
+    """A click group whose usage errors are two lines (the problem, then where the help
+    is), exit code 2, like every other error of these commands."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as err:
+            raise _ShortUsageError(err) from None
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as err:
+            raise _ShortUsageError(err) from None
+
+
+class _ShortUsageError(click.ClickException):
+    exit_code = 2
+
+    def __init__(self, err: click.UsageError) -> None:
+        super().__init__(err.format_message())
+        self.original = err
+
+    def show(self, file=None) -> None:
+        ctx = self.original.ctx
+        if type(self.original).__name__ == "NoArgsIsHelpError":  # bare command: its help
+            self.original.show(file)
+            return
+        click.echo(f"Error: {self.format_message()}", err=True)
+        if ctx is not None:
+            click.echo(f"Try '{ctx.command_path} {ctx.help_option_names[0]}' for help.", err=True)
+
+
 def _fail(settings: _Settings, err: BaseException, code: int, text: Optional[str] = None) -> None:
     if settings.debug:
         traceback.print_exception(err)
-    msg = text or str(err).strip() or type(err).__name__
+    if text is None and isinstance(err, OSError) and type(err).__module__ == "builtins":
+        text = describe_os_error(err)
+    msg = short_message(text or str(err)) or type(err).__name__
     click.echo(f"{_rank_prefix()}Error: {msg}", err=True)
     sys.exit(code)
 
 
-def _guard(settings: _Settings, fn: Callable, *args, interrupted: str = "Interrupted.", **kwargs):
-    """Run ``fn``; known errors become clean messages and exit codes."""
+def _guard(settings: _Settings, fn: Callable, *args, interrupted: str = "Interrupted.",
+           writing: Optional[str] = None, **kwargs):
+    """Run ``fn``; known errors become clean messages and exit codes. ``writing`` names
+    the output, for file-system errors (a full disk, a read-only folder)."""
     from .training.trainer import TrainingArgumentError, TrainingError, TrainingInterrupted
     try:
         return fn(*args, **kwargs)
     except TrainingInterrupted as err:
+        if settings.debug:
+            traceback.print_exception(err)
         click.echo(f"{_rank_prefix()}{err.message}", err=True)
         sys.exit(130)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
+        if settings.debug:
+            traceback.print_exception(err)
         click.echo(f"{_rank_prefix()}{interrupted}", err=True)
         sys.exit(130)
     except (*USAGE_ERRORS, TrainingArgumentError) as err:
         _fail(settings, err, 2)
     except (*OPERATION_ERRORS, TrainingError) as err:
-        _fail(settings, err, 1)
+        text = None
+        if writing and isinstance(err, OSError) and type(err).__module__ == "builtins":
+            text = f"cannot write {writing} ({describe_os_error(err)}); nothing was changed there"
+        _fail(settings, err, 1, text)
+    except MemoryError as err:
+        _fail(settings, err, 1, "out of memory: lower --batch or --n_signal, or the model size")
     except Exception as err:  # noqa: BLE001 - the last line of defence: no raw traceback
         first = (str(err).strip().splitlines() or [""])[0]
         _fail(settings, err, 1, f"unexpected {type(err).__name__}: {first} (run `rave-core --debug "
                                 "...` for the traceback, and report it)")
+
+
+def _check_output_location(flag: str, path) -> None:
+    """Output folders are created as needed; fail early (exit 1) when a file is in the way
+    or the nearest existing folder cannot be written, rather than deep inside the work."""
+    path = Path(path)
+    for parent in [path, *path.parents]:
+        if not parent.exists():
+            continue
+        if parent != path and not parent.is_dir():
+            click.echo(f"{_rank_prefix()}Error: {flag} {path}: {parent} is a file, not a folder; "
+                       f"choose another {flag}", err=True)
+            sys.exit(1)
+        if parent.is_dir() and not os.access(parent, os.W_OK | os.X_OK):
+            click.echo(f"{_rank_prefix()}Error: {flag} {path}: {parent} is not writable; choose "
+                       f"another {flag}", err=True)
+            sys.exit(1)
+        return
 
 
 def _usage(message: str) -> None:
@@ -76,7 +182,7 @@ def _usage(message: str) -> None:
     sys.exit(2)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ShortErrorsGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 @click.version_option(package_name="rave-deploy")
 @click.pass_context
@@ -106,9 +212,11 @@ def preprocess(settings: _Settings, input_paths, output_path, channels, sampling
     missing = [p for p in input_paths if not Path(p).exists()]
     if missing:
         _usage(f"--input_path {missing[0]} does not exist; give a folder of audio files")
+    _check_output_location("--output_path", output_path)
     report = _guard(settings, run_preprocess, list(input_paths), output_path, channels=channels,
                     sampling_rate=sampling_rate, progress=progress,
-                    interrupted=f"Interrupted: nothing was written at {output_path}.")
+                    writing=f"the dataset at {output_path}",
+                    interrupted=f"Interrupted: {output_path} is as it was (nothing was written).")
     click.echo(str(report))
 
 
@@ -170,6 +278,7 @@ def _run_training(settings: _Settings, configs, db_path, name, out_path, max_ste
                f"{db_path}`")
     if ckpt is not None and not Path(ckpt).is_file():
         _usage(f"--ckpt {ckpt}: no such checkpoint file")
+    _check_output_location("--out_path", out_path)
     result = _guard(settings, train, list(configs), db_path, name, out_path=out_path,
                     max_steps=max_steps, batch=batch, n_signal=n_signal, val_every=val_every,
                     save_every=save_every, device=device, workers=workers, ckpt=ckpt,
@@ -278,3 +387,7 @@ def torchrun_train(gpus: int, debug: bool, **kwargs) -> None:
     settings = _Settings()
     settings.debug = debug
     _run_training(settings, **kwargs)
+
+
+if __name__ == "__main__":
+    main()

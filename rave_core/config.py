@@ -42,6 +42,9 @@ def _import_model_modules() -> None:
     _register_externals()
 
 
+# Modules a config.gin may import (acids-rave's operative configs import exactly these).
+ALLOWED_IMPORTS = ("rave", "cached_conv", "torch")
+
 _IMPORT_RE = re.compile(r"^\s*(from\s+(?P<pkg>[\w.]+)\s+import\s+(?P<names>[\w ,]+)|"
                         r"import\s+(?P<mod>[\w.]+)(\s+as\s+(?P<alias>\w+))?)\s*$")
 
@@ -54,8 +57,24 @@ def translate_acids_config(text: str) -> str:
     aliases: Dict[str, str] = {}
     body: List[str] = []
     for line in text.splitlines():
-        m = _IMPORT_RE.match(line)
-        if m and not line.lstrip().startswith("#"):
+        code = line.split("#", 1)[0].rstrip()
+        if re.match(r"^\s*include\s", code):
+            # Shipped configs are expanded before this point; a run's config.gin is an
+            # operative config and never includes: an include could import code.
+            raise ConfigError(f"config includes another file ({line.strip()!r}): give the "
+                              "operative config.gin of the run, with no include lines")
+        if re.match(r"^\s*(import|from)\s", code):
+            m = _IMPORT_RE.match(code)
+            if m is None:
+                raise ConfigError(f"cannot read the config line {line.strip()!r}")
+            module = m.group("pkg") or m.group("mod")
+            if module != "__gin__" and module.split(".")[0] not in ALLOWED_IMPORTS:
+                raise ConfigError(
+                    f"config imports {module!r}: a RAVE config may only name rave, cached_conv "
+                    "and torch modules (a config that imports other code could run it)")
+        else:
+            m = None
+        if m:
             if m.group("pkg") == "__gin__":
                 continue
             if m.group("pkg"):
@@ -70,7 +89,7 @@ def translate_acids_config(text: str) -> str:
             continue
         body.append(line)
     if not aliases:
-        return text
+        return "\n".join(body)
     names = "|".join(sorted(map(re.escape, aliases), key=len, reverse=True))
     # A selector starts a line (optionally after `scope/`) or follows `@` (idem).
     pattern = re.compile(rf"(^|@)((?:[\w]+/)*)({names})\.(?=[A-Za-z_])", re.MULTILINE)

@@ -1,56 +1,94 @@
 """``rave-deploy``: export a trained run to every host, and prove each export right.
 
-Exit codes: 0 success, 1 a failed operation or check, 2 bad usage (click's convention).
-Errors print one or two lines naming the problem and the fix; ``--debug`` shows tracebacks.
+Exit codes: 0 success, 1 a failed operation or check, 2 bad usage (click's convention),
+130 Ctrl-C, 143 SIGTERM. Errors print one or two lines naming the problem and the fix;
+``--debug`` shows tracebacks. docs/bad-input.md lists every case and its message.
 """
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import List, Optional
 
 import click
 
+from rave_core.cli import ShortErrorsGroup, short_message
 from rave_core.config import ConfigError
 from rave_core.run import RunError
 
-from .io import OutputError
+from .export import ExportError
+from .io import OutputError, describe_os_error
 from .model import DeployError
 from .targets import CheckOptions, ExportOptions, TargetUnsupported, registry
 
 # Failures of an operation (exit 1) versus unusable input (exit 2).
-OPERATION_ERRORS = (TargetUnsupported, OutputError, OSError)
+OPERATION_ERRORS = (TargetUnsupported, OutputError, OSError, ExportError)
 USAGE_ERRORS = (RunError, ConfigError, DeployError)
+
+# Bounds of the numeric flags: beyond them no host runs, and the export or check would
+# only exhaust memory before failing.
+MAX_BLOCK = 65536        # samples (the RAVE VST's largest buffer is 32768)
+MAX_SR = 768_000         # Hz
+MAX_CHANNELS = 64
 
 
 class _Context:
     debug = False
 
 
-def _fail(ctx: _Context, err: BaseException, code: int) -> None:
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: temporaries removed, earlier outputs kept."""
+
+
+def _fail(ctx: _Context, err: BaseException, code: int, text: Optional[str] = None) -> None:
     if ctx.debug:
-        traceback.print_exc()
-    msg = str(err).strip() or type(err).__name__
+        traceback.print_exception(err)
+    if text is None and isinstance(err, OSError) and type(err).__module__ == "builtins":
+        text = describe_os_error(err)
+    msg = short_message(text or str(err)) or type(err).__name__
     click.echo(f"Error: {msg}", err=True)
     sys.exit(code)
 
 
-def _guard(ctx: _Context, fn, *args, **kwargs):
-    """Run ``fn`` and turn known errors into clean messages and exit codes."""
+def _usage(message: str) -> None:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(2)
+
+
+def _guard(ctx: _Context, fn, *args, usage_errors=(), **kwargs):
+    """Run ``fn`` and turn errors into clean messages and exit codes: 2 for unusable input
+    (``USAGE_ERRORS`` and ``usage_errors``), 1 for a failed operation, 130 on Ctrl-C
+    (143 on SIGTERM). Never a traceback unless ``--debug``."""
     try:
         return fn(*args, **kwargs)
-    except KeyboardInterrupt:
-        click.echo("Interrupted: nothing was left half-written.", err=True)
-        sys.exit(130)
-    except USAGE_ERRORS as err:
+    except KeyboardInterrupt as err:
+        if ctx.debug:
+            traceback.print_exception(err)
+        click.echo("Interrupted: earlier outputs are as they were; nothing was left "
+                   "half-written.", err=True)
+        sys.exit(143 if isinstance(err, Terminated) else 130)
+    except (*USAGE_ERRORS, *usage_errors) as err:
         _fail(ctx, err, 2)
     except OPERATION_ERRORS as err:
         _fail(ctx, err, 1)
+    except MemoryError as err:
+        _fail(ctx, err, 1, "out of memory: use smaller --block-size values, or fewer targets "
+                           "at once")
+    except Exception as err:  # noqa: BLE001 - the last line of defence: no raw traceback
+        first = (str(err).strip().splitlines() or [""])[0][:300]
+        _fail(ctx, err, 1, f"unexpected {type(err).__name__}: {first} (run `rave-deploy --debug "
+                           "...` for the traceback, and report it)")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+@click.group(cls=ShortErrorsGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 @click.version_option(package_name="rave-deploy")
 @click.pass_context
@@ -59,6 +97,10 @@ def main(ctx: click.Context, debug: bool) -> None:
     ONNX hosts, and check every export against the eager model."""
     ctx.obj = _Context()
     ctx.obj.debug = debug
+    if threading.current_thread() is threading.main_thread():
+        # `kill PID` cleans up like Ctrl-C (a temporary file is never left behind).
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        ctx.call_on_close(lambda: signal.signal(signal.SIGTERM, previous))
 
 
 def _target_names() -> List[str]:
@@ -72,19 +114,21 @@ def _target_names() -> List[str]:
               help="Host to export for (repeat for several); `all` exports every target the "
                    "model can serve and says why it skips the others.")
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("exports"),
-              show_default=True, help="Output folder (or file path, for one target).")
+              show_default=True,
+              help="Output folder, created as needed (or a file path, for one target).")
 @click.option("--streaming/--no-streaming", default=True, show_default=True,
               help="Block-by-block model with streaming state (what live hosts need).")
 @click.option("--fidelity", type=click.FloatRange(0, 1, min_open=True), default=0.95,
               show_default=True, help="Share of latent variance kept: sets the latent size.")
 @click.option("--deterministic", is_flag=True,
               help="Posterior mean, zero fill, no noise: same input, same output.")
-@click.option("--sr", type=int, default=None,
+@click.option("--sr", type=click.IntRange(1, MAX_SR), default=None,
               help="Host sample rate, an integer multiple of the model's (default: the model's).")
-@click.option("--channels", type=int, default=None, help="Host audio channels (default: the model's).")
+@click.option("--channels", type=click.IntRange(1, MAX_CHANNELS), default=None,
+              help="Host audio channels (default: the model's).")
 @click.option("--ema_weights", is_flag=True, help="Export the EMA weights of the checkpoint.")
 @click.option("--name", default=None, help="Base name of the files (default: the run's folder name).")
-@click.option("--block-size", "block_size", type=int, default=None,
+@click.option("--block-size", "block_size", type=click.IntRange(1, MAX_BLOCK), default=None,
               help="Fixed block size in samples for fixed-block targets (anira; default: the ratio).")
 @click.option("--engine", type=click.Choice(["onnx", "executorch"]), default="onnx",
               show_default=True, help="Runtime of the anira graphs.")
@@ -96,6 +140,11 @@ def export(obj: _Context, run: Path, targets, output: Path, streaming: bool, fid
     """Export RUN (a run directory or checkpoint from `rave-core train` or acids-rave's
     `rave train`) to the files each host loads, with a JSON sidecar beside each."""
     from .export import export_run
+
+    if name is not None and (not name.strip() or name.startswith(".") or "\0" in name
+                             or any(sep in name for sep in ("/", "\\"))):
+        _usage(f"--name {name!r}: give a plain file name (no folders, not starting with '.'), "
+               "e.g. --name my_model; --output sets the folder")
     options = ExportOptions(streaming=streaming, fidelity=fidelity, deterministic=deterministic,
                             sr=sr, channels=channels, ema_weights=ema_weights, name=name,
                             block_size=block_size, engine=engine)
@@ -116,7 +165,7 @@ def export(obj: _Context, run: Path, targets, output: Path, streaming: bool, fid
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--run", default=None, help="Run the artefact was exported from (default: the "
                                           "checkpoint named in its sidecar).")
-@click.option("--block-size", "block_sizes", multiple=True, type=int,
+@click.option("--block-size", "block_sizes", multiple=True, type=click.IntRange(1, MAX_BLOCK),
               help="Host block size to test (repeat; default: 64 or the ratio, up to 4096).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("--report", type=click.Path(path_type=Path), default=None,
@@ -130,12 +179,11 @@ def check(obj: _Context, artifacts, run: Optional[str], block_sizes, as_json: bo
     from .check import CheckUsageError, check_artifact
     from .check.report import format_table, write_html_report
     options = CheckOptions(block_sizes=list(block_sizes), report=report)
-    reports = []
-    for artifact in artifacts:
-        try:
-            reports.append(_guard(obj, check_artifact, artifact, run, options))
-        except CheckUsageError as err:
-            _fail(obj, err, 2)
+    if report is not None:  # a report that cannot be written fails now, not after the checks
+        from .io import ensure_dir
+        _guard(obj, ensure_dir, report.parent, "--report")
+    reports = [_guard(obj, check_artifact, artifact, run, options, usage_errors=(CheckUsageError,))
+               for artifact in artifacts]
     if report is not None:
         _guard(obj, write_html_report, reports, report)
     if as_json:
@@ -153,7 +201,9 @@ def check(obj: _Context, artifacts, run: Optional[str], block_sizes, as_json: bo
     failed = [c.name for r in reports for c in r.failures()]
     if failed:
         if not as_json:
-            click.echo(f"\n{len(failed)} check(s) failed: {', '.join(failed[:8])}", err=True)
+            more = f" and {len(failed) - 8} more" if len(failed) > 8 else ""
+            click.echo(f"\nError: {len(failed)} check(s) failed: {', '.join(failed[:8])}{more}; "
+                       "see the FAIL lines above", err=True)
         sys.exit(1)
 
 

@@ -1,7 +1,6 @@
 """``rave-deploy export``: a run -> the files each host loads, atomically, with sidecars."""
 from __future__ import annotations
 
-import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,10 +8,15 @@ from typing import Dict, List, Optional, Sequence
 
 from rave_core.run import Run, open_run
 
-from .io import atomic_dir, atomic_file, check_writable_dir
+from .io import OutputError, atomic_outputs, describe_os_error, dump_json, ensure_dir
 from .model import DeployError, DeployModel
-from .sidecar import build_sidecar, write_sidecar
+from .sidecar import FOLDER_SIDECAR, build_sidecar, sidecar_path
 from .targets import ExportOptions, Target, TargetUnsupported, registry
+
+
+class ExportError(RuntimeError):
+    """A target's exporter failed (a bug or an unforeseen model): the message names the
+    target and the error; the earlier files at the output path are unchanged."""
 
 
 @dataclass
@@ -58,6 +62,30 @@ def _size(path: Path) -> int:
     return path.stat().st_size
 
 
+def _write_artifact(target: Target, run: Run, options: ExportOptions, path: Path) -> Path:
+    """Export to temporaries, then rename the artefact and its sidecar into place together:
+    on any failure (full disk, Ctrl-C, a target error) the earlier pair stays as it was."""
+    folder = target.kind == "folder"
+    finals = [path] if folder else [path, sidecar_path(path)]
+    try:
+        with atomic_outputs(finals, folder=folder) as temps:
+            extra = target.export(run.model, options, temps[0])
+            core: DeployModel = extra.pop("_core")
+            sidecar = build_sidecar(target.name, path, run, core, extra)
+            dump_json(temps[0] / FOLDER_SIDECAR if folder else temps[1], sidecar)
+    except (OutputError, TargetUnsupported, DeployError):
+        raise
+    except OSError as err:
+        raise OutputError(f"{target.name}: writing {path} failed: {describe_os_error(err, '')}; "
+                          "the earlier files there are unchanged") from err
+    except Exception as err:  # KeyboardInterrupt passes: it is not an Exception
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise ExportError(f"{target.name}: the export failed ({type(err).__name__}: {first}); "
+                          f"the earlier files at {path} are unchanged. Run `rave-deploy --debug "
+                          "export ...` for the traceback, and report it") from err
+    return path / FOLDER_SIDECAR if folder else finals[1]
+
+
 def export_run(run_path, target_names: Sequence[str], output: Path,
                options: ExportOptions, run: Optional[Run] = None,
                explicit: bool = True) -> List[ExportResult]:
@@ -70,35 +98,28 @@ def export_run(run_path, target_names: Sequence[str], output: Path,
     targets = resolve_targets(target_names)
     all_mode = not target_names or "all" in target_names
     output = Path(output)
-    single = len(targets) == 1
-    folder = output.parent if (single and output.suffix) else output
-    if not folder.exists() and folder.parent.exists():
-        folder.mkdir()
-    check_writable_dir(folder)
+    # One target and a file name with its suffix (`-o model.ts`): that file; else a folder.
+    as_file = (len(targets) == 1 and bool(output.suffix) and not output.is_dir()
+               and output.suffix == targets[0].suffix)
+
+    # Refuse before writing anything: a named target the model cannot serve is an error.
+    reasons = {t.name: t.unsupported_reason(run.model, options) for t in targets}
+    if explicit and not all_mode:
+        for t in targets:
+            if reasons[t.name]:
+                raise TargetUnsupported(f"{t.name}: {reasons[t.name]}")
 
     results = []
     for target in targets:
-        reason = target.unsupported_reason(run.model, options)
-        if reason:
-            if all_mode or not explicit:
-                results.append(ExportResult(target.name, skipped=reason))
-                continue
-            raise TargetUnsupported(f"{target.name}: {reason}")
-        path = artifact_path(output, name, target, single)
+        if reasons[target.name]:
+            results.append(ExportResult(target.name, skipped=reasons[target.name]))
+            continue
+        path = artifact_path(output, name, target, as_file)
+        ensure_dir(path.parent)  # created as needed, like every output folder of both CLIs
         t0 = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            writer = atomic_dir if target.kind == "folder" else atomic_file
-            with writer(path) as tmp:
-                extra = target.export(run.model, options, tmp)
-                core: DeployModel = extra.pop("_core")
-                sidecar = build_sidecar(target.name, path, run, core, extra)
-                if target.kind == "folder":
-                    write_sidecar(tmp, sidecar)  # inside the folder
-            if target.kind != "folder":
-                sc = write_sidecar(path, sidecar)
-            else:
-                sc = path / "rave-deploy.json"
+            sc = _write_artifact(target, run, options, path)
         results.append(ExportResult(target.name, path=path, sidecar=sc, size_bytes=_size(path),
                                     seconds=time.perf_counter() - t0,
                                     warnings=sorted({str(w.message) for w in caught

@@ -1,69 +1,275 @@
 """Atomic file output: nothing half-written, an existing output replaced only when the new
-one is complete (also on error, Ctrl-C or a full disk)."""
+one is complete (also on error, Ctrl-C or a full disk).
+
+Every output is written to a temporary sibling ``.<name>.<pid>.<random>.partial`` and
+renamed over the final path once complete. The renames of one output (an artefact and its
+sidecar) run with Ctrl-C held back, so they land together. A process killed outright
+(SIGKILL, power cut) can leave a ``.partial`` sibling, never a damaged output; the next
+write to the same path removes it once its process is gone.
+
+Output folders are created as needed (``mkdir -p``), as ``rave-core preprocess``,
+``rave-core train`` and ``rave-deploy check --report`` do too.
+"""
 from __future__ import annotations
 
 import contextlib
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, List, Optional, Sequence
+
+PARTIAL_SUFFIX = ".partial"
+OLD_SUFFIX = ".old"  # a previous folder output, moved aside for the length of two renames
 
 
 class OutputError(OSError):
     """An output location that cannot be written; the message says what to do."""
 
 
-def check_writable_dir(folder: Path) -> None:
+# ------------------------------------------------------------------------ messages
+def describe_os_error(err: OSError, path: Optional[Path] = None) -> str:
+    """One line for ``err``: the path concerned (``path``, else the error's) and what to do,
+    without the ``[Errno n]`` noise; ``path=""`` leaves the path out."""
+    from rave_core.cli import describe_os_error as describe
+
+    if isinstance(err, OutputError):
+        return str(err)
+    filename = err.filename if path is None else (str(path) or None)
+    return describe(OSError(err.errno, err.strerror or str(err), filename))
+
+
+# ------------------------------------------------------------------------ folders
+def ensure_dir(folder: Path, flag: str = "--output") -> Path:
+    """Create ``folder`` (and missing parents) or raise :class:`OutputError` saying why not
+    (``flag``: the option the user can change)."""
+    folder = Path(folder)
+    if folder.is_dir():
+        check_writable_dir(folder, flag)
+        return folder
+    blocker = next((p for p in [folder, *folder.parents] if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise OutputError(f"cannot create output folder {folder}: {blocker} is a file, not a "
+                          f"folder; choose another {flag}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"cannot create output folder {folder}: "
+                          f"{describe_os_error(err, '')}") from None
+    check_writable_dir(folder, flag)
+    return folder
+
+
+def check_writable_dir(folder: Path, flag: str = "--output") -> None:
+    """Raise :class:`OutputError` when ``folder`` is missing, not a folder or not writable.
+
+    ``os.access`` is only a first check (it says yes to root almost everywhere); the
+    write itself reports the real failure through :func:`describe_os_error`.
+    """
+    folder = Path(folder)
     if not folder.exists():
-        raise OutputError(f"output directory {folder} does not exist: create it first "
+        raise OutputError(f"output folder {folder} does not exist: create it first "
                           f"(mkdir -p {folder})")
     if not folder.is_dir():
-        raise OutputError(f"{folder} is not a directory")
+        raise OutputError(f"{folder} is a file, not a folder: choose another {flag}")
     if not os.access(folder, os.W_OK):
-        raise OutputError(f"output directory {folder} is not writable: choose another --output")
+        raise OutputError(f"output folder {folder} is not writable: choose another {flag}")
+
+
+# ------------------------------------------------------------------------ temporaries
+def _partial_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_partials(path: Path) -> List[Path]:
+    """Clean up after processes killed while writing ``path`` (and no longer running):
+    delete their ``.partial`` temporaries, and put back a previous folder output that
+    was moved aside (``.old``) when the new one had not replaced it yet. Returns the
+    temporaries removed."""
+    path = Path(path)
+    removed: List[Path] = []
+    if not path.parent.is_dir():
+        return removed
+    for sibling in sorted(path.parent.glob(f".{_glob_escape(path.name)}.*")):
+        rest = sibling.name[len(path.name) + 2:]
+        pid = rest.split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
+            continue
+        if rest.endswith(OLD_SUFFIX):
+            if not path.exists() and not path.is_symlink():
+                os.replace(sibling, path)  # the killed process had moved it aside
+                continue
+        elif not rest.endswith(PARTIAL_SUFFIX):
+            continue
+        _discard(sibling)
+        removed.append(sibling)
+    return removed
+
+
+def _glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def _umask() -> int:
+    try:  # Linux: read it, without setting it even for an instant (threads create files)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _default_mode(directory: bool) -> int:
+    # mkstemp/mkdtemp create 0600/0700; a finished output gets the usual umask mode.
+    return (0o777 if directory else 0o666) & ~_umask()
+
+
+def _new_temp(path: Path, directory: bool) -> Path:
+    remove_stale_partials(path)
+    try:
+        if directory:
+            return Path(tempfile.mkdtemp(prefix=_partial_prefix(path), suffix=PARTIAL_SUFFIX,
+                                         dir=path.parent))
+        fd, tmp = tempfile.mkstemp(prefix=_partial_prefix(path), suffix=PARTIAL_SUFFIX,
+                                   dir=path.parent)
+        os.close(fd)
+        return Path(tmp)
+    except OutputError:
+        raise
+    except OSError as err:
+        raise OutputError(f"cannot write in {path.parent}: "
+                          f"{describe_os_error(err, '')}") from None
+
+
+def _discard(tmp: Path) -> None:
+    if tmp.is_dir() and not tmp.is_symlink():
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Hold Ctrl-C back (re-raised right after) so a group of renames is never split.
+
+    Python runs signal handlers in the main thread only, so swapping the handler there
+    is enough; elsewhere the renames simply run as they are.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    except (ValueError, OSError):  # e.g. embedded interpreters without signal support
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            if callable(previous):
+                previous(signal.SIGINT, None)
+            elif previous != signal.SIG_IGN:
+                raise KeyboardInterrupt
+
+
+def _fsync(path: Path) -> None:
+    if path.is_dir():
+        return
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _commit(pairs: Sequence[tuple]) -> None:
+    """Rename each ``(tmp, final)`` into place, held together against Ctrl-C. A folder
+    already at ``final`` is moved aside first and put back if the rename fails."""
+    with _interrupts_held():
+        done = []
+        try:
+            for tmp, final in pairs:
+                old = None
+                if tmp.is_dir() and final.exists():
+                    old = final.with_name(f"{_partial_prefix(final)}previous{OLD_SUFFIX}")
+                    _discard(old)
+                    os.replace(final, old)
+                try:
+                    os.replace(tmp, final)
+                except BaseException:
+                    if old is not None:
+                        os.replace(old, final)
+                    raise
+                done.append(old)
+        finally:
+            for old in done:
+                if old is not None:
+                    _discard(old)
+
+
+@contextlib.contextmanager
+def atomic_outputs(paths: Sequence[Path], folder: bool = False) -> Iterator[List[Path]]:
+    """Yield one temporary path per final path (the first a folder when ``folder``); on
+    success they replace the final paths together. On any error, Ctrl-C included, the
+    temporaries are removed and the earlier outputs stay exactly as they were.
+
+    Raises:
+        OutputError: the output folder is missing or cannot be written.
+    """
+    paths = [Path(p) for p in paths]
+    temps: List[Path] = []
+    try:
+        for i, path in enumerate(paths):
+            check_writable_dir(path.parent)
+            temps.append(_new_temp(path, directory=folder and i == 0))
+        yield list(temps)
+        for i, tmp in enumerate(temps):
+            _fsync(tmp)
+            os.chmod(tmp, _default_mode(tmp.is_dir()))
+        _commit(list(zip(temps, paths)))
+    except BaseException:
+        for tmp in temps:
+            _discard(tmp)
+        raise
 
 
 @contextlib.contextmanager
 def atomic_file(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically."""
-    path = Path(path)
-    check_writable_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
+    with atomic_outputs([path]) as (tmp,):
+        yield tmp
 
 
 @contextlib.contextmanager
 def atomic_dir(path: Path) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; on success it replaces ``path``."""
-    path = Path(path)
-    check_writable_dir(path.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
-    try:
+    with atomic_outputs([path], folder=True) as (tmp,):
         yield tmp
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+
+def dump_json(path: Path, data: dict) -> None:
+    """Write ``data`` to ``path`` as indented, key-sorted JSON (not atomic: a temporary)."""
+    Path(path).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def write_json(path: Path, data: dict) -> None:
     """Write ``data`` as indented, key-sorted JSON, atomically."""
     with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        dump_json(tmp, data)

@@ -50,12 +50,14 @@ def test_streaming_equals_offline(configs, blocks):
         mean = model.latent_mean_of(e)[:, :model.decoder_latent_size]
         yf = model.decode(mean) if mean.shape[1] == model.decoder_latent_size else None
         for block in blocks:
-            model.set_streaming(True)
-            es = _run_blocks(model.encode, x, block)
-            model.set_streaming(True)
-            ys = _run_blocks(model.decode, z, block // ratio)
-            assert _error(es, e, delays.encode // ratio, skip // ratio) < EXACT, f"encode @ {block}"
-            assert _error(ys, y, delays.decode, skip) < EXACT, f"decode @ {block}"
+            # encode and decode alone at the larger blocks; forward (both) at every block
+            if block != min(blocks) or len(blocks) == 1:
+                model.set_streaming(True)
+                es = _run_blocks(model.encode, x, block)
+                model.set_streaming(True)
+                ys = _run_blocks(model.decode, z, block // ratio)
+                assert _error(es, e, delays.encode // ratio, skip // ratio) < EXACT, f"encode @ {block}"
+                assert _error(ys, y, delays.decode, skip) < EXACT, f"decode @ {block}"
             if yf is not None:  # forward through the latent mean
                 model.set_streaming(True)
                 fs = _run_blocks(lambda b: model.decode(model.latent_mean_of(model.encode(b))), x, block)

@@ -4,9 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from rave_core.run import open_run
+from rave_core.run import RunError, open_run
 
-from ..sidecar import read_sidecar
+from ..sidecar import read_sidecar, sidecar_path
 from ..targets import CheckOptions, get_target, registry
 from .result import CheckReport, CheckResult
 
@@ -22,9 +22,18 @@ def identify(artifact: Path):
     """The sidecar of ``artifact`` (or ``{}``) and the name of its target."""
     try:
         sidecar = read_sidecar(artifact)
-        return sidecar, str(sidecar["target"])
     except FileNotFoundError:
-        pass
+        sidecar = None
+    except (ValueError, UnicodeDecodeError, OSError) as err:  # JSONDecodeError is a ValueError
+        raise CheckUsageError(f"{sidecar_path(artifact)} is not a readable rave-deploy sidecar "
+                              f"({str(err).splitlines()[0] if str(err) else type(err).__name__}): "
+                              "re-export, or move it away and pass --run RUN") from None
+    if sidecar is not None:
+        if not isinstance(sidecar, dict) or not isinstance(sidecar.get("target"), str):
+            raise CheckUsageError(f"{sidecar_path(artifact)} names no target: it is not a "
+                                  "rave-deploy sidecar; re-export, or move it away and pass "
+                                  "--run RUN")
+        return sidecar, sidecar["target"]
     if artifact.is_dir() and any(artifact.glob("*.json")) and any(artifact.glob("*.onnx")):
         return {}, "anira"
     name = SUFFIX_TARGETS.get(artifact.suffix)
@@ -45,12 +54,21 @@ def check_artifact(artifact, run: Optional[str] = None,
     options = options or CheckOptions()
     sidecar, target_name = identify(artifact)
     if target_name not in registry():
-        raise CheckUsageError(f"{artifact}: target {target_name!r} is not known to this version")
-    source = run or (sidecar.get("source") or {}).get("checkpoint")
+        raise CheckUsageError(f"{artifact}: target {target_name!r} is not known to this version "
+                              f"(known: {', '.join(sorted(registry()))})")
+    origin = sidecar.get("source") if isinstance(sidecar.get("source"), dict) else {}
+    source = run or origin.get("checkpoint")
     if not source:
         raise CheckUsageError(f"{artifact} has no rave-deploy sidecar naming its run: pass "
                               "--run RUN (the run directory or checkpoint it was exported from)")
-    model = open_run(source, ema=bool((sidecar.get("source") or {}).get("ema_weights"))).model
+    try:
+        model = open_run(source, ema=bool(origin.get("ema_weights"))).model
+    except RunError as err:
+        if run:
+            raise
+        # The checkpoint named in the sidecar moved or changed since the export.
+        raise RunError(f"{err} (the run named in {sidecar_path(artifact)}); pass --run RUN "
+                       "to check against the run it was exported from") from None
     return get_target(target_name).check(artifact, sidecar, model, options)
 
 
