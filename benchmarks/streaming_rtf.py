@@ -139,7 +139,9 @@ def main(argv=None) -> int:
             candidates = {t: steps[t](paths[t]) for t in args.targets if t in paths}
             if config in refs:
                 candidates["acids-rave .ts"] = torchscript_step(Path(refs[config]))
-            for block in args.blocks:
+            from rave_core import load_run
+            ratio = load_run(run).ratio
+            for block in [b for b in args.blocks if b >= ratio]:  # hosts never go below
                 per: Dict[str, List[np.ndarray]] = {k: [] for k in candidates}
                 for _ in range(args.repeats):  # alternate targets within each repetition
                     for name, step in candidates.items():

@@ -23,7 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-DEFAULT_STEPS = 600  # about 2 steps/s for BRAVE on 2 CPU cores
+DEFAULT_STEPS = 500  # about 2 steps/s for BRAVE on 2 CPU cores
 
 
 def _say(step: str, text: str) -> None:

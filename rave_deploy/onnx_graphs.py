@@ -677,6 +677,22 @@ def session(path, threads: int = 1):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def open_for_check(target: str, artifact: Path):
+    """A fresh report for ``artifact`` and its ONNX Runtime session, loaded as a host
+    loads it (``None`` when it cannot load: the report then says why, point 22)."""
+    from .check.result import CheckReport
+    artifact = Path(artifact)
+    report = CheckReport(artifact, target)
+    report.summary["size_bytes"] = artifact.stat().st_size if artifact.exists() else 0
+    try:
+        sess = session(artifact)
+    except Exception as err:  # noqa: BLE001 - any load failure is the finding
+        report.add("contract.22_loads", False, f"point 22: ONNX Runtime cannot load "
+                   f"{artifact.name}: {err}")
+        return report, None
+    return report, sess
+
+
 def block_time(sess, feeds: Dict[str, np.ndarray], state_pairs: Dict[str, str],
                runs: int = 200, warmup: int = 20) -> Dict[str, float]:
     """Wall time of one call, state fed back each call: median, 95th percentile, minimum

@@ -22,6 +22,8 @@ rank 0 validates, logs and writes files.
 """
 from __future__ import annotations
 
+import contextlib
+
 import collections
 import difflib
 import inspect
@@ -564,6 +566,27 @@ def train(configs: Sequence[str], db_path, name: str, out_path="runs", max_steps
     """
     _check_arguments(name, max_steps, batch, n_signal, val_every, save_every, workers)
     dev = _resolve_device(device)
+    with _denormals_flushed():
+        return _train_on_device(configs, db_path, name, out_path, max_steps, batch, n_signal, val_every,
+                      save_every, dev, workers, ckpt, overrides, seed, progress,
+                      valid_fraction=valid_fraction, log_every=log_every,
+                      audio_examples=audio_examples, keep_history=keep_history)
+
+
+@contextlib.contextmanager
+def _denormals_flushed():
+    """Decaying activations and gradients reach denormal floats, many times slower on CPU;
+    flush them to zero while training (nothing audible), then restore the default."""
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+
+
+def _train_on_device(configs, db_path, name, out_path, max_steps, batch, n_signal, val_every,
+                     save_every, dev, workers, ckpt, overrides, seed, progress, *,
+                     valid_fraction, log_every, audio_examples, keep_history) -> TrainResult:
     ctx = DistContext.from_environment(dev.type == "cuda")
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed window shapes: let cuDNN pick kernels

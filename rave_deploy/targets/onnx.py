@@ -45,16 +45,10 @@ class OnnxTarget(Target):
     def check(self, artifact: Path, sidecar: Dict[str, object], model: RAVE,
               options: CheckOptions):
         from ..check.harness import musical_signal
-        from ..check.result import CheckReport
 
         artifact = Path(artifact)
-        report = CheckReport(artifact, self.name)
-        report.summary["size_bytes"] = artifact.stat().st_size if artifact.exists() else 0
-        try:
-            sess = og.session(artifact)
-        except Exception as err:  # noqa: BLE001 - any load failure is the finding
-            report.add("contract.22_loads", False, f"point 22: ONNX Runtime cannot load "
-                       f"{artifact.name}: {err}")
+        report, sess = og.open_for_check(self.name, artifact)
+        if sess is None:
             return report
         meta = og.read_metadata(sess)
         if meta.get("graph") == "streaming":
