@@ -329,7 +329,7 @@ def test_html_report_renders_in_chromium(perfect_report, shifted, tmp_path):
         assert name in text
     if CHROMIUM is None:
         print("chromium not installed: skipping the browser rendering (apt-get install chromium)")
-        pytest.skip("chromium not installed (apt-get install chromium)")
+        pytest.skip(reason="chromium not installed (apt-get install chromium)")
 
     # A copy of the page with a probe script that writes what the browser decoded into
     # the DOM (the report itself has no script).

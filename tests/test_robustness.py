@@ -316,12 +316,12 @@ def test_output_that_cannot_be_written(runs, tmp_path, where):
         out, expect = tmp_path / "afile" / "out", "afile is a file, not a folder"
     elif where == "proc":
         if not Path("/proc/self").exists():
-            pytest.skip("no /proc on this system")
+            pytest.skip(reason="no /proc on this system")
         out, expect = Path("/proc/rave-deploy-test"), "cannot create output folder /proc/"
     else:
         # Root writes through 0o500; only a non-root user sees this case.
         if IS_ROOT:
-            pytest.skip("running as root: permissions do not stop root (the file and /proc "
+            pytest.skip(reason="running as root: permissions do not stop root (the file and /proc "
                         "cases cover an unwritable output)")
         locked = tmp_path / "locked"
         locked.mkdir()

@@ -417,7 +417,7 @@ def test_files_load_and_match_in_torch_2_5(runs, tmp_path):
                   "RAVE_TORCH25_PYTHON to a python with torch 2.5): libtorch 2.5 "
                   "compatibility NOT verified")
         print(reason)
-        pytest.skip(reason)
+        pytest.skip(reason=reason)
     # One file per architecture family (v1's layers are BRAVE's): the three targets'
     # files differ only in attribute values.
     files = [str(runs[m][2]["nn_tilde"].path) for m in ("brave", "v2")]
