@@ -67,6 +67,7 @@ def onnx_streaming_step(path: Path) -> Callable[[np.ndarray], None]:
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.set_denormal_as_zero", "1")
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     inputs, outputs = sess.get_inputs(), sess.get_outputs()
     states = {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], np.float32)

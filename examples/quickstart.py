@@ -23,7 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-DEFAULT_STEPS = 500  # about 2 steps/s for BRAVE on 2 CPU cores
+DEFAULT_STEPS = 500  # 1.3-2 steps/s for BRAVE on 2 CPU cores
 
 
 def _say(step: str, text: str) -> None:
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     print(report)
 
     _say("3/5", f"training {args.config} for {args.steps} steps on CPU "
-                f"(about {args.steps / 2 / 60:.0f} minutes on 2 cores)")
+                f"(about {args.steps / 1.5 / 60:.0f} minutes on 2 cores)")
     result = train([args.config], db_path=str(out / "dataset"), name=args.config,
                     out_path=str(out / "runs"), max_steps=args.steps, batch=4, n_signal=32768,
                     val_every=max(args.steps // 3, 1), save_every=max(args.steps // 3, 1),
@@ -76,7 +76,10 @@ def main(argv=None) -> int:
           f"best validation distance {result.best_validation}")
 
     _say("4/5", "exporting to every target the model can serve")
-    results = export_run(run_dir, ["all"], out / "exports", ExportOptions())
+    # Fixed-block targets (anira) get 512-sample blocks: real time on a 2-core laptop.
+    # Block 128 (BRAVE's lowest latency) needs a faster CPU:
+    #   rave-deploy export RUN --target anira --block-size 128
+    results = export_run(run_dir, ["all"], out / "exports", ExportOptions(block_size=512))
     for r in results:
         if r.skipped:
             print(f"  skip  {r.target:15s} {r.skipped}")
