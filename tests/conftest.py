@@ -43,3 +43,13 @@ def small_model(configs, extra=(), seed: int = 0):
     model = build_model(list(configs), overrides=SMALL + NO_TRAINING_MODULES + list(extra),
                         build_discriminator=False)
     return randomize(model, seed).eval()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tests: the two cores are shared with other test
+    processes, so one thread each is faster and steadier."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

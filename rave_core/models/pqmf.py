@@ -66,15 +66,22 @@ def _pad_to_odd(x: torch.Tensor) -> torch.Tensor:
     return nn.functional.pad(x, (0, 1)) if x.shape[-1] % 2 == 0 else x
 
 
-def flip_odd_bands(x: torch.Tensor, parity: int) -> torch.Tensor:
+def odd_band_signs(n_band: int) -> torch.Tensor:
+    """``(n_band, 2)`` signs of RAVE's flip: odd bands negated on even time steps."""
+    sign = torch.ones(n_band, 2)
+    sign[1::2, 0] = -1
+    return sign
+
+
+def flip_odd_bands(x: torch.Tensor, signs: torch.Tensor, parity: int) -> torch.Tensor:
     """Negate odd bands at time steps whose index has ``parity`` (0: even steps).
 
-    ``x``: ``(batch, bands, time)``.
+    ``x``: ``(batch, bands, time)``; ``signs``: :func:`odd_band_signs` (precomputed, as
+    this runs at every streaming call).
     """
-    sign = torch.ones(x.shape[1], 2, dtype=x.dtype, device=x.device)
-    sign[1::2, parity] = -1
+    pattern = signs if parity == 0 else signs.flip(1)
     reps = (x.shape[-1] + 1) // 2
-    return x * sign.repeat(1, reps)[:, :x.shape[-1]]
+    return x * pattern.repeat(1, reps)[:, :x.shape[-1]]
 
 
 @gin.configurable(module="rave.pqmf")
@@ -115,6 +122,7 @@ class CachedPQMF(nn.Module):
         self.inverse_conv = Conv1d(n_band, n_band, synthesis.shape[-1],
                                    padding=get_padding(synthesis.shape[-1]), bias=False)
         self.inverse_conv.weight.data.copy_(synthesis)
+        self.register_buffer("band_signs", odd_band_signs(n_band), persistent=False)
         # Phase of the odd-band flip at the output of analysis / input of synthesis.
         self.analysis_parity = 0
         self.synthesis_parity = 0
@@ -135,14 +143,14 @@ class CachedPQMF(nn.Module):
             return x
         # Offline, sample 0 is index 0; in streaming the flip follows the signal's delay.
         parity = self.analysis_parity if self.forward_conv.streaming else 0
-        return flip_odd_bands(self.forward_conv(x), parity)
+        return flip_odd_bands(self.forward_conv(x), self.band_signs, parity)
 
     def inverse(self, x: torch.Tensor) -> torch.Tensor:
         if self.n_band == 1:
             return x
         m = self.n_band
         parity = self.synthesis_parity if self.inverse_conv.streaming else 0
-        x = self.inverse_conv(flip_odd_bands(x, parity)) * m
+        x = self.inverse_conv(flip_odd_bands(x, self.band_signs, parity)) * m
         # (batch, M phases, frames) -> (batch, 1, frames * M), phase M-1 first.
         x = x.flip(1).permute(0, 2, 1)
         return x.reshape(x.shape[0], 1, -1)

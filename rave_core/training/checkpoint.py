@@ -18,14 +18,14 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, BinaryIO, Callable, Dict
 
 import numpy as np
 import torch
 
 from ..run import read_checkpoint
 
-__all__ = ["capture_rng", "restore_rng", "save_checkpoint", "load_checkpoint"]
+__all__ = ["capture_rng", "copy_checkpoint", "restore_rng", "save_checkpoint", "load_checkpoint"]
 
 
 def capture_rng() -> Dict[str, Any]:
@@ -62,21 +62,31 @@ def _to_cpu(obj: Any) -> Any:
     return obj
 
 
-def save_checkpoint(path: Path, checkpoint: Dict[str, Any]) -> None:
-    """Write ``checkpoint`` to ``path`` atomically: a reader (or a crash) sees the old
-    file or the new one, never a partial one."""
+def _replace_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write through ``write`` to a temporary sibling, fsync, then rename over ``path``:
+    a reader (or a crash) sees the old file or the new one, never a partial one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save(_to_cpu(checkpoint), f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def save_checkpoint(path: Path, checkpoint: Dict[str, Any]) -> None:
+    """Write ``checkpoint`` to ``path`` atomically."""
+    _replace_atomically(path, lambda f: torch.save(_to_cpu(checkpoint), f))
+
+
+def copy_checkpoint(src: Path, dst: Path) -> None:
+    """Atomically copy a saved checkpoint (cheaper than serialising it again)."""
+    _replace_atomically(dst, lambda f: f.write(Path(src).read_bytes()))
 
 
 def load_checkpoint(path: Path) -> Dict[str, Any]:
@@ -86,15 +96,4 @@ def load_checkpoint(path: Path) -> Dict[str, Any]:
 
 def write_text_atomically(path: Path, text: str) -> None:
     """Write a small text file (the run's ``config.gin``) atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    _replace_atomically(path, lambda f: f.write(text.encode()))

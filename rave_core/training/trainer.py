@@ -50,7 +50,7 @@ from ..losses import adversarial_losses, feature_matching_loss, split_features
 from ..run import RunError, find_config
 from .analysis import (cropped_length, fidelity_dimensions, latent_statistics,
                        receptive_field, valid_signal_crop)
-from .checkpoint import (capture_rng, load_checkpoint, restore_rng, save_checkpoint,
+from .checkpoint import (capture_rng, copy_checkpoint, load_checkpoint, restore_rng, save_checkpoint,
                          write_text_atomically)
 from .distributed import DistContext
 from .sampler import ResumableSampler
@@ -718,9 +718,9 @@ def _train(ctx: DistContext, configs, db_path: Path, name: str, out_path: Path, 
         }
         save_checkpoint(ckpt_dir / "last.ckpt", payload)
         if improved:
-            save_checkpoint(ckpt_dir / "best.ckpt", payload)
+            copy_checkpoint(ckpt_dir / "last.ckpt", ckpt_dir / "best.ckpt")
         if periodic:
-            save_checkpoint(ckpt_dir / f"epoch_{step}.ckpt", payload)
+            copy_checkpoint(ckpt_dir / "last.ckpt", ckpt_dir / f"epoch_{step}.ckpt")
         last_saved = (ckpt_dir / "last.ckpt", step)
 
     def validate(step: int, baseline: bool = False) -> bool:
