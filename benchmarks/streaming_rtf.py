@@ -2,7 +2,8 @@
 
     python benchmarks/streaming_rtf.py                        # brave, v2_small, v2
     python benchmarks/streaming_rtf.py --configs brave --blocks 128 512 2048
-    python benchmarks/streaming_rtf.py --reference-ts brave=/path/to/acids_brave.ts
+    python benchmarks/streaming_rtf.py --configs brave --run brave=RUN \
+        --reference-ts brave=RUN/export/run_streaming.ts   # vs acids-rave, same weights
 
 For each config a full-size model (random weights: speed does not depend on them) is
 exported with ``rave-deploy export`` to ``nn_tilde`` (TorchScript) and ``onnx_streaming``
@@ -12,8 +13,10 @@ the real-time factor (audio time / compute time), mean and p99 block time agains
 block's budget, and the ratio to the eager ceiling (the offline eager model on the whole
 signal: the speed a streaming target would reach with no per-call overhead). With
 ``--reference-ts CONFIG=PATH`` an acids-rave export of the same config is timed in the
-same run, alternating with ours, and the ratio is reported. These machines are shared:
-prefer medians of several repetitions.
+same run, alternating with ours, and the ratio is reported; with ``--run CONFIG=PATH``
+ours is exported from that run (e.g. the acids-rave run the reference was exported from,
+so both files hold the same weights) instead of random weights. These machines are
+shared: prefer medians of several repetitions.
 """
 from __future__ import annotations
 
@@ -121,6 +124,9 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--reference-ts", action="append", default=[],
                    help="CONFIG=PATH of an acids-rave TorchScript export to compare with")
+    p.add_argument("--run", action="append", default=[],
+                   help="CONFIG=PATH of a run (ours or acids-rave's) to export instead of "
+                        "random weights")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -128,11 +134,12 @@ def main(argv=None) -> int:
     from rave_deploy.targets import ExportOptions
 
     refs = dict(r.split("=", 1) for r in args.reference_ts)
+    given_runs = {k: Path(v) for k, v in (r.split("=", 1) for r in args.run)}
     rows: List[Dict[str, object]] = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for config in args.configs:
-            run = make_full_run(tmp, config)
+            run = given_runs.get(config) or make_full_run(tmp, config)
             results = export_run(run, args.targets, tmp / f"{config}_out", ExportOptions())
             paths = {r.target: r.path for r in results if r.path is not None}
             ceiling = eager_ceiling(run, args.seconds * 2)

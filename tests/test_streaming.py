@@ -88,3 +88,38 @@ def test_batch_change_restarts_from_silence():
         y4b = model.decode(model.latent_mean_of(model.encode(x)))
     assert y4.shape == (4, 1, 128 * 8)
     torch.testing.assert_close(y4, y4b)
+
+
+@pytest.mark.parametrize("configs", [("brave",), ("v1",), ("v2_small",), ("v2",)],
+                         ids=lambda c: "+".join(c))
+def test_matmul_streaming_equals_convolution_streaming(configs):
+    """The TorchScript targets' streaming (matrix products, time-major states, weights
+    laid out for the product) computes what the convolution path computes, batch 2,
+    at uneven block sizes (some long enough for the long-block branch)."""
+    from rave_deploy.model import DeployModel
+
+    model = small_model(configs)
+    model.fidelity.copy_(torch.linspace(0.3, 1.0, model.latent_size))
+    conv = DeployModel(model, deterministic=True, matmul_streaming=False)
+    matmul = DeployModel(model, deterministic=True, matmul_streaming=True)
+    weight = matmul.decoder.net[0].weight if hasattr(matmul.decoder, "net") else None
+    r = conv.ratio
+    blocks = [r, 2 * r, r, 8 * r, 32 * r, 5 * r]
+    torch.manual_seed(0)
+    x = torch.randn(2, conv.n_channels, sum(blocks)) * 0.3
+    conv.reset(2)
+    matmul.reset(2)
+    outs_conv, outs_matmul, i = [], [], 0
+    with torch.no_grad():
+        for n in blocks:
+            outs_conv.append(conv(x[..., i:i + n]))
+            outs_matmul.append(matmul(x[..., i:i + n]))
+            i += n
+    a, b = torch.cat(outs_conv, -1), torch.cat(outs_matmul, -1)
+    assert a.abs().max() > 0
+    assert float((a - b).abs().max() / a.abs().max()) < EXACT
+    # the states are time-major (batch, length, channels) in matmul streaming
+    layer = next(m for _, m in matmul.state_layers())
+    assert layer.state.shape == (2, layer.state_shape()[2], layer.state_shape()[1])
+    if weight is not None and weight.dim() == 3 and weight.shape[-1] > 1:
+        assert not weight.is_contiguous()  # laid out for the product, same values

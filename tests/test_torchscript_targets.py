@@ -373,7 +373,7 @@ def test_float_sr_fails_supercollider_and_vst(runs, tmp_path, monkeypatch):
 
 def test_forbidden_name_fails_contract_5(runs, tmp_path, monkeypatch):
     def mutate(m):
-        m.model = nn.Identity()
+        m.model = 1  # an attribute (an unused child module would be frozen away)
     path, sidecar, model = _broken(runs, "brave", "supercollider", tmp_path, mutate)
     report = _check("supercollider", path, sidecar, model, 128, False, monkeypatch)
     assert "['model']" in _failed(report, "contract.5_forbidden_names", "5").message

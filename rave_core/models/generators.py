@@ -70,7 +70,10 @@ class ResidualStack(nn.Module):
         return self.net.configure_delay(input_delay)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack(self.net(x), 0).sum(0)
+        outs = self.net(x)
+        if len(outs) == 1:  # one kernel size (v1, BRAVE): no sum to take
+            return outs[0]
+        return torch.stack(outs, 0).sum(0)
 
 
 @gin.configurable(module="rave.blocks")

@@ -80,8 +80,11 @@ def flip_odd_bands(x: torch.Tensor, signs: torch.Tensor, parity: int) -> torch.T
     this runs at every streaming call).
     """
     pattern = signs if parity == 0 else signs.flip(1)
-    reps = (x.shape[-1] + 1) // 2
-    return x * pattern.repeat(1, reps)[:, :x.shape[-1]]
+    b, m, t = x.shape[0], x.shape[1], x.shape[2]
+    if t % 2 == 0:  # every streaming call at host block sizes: no pattern to build
+        return (x.reshape(b, m, t // 2, 2) * pattern.unsqueeze(1)).reshape(b, m, t)
+    reps = (t + 1) // 2
+    return x * pattern.repeat(1, reps)[:, :t]
 
 
 @gin.configurable(module="rave.pqmf")

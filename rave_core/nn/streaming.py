@@ -40,6 +40,11 @@ class StreamingModule(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.streaming: bool = False
+        # Matrix-product streaming (TorchScript hosts) keeps the state time-major,
+        # ``(batch, length, channels)``: the tail kept at each call is then a contiguous
+        # slice, and concatenating it with the next block is a plain copy (a strided
+        # channel-first tail costs ~10x more per layer). See :func:`set_matmul_streaming`.
+        self.time_major_state: bool = False
         self.register_buffer("state", torch.zeros(0), persistent=False)
 
     def state_shape(self) -> Tuple[int, int, int]:
@@ -51,7 +56,8 @@ class StreamingModule(nn.Module):
         p = next(self.parameters(), None)
         dtype = p.dtype if p is not None else torch.float32
         device = p.device if p is not None else self.state.device
-        self.state = torch.zeros(batch_size, c, n, dtype=dtype, device=device)
+        shape = (batch_size, n, c) if self.time_major_state else (batch_size, c, n)
+        self.state = torch.zeros(shape, dtype=dtype, device=device)
 
     def _get_state(self, x: torch.Tensor) -> torch.Tensor:
         state = self.state
@@ -129,8 +135,19 @@ def streaming(module: nn.Module, batch_size: int = 1) -> Iterator[nn.Module]:
 
 
 def set_matmul_streaming(module: nn.Module, enabled: bool = True) -> None:
-    """Let streaming convolutions of ``module`` compute short blocks as matrix products
-    (faster on CPU at host block sizes; TorchScript export turns it on)."""
+    """Stream ``module`` the way TorchScript hosts run it fastest on CPU.
+
+    Short blocks (a few frames per layer at host block sizes) are computed as one matrix
+    product per layer instead of a convolution kernel, states are kept time-major, and
+    the weights are laid out in memory as those products read them (``weight`` keeps its
+    shape, as a view, so offline use and the state dict are unchanged). Export-only: the
+    TorchScript targets turn it on; ONNX graphs keep channel-first states.
+    Call it before :func:`set_streaming` (the state layout is chosen at reset).
+    """
     for m in module.modules():
+        if isinstance(m, StreamingModule):
+            m.time_major_state = enabled
         if hasattr(m, "matmul_streaming"):
             m.matmul_streaming = enabled
+            if enabled and hasattr(m, "lay_out_weight_for_matmul"):
+                m.lay_out_weight_for_matmul()
