@@ -21,6 +21,8 @@ shared: prefer medians of several repetitions.
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -52,6 +54,17 @@ def make_full_run(root: Path, config: str) -> Path:
     torch.save({"state_dict": model.state_dict(), "global_step": 0, "epoch": 0},
                run / "version_0" / "checkpoints" / "best.ckpt")
     return run
+
+
+def export_in_subprocess(run: Path, targets: List[str], out: Path) -> Dict[str, Path]:
+    """``rave-deploy export`` as users run it, one process per run (TorchScript's type
+    caches then start clean for every model). Returns ``{target: file}``."""
+    cmd = [sys.executable, "-c", "from rave_deploy.cli import main; main()", "export",
+           str(run), "-o", str(out), "--json"] + [a for t in targets for a in ("-t", t)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"export of {run} failed:\n{done.stderr[-2000:]}")
+    return {r["target"]: Path(r["path"]) for r in json.loads(done.stdout) if r["path"]}
 
 
 def torchscript_step(path: Path) -> Callable[[np.ndarray], None]:
@@ -130,9 +143,6 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
 
-    from rave_deploy.export import export_run
-    from rave_deploy.targets import ExportOptions
-
     refs = dict(r.split("=", 1) for r in args.reference_ts)
     given_runs = {k: Path(v) for k, v in (r.split("=", 1) for r in args.run)}
     rows: List[Dict[str, object]] = []
@@ -140,8 +150,7 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         for config in args.configs:
             run = given_runs.get(config) or make_full_run(tmp, config)
-            results = export_run(run, args.targets, tmp / f"{config}_out", ExportOptions())
-            paths = {r.target: r.path for r in results if r.path is not None}
+            paths = export_in_subprocess(run, args.targets, tmp / f"{config}_out")
             ceiling = eager_ceiling(run, args.seconds * 2)
             steps = {"nn_tilde": torchscript_step, "onnx_streaming": onnx_streaming_step}
             candidates = {t: steps[t](paths[t]) for t in args.targets if t in paths}

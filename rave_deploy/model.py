@@ -151,7 +151,8 @@ class DeployModel(nn.Module):
                 std = nn.functional.softplus(scale) + 1e-4
                 z = mean + std * torch.randn_like(mean)
             z = z - self.latent_mean.unsqueeze(-1)
-            z = nn.functional.conv1d(z, self.latent_pca.unsqueeze(-1))
+            # (L, L) x (batch, L, T): a matrix product, not a 1x1 convolution kernel call
+            z = torch.matmul(self.latent_pca, z)
             z = z[:, :self.latent_size]
         return z
 
@@ -165,7 +166,7 @@ class DeployModel(nn.Module):
                 else:
                     fill = torch.randn(z.shape[0], missing, z.shape[-1], dtype=z.dtype, device=z.device)
                 z = torch.cat([z, fill], 1)
-            z = nn.functional.conv1d(z, self.latent_pca.t().unsqueeze(-1))
+            z = torch.matmul(self.latent_pca.t(), z)
             z = z + self.latent_mean.unsqueeze(-1)
         if self.noise_augmentation > 0:
             noise = torch.zeros(z.shape[0], self.noise_augmentation, z.shape[-1], dtype=z.dtype, device=z.device)

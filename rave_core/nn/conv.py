@@ -140,7 +140,10 @@ class Conv1d(StreamingModule):
         t = taps.shape[1]
         if g == 1:
             w = self.weight.permute(2, 1, 0).reshape(k * c, o)       # a view once laid out
-            taps = taps.transpose(2, 3).reshape(b * t, k * c)
+            if t == 1 and d == 1 and buf.shape[1] == k:
+                taps = buf.reshape(b, k * c)                         # the buffer itself
+            else:
+                taps = taps.transpose(2, 3).reshape(b * t, k * c)
             if self.bias is not None:
                 y = torch.addmm(self.bias, taps, w)
             else:
