@@ -422,7 +422,7 @@ def _deterministic_scripting() -> Iterator[None]:
             del recursive.set
 
 
-def script(module: ScriptedRAVE, freeze: bool = True) -> torch.jit.ScriptModule:
+def script(module: ScriptedRAVE) -> torch.jit.ScriptModule:
     """``torch.jit.script`` with deterministic output (see :func:`_deterministic_scripting`),
     then frozen.
 
@@ -435,8 +435,6 @@ def script(module: ScriptedRAVE, freeze: bool = True) -> torch.jit.ScriptModule:
     module.eval()
     with _deterministic_scripting():
         scripted = torch.jit.script(module)
-        if not freeze:
-            return scripted
         keep = list(scripted._c._method_names())
         keep += [n for n in vars(module) if not n.startswith("_") and n != "training"]
         keep += list(module._buffers)

@@ -95,7 +95,7 @@ def test_batch_change_restarts_from_silence():
 def test_matmul_streaming_equals_convolution_streaming(configs):
     """The TorchScript targets' streaming (matrix products, time-major states, weights
     laid out for the product) computes what the convolution path computes, batch 2,
-    at uneven block sizes (some long enough for the long-block branch)."""
+    at uneven block sizes (up to 32 frames of the ratio per call)."""
     from rave_deploy.model import DeployModel
 
     model = small_model(configs)

@@ -31,13 +31,6 @@ def _as_pair(padding: Union[int, Tuple[int, int], list]) -> Tuple[int, int]:
     return (int(padding[0]), int(padding[1]))
 
 
-# Matrix-product streaming (``matmul_streaming``) falls back to the convolution kernels
-# above this many output frames per call. With time-major states the products win at
-# every host block measured (BRAVE, 128 to 8192 samples: 1.2x to 1.4x), so by default it
-# never falls back; lower it per layer (``matmul_max_frames``) to compare the two.
-MATMUL_MAX_FRAMES = 1 << 20
-
-
 class Conv1d(StreamingModule):
     """``nn.Conv1d`` with explicit ``(left, right)`` padding and a streaming mode.
 
@@ -74,7 +67,6 @@ class Conv1d(StreamingModule):
         # Streaming blocks are a few frames long: there one matrix product beats the
         # convolution kernels (see :meth:`_matmul_streaming`). On for TorchScript export.
         self.matmul_streaming = False
-        self.matmul_max_frames = MATMUL_MAX_FRAMES
 
     def state_shape(self) -> Tuple[int, int, int]:
         return (1, self.in_channels, self.padding_lr[0] + self.padding_lr[1] + self.alignment)
@@ -127,12 +119,10 @@ class Conv1d(StreamingModule):
                 buf = buf[:, :buf.shape[1] - self.alignment]
         else:
             buf = xt
+        # With time-major states the products beat the convolution kernels at every host
+        # block measured (BRAVE, 128 to 8192 samples: 1.2x to 1.4x), long blocks included.
         k, d, s = self.kernel_size[0], self.dilation[0], self.stride[0]
         span = (k - 1) * d + 1
-        if (buf.shape[1] - span) // s >= self.matmul_max_frames:
-            # Long blocks: the convolution kernels win.
-            return nn.functional.conv1d(buf.transpose(1, 2), self.weight, self.bias,
-                                        self.stride, 0, self.dilation, self.groups)
         b, c, o, g = buf.shape[0], self.in_channels, self.out_channels, self.groups
         taps = buf.unfold(1, span, s)                                # (B, T', C, span)
         if d > 1:
@@ -188,7 +178,6 @@ class ConvTranspose1d(StreamingModule):
         if kernel_size < stride:
             raise ValueError("ConvTranspose1d needs kernel_size >= stride to stream")
         self.matmul_streaming = False  # see Conv1d.matmul_streaming
-        self.matmul_max_frames = MATMUL_MAX_FRAMES
 
     def state_shape(self) -> Tuple[int, int, int]:
         return (1, self.out_channels, self.kernel_size[0] - self.stride[0])
@@ -200,8 +189,7 @@ class ConvTranspose1d(StreamingModule):
         if not self.streaming:
             return nn.functional.conv_transpose1d(x, self.weight, self.bias, self.stride,
                                                   self.padding)
-        if (self.matmul_streaming and self.kernel_size[0] == 2 * self.stride[0]
-                and x.shape[-1] < self.matmul_max_frames):
+        if self.matmul_streaming and self.kernel_size[0] == 2 * self.stride[0]:
             return self._matmul_streaming(x)
         y = nn.functional.conv_transpose1d(x, self.weight, None, self.stride, 0)
         n_out = x.shape[-1] * self.stride[0]
