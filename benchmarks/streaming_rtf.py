@@ -11,7 +11,9 @@ exported with ``rave-deploy export`` to ``nn_tilde`` (TorchScript) and ``onnx_st
 after a warm-up, ``--repeats`` times, and the median repetition is kept. The table gives
 the real-time factor (audio time / compute time), mean and p99 block time against the
 block's budget, and the ratio to the eager ceiling (the offline eager model on the whole
-signal: the speed a streaming target would reach with no per-call overhead). With
+signal: the speed a streaming target would reach with no per-call overhead). The row
+``floor: read weights`` is the time to read every weight once (one flat fp32 array): no
+fp32 target can run a block faster, since each call reads all weights. With
 ``--reference-ts CONFIG=PATH`` an acids-rave export of the same config is timed in the
 same run, alternating with ours, and the ratio is reported; with ``--run CONFIG=PATH``
 ours is exported from that run (e.g. the acids-rave run the reference was exported from,
@@ -128,6 +130,24 @@ def eager_ceiling(run: Path, seconds: float) -> float:
     return x.shape[-1] / SR / (time.perf_counter() - t0)
 
 
+def weight_read_ms(run: Path, repeats: int = 50) -> float:
+    """Median time (ms) to read every weight of the exported model once, as one flat
+    array: a lower bound on any fp32 streaming call at a block of at least the ratio,
+    where every layer computes at least one frame and so reads all its weights."""
+    from rave_core import load_run
+    from rave_deploy.model import DeployModel
+    core = DeployModel(load_run(run), deterministic=True, streaming=False)
+    flat = torch.cat([p.detach().reshape(-1) for p in core.parameters()])
+    times = []
+    with torch.inference_mode():
+        for i in range(repeats + 3):
+            t0 = time.perf_counter()
+            flat.sum()
+            if i >= 3:
+                times.append(time.perf_counter() - t0)
+    return float(np.median(times)) * 1000
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", nargs="+", default=["brave", "v2_small", "v2"])
@@ -152,6 +172,7 @@ def main(argv=None) -> int:
             run = given_runs.get(config) or make_full_run(tmp, config)
             paths = export_in_subprocess(run, args.targets, tmp / f"{config}_out")
             ceiling = eager_ceiling(run, args.seconds * 2)
+            read_ms = weight_read_ms(run)
             steps = {"nn_tilde": torchscript_step, "onnx_streaming": onnx_streaming_step}
             candidates = {t: steps[t](paths[t]) for t in args.targets if t in paths}
             if config in refs:
@@ -180,18 +201,22 @@ def main(argv=None) -> int:
                     if name == "acids-rave .ts":
                         base = rtf
                     rows.append(row)
+                rows.append({"config": config, "target": "floor: read weights", "block": block,
+                             "rtf": budget / read_ms, "mean_ms": read_ms, "p99_ms": float("nan"),
+                             "budget_ms": budget, "vs_eager": budget / read_ms / ceiling})
                 if base:
                     for row in rows:
                         if row["config"] == config and row["block"] == block:
                             row["vs_acids"] = row["rtf"] / base
 
-    head = f"{'config':9s} {'target':16s} {'block':>5s} {'RTF':>6s} {'mean ms':>8s} {'p99 ms':>8s} {'budget':>7s} {'/eager':>7s} {'/acids':>7s}"
+    head = f"{'config':9s} {'target':20s} {'block':>5s} {'RTF':>6s} {'mean ms':>8s} {'p99 ms':>8s} {'budget':>7s} {'/eager':>7s} {'/acids':>7s}"
     print(head)
     print("-" * len(head))
     for r in rows:
         acids = f"{r['vs_acids']:.2f}x" if "vs_acids" in r else "-"
-        print(f"{r['config']:9s} {r['target']:16s} {r['block']:5d} {r['rtf']:6.2f} "
-              f"{r['mean_ms']:8.2f} {r['p99_ms']:8.2f} {r['budget_ms']:7.2f} "
+        p99 = f"{r['p99_ms']:8.2f}" if r["p99_ms"] == r["p99_ms"] else f"{'-':>8s}"
+        print(f"{r['config']:9s} {r['target']:20s} {r['block']:5d} {r['rtf']:6.2f} "
+              f"{r['mean_ms']:8.2f} {p99} {r['budget_ms']:7.2f} "
               f"{r['vs_eager']:7.2f} {acids:>7s}")
     return 0
 

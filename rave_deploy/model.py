@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ import torch.nn as nn
 
 from rave_core.models.encoders import DiscreteEncoder, VariationalEncoder
 from rave_core.models.rave import RAVE
+from rave_core.nn.conv import Conv1d, ConvTranspose1d
 from rave_core.nn.streaming import set_matmul_streaming, set_streaming, streaming_layers
 from rave_core.nn.weight_norm import copy_model, remove_weight_norm
 
@@ -50,7 +51,7 @@ def cut_latent_size(fidelity: torch.Tensor, threshold: float) -> Tuple[int, bool
 def fold_batch_norms(module: nn.Module) -> int:
     """Fold every eval-mode ``BatchNorm1d`` that directly follows a convolution in a
     ``Sequential`` into that convolution (v1 / BRAVE encoders). Returns how many."""
-    from rave_core.nn.conv import Conv1d
+    from rave_core.nn.conv import Conv1d, ConvTranspose1d
     folded = 0
     for seq in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
         for i in range(1, len(seq)):
@@ -134,6 +135,8 @@ class DeployModel(nn.Module):
         self.streaming = streaming
         set_matmul_streaming(self, matmul_streaming)
         set_streaming(self, streaming)
+        if matmul_streaming and streaming:
+            self.lay_out_weights_for_block(self.ratio)
 
     # ---------------------------------------------------------------- methods
     def _analysis(self, x: torch.Tensor) -> torch.Tensor:
@@ -189,3 +192,28 @@ class DeployModel(nn.Module):
     def reset(self, batch_size: int = 1) -> None:
         """Back to silence (all streaming states zero)."""
         set_streaming(self, self.streaming, batch_size)
+
+    def lay_out_weights_for_block(self, block: int) -> None:
+        """Store each convolution's weights in the memory order its matrix product reads
+        fastest for the frames it computes in one streaming call of ``block`` samples
+        (see :meth:`Conv1d.lay_out_weight_for_matmul`). Speed only: any block size still
+        gives the same output. States are reset."""
+        frames: Dict[nn.Module, int] = {}
+
+        def record(layer: nn.Module, inputs, output: torch.Tensor) -> None:
+            # rows of the layer's product: output frames (convolution), input frames
+            # (transposed convolution)
+            x = output if isinstance(layer, Conv1d) else inputs[0]
+            frames[layer] = int(x.shape[0] * x.shape[-1])
+
+        hooks = [m.register_forward_hook(record) for m in self.modules()
+                 if isinstance(m, (Conv1d, ConvTranspose1d))]
+        try:
+            with torch.random.fork_rng(devices=[]), torch.no_grad():
+                self.forward(torch.zeros(1, self.n_channels, max(block, self.ratio)))
+        finally:
+            for hook in hooks:
+                hook.remove()
+        for layer, n in frames.items():
+            layer.lay_out_weight_for_matmul(n)
+        self.reset()

@@ -123,3 +123,9 @@ def test_matmul_streaming_equals_convolution_streaming(configs):
     assert layer.state.shape == (2, layer.state_shape()[2], layer.state_shape()[1])
     if weight is not None and weight.dim() == 3 and weight.shape[-1] > 1:
         assert not weight.is_contiguous()  # laid out for the product, same values
+    # weights are laid out for the frames each layer computes at a ratio-sized block:
+    # both memory orders occur, and the blocks above run each through both products
+    from rave_core.nn.conv import Conv1d
+    layouts = {m.weight_rows_out for m in matmul.modules() if isinstance(m, Conv1d)
+               and m.groups == 1 and m.kernel_size[0] > 1}
+    assert layouts == {True, False}

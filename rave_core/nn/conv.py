@@ -25,6 +25,11 @@ get_padding = gin.external_configurable(cc.get_padding, "get_padding",
                                         module="cached_conv.convs")
 
 
+# Up to this many output frames per call, a product reads an (out, in) weight matrix
+# fastest (BLAS's matrix-vector-like kernels); beyond, an (in, out) one.
+MAX_FRAMES_ROWS_OUT = 3
+
+
 def _as_pair(padding: Union[int, Tuple[int, int], list]) -> Tuple[int, int]:
     if isinstance(padding, int):
         return (padding, padding)
@@ -67,6 +72,8 @@ class Conv1d(StreamingModule):
         # Streaming blocks are a few frames long: there one matrix product beats the
         # convolution kernels (see :meth:`_matmul_streaming`). On for TorchScript export.
         self.matmul_streaming = False
+        self.weight_rows_out = False  # memory order of `weight`, see lay_out_weight_for_matmul
+        self.max_frames_rows_out = MAX_FRAMES_ROWS_OUT
 
     def state_shape(self) -> Tuple[int, int, int]:
         return (1, self.in_channels, self.padding_lr[0] + self.padding_lr[1] + self.alignment)
@@ -93,15 +100,22 @@ class Conv1d(StreamingModule):
         return nn.functional.conv1d(x, self.weight, self.bias, self.stride, 0,
                                     self.dilation, self.groups)
 
-    def lay_out_weight_for_matmul(self) -> None:
-        """Store ``weight`` as a view of a ``(kernel, in, out)`` array, the matrix that
-        :meth:`_matmul_streaming` multiplies by (no copy per call, and the product reads
-        it in the order BLAS prefers). Same values, same shape."""
+    def lay_out_weight_for_matmul(self, frames_per_call: int = 0) -> None:
+        """Store ``weight`` in the memory order :meth:`_matmul_streaming` reads fastest.
+
+        The product is ``(M, k C) x (k C, O)`` with ``M`` the output frames of a call.
+        For ``M <= 3`` BLAS streams an ``(O, k C)`` row-major matrix fastest (1.4x on
+        weights read from memory); for more frames, a ``(k C, O)`` one. ``frames_per_call``
+        is ``M`` at the host block the export is tuned for (0: unknown, the latter).
+        ``weight`` keeps its shape as a view: same values, same state dict.
+        """
         if self.groups != 1 or "weight" not in self._parameters:
             return  # grouped convs use batched products over the original layout
+        self.weight_rows_out = 0 < frames_per_call <= MAX_FRAMES_ROWS_OUT
+        order = (0, 2, 1) if self.weight_rows_out else (2, 1, 0)   # (O, k, C) / (k, C, O)
         with torch.no_grad():
-            kco = self.weight.detach().permute(2, 1, 0).contiguous()
-        self.weight = nn.Parameter(kco.permute(2, 1, 0), requires_grad=False)
+            stored = self.weight.detach().permute(*order).contiguous()
+        self.weight = nn.Parameter(stored.permute(*order), requires_grad=False)
 
     def _matmul_streaming(self, x: torch.Tensor) -> torch.Tensor:
         """One streaming call as a matrix product over gathered taps, time-major.
@@ -111,36 +125,42 @@ class Conv1d(StreamingModule):
         of a time-major result. The state is ``(batch, length, in_channels)``.
         """
         xt = x.transpose(1, 2)                                       # (B, T, C)
-        n_state = self.state.shape[1]
+        # Static lengths (constants once the export is frozen): no shape reads, no
+        # branch left in the graph for a stateless or unaligned layer.
+        n_state = self.padding_lr[0] + self.padding_lr[1] + self.alignment
         if n_state > 0:
             buf = torch.cat([self._get_state(xt), xt], 1)
-            self.state = buf[:, buf.shape[1] - n_state:]
+            self.state = buf.narrow(1, buf.shape[1] - n_state, n_state)
             if self.alignment > 0:
-                buf = buf[:, :buf.shape[1] - self.alignment]
+                buf = buf.narrow(1, 0, buf.shape[1] - self.alignment)
         else:
             buf = xt
-        # With time-major states the products beat the convolution kernels at every host
-        # block measured (BRAVE, 128 to 8192 samples: 1.2x to 1.4x), long blocks included.
         k, d, s = self.kernel_size[0], self.dilation[0], self.stride[0]
-        span = (k - 1) * d + 1
         b, c, o, g = buf.shape[0], self.in_channels, self.out_channels, self.groups
-        taps = buf.unfold(1, span, s)                                # (B, T', C, span)
-        if d > 1:
-            taps = taps[..., ::d]                                    # (B, T', C, k)
-        t = taps.shape[1]
+        t = (buf.shape[1] - (k - 1) * d - 1) // s + 1
+        # The taps of output frame j are buf[:, j s + i d] (i < k): one strided view,
+        # (B, T', k, C); reshaping it is a view when the taps are adjacent in memory
+        # (one frame, no dilation), else the one copy im2col needs.
+        sb, st, sc = buf.stride(0), buf.stride(1), buf.stride(2)
+        taps = buf.as_strided([b, t, k, c], [sb, s * st, d * st, sc], buf.storage_offset())
         if g == 1:
-            w = self.weight.permute(2, 1, 0).reshape(k * c, o)       # a view once laid out
-            if t == 1 and d == 1 and buf.shape[1] == k:
-                taps = buf.reshape(b, k * c)                         # the buffer itself
+            taps = taps.reshape(b * t, k * c)
+            bias = self.bias
+            if self.weight_rows_out:
+                w = self.weight.permute(0, 2, 1).reshape(o, k * c)   # a view once laid out
+                if b * t > self.max_frames_rows_out:  # (O, M) = W taps^T reads W's rows in order
+                    if bias is not None:
+                        y = torch.addmm(bias.unsqueeze(1), w, taps.t()).t()
+                    else:
+                        y = torch.mm(w, taps.t()).t()
+                    return y.reshape(b, t, o).transpose(1, 2)
+                w = w.t()
             else:
-                taps = taps.transpose(2, 3).reshape(b * t, k * c)
-            if self.bias is not None:
-                y = torch.addmm(self.bias, taps, w)
-            else:
-                y = torch.mm(taps, w)
-            return y.reshape(b, t, o).transpose(1, 2)
+                w = self.weight.permute(2, 1, 0).reshape(k * c, o)   # a view once laid out
+            y = torch.addmm(bias, taps, w) if bias is not None else torch.mm(taps, w)
+            return y.view(b, t, o).transpose(1, 2)
         cg, og = c // g, o // g
-        taps = taps.reshape(b * t, g, cg * k).transpose(0, 1)         # (G, B T', Cg k)
+        taps = taps.reshape(b * t, k, g, cg).permute(2, 0, 3, 1).reshape(g, b * t, cg * k)
         w = self.weight.reshape(g, og, cg * k).transpose(1, 2)        # (G, Cg k, Og)
         y = torch.bmm(taps, w).transpose(0, 1).reshape(b, t, o)
         if self.bias is not None:
@@ -178,6 +198,7 @@ class ConvTranspose1d(StreamingModule):
         if kernel_size < stride:
             raise ValueError("ConvTranspose1d needs kernel_size >= stride to stream")
         self.matmul_streaming = False  # see Conv1d.matmul_streaming
+        self.weight_rows_out = False  # see lay_out_weight_for_matmul
 
     def state_shape(self) -> Tuple[int, int, int]:
         return (1, self.out_channels, self.kernel_size[0] - self.stride[0])
@@ -206,14 +227,17 @@ class ConvTranspose1d(StreamingModule):
             y = y + self.bias.unsqueeze(-1)
         return y
 
-    def lay_out_weight_for_matmul(self) -> None:
-        """Store ``weight`` as a view of an ``(in, kernel, out)`` array, the matrix that
-        :meth:`_matmul_streaming` multiplies by. Same values, same shape."""
+    def lay_out_weight_for_matmul(self, frames_per_call: int = 0) -> None:
+        """Store ``weight`` in the memory order :meth:`_matmul_streaming` reads fastest:
+        ``(kernel, out, in)`` rows for up to 3 input frames per call, else ``(in, kernel,
+        out)`` (see :meth:`Conv1d.lay_out_weight_for_matmul`). Same values, same shape."""
         if "weight" not in self._parameters:
             return
+        self.weight_rows_out = 0 < frames_per_call <= MAX_FRAMES_ROWS_OUT
+        order = (2, 1, 0) if self.weight_rows_out else (0, 2, 1)   # (k, O, C) / (C, k, O)
         with torch.no_grad():
-            cko = self.weight.detach().permute(0, 2, 1).contiguous()
-        self.weight = nn.Parameter(cko.permute(0, 2, 1), requires_grad=False)
+            stored = self.weight.detach().permute(*order).contiguous()
+        self.weight = nn.Parameter(stored.permute(*order), requires_grad=False)
 
     def _matmul_streaming(self, x: torch.Tensor) -> torch.Tensor:
         """One streaming call (kernel = 2 x stride) as one matrix product, time-major.
@@ -225,8 +249,12 @@ class ConvTranspose1d(StreamingModule):
         """
         b, t = x.shape[0], x.shape[-1]
         s, o = self.stride[0], self.out_channels
-        w = self.weight.permute(0, 2, 1).reshape(self.in_channels, 2 * s * o)
-        y = torch.matmul(x.transpose(1, 2), w).reshape(b, t, 2, s * o)
+        xt = x.transpose(1, 2).reshape(b * t, self.in_channels)
+        if self.weight_rows_out:  # views once laid out
+            y = torch.mm(xt, self.weight.permute(2, 1, 0).reshape(2 * s * o, self.in_channels).t())
+        else:
+            y = torch.mm(xt, self.weight.permute(0, 2, 1).reshape(self.in_channels, 2 * s * o))
+        y = y.view(b, t, 2, s * o)
         second = y[:, :, 1]
         earlier = torch.cat([self._get_state(x).reshape(b, 1, s * o), second[:, :t - 1]], 1)
         self.state = second[:, t - 1:].reshape(b, s, o)
