@@ -527,23 +527,36 @@ def _deploy_model(model: RAVE, fidelity: float, deterministic: bool) -> DeployMo
 
 def build_scripted_rave(model: RAVE, fidelity: float = 0.95, deterministic: bool = False,
                         channels: Optional[int] = None, host_sr: Optional[int] = None,
-                        stereo: bool = False) -> ScriptedRAVE:
-    """The eager :class:`ScriptedRAVE` of ``model``, ready to script."""
-    return ScriptedRAVE(_deploy_model(model, fidelity, deterministic), channels=channels,
-                        host_sr=host_sr, stereo=stereo)
+                        stereo: bool = False, tuned_block: Optional[int] = None
+                        ) -> ScriptedRAVE:
+    """The eager :class:`ScriptedRAVE` of ``model``, ready to script.
+
+    ``tuned_block``: the host block (host samples) the weights' memory layout is tuned
+    for (default: the ratio, the lowest-latency block). Speed only: every block works.
+    """
+    core = _deploy_model(model, fidelity, deterministic)
+    if tuned_block is not None and hasattr(core, "lay_out_weights_for_block"):
+        factor = int(host_sr) // int(core.sr) if host_sr else 1
+        core.lay_out_weights_for_block(max(int(tuned_block) // max(factor, 1), int(core.ratio)))
+    return ScriptedRAVE(core, channels=channels, host_sr=host_sr, stereo=stereo)
 
 
 def export_torchscript(model: RAVE, path: Path, fidelity: float = 0.95,
                        deterministic: bool = False, channels: Optional[int] = None,
-                       host_sr: Optional[int] = None, stereo: bool = False
+                       host_sr: Optional[int] = None, stereo: bool = False,
+                       tuned_block: Optional[int] = None
                        ) -> Tuple[ScriptedRAVE, Dict[str, object]]:
     """Script ``model`` and write it at ``path``; returns the eager module and the sidecar
     fields describing the file."""
-    module = build_scripted_rave(model, fidelity, deterministic, channels, host_sr, stereo)
+    module = build_scripted_rave(model, fidelity, deterministic, channels, host_sr, stereo,
+                                 tuned_block)
     scripted = script(module)
     data = torchscript_bytes(scripted)
     Path(path).write_bytes(data)
-    return module, describe(module, data)
+    info = describe(module, data)
+    # the host block the weights' memory layout is fastest at (any block works)
+    info["tuned_block_size"] = int(tuned_block) if tuned_block else int(module.ratio)
+    return module, info
 
 
 def describe(module: ScriptedRAVE, data: Optional[bytes] = None) -> Dict[str, object]:

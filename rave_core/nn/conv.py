@@ -154,6 +154,9 @@ class Conv1d(StreamingModule):
                     else:
                         y = torch.mm(w, taps.t()).t()
                     return y.reshape(b, t, o).transpose(1, 2)
+                # BLAS is ~10x slower on a column-major left factor times a transposed
+                # right one (a stateless layer after a channel-first output gives one)
+                taps = taps.contiguous()
                 w = w.t()
             else:
                 w = self.weight.permute(2, 1, 0).reshape(k * c, o)   # a view once laid out
@@ -250,8 +253,9 @@ class ConvTranspose1d(StreamingModule):
         b, t = x.shape[0], x.shape[-1]
         s, o = self.stride[0], self.out_channels
         xt = x.transpose(1, 2).reshape(b * t, self.in_channels)
-        if self.weight_rows_out:  # views once laid out
-            y = torch.mm(xt, self.weight.permute(2, 1, 0).reshape(2 * s * o, self.in_channels).t())
+        if self.weight_rows_out:  # views once laid out; row-major xt, see Conv1d
+            y = torch.mm(xt.contiguous(),
+                         self.weight.permute(2, 1, 0).reshape(2 * s * o, self.in_channels).t())
         else:
             y = torch.mm(xt, self.weight.permute(0, 2, 1).reshape(self.in_channels, 2 * s * o))
         y = y.view(b, t, 2, s * o)

@@ -28,7 +28,7 @@ class ExportOptions:
     channels: Optional[int] = None    # host channels
     ema_weights: bool = False
     name: Optional[str] = None
-    block_size: Optional[int] = None  # fixed-block targets (anira)
+    block_size: Optional[int] = None  # anira: the fixed block; TorchScript: tuned for it
     engine: str = "onnx"
 
 

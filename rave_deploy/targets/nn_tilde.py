@@ -328,7 +328,8 @@ class TorchScriptTarget(Target):
     def export(self, model: RAVE, options: ExportOptions, path: Path) -> Dict[str, object]:
         module, info = export_torchscript(
             model, path, fidelity=options.fidelity, deterministic=options.deterministic,
-            channels=options.channels, host_sr=options.sr, stereo=self.stereo_default)
+            channels=options.channels, host_sr=options.sr, stereo=self.stereo_default,
+            tuned_block=options.block_size)
         info.update(self.host_fields(module.ratio))
         info["_core"] = module.core
         return info
