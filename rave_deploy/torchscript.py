@@ -52,7 +52,7 @@ from rave_core.models.rave import RAVE
 from rave_core.nn.conv import Conv1d, ConvTranspose1d
 from rave_core.nn.streaming import configure_delay, set_streaming, streaming_layers
 
-from .model import DeployError, DeployModel
+from .model import DEFAULT_TUNED_BLOCK, DeployError, DeployModel
 
 #: Names a host redirects on (host contract 5): never a top-level child or attribute.
 FORBIDDEN_NAMES = ("model", "_rave", "_prior")
@@ -532,7 +532,8 @@ def build_scripted_rave(model: RAVE, fidelity: float = 0.95, deterministic: bool
     """The eager :class:`ScriptedRAVE` of ``model``, ready to script.
 
     ``tuned_block``: the host block (host samples) the weights' memory layout is tuned
-    for (default: the ratio, the lowest-latency block). Speed only: every block works.
+    for (default: :data:`DEFAULT_TUNED_BLOCK` or the ratio if larger). Speed only: every
+    block works.
     """
     core = _deploy_model(model, fidelity, deterministic)
     if tuned_block is not None and hasattr(core, "lay_out_weights_for_block"):
@@ -555,7 +556,8 @@ def export_torchscript(model: RAVE, path: Path, fidelity: float = 0.95,
     Path(path).write_bytes(data)
     info = describe(module, data)
     # the host block the weights' memory layout is fastest at (any block works)
-    info["tuned_block_size"] = int(tuned_block) if tuned_block else int(module.ratio)
+    info["tuned_block_size"] = (int(tuned_block) if tuned_block
+                                else max(int(module.ratio), DEFAULT_TUNED_BLOCK * module.resample_factor))
     return module, info
 
 

@@ -102,6 +102,7 @@ def test_matmul_streaming_equals_convolution_streaming(configs):
     model.fidelity.copy_(torch.linspace(0.3, 1.0, model.latent_size))
     conv = DeployModel(model, deterministic=True, matmul_streaming=False)
     matmul = DeployModel(model, deterministic=True, matmul_streaming=True)
+    matmul.lay_out_weights_for_block(matmul.ratio)  # (out, in) rows where 1-3 frames
     weight = matmul.decoder.net[0].weight if hasattr(matmul.decoder, "net") else None
     r = conv.ratio
     blocks = [r, 2 * r, r, 8 * r, 32 * r, 5 * r]
@@ -123,8 +124,8 @@ def test_matmul_streaming_equals_convolution_streaming(configs):
     assert layer.state.shape == (2, layer.state_shape()[2], layer.state_shape()[1])
     if weight is not None and weight.dim() == 3 and weight.shape[-1] > 1:
         assert not weight.is_contiguous()  # laid out for the product, same values
-    # weights are laid out for the frames each layer computes at a ratio-sized block:
-    # both memory orders occur, and the blocks above run each through both products
+    # laid out for the frames each layer computes at a ratio-sized block, both memory
+    # orders occur, and the blocks above run each through all products
     from rave_core.nn.conv import Conv1d
     layouts = {m.weight_rows_out for m in matmul.modules() if isinstance(m, Conv1d)
                and m.groups == 1 and m.kernel_size[0] > 1}

@@ -222,31 +222,32 @@ def test_streaming_equals_eager_delayed(runs, model_name):
 
 def test_block_size_tunes_weight_layout_not_output(runs, tmp_path):
     """``--block-size`` lays the weights out for that host block (the sidecar says which):
-    other layers hold (out, in) rows than at the default (the ratio), and both files give
-    the same output at either block."""
+    tuned for the ratio, other layers hold (out, in) rows than at the default (2048), and
+    both files give the same output at either block."""
     from rave_core.nn.conv import Conv1d, ConvTranspose1d
+    from rave_deploy.model import DEFAULT_TUNED_BLOCK
 
     run, model, results = runs["brave"]
-    ratio = model.ratio
-    big = 32 * ratio
+    ratio, default_block = model.ratio, DEFAULT_TUNED_BLOCK
+    assert default_block >= 4 * ratio
 
     def rows_out(tuned):
         module = build_scripted_rave(model, FIDELITY, tuned_block=tuned)
         return [m.weight_rows_out for m in module.modules()
                 if isinstance(m, (Conv1d, ConvTranspose1d)) and hasattr(m, "weight_rows_out")]
-    default, tuned = rows_out(None), rows_out(big)
-    assert any(default) and default != tuned
+    default, small = rows_out(None), rows_out(ratio)
+    assert any(small) and default != small
 
-    res = export_run(run, ["nn_tilde"], tmp_path / "big.ts",
-                     ExportOptions(fidelity=FIDELITY, block_size=big))[0]
-    assert read_sidecar(res.path)["tuned_block_size"] == big
-    assert read_sidecar(results["nn_tilde"].path)["tuned_block_size"] == ratio
-    x = torch.from_numpy(musical_signal(model.sr, 2 * big)[None])
+    res = export_run(run, ["nn_tilde"], tmp_path / "small.ts",
+                     ExportOptions(fidelity=FIDELITY, block_size=ratio))[0]
+    assert read_sidecar(res.path)["tuned_block_size"] == ratio
+    assert read_sidecar(results["nn_tilde"].path)["tuned_block_size"] == default_block
+    x = torch.from_numpy(musical_signal(model.sr, 2 * default_block)[None])
     outs = []
     for path in (results["nn_tilde"].path, res.path):
         module = torch.jit.load(str(path))
         module.set_deterministic(True)
-        for block in (ratio, big):
+        for block in (ratio, default_block):
             module.reset()
             outs.append(_stream(module, "forward", x, block))
     peak = np.abs(outs[0]).max()
