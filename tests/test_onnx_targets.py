@@ -176,6 +176,11 @@ def test_streaming_graph_equals_eager_model_delayed(which, request):
     err = np.abs(y[..., settle:] - ref[..., settle - delay:n - delay]).max() / peak
     assert y.shape == x.shape
     assert err <= 1e-5, err
+    # the rewrites measured here are in the graph: activations read 2-D convolutions
+    graph = onnx.load(str(paths["onnx_streaming"])).graph
+    made_by = {o: n.op_type for n in graph.node for o in n.output}
+    assert any(n.op_type == "LeakyRelu" and made_by.get(n.input[0]) == "Conv"
+               for n in graph.node)
 
 
 # ------------------------------------------------------------------ checks pass
