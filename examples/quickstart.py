@@ -76,10 +76,14 @@ def main(argv=None) -> int:
           f"best validation distance {result.best_validation}")
 
     _say("4/5", "exporting to every target the model can serve")
-    # Fixed-block targets (anira) get 512-sample blocks: real time on a 2-core laptop.
-    # Block 128 (BRAVE's lowest latency) needs a faster CPU:
+    # Defaults for every target (streaming graphs take any block; TorchScript weights are
+    # laid out for 2048-sample blocks), then anira's fixed-block graphs at 512 samples:
+    # real time on a 2-core laptop. Block 128 (BRAVE's lowest latency) needs a faster CPU:
     #   rave-deploy export RUN --target anira --block-size 128
-    results = export_run(run_dir, ["all"], out / "exports", ExportOptions(block_size=512))
+    results = export_run(run_dir, ["all"], out / "exports", ExportOptions())
+    if any(r.target == "anira" and r.path for r in results):
+        anira = export_run(run_dir, ["anira"], out / "exports", ExportOptions(block_size=512))
+        results = [anira[0] if r.target == "anira" else r for r in results]
     for r in results:
         if r.skipped:
             print(f"  skip  {r.target:15s} {r.skipped}")

@@ -216,7 +216,9 @@ class DeployModel(nn.Module):
                  if isinstance(m, (Conv1d, ConvTranspose1d))]
         try:
             with torch.random.fork_rng(devices=[]), torch.no_grad():
-                self.forward(torch.zeros(1, self.n_channels, max(block, self.ratio)))
+                # a whole number of frames: hosts call with multiples of the ratio
+                n_frames = max(int(block) // self.ratio, 1)
+                self.forward(torch.zeros(1, self.n_channels, n_frames * self.ratio))
         finally:
             for hook in hooks:
                 hook.remove()

@@ -518,11 +518,9 @@ def file_format_version(path) -> int:
 
 # --------------------------------------------------------------------------- export
 def _deploy_model(model: RAVE, fidelity: float, deterministic: bool) -> DeployModel:
-    kwargs = dict(fidelity=fidelity, deterministic=deterministic, streaming=True)
-    try:  # short-block matrix products where the core offers them (faster in TorchScript)
-        return DeployModel(model, matmul_streaming=True, **kwargs)
-    except TypeError:
-        return DeployModel(model, **kwargs)
+    # short-block matrix products: faster in TorchScript (see set_matmul_streaming)
+    return DeployModel(model, fidelity=fidelity, deterministic=deterministic, streaming=True,
+                       matmul_streaming=True)
 
 
 def build_scripted_rave(model: RAVE, fidelity: float = 0.95, deterministic: bool = False,
@@ -536,7 +534,7 @@ def build_scripted_rave(model: RAVE, fidelity: float = 0.95, deterministic: bool
     block works.
     """
     core = _deploy_model(model, fidelity, deterministic)
-    if tuned_block is not None and hasattr(core, "lay_out_weights_for_block"):
+    if tuned_block is not None:
         factor = int(host_sr) // int(core.sr) if host_sr else 1
         core.lay_out_weights_for_block(max(int(tuned_block) // max(factor, 1), int(core.ratio)))
     return ScriptedRAVE(core, channels=channels, host_sr=host_sr, stereo=stereo)

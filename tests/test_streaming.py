@@ -102,6 +102,7 @@ def test_matmul_streaming_equals_convolution_streaming(configs):
     model.fidelity.copy_(torch.linspace(0.3, 1.0, model.latent_size))
     conv = DeployModel(model, deterministic=True, matmul_streaming=False)
     matmul = DeployModel(model, deterministic=True, matmul_streaming=True)
+    matmul.lay_out_weights_for_block(2 * matmul.ratio + 1)  # any block: rounded to frames
     matmul.lay_out_weights_for_block(matmul.ratio)  # (out, in) rows where 1-3 frames
     weight = matmul.decoder.net[0].weight if hasattr(matmul.decoder, "net") else None
     r = conv.ratio
