@@ -51,7 +51,6 @@ def cut_latent_size(fidelity: torch.Tensor, threshold: float) -> Tuple[int, bool
 def fold_batch_norms(module: nn.Module) -> int:
     """Fold every eval-mode ``BatchNorm1d`` that directly follows a convolution in a
     ``Sequential`` into that convolution (v1 / BRAVE encoders). Returns how many."""
-    from rave_core.nn.conv import Conv1d, ConvTranspose1d
     folded = 0
     for seq in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
         for i in range(1, len(seq)):

@@ -337,31 +337,30 @@ def activations_into_convs(model: onnx.ModelProto) -> onnx.ModelProto:
     layer). Exact: the activation is pointwise.
     """
     graph = model.graph
-    readers: Dict[str, List[onnx.NodeProto]] = {}
-    for node in graph.node:
+    order = [onnx.NodeProto() for _ in graph.node]  # detached copies, rewired below
+    for dst, src in zip(order, graph.node):
+        dst.CopyFrom(src)
+    readers: Dict[str, List[int]] = {}
+    for i, node in enumerate(order):
         for name in node.input:
-            readers.setdefault(name, []).append(node)
+            readers.setdefault(name, []).append(i)
     outputs = {o.name for o in graph.output}
-    position = {id(node): i for i, node in enumerate(graph.node)}
-    order = list(graph.node)
-    for squeeze in [n for n in graph.node if n.op_type == "Squeeze" and n.name.endswith("__squeeze")]:
-        users = readers.get(squeeze.output[0], [])
-        if len(users) != 1 or users[0].op_type != "LeakyRelu" or squeeze.output[0] in outputs:
+    for i, squeeze in enumerate(list(order)):
+        if squeeze.op_type != "Squeeze" or not squeeze.name.endswith("__squeeze"):
             continue
-        act = users[0]
+        users = readers.get(squeeze.output[0], [])
+        if len(users) != 1 or order[users[0]].op_type != "LeakyRelu" or squeeze.output[0] in outputs:
+            continue
+        j = users[0]
+        act = order[j]
         result = act.output[0]
         act.input[0] = squeeze.input[0]
         act.output[0] = f"{result}__2d"
         squeeze.input[0] = act.output[0]
         squeeze.output[0] = result
-        i, j = position[id(squeeze)], position[id(act)]   # squeeze now reads act: swap
-        order[i], order[j] = act, squeeze
-        position[id(act)], position[id(squeeze)] = i, j
-    nodes = [onnx.NodeProto() for _ in order]
-    for dst, src in zip(nodes, order):
-        dst.CopyFrom(src)
+        order[i], order[j] = act, squeeze  # the squeeze now reads the activation
     del graph.node[:]
-    graph.node.extend(nodes)
+    graph.node.extend(order)
     return model
 
 
