@@ -68,8 +68,8 @@ def fold_batch_norms(module: nn.Module) -> int:
 
 
 # Host block the TorchScript weight layout is tuned for unless told (`--block-size`): the
-# block RAVE models most often run at (v2's ratio). Layouts tuned for much smaller blocks
-# run 15-20 % slower at this one when the weights fit the CPU cache (BRAVE, measured).
+# block RAVE models most often run at (v2's ratio). BRAVE tuned for its ratio (128) ran
+# no faster at 128 and 3-15 % slower at 512-2048 (its weights stay in the CPU cache).
 DEFAULT_TUNED_BLOCK = 2048
 
 
