@@ -129,10 +129,10 @@ def _target_names() -> List[str]:
 @click.option("--ema_weights", is_flag=True, help="Export the EMA weights of the checkpoint.")
 @click.option("--name", default=None, help="Base name of the files (default: the run's folder name).")
 @click.option("--block-size", "block_size", type=click.IntRange(1, MAX_BLOCK), default=None,
-              help="Host block size in samples (default: the ratio). Fixed-block targets "
-                   "(anira) take exactly this block; TorchScript targets (nn_tilde, "
-                   "supercollider, vst) lay their weights out to run fastest at it and "
-                   "still run at any block.")
+              help="Host block size in samples. Fixed-block targets (anira) take exactly "
+                   "this block (default: the ratio); TorchScript targets (nn_tilde, "
+                   "supercollider, vst) lay their weights out to run fastest at it "
+                   "(default: 2048, or the ratio if larger) and still run at any block.")
 @click.option("--engine", type=click.Choice(["onnx", "executorch"]), default="onnx",
               show_default=True, help="Runtime of the anira graphs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
