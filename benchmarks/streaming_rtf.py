@@ -117,11 +117,8 @@ def time_blocks(step: Callable[[np.ndarray], None], block: int, seconds: float) 
     return times
 
 
-def eager_ceiling(run: Path, seconds: float) -> float:
+def eager_ceiling(core, seconds: float) -> float:
     """RTF of the offline eager model on the whole signal (no per-call overhead)."""
-    from rave_core import load_run
-    from rave_deploy.model import DeployModel
-    core = DeployModel(load_run(run), deterministic=True, streaming=False)
     x = torch.randn(1, 1, int(seconds * SR) // core.ratio * core.ratio) * 0.1
     with torch.inference_mode():
         core(x[..., :core.ratio * 8])
@@ -130,13 +127,10 @@ def eager_ceiling(run: Path, seconds: float) -> float:
     return x.shape[-1] / SR / (time.perf_counter() - t0)
 
 
-def weight_read_ms(run: Path, repeats: int = 50) -> float:
+def weight_read_ms(core, repeats: int = 50) -> float:
     """Median time (ms) to read every weight of the exported model once, as one flat
     array: a lower bound on any fp32 streaming call at a block of at least the ratio,
     where every layer computes at least one frame and so reads all its weights."""
-    from rave_core import load_run
-    from rave_deploy.model import DeployModel
-    core = DeployModel(load_run(run), deterministic=True, streaming=False)
     flat = torch.cat([p.detach().reshape(-1) for p in core.parameters()])
     times = []
     with torch.inference_mode():
@@ -162,6 +156,8 @@ def main(argv=None) -> int:
                         "random weights")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
+    from rave_core import load_run
+    from rave_deploy.model import DeployModel
 
     refs = dict(r.split("=", 1) for r in args.reference_ts)
     given_runs = {k: Path(v) for k, v in (r.split("=", 1) for r in args.run)}
@@ -171,14 +167,15 @@ def main(argv=None) -> int:
         for config in args.configs:
             run = given_runs.get(config) or make_full_run(tmp, config)
             paths = export_in_subprocess(run, args.targets, tmp / f"{config}_out")
-            ceiling = eager_ceiling(run, args.seconds * 2)
-            read_ms = weight_read_ms(run)
+            # the offline eager model (weight norm folded): ceiling, weight read, ratio
+            core = DeployModel(load_run(run), deterministic=True, streaming=False)
+            ceiling = eager_ceiling(core, args.seconds * 2)
+            read_ms = weight_read_ms(core)
+            ratio = core.ratio
             steps = {"nn_tilde": torchscript_step, "onnx_streaming": onnx_streaming_step}
             candidates = {t: steps[t](paths[t]) for t in args.targets if t in paths}
             if config in refs:
                 candidates["acids-rave .ts"] = torchscript_step(Path(refs[config]))
-            from rave_core import load_run
-            ratio = load_run(run).ratio
             for block in [b for b in args.blocks if b >= ratio]:  # hosts never go below
                 per: Dict[str, List[np.ndarray]] = {k: [] for k in candidates}
                 for _ in range(args.repeats):  # alternate targets within each repetition

@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     from rave_core.training.trainer import train
     from rave_deploy.check import check_artifact
     from rave_deploy.check.report import format_table, write_html_report
-    from rave_deploy.export import export_run
+    from rave_deploy.export import export_run, resolve_targets
     from rave_deploy.targets import CheckOptions, ExportOptions
 
     out = args.out
@@ -80,10 +80,12 @@ def main(argv=None) -> int:
     # laid out for 2048-sample blocks), then anira's fixed-block graphs at 512 samples:
     # real time on a 2-core laptop. Block 128 (BRAVE's lowest latency) needs a faster CPU:
     #   rave-deploy export RUN --target anira --block-size 128
-    results = export_run(run_dir, ["all"], out / "exports", ExportOptions())
-    if any(r.target == "anira" and r.path for r in results):
-        anira = export_run(run_dir, ["anira"], out / "exports", ExportOptions(block_size=512))
-        results = [anira[0] if r.target == "anira" else r for r in results]
+    # (explicit=False: a target the model cannot serve is skipped with its reason, as
+    # under `all`)
+    others = [t.name for t in resolve_targets(["all"]) if t.name != "anira"]
+    results = export_run(run_dir, others, out / "exports", ExportOptions(), explicit=False)
+    results += export_run(run_dir, ["anira"], out / "exports", ExportOptions(block_size=512),
+                          explicit=False)
     for r in results:
         if r.skipped:
             print(f"  skip  {r.target:15s} {r.skipped}")

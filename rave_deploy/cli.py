@@ -132,7 +132,8 @@ def _target_names() -> List[str]:
               help="Host block size in samples. Fixed-block targets (anira) take exactly "
                    "this block (default: the ratio); TorchScript targets (nn_tilde, "
                    "supercollider, vst) lay their weights out to run fastest at it "
-                   "(default: 2048, or the ratio if larger) and still run at any block.")
+                   "(default: 2048 at the model's rate, or the ratio if larger) and still run "
+                   "at any block.")
 @click.option("--engine", type=click.Choice(["onnx", "executorch"]), default="onnx",
               show_default=True, help="Runtime of the anira graphs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")

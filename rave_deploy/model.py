@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -84,6 +84,9 @@ class DeployModel(nn.Module):
         streaming: set the layers up for block-by-block processing.
         matmul_streaming: compute short streaming blocks as matrix products (faster in
             TorchScript on CPU; ONNX runtimes fuse convolutions better themselves).
+        tuned_block: with ``matmul_streaming``, the block (samples) whose per-layer frame
+            counts decide each weight's memory layout (default :data:`DEFAULT_TUNED_BLOCK`;
+            speed only, every block gives the same output).
 
     Shapes: ``encode``: ``(batch, channels, N) -> (batch, latent_size, N / ratio)``;
     ``decode``: ``(batch, latent_size, T) -> (batch, channels, T * ratio)``;
@@ -91,7 +94,8 @@ class DeployModel(nn.Module):
     """
 
     def __init__(self, model: RAVE, fidelity: float = 0.95, deterministic: bool = False,
-                 streaming: bool = True, matmul_streaming: bool = False) -> None:
+                 streaming: bool = True, matmul_streaming: bool = False,
+                 tuned_block: Optional[int] = None) -> None:
         super().__init__()
         if not 0 < fidelity <= 1:
             raise DeployError(f"--fidelity must be in (0, 1], got {fidelity}")
@@ -140,8 +144,9 @@ class DeployModel(nn.Module):
         self.streaming = streaming
         set_matmul_streaming(self, matmul_streaming)
         set_streaming(self, streaming)
+        self.tuned_block = 0  # samples; set when weights are laid out for a block
         if matmul_streaming and streaming:
-            self.lay_out_weights_for_block(max(self.ratio, DEFAULT_TUNED_BLOCK))
+            self.lay_out_weights_for_block(tuned_block or DEFAULT_TUNED_BLOCK)
 
     # ---------------------------------------------------------------- methods
     def _analysis(self, x: torch.Tensor) -> torch.Tensor:
@@ -202,7 +207,10 @@ class DeployModel(nn.Module):
         """Store each convolution's weights in the memory order its matrix product reads
         fastest for the frames it computes in one streaming call of ``block`` samples
         (see :meth:`Conv1d.lay_out_weight_for_matmul`). Speed only: any block size still
-        gives the same output. States are reset."""
+        gives the same output. ``block`` is rounded down to whole frames (at least one) and
+        kept as ``tuned_block``. States are reset."""
+        # a whole number of frames: hosts call with multiples of the ratio
+        self.tuned_block = max(int(block) // self.ratio, 1) * self.ratio
         frames: Dict[nn.Module, int] = {}
 
         def record(layer: nn.Module, inputs, output: torch.Tensor) -> None:
@@ -215,9 +223,7 @@ class DeployModel(nn.Module):
                  if isinstance(m, (Conv1d, ConvTranspose1d))]
         try:
             with torch.random.fork_rng(devices=[]), torch.no_grad():
-                # a whole number of frames: hosts call with multiples of the ratio
-                n_frames = max(int(block) // self.ratio, 1)
-                self.forward(torch.zeros(1, self.n_channels, n_frames * self.ratio))
+                self.forward(torch.zeros(1, self.n_channels, self.tuned_block))
         finally:
             for hook in hooks:
                 hook.remove()

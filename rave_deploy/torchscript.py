@@ -52,7 +52,7 @@ from rave_core.models.rave import RAVE
 from rave_core.nn.conv import Conv1d, ConvTranspose1d
 from rave_core.nn.streaming import configure_delay, set_streaming, streaming_layers
 
-from .model import DEFAULT_TUNED_BLOCK, DeployError, DeployModel
+from .model import DeployError, DeployModel
 
 #: Names a host redirects on (host contract 5): never a top-level child or attribute.
 FORBIDDEN_NAMES = ("model", "_rave", "_prior")
@@ -517,12 +517,6 @@ def file_format_version(path) -> int:
 
 
 # --------------------------------------------------------------------------- export
-def _deploy_model(model: RAVE, fidelity: float, deterministic: bool) -> DeployModel:
-    # short-block matrix products: faster in TorchScript (see set_matmul_streaming)
-    return DeployModel(model, fidelity=fidelity, deterministic=deterministic, streaming=True,
-                       matmul_streaming=True)
-
-
 def build_scripted_rave(model: RAVE, fidelity: float = 0.95, deterministic: bool = False,
                         channels: Optional[int] = None, host_sr: Optional[int] = None,
                         stereo: bool = False, tuned_block: Optional[int] = None
@@ -530,13 +524,14 @@ def build_scripted_rave(model: RAVE, fidelity: float = 0.95, deterministic: bool
     """The eager :class:`ScriptedRAVE` of ``model``, ready to script.
 
     ``tuned_block``: the host block (host samples) the weights' memory layout is tuned
-    for (default: :data:`DEFAULT_TUNED_BLOCK` or the ratio if larger). Speed only: every
-    block works.
+    for (default: :data:`~rave_deploy.model.DEFAULT_TUNED_BLOCK` at the model's rate).
+    Speed only: every block works.
     """
-    core = _deploy_model(model, fidelity, deterministic)
-    if tuned_block is not None:
-        factor = int(host_sr) // int(core.sr) if host_sr else 1
-        core.lay_out_weights_for_block(max(int(tuned_block) // max(factor, 1), int(core.ratio)))
+    factor = max(int(host_sr) // int(model.sr), 1) if host_sr else 1
+    # short-block matrix products: faster in TorchScript (see set_matmul_streaming)
+    core = DeployModel(model, fidelity=fidelity, deterministic=deterministic, streaming=True,
+                       matmul_streaming=True,
+                       tuned_block=int(tuned_block) // factor if tuned_block else None)
     return ScriptedRAVE(core, channels=channels, host_sr=host_sr, stereo=stereo)
 
 
@@ -552,11 +547,7 @@ def export_torchscript(model: RAVE, path: Path, fidelity: float = 0.95,
     scripted = script(module)
     data = torchscript_bytes(scripted)
     Path(path).write_bytes(data)
-    info = describe(module, data)
-    # the host block the weights' memory layout is fastest at (any block works)
-    info["tuned_block_size"] = (int(tuned_block) if tuned_block
-                                else max(int(module.ratio), DEFAULT_TUNED_BLOCK * module.resample_factor))
-    return module, info
+    return module, describe(module, data)
 
 
 def describe(module: ScriptedRAVE, data: Optional[bytes] = None) -> Dict[str, object]:
@@ -570,6 +561,8 @@ def describe(module: ScriptedRAVE, data: Optional[bytes] = None) -> Dict[str, ob
         "ratio": module.ratio,
         "block_multiple": module.ratio,
         "block_sizes": host_block_sizes(module.ratio),
+        # the host block the weights' memory layout is fastest at (any block works)
+        "tuned_block_size": int(module.core.tuned_block) * module.resample_factor,
         "input_channels": module.n_channels,
         "output_channels": module.out_channels,
         "latency_samples": module.latency_samples,

@@ -30,6 +30,14 @@ get_padding = gin.external_configurable(cc.get_padding, "get_padding",
 MAX_FRAMES_ROWS_OUT = 3
 
 
+def _store_weight_in_order(layer: nn.Module, order: Tuple[int, int, int]) -> None:
+    """Keep ``layer.weight``'s values and shape, with its memory laid out as
+    ``weight.permute(order)`` (contiguous): ``order`` is its own inverse here."""
+    with torch.no_grad():
+        stored = layer.weight.detach().permute(*order).contiguous()
+    layer.weight = nn.Parameter(stored.permute(*order), requires_grad=False)
+
+
 def _as_pair(padding: Union[int, Tuple[int, int], list]) -> Tuple[int, int]:
     if isinstance(padding, int):
         return (padding, padding)
@@ -112,10 +120,8 @@ class Conv1d(StreamingModule):
         if self.groups != 1 or "weight" not in self._parameters:
             return  # grouped convs use batched products over the original layout
         self.weight_rows_out = 0 < frames_per_call <= MAX_FRAMES_ROWS_OUT
-        order = (0, 2, 1) if self.weight_rows_out else (2, 1, 0)   # (O, k, C) / (k, C, O)
-        with torch.no_grad():
-            stored = self.weight.detach().permute(*order).contiguous()
-        self.weight = nn.Parameter(stored.permute(*order), requires_grad=False)
+        _store_weight_in_order(self, (0, 2, 1) if self.weight_rows_out   # (O, k, C)
+                               else (2, 1, 0))                            # (k, C, O)
 
     def _matmul_streaming(self, x: torch.Tensor) -> torch.Tensor:
         """One streaming call as a matrix product over gathered taps, time-major.
@@ -237,10 +243,8 @@ class ConvTranspose1d(StreamingModule):
         if "weight" not in self._parameters:
             return
         self.weight_rows_out = 0 < frames_per_call <= MAX_FRAMES_ROWS_OUT
-        order = (2, 1, 0) if self.weight_rows_out else (0, 2, 1)   # (k, O, C) / (C, k, O)
-        with torch.no_grad():
-            stored = self.weight.detach().permute(*order).contiguous()
-        self.weight = nn.Parameter(stored.permute(*order), requires_grad=False)
+        _store_weight_in_order(self, (2, 1, 0) if self.weight_rows_out   # (k, O, C)
+                               else (0, 2, 1))                            # (C, k, O)
 
     def _matmul_streaming(self, x: torch.Tensor) -> torch.Tensor:
         """One streaming call (kernel = 2 x stride) as one matrix product, time-major.
