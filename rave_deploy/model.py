@@ -31,6 +31,8 @@ from rave_core.nn.conv import Conv1d, ConvTranspose1d
 from rave_core.nn.streaming import set_matmul_streaming, set_streaming, streaming_layers
 from rave_core.nn.weight_norm import copy_model, remove_weight_norm
 
+from .latent_folding import decoder_input_conv, encoder_output_conv, fold_latent_path
+
 
 class DeployError(ValueError):
     """A model or option a target cannot serve; the message says why and what to do."""
@@ -87,6 +89,12 @@ class DeployModel(nn.Module):
         tuned_block: with ``matmul_streaming``, the block (samples) whose per-layer frame
             counts decide each weight's memory layout (default :data:`DEFAULT_TUNED_BLOCK`;
             speed only, every block gives the same output).
+        fold_latent: with ``deterministic``, fold the latent path (posterior mean, PCA,
+            cut, fill) into the encoder's last and decoder's first convolution
+            (:mod:`rave_deploy.latent_folding`): fewer weights to read per call, same
+            output up to float rounding. ``decode`` then appends a channel of ones to its
+            input itself. Ignored (``latent_folded`` stays False) where the model's
+            layers do not have that shape.
 
     Shapes: ``encode``: ``(batch, channels, N) -> (batch, latent_size, N / ratio)``;
     ``decode``: ``(batch, latent_size, T) -> (batch, channels, T * ratio)``;
@@ -95,7 +103,7 @@ class DeployModel(nn.Module):
 
     def __init__(self, model: RAVE, fidelity: float = 0.95, deterministic: bool = False,
                  streaming: bool = True, matmul_streaming: bool = False,
-                 tuned_block: Optional[int] = None) -> None:
+                 tuned_block: Optional[int] = None, fold_latent: bool = False) -> None:
         super().__init__()
         if not 0 < fidelity <= 1:
             raise DeployError(f"--fidelity must be in (0, 1], got {fidelity}")
@@ -138,6 +146,9 @@ class DeployModel(nn.Module):
                     self.latent_size = self.full_latent_size
         self.latent_size = min(self.latent_size, self.full_latent_size)
         self.fidelity_threshold = float(fidelity)
+        self.latent_folded = False
+        if fold_latent:
+            self.latent_folded = self._fold_latent()
         self.encode_delay = int(delays.encode)
         self.decode_delay = int(delays.decode)
         self.latency_samples = int(delays.forward)
@@ -148,6 +159,17 @@ class DeployModel(nn.Module):
         if matmul_streaming and streaming:
             self.lay_out_weights_for_block(tuned_block or DEFAULT_TUNED_BLOCK)
 
+    def _fold_latent(self) -> bool:
+        if not (self.deterministic and self.variational):
+            raise DeployError("fold_latent needs a deterministic variational model: a sampled "
+                              "latent or noise fill cannot be folded into the convolutions")
+        enc = encoder_output_conv(self.encoder)
+        dec = decoder_input_conv(self.decoder, self.decoder_latent_size)
+        if enc is None or dec is None or enc.out_channels != 2 * self.full_latent_size:
+            return False
+        fold_latent_path(enc, dec, self.latent_pca, self.latent_mean, self.latent_size)
+        return True
+
     # ---------------------------------------------------------------- methods
     def _analysis(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[0]
@@ -156,6 +178,8 @@ class DeployModel(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         z = self.encoder(self._analysis(x.contiguous()))
+        if self.latent_folded:
+            return z  # already the kept PCA coordinates of the posterior mean
         if self.variational:
             mean, scale = z.chunk(2, 1)
             if self.deterministic:
@@ -171,7 +195,11 @@ class DeployModel(nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         z = z.contiguous()
-        if self.variational:
+        if self.latent_folded:
+            # the decoder's first convolution reads the coordinates and a ones channel
+            # that carries the latent mean (zero in padding, as a zero latent would be)
+            z = torch.cat([z, torch.ones_like(z[:, :1])], 1)
+        elif self.variational:
             missing = self.full_latent_size - z.shape[1]
             if missing > 0:
                 if self.deterministic:
@@ -181,7 +209,7 @@ class DeployModel(nn.Module):
                 z = torch.cat([z, fill], 1)
             z = torch.matmul(self.latent_pca.t(), z)
             z = z + self.latent_mean.unsqueeze(-1)
-        if self.noise_augmentation > 0:
+        if self.noise_augmentation > 0 and not self.latent_folded:
             noise = torch.zeros(z.shape[0], self.noise_augmentation, z.shape[-1], dtype=z.dtype, device=z.device)
             if not self.deterministic:
                 noise = torch.randn_like(noise)

@@ -537,6 +537,9 @@ def common_metadata(core: DeployModel, method: str, latency: int) -> Dict[str, o
         "block_multiple": core.ratio,
         "deterministic": True,
         "fidelity": core.fidelity_threshold,
+        # the latent path lives in the first decoder conv (whose state has latent_size + 1
+        # channels): see rave_deploy.latent_folding
+        "latent_folded": bool(core.latent_folded),
     }
 
 

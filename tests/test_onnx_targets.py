@@ -106,6 +106,12 @@ def test_export_writes_graphs_metadata_and_sidecars(which, request):
     assert names_in == ["audio_in"] + [f"state_in_{i}" for i in range(k)]
     assert names_out == ["audio_out"] + [f"state_out_{i}" for i in range(k)]
     assert [s["layer"] for s in meta["states"]] == [s["layer"] for s in sidecar["onnx"]["states"]]
+    # the latent path is folded into the convolutions around it: the decoder's first
+    # convolution reads the kept coordinates and a ones channel
+    assert meta["latent_folded"] is True and sidecar["onnx"]["latent_folded"] is True
+    first = next(s for s in meta["states"] if s["layer"] == "decoder.net.0")
+    assert first["shape"][1] == meta["latent_size"] + 1
+    assert og.read_metadata(paths["onnx"])["latent_folded"] is True
 
     folder = paths["anira"]
     assert sorted(p.name for p in folder.iterdir()) == sorted(

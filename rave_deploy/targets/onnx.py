@@ -30,7 +30,8 @@ class OnnxTarget(Target):
         return onnx_unsupported_reason(model, options)
 
     def export(self, model: RAVE, options: ExportOptions, path: Path) -> Dict[str, object]:
-        core = DeployModel(model, fidelity=options.fidelity, deterministic=True, streaming=False)
+        core = DeployModel(model, fidelity=options.fidelity, deterministic=True, streaming=False,
+                           fold_latent=True)
         meta = og.export_offline(core, Path(path), "forward")
         return {"_core": core,
                 "deterministic": True,
@@ -39,6 +40,7 @@ class OnnxTarget(Target):
                 "latency_samples": 0,
                 "streaming_latency_samples": core.latency_samples,
                 "onnx": {"opset": og.OPSET, "graph": "offline", "method": "forward",
+                         "latent_folded": meta["latent_folded"],
                          "batch": 1, "length": "dynamic, a multiple of the ratio",
                          "inputs": meta["inputs"], "outputs": meta["outputs"]}}
 

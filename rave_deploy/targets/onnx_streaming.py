@@ -48,7 +48,8 @@ def references(model: RAVE, fidelity: float, twin: bool = True):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # latent-statistics warnings were shown at export
-        core = DeployModel(model, fidelity=fidelity, deterministic=True, streaming=True) \
+        core = DeployModel(model, fidelity=fidelity, deterministic=True, streaming=True,
+                           fold_latent=True) \
             if twin else None
         return EagerReference(model, fidelity), core
 
@@ -76,13 +77,15 @@ class OnnxStreamingTarget(Target):
         return reason
 
     def export(self, model: RAVE, options: ExportOptions, path: Path) -> Dict[str, object]:
-        core = DeployModel(model, fidelity=options.fidelity, deterministic=True, streaming=True)
+        core = DeployModel(model, fidelity=options.fidelity, deterministic=True, streaming=True,
+                           fold_latent=True)
         meta = og.export_streaming(core, Path(path), "forward", options.block_size)
         block = options.block_size
         return {"_core": core,
                 "deterministic": True,
                 "deterministic_note": og.DETERMINISTIC_NOTE,
                 "onnx": {"opset": og.OPSET, "graph": "streaming", "method": "forward",
+                         "latent_folded": meta["latent_folded"],
                          "block_size": meta["block_size"], "batch": 1,
                          "inputs": meta["inputs"], "outputs": meta["outputs"],
                          "initial_state": "zeros", "states": meta["states"]},
