@@ -477,3 +477,55 @@ def test_files_load_and_match_in_torch_2_5(runs, tmp_path):
             a, b = np.asarray(row["values"]), np.asarray(n["methods"][m]["values"])
             assert a.shape == b.shape
             assert np.abs(a - b).max() <= 1e-5 * max(np.abs(b).max(), 1e-12), (o["path"], m)
+
+
+# ----------------------------------------------------------------------- host examples
+def _pd_patch(path: Path):
+    """Objects (``(kind, args)`` in PureData's index order) and connections of a
+    top-level-only patch."""
+    objects, connections = [], []
+    for record in path.read_text().split(";\n"):
+        words = record.split()
+        if len(words) < 2 or words[0] != "#X":
+            continue
+        if words[1] == "connect":
+            connections.append(tuple(int(w) for w in words[2:6]))
+        elif words[1] in ("obj", "msg", "text", "floatatom", "symbolatom"):
+            objects.append((words[1], words[4:]))
+    return objects, connections
+
+
+def test_puredata_example_uses_what_the_file_offers(runs):
+    """targets/nn_tilde/example.pd: wired between existing objects (comments are never
+    wired), its nn~ object asks for a method the exported file has, at a buffer size of
+    whole latent frames, and each ``set NAME value`` message names an attribute of it."""
+    _, model, results = runs["brave"]
+    module = torch.jit.load(str(results["nn_tilde"].path))
+    objects, connections = _pd_patch(ROOT / "targets" / "nn_tilde" / "example.pd")
+    assert connections
+    for src, _, dst, _ in connections:
+        assert src < len(objects) and dst < len(objects)
+        assert objects[src][0] != "text" and objects[dst][0] != "text"
+    nn = [args for kind, args in objects if kind == "obj" and args[0] == "nn~"]
+    assert len(nn) == 1
+    _, file, method, buffer = nn[0]
+    assert file.endswith(".ts") and method in module.get_methods()
+    assert int(buffer) % model.ratio == 0
+    settings = [args for kind, args in objects if kind == "msg" and args[0] == "set"]
+    assert settings and all(args[1] in module.get_attributes() for args in settings)
+
+
+def test_supercollider_example_uses_what_the_file_offers(runs):
+    """targets/supercollider/example.scd calls methods and sets attributes the exported
+    file has, at block sizes of whole latent frames."""
+    import re
+
+    _, model, results = runs["brave"]
+    module = torch.jit.load(str(results["supercollider"].path))
+    text = (ROOT / "targets" / "supercollider" / "example.scd").read_text()
+    calls = re.findall(r"NN\.ar\(\\\w+, \\(\w+), (\d+)", text)
+    assert calls
+    for method, block in calls:
+        assert method in module.get_methods() and int(block) % model.ratio == 0
+    attributes = re.findall(r"\.set\(\\(\w+),", text)
+    assert attributes and set(attributes) <= set(module.get_attributes())
