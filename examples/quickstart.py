@@ -72,8 +72,12 @@ def main(argv=None) -> int:
                     val_every=max(args.steps // 3, 1), save_every=max(args.steps // 3, 1),
                     device="cpu", workers=0, overrides=args.override)
     run_dir = result.run_dir
-    print(f"  {result.global_step} steps, {result.steps_per_second:.2f} steps/s, "
-          f"best validation distance {result.best_validation}")
+    if result.steps_done:
+        print(f"  {result.global_step} steps, {result.steps_per_second:.2f} steps/s, "
+              f"best validation distance {result.best_validation}")
+    else:  # resumed a run that had already reached the step count
+        print(f"  already trained: {run_dir} is at step {result.global_step} (resumed, "
+              f"nothing left to train; delete {out} to start over)")
 
     _say("4/5", "exporting to every target the model can serve")
     # Defaults for every target (streaming graphs take any block; TorchScript weights are

@@ -113,6 +113,9 @@ def test_phase_2_and_exact_resume(db, tmp_path):
 
     assert resumed.resumed_from == tmp_path / "resumed" / "version_0" / "checkpoints" / "last.ckpt"
     assert [h["step"] for h in resumed.history] == [6, 7, 8]
+    assert (first.steps_done, resumed.steps_done, straight.steps_done) == (5, 3, 8)
+    again = train(["brave"], db, "resumed", max_steps=8, **kwargs)  # nothing left to do
+    assert (again.global_step, again.steps_done, again.steps_per_second) == (8, 0, 0.0)
     for a, b in zip(resumed.history, straight.history[5:]):
         assert a == b  # every logged value, bit for bit: same weights, optimisers, RNG, data
     for k, v in resumed.model.state_dict().items():

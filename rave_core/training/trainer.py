@@ -100,6 +100,7 @@ class TrainResult:
     validations: List[Dict[str, float]] = field(default_factory=list)
     best_validation: Optional[float] = None
     resumed_from: Optional[Path] = None
+    steps_done: int = 0  # by this call (a resumed run may have had nothing left to do)
     steps_per_second: float = 0.0
 
 
@@ -822,7 +823,8 @@ def _train(ctx: DistContext, configs, db_path: Path, name: str, out_path: Path, 
     result.global_step = step
     result.epoch = sampler.epoch_of(step)
     result.history = list(history)
-    result.steps_per_second = steps_done / elapsed if elapsed > 0 else 0.0
+    result.steps_done = steps_done
+    result.steps_per_second = steps_done / elapsed if elapsed > 0 and steps_done else 0.0
     model.eval()
     return result
 
