@@ -21,6 +21,7 @@ from rave_core.config import build_model, parse_config
 
 from rave_core.run import open_run
 from rave_deploy import onnx_graphs as og
+from rave_deploy import onnx_runtime as ort_host
 from rave_deploy.check import check_artifact
 from rave_deploy.check.harness import impulse_span
 from rave_deploy.check.runner import EagerReference
@@ -160,7 +161,7 @@ def test_streaming_graph_equals_eager_model_delayed(which, request):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         reference = EagerReference(model, 0.95)
-    sess = og.session(paths["onnx_streaming"])
+    sess = ort_host.session(paths["onnx_streaming"])
     ratio, delay = reference.ratio, reference.delay_of("forward")
     _, memory = impulse_span(reference, "forward")
     settle = delay + memory
@@ -236,7 +237,7 @@ def test_anira_fill_input_when_the_cut_drops_dimensions(brave, tmp_path):
         warnings.simplefilter("ignore")
         core = DeployModel(open_run(run).model, fidelity=0.6, deterministic=True)
     meta = og.export_flat(core, tmp_path / "decode.onnx", "decode", core.ratio)
-    sess = og.session(tmp_path / "decode.onnx")
+    sess = ort_host.session(tmp_path / "decode.onnx")
     assert [i.name for i in sess.get_inputs()] == ["latent_in", "state_in", "fill_in"]
     latent, fill = core.latent_size, core.full_latent_size - core.latent_size
     assert fill > 0 and sess.get_inputs()[2].shape == [1, fill, 1]

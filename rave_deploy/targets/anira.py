@@ -24,6 +24,7 @@ from typing import Dict, List, Optional, Tuple
 from rave_core.models.rave import RAVE
 
 from .. import onnx_graphs as og
+from .. import onnx_runtime as ort_host
 from ..model import DeployModel
 from .base import CheckOptions, ExportOptions, Target, register
 from .onnx_streaming import fidelity_of, onnx_unsupported_reason, references
@@ -138,11 +139,11 @@ class AniraTarget(Target):
         for method, (sess, config) in loaded.items():
             pairs = {int(p["output_tensor"]): int(p["input_tensor"])
                      for p in config["state_config"]["state_pairs"]}
-            runners[method] = og.runner_classes()["flat"](
+            runners[method] = ort_host.runner_classes()["flat"](
                 sess, method, reference.ratio, reference.latent_size, reference.n_channels, pairs)
         block = int(loaded["forward"][0].get_inputs()[0].shape[2])
         blocks = [b for b in options.block_sizes if b > 0 and b % block == 0] or [block, 4 * block]
-        og.generic_checks(report, runners, reference, blocks, options)
+        ort_host.generic_checks(report, runners, reference, blocks, options)
         return report
 
 
@@ -205,7 +206,7 @@ def _check_one(report, folder: Path, method: str, config: dict, ratio: int, sr: 
         return False
     graph_path = folder / str(onnx_entries[0].get("model_path", ""))
     try:
-        sess = og.session(graph_path)
+        sess = ort_host.session(graph_path)
     except Exception as err:  # noqa: BLE001 - any load failure is the finding
         report.add(f"contract.24_model_path.{method}", False,
                    f"point 24: {tag}'s model_path {graph_path.name} does not load in ONNX "

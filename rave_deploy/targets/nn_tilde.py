@@ -362,7 +362,7 @@ class TorchScriptTarget(Target):
         self._check_file_format(report, artifact)
 
         try:
-            enc, dec = _params(module, "encode"), _params(module, "decode")
+            enc, _ = _params(module, "encode"), _params(module, "decode")  # both must read
             ratio, latent = enc[3], enc[2]
         except Exception as exc:
             report.add("contract.6_methods", False,

@@ -15,6 +15,7 @@ import numpy as np
 from rave_core.models.rave import RAVE
 
 from .. import onnx_graphs as og
+from .. import onnx_runtime as ort_host
 from ..model import DeployModel
 from .base import CheckOptions, ExportOptions, Target, register
 from .onnx_streaming import fidelity_of, onnx_unsupported_reason, references
@@ -49,7 +50,7 @@ class OnnxTarget(Target):
         from ..check.harness import musical_signal
 
         artifact = Path(artifact)
-        report, sess = og.open_for_check(self.name, artifact)
+        report, sess = ort_host.open_for_check(self.name, artifact)
         if sess is None:
             return report
         meta = og.read_metadata(sess)
@@ -71,7 +72,7 @@ class OnnxTarget(Target):
                             "offline graph must take a signal of any length")
         report.add("contract.22_io", not problems, "point 22: " + (
             "; ".join(problems) if problems else "one graph, audio_in -> audio_out, dynamic length"))
-        og.check_metadata(report, 22, meta, {
+        ort_host.check_metadata(report, 22, meta, {
             "sample_rate": sr, "ratio": ratio, "latent_size": reference.latent_size,
             "block_multiple": ratio, "latency_samples": 0})
         if problems:
@@ -92,10 +93,10 @@ class OnnxTarget(Target):
         ref2 = reference("forward", short)
         err2 = float(np.max(np.abs(y2 - ref2))) / peak if y2.shape == ref2.shape else float("inf")
         worst = max(err, err2)
-        report.add("parity.forward", worst <= og.PARITY,
+        report.add("parity.forward", worst <= ort_host.PARITY,
                    f"offline graph vs the eager deterministic model: max error {worst:.2e} of "
                    f"peak at lengths {n} and {short.shape[-1]} (output shapes {y.shape}, "
-                   f"{y2.shape})", value=worst, threshold=f"<= {og.PARITY:g}")
+                   f"{y2.shape})", value=worst, threshold=f"<= {ort_host.PARITY:g}")
         rtf = (n / sr) / max(seconds, 1e-9)
         report.add("rtf.forward", True, f"offline: {rtf:.1f}x real time on {n / sr:.1f} s in "
                    "one call (ONNX Runtime, one thread)", value=rtf)

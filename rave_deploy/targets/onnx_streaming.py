@@ -17,6 +17,7 @@ from rave_core.models.encoders import DiscreteEncoder
 from rave_core.models.rave import RAVE
 
 from .. import onnx_graphs as og
+from .. import onnx_runtime as ort_host
 from ..model import DeployModel
 from .base import CheckOptions, ExportOptions, Target, register
 
@@ -95,7 +96,7 @@ class OnnxStreamingTarget(Target):
               options: CheckOptions):
 
         artifact = Path(artifact)
-        report, sess = og.open_for_check(self.name, artifact)
+        report, sess = ort_host.open_for_check(self.name, artifact)
         if sess is None:
             return report
         report.add("contract.22_loads", True, "point 22: loads in ONNX Runtime (CPU, one thread)")
@@ -109,11 +110,11 @@ class OnnxStreamingTarget(Target):
             return report
         fixed = sess.get_inputs()[0].shape[2]
         fixed = fixed if isinstance(fixed, int) else None
-        runner = og.runner_classes()["streaming"](sess, "forward", reference.ratio,
+        runner = ort_host.runner_classes()["streaming"](sess, "forward", reference.ratio,
                                                   reference.latent_size, reference.n_channels)
         blocks = streaming_block_sizes(reference.ratio, fixed, list(options.block_sizes)
                                        or list(sidecar.get("block_sizes") or []))
-        og.generic_checks(report, {"forward": runner}, reference, blocks, options)
+        ort_host.generic_checks(report, {"forward": runner}, reference, blocks, options)
         return report
 
 
@@ -183,4 +184,4 @@ def check_streaming_metadata(report, meta: Dict[str, object], core: DeployModel,
         if key in sidecar and key in expected and str(sidecar[key]) != str(expected[key]) \
                 and method == "forward":
             expected[key] = f"{expected[key]} (run) / {sidecar[key]} (sidecar)"
-    og.check_metadata(report, 22, meta, expected)
+    ort_host.check_metadata(report, 22, meta, expected)
