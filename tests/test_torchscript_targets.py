@@ -296,7 +296,7 @@ def test_host_sample_rate_and_channels(runs, tmp_path, monkeypatch):
     """--sr twice the model's rate and --channels 2: a streaming resampler and replicated
     decodes; the file equals the offline chain (resampler, model) delayed by the
     reported latency, which includes the resampler's delay."""
-    from rave_deploy.targets.nn_tilde import HostReference
+    from rave_deploy.targets._torchscript import HostReference
 
     run, model, _ = runs["brave"]
     res = export_run(run, ["nn_tilde"], tmp_path / "hi.ts",

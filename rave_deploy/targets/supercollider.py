@@ -22,7 +22,7 @@ from typing import Callable, Dict, List
 import torch
 
 from .base import register
-from .nn_tilde import TorchScriptTarget, _call, _named, _params
+from ._torchscript import TorchScriptTarget, _call, _named, _params
 
 
 @register

@@ -19,7 +19,7 @@ import torch
 from rave_core.models.rave import RAVE
 
 from .base import ExportOptions, register
-from .nn_tilde import TorchScriptTarget, _call, _named, _params
+from ._torchscript import TorchScriptTarget, _call, _named, _params
 
 MIN_RATIO, MAX_RATIO = 512, 32768
 
