@@ -42,6 +42,15 @@ class CheckReport:
         self.results.append(r)
         return r
 
+    def add_contract(self, name: str, problems: List[str], passed_message: str,
+                     label: str = "host contract", **kw) -> CheckResult:
+        """A host-contract check named ``contract.<point>_<what>``: it passes when
+        ``problems`` is empty, and its message names the point and the problems (or
+        ``passed_message``)."""
+        point = name.split(".", 1)[1].split("_", 1)[0]
+        detail = "; ".join(problems) if problems else passed_message
+        return self.add(name, not problems, f"{label} {point}: {detail}", **kw)
+
     @property
     def passed(self) -> bool:
         return bool(self.results) and all(r.passed for r in self.results)

@@ -376,10 +376,9 @@ class TorchScriptTarget(Target):
                 elif len(labels) != int(p[idx]):
                     problems.append(f"`{m}_{side}_labels` has {len(labels)} labels for "
                                     f"{int(p[idx])} channels")
-        report.add("contract.6_methods", not problems,
-                   "host contract 6: " + ("; ".join(problems) if problems else
-                                          f"get_methods() lists {methods}, each with an int "
-                                          "`<method>_params` and matching labels"))
+        report.add_contract("contract.6_methods", problems,
+                            f"get_methods() lists {methods}, each with an int "
+                            "`<method>_params` and matching labels")
 
     @_named("contract.7_ratios")
     def _check_ratios(self, report, module, ctx: _Ctx) -> None:
@@ -403,9 +402,8 @@ class TorchScriptTarget(Target):
         expect_latent = ctx.sidecar.get("latent_size")
         if expect_latent is not None and enc[2] != int(expect_latent):
             problems.append(f"latent size {enc[2]} in the file, {expect_latent} in its sidecar")
-        report.add("contract.7_ratios", not problems,
-                   "host contract 7: " + ("; ".join(problems) if problems else
-                                          f"encode {enc}, decode {dec}, forward {fwd}"))
+        report.add_contract("contract.7_ratios", problems,
+                            f"encode {enc}, decode {dec}, forward {fwd}")
         bad = [r for p in (enc, dec, fwd) for r in (p[1], p[3]) if not _is_pow2(r)]
         ratios = sorted({r for p in (enc, dec, fwd) for r in (p[1], p[3])})
         not_dividing = [(a, b) for a in ratios for b in ratios if a < b and b % a]
@@ -459,11 +457,10 @@ class TorchScriptTarget(Target):
             problems.append(f"a setter outside inference mode between inference calls "
                             f"fails: {type(exc).__name__}: {exc}")
         self._reset(module)
-        report.add("contract.2_no_lazy_state", not problems,
-                   "host contract 2: " + ("; ".join(problems) if problems else
-                                          f"{len(before)} streaming states exist before the "
-                                          "first call and keep their shape through batch-1 "
-                                          "calls"))
+        report.add_contract("contract.2_no_lazy_state", problems,
+                            f"{len(before)} streaming states exist before the "
+                            "first call and keep their shape through batch-1 "
+                            "calls")
 
     def _output_problems(self, y, expected: Tuple[int, ...]) -> List[str]:
         if not isinstance(y, torch.Tensor):
@@ -553,10 +550,9 @@ class TorchScriptTarget(Target):
             if not torch.equal(y1, y2):
                 problems.append("set_deterministic(True) does not make forward repeatable")
         self._reset(module)
-        report.add("contract.10_attributes", not problems,
-                   "host contract 10: " + ("; ".join(problems) if problems else
-                                           f"attributes {[a for a in attrs if a != 'none']}: "
-                                           "typed params, getters return lists, setters return 0"))
+        report.add_contract("contract.10_attributes", problems,
+                            f"attributes {[a for a in attrs if a != 'none']}: "
+                            "typed params, getters return lists, setters return 0")
 
     @_named("contract.4_streaming")
     def _check_streaming(self, report, module, ctx: _Ctx) -> None:
@@ -637,10 +633,9 @@ class TorchScriptTarget(Target):
                 if not torch.allclose(y, ref, rtol=0, atol=1e-6 * float(ref.abs().max() + 1e-12)):
                     problems.append(f"{m} ({name} view): output differs from a contiguous input")
         self._reset(module)
-        report.add("contract.25_noncontiguous", not problems,
-                   "host contract 25: " + ("; ".join(problems) if problems else
-                                           "non-contiguous inputs (as nn~ passes them) give the "
-                                           "same output as contiguous ones"))
+        report.add_contract("contract.25_noncontiguous", problems,
+                            "non-contiguous inputs (as nn~ passes them) give the "
+                            "same output as contiguous ones")
 
     @_named("contract.9_nn_tilde_emulation")
     def _check_nn_tilde_host(self, report, module, ctx: _Ctx) -> None:

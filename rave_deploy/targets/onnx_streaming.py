@@ -134,9 +134,8 @@ def check_streaming_contract(report, sess, core: DeployModel, method: str) -> bo
     channels = core.latent_size if method == "decode" else core.n_channels
     if ins and list(ins[0].shape[:2]) != [1, channels]:
         problems.append(f"{ins[0].name} has shape {ins[0].shape}, expected [1, {channels}, time]")
-    report.add("contract.22_io", not problems,
-               "point 22: " + ("; ".join(problems) if problems else
-                               f"{x_name} first in, {y_name} first out, all float32"))
+    report.add_contract("contract.22_io", problems,
+                        f"{x_name} first in, {y_name} first out, all float32", label="point")
 
     expected = og.state_slots(core, method)
     got_in = [(i.name, list(i.shape)) for i in ins[1:]]

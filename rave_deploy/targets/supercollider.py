@@ -57,10 +57,9 @@ class SuperColliderTarget(TorchScriptTarget):
             if int(p[0]) != enc[2] or int(p[1]) != enc[3]:
                 problems.append(f"decode_params = {[int(v) for v in p]}: [0] must be the latent "
                                 f"size {enc[2]} and [1] the ratio {enc[3]}")
-        report.add("contract.17_decode_params", not problems,
-                   "host contract 17: " + ("; ".join(problems) if problems else
-                                           f"buffer decode_params = {[int(v) for v in p]} "
-                                           "(latent size, block size)"))
+        report.add_contract("contract.17_decode_params", problems,
+                            f"buffer decode_params = {[int(v) for v in p]} "
+                            "(latent size, block size)")
 
 
     @_named("contract.17_sr")
@@ -98,11 +97,10 @@ class SuperColliderTarget(TorchScriptTarget):
             problems += [f"{method}{tuple(arg.shape)}: {p}"
                          for p in self._output_problems(y, expected)]
         self._reset(module)
-        report.add("contract.18_one_frame", not problems,
-                   "host contract 18: " + ("; ".join(problems) if problems else
-                                           f"forward (1, 1, {r}) -> (1, {channels}, {r}), encode "
-                                           f"-> (1, {latent}, 1), decode (1, {latent}, 1) -> "
-                                           f"(1, {channels}, {r}), contiguous"))
+        report.add_contract("contract.18_one_frame", problems,
+                            f"forward (1, 1, {r}) -> (1, {channels}, {r}), encode "
+                            f"-> (1, {latent}, 1), decode (1, {latent}, 1) -> "
+                            f"(1, {channels}, {r}), contiguous")
 
 
     @_named("contract.19_prior")

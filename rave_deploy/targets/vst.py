@@ -93,11 +93,10 @@ class VSTTarget(TorchScriptTarget):
         expected = int(ctx.sidecar.get("full_latent_size") or ctx.model.latent_size)
         if isinstance(full, int) and full != expected:
             problems.append(f"full_latent_size = {full}, the model's is {expected}")
-        report.add("contract.13_attributes", not problems,
-                   "host contract 13: " + ("; ".join(problems) if problems else
-                                           f"int sr = {self._attr(module, 'sr')}, int "
-                                           f"full_latent_size = {full}, bool stereo = {stereo}, "
-                                           "tensor encode/decode_params"))
+        report.add_contract("contract.13_attributes", problems,
+                            f"int sr = {self._attr(module, 'sr')}, int "
+                            f"full_latent_size = {full}, bool stereo = {stereo}, "
+                            "tensor encode/decode_params")
 
 
     @_named("contract.14_ratio")
@@ -149,11 +148,10 @@ class VSTTarget(TorchScriptTarget):
         finally:
             module.set_stereo_mode(torch.tensor([[False]]))
             self._reset(module)
-        report.add("contract.15_stereo_mode", not problems,
-                   "host contract 15: " + ("; ".join(problems) if problems else
-                                           "set_stereo_mode(tensor([[True]])): decode of "
-                                           f"(2, {full}, T) returns (1, 2, T * {r}); mono decode "
-                                           "and encode still work"))
+        report.add_contract("contract.15_stereo_mode", problems,
+                            "set_stereo_mode(tensor([[True]])): decode of "
+                            f"(2, {full}, T) returns (1, 2, T * {r}); mono decode "
+                            "and encode still work")
 
 
     @_named("contract.16_encode_amortized")
@@ -183,8 +181,7 @@ class VSTTarget(TorchScriptTarget):
                 if err > 1e-5:
                     problems.append(f"mean differs from deterministic encode by {err:.2g}")
         self._reset(module)
-        report.add("contract.16_encode_amortized", not problems,
-                   "host contract 16: " + ("; ".join(problems) if problems else
-                                           "encode_amortized returns (mean, std) of equal shapes; "
-                                           "mean is the deterministic encode"))
+        report.add_contract("contract.16_encode_amortized", problems,
+                            "encode_amortized returns (mean, std) of equal shapes; "
+                            "mean is the deterministic encode")
 
