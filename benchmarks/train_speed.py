@@ -2,7 +2,7 @@
 
 Each config is measured in its own process (peak RSS is per process), at full capacity,
 on a batch of synthetic audio (notes and noise hits from examples/synth_dataset.py), with
-the real step (:class:`rave_core.training.trainer.RAVETrainer`): phase 1 (spectral
+the real step (:class:`rave_core.training.step.RAVETrainer`): phase 1 (spectral
 distances + KL) and phase 2 (adversarial, alternating generator and discriminator steps).
 Peak memory is the process's peak RSS (``resource.getrusage``) on CPU, and
 ``torch.cuda.max_memory_allocated`` on CUDA. Prints one line per config, then a table::

@@ -4,7 +4,7 @@ Gin names follow acids-rave (``rave.blocks.*``) so that its configs bind to our 
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Sequence
 
 import gin
 import numpy as np

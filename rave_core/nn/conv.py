@@ -8,7 +8,7 @@ layer, sized for the batch in use, and align on the true upstream delay (see
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import Tuple, Union
 
 import cached_conv as cc
 import gin

@@ -1,0 +1,23 @@
+"""Errors of the training pipeline; each message says what went wrong and what to do."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+
+class TrainingError(RuntimeError):
+    """Training could not go on (diverged, checkpoint does not fit); the message says why
+    and what to do."""
+
+
+class TrainingArgumentError(ValueError):
+    """An argument of :func:`train` is unusable as given (bad usage)."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C / SIGTERM: training stopped after a complete step and saved ``last.ckpt``."""
+
+    def __init__(self, message: str, checkpoint: Optional[Path]) -> None:
+        super().__init__(message)
+        self.message = message
+        self.checkpoint = checkpoint
