@@ -16,7 +16,7 @@ dimensions. They fold into the convolutions:
 
 Every streaming call reads every weight once, and at small host blocks that read is
 most of the cost (see ``benchmarks/streaming_rtf.py``'s ``floor`` row): BRAVE with a
-16-dimensional latent loses 2.9 of its 16.8 MB. Outputs equal the unfolded model's up
+16-dimensional latent loses 2.7 of its 16.8 MB. Outputs equal the unfolded model's up
 to float rounding (the sums are reassociated).
 
 Only for graphs whose latent is never sampled nor filled by the host: the ONNX targets'
