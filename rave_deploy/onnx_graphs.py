@@ -99,18 +99,22 @@ def _example_input(core: DeployModel, method: str, block: int) -> torch.Tensor:
     return torch.zeros(1, core.n_channels, block)
 
 
-def method_layers(core: DeployModel, method: str) -> List[Tuple[str, StreamingModule]]:
-    """The stateful layers ``method`` uses, in :func:`streaming_layers` order.
+def method_layers(core: DeployModel, method: str) -> List[Tuple[str, StreamingModule, Tuple[int, ...]]]:
+    """The stateful layers ``method`` uses, in :func:`streaming_layers` order, each with
+    the shape of its state for a batch of one.
 
-    Found by running the method once: a layer is used if its ``state`` was replaced
-    (states are replaced, never written in place). The core is reset afterwards.
+    Found by running the method once on a batch of one: a layer is used if its ``state``
+    was replaced (states are replaced, never written in place), and its shape is the one
+    it then holds: the PQMF of a stereo model sees one row per channel, so its states
+    have a batch of 2. The core is reset afterwards.
     """
     layers = streaming_layers(core)
     core.reset(1)
     before = {name: m.state for name, m in layers}
     with torch.inference_mode():
         getattr(core, method)(_example_input(core, method, core.ratio))
-    used = [(name, m) for name, m in layers if m.state is not before[name]]
+    used = [(name, m, tuple(int(s) for s in m.state.shape)) for name, m in layers
+            if m.state is not before[name]]
     core.reset(1)
     return used
 
@@ -118,8 +122,7 @@ def method_layers(core: DeployModel, method: str) -> List[Tuple[str, StreamingMo
 def state_slots(core: DeployModel, method: str) -> List[StateSlot]:
     """State tensors of ``method``'s streaming graphs, with their flat-state offsets."""
     slots, offset = [], 0
-    for i, (name, m) in enumerate(method_layers(core, method)):
-        shape = tuple(int(s) for s in m.state_shape())
+    for i, (name, _, shape) in enumerate(method_layers(core, method)):
         slots.append(StateSlot(i, name, shape, offset))
         offset += int(np.prod(shape))
     return slots

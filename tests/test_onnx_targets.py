@@ -34,11 +34,12 @@ from .conftest import NO_TRAINING_MODULES, SMALL, randomize
 FAST = dict(seconds=2.0, rtf_seconds=0.2)
 
 
-def make_run(root: Path, configs=("brave",), name: str = "run", seed: int = 0) -> Path:
+def make_run(root: Path, configs=("brave",), name: str = "run", seed: int = 0,
+             extra=()) -> Path:
     """A fake run directory (``config.gin`` + ``version_0/checkpoints/best.ckpt``) of a
     small random model whose output is of a musical size: weight-norm gains of 1 (random
     gains shrink every layer, and a 1e-8 output would make float rounding dominate)."""
-    overrides = SMALL + NO_TRAINING_MODULES
+    overrides = SMALL + NO_TRAINING_MODULES + list(extra)
     text = parse_config(list(configs), overrides)
     model = randomize(build_model(list(configs), overrides, build_discriminator=False), seed)
     g = torch.Generator().manual_seed(seed)
@@ -203,6 +204,24 @@ def test_check_passes_brave(brave, target):
         assert any(n.startswith("rtf.forward") for n in names)
     if target == "anira":
         assert {"parity.encode", "parity.decode"} <= names
+
+
+def test_stereo_model_graphs_carry_every_state(tmp_path):
+    """A stereo model's PQMF sees one row per channel: its states have a batch of 2 in
+    the graphs (they were silently dropped, restarting every call, before), and every
+    ONNX target passes its checks."""
+    run = make_run(tmp_path, ("v2_small",), name="stereo", extra=["rave.model.RAVE.n_channels = 2"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        results = export_run(run, ["onnx", "onnx_streaming"], tmp_path / "out", ExportOptions())
+        results += export_run(run, ["anira"], tmp_path / "out", ExportOptions(block_size=2048))
+    paths = {r.target: r.path for r in results}
+    states = og.read_metadata(paths["onnx_streaming"])["states"]
+    pqmf = [s for s in states if s["layer"].startswith("pqmf.")]
+    assert pqmf and all(s["shape"][0] == 2 for s in pqmf)
+    for target, blocks in (("onnx", [2048]), ("onnx_streaming", [2048]), ("anira", [2048])):
+        report = check_artifact(paths[target], options=CheckOptions(block_sizes=blocks, **FAST))
+        _passed_except_timing(report)
 
 
 def test_check_passes_v2_streaming(v2):

@@ -35,9 +35,23 @@ def _error(stream, offline, delay, skip):
     return float(diff.abs().max() / offline.abs().max())
 
 
+# Stereo models (`rave-core train --channels 2`): every channel through the same layers.
+STEREO = [(("brave",), (512,)), (("v1",), (2048,)), (("v2_small",), (2048,)), (("v2",), (2048,))]
+
+
 @pytest.mark.parametrize("configs,blocks", CASES, ids=lambda c: "+".join(c) if isinstance(c[0], str) else "")
 def test_streaming_equals_offline(configs, blocks):
-    model = small_model(configs).set_noise(False)
+    _check_streaming(small_model(configs).set_noise(False), blocks)
+
+
+@pytest.mark.parametrize("configs,blocks", STEREO, ids=lambda c: "+".join(c) if isinstance(c[0], str) else "")
+def test_stereo_streaming_equals_offline(configs, blocks):
+    model = small_model(configs, extra=["rave.model.RAVE.n_channels = 2"]).set_noise(False)
+    assert model.n_channels == 2
+    _check_streaming(model, blocks)
+
+
+def _check_streaming(model, blocks):
     ratio, delays = model.ratio, model.streaming_delays()
     n = max(64 * ratio, 3 * 50000)  # several receptive fields
     n = (n // max(blocks) + 1) * max(blocks)

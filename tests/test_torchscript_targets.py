@@ -77,6 +77,24 @@ def test_vst_refuses_brave_and_says_why(runs, tmp_path):
         assert runs[name][2]["vst"].path.exists()
 
 
+def test_stereo_model_nn_tilde_only_and_says_why(tmp_path):
+    """A 2-channel model: nn~ takes every channel; the RAVE UGens (contract 18) and the
+    VST (contract 15) feed one, so those exports are refused with what to do instead."""
+    run = make_run(tmp_path, ("v2_small",), ["rave.model.RAVE.n_channels = 2"], name="stereo")
+    results = {r.target: r for r in export_run(run, list(TARGETS), tmp_path / "out",
+                                               ExportOptions(fidelity=FIDELITY), explicit=False)}
+    module = torch.jit.load(str(results["nn_tilde"].path))
+    assert _params_of(module, "forward")[0] == 2
+    assert "NN.ar" in results["supercollider"].skipped and results["supercollider"].path is None
+    assert "mono" in results["vst"].skipped and results["vst"].path is None
+    with pytest.raises(TargetUnsupported, match="RAVE UGens feed the model one audio channel"):
+        export_run(run, ["supercollider"], tmp_path / "sc", ExportOptions(fidelity=FIDELITY))
+
+
+def _params_of(module, method: str):
+    return [int(v) for v in getattr(module, f"{method}_params")]
+
+
 def test_sidecar_describes_the_file(runs):
     _, model, results = runs["brave"]
     sc = read_sidecar(results["nn_tilde"].path)

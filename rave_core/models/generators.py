@@ -273,7 +273,7 @@ class GeneratorV2(nn.Module):
         # Streaming delay lines behind the waveform and noise heads, so that both
         # reach the output with the same delay (no parameters: keys are unchanged).
         out = data_size * 2 if amplitude_modulation else data_size
-        self.head_delays = nn.ModuleList([Delay(out), Delay(n_channels * data_size)])
+        self.head_delays = nn.ModuleList([Delay(out), Delay(data_size)])  # data_size: all channels
 
     def configure_delay(self, input_delay: int) -> int:
         d = configure_delay(self.net, input_delay)

@@ -17,11 +17,13 @@ at a multiple of the model's rate).
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 
-from .base import register
+from rave_core.models.rave import RAVE
+
+from .base import ExportOptions, register
 from ._torchscript import TorchScriptTarget, _call, _named, _params
 
 
@@ -32,6 +34,15 @@ class SuperColliderTarget(TorchScriptTarget):
     name = "supercollider"
     description = "TorchScript for SuperCollider (RAVE UGens, NN.ar)"
     host = "SuperCollider"
+
+    def unsupported_reason(self, model: RAVE, options: ExportOptions) -> Optional[str]:
+        reason = super().unsupported_reason(model, options)
+        if reason is None and int(model.n_channels) != 1:
+            # host contract 18: the UGens call forward(1, 1, R) with their one input
+            reason = (f"the RAVE UGens feed the model one audio channel, and this model takes "
+                      f"{model.n_channels}: export --target nn_tilde and load it with NN.ar in "
+                      "SuperCollider (nn~'s backend takes every channel)")
+        return reason
 
     def host_fields(self, ratio: int) -> Dict[str, object]:
         # The RAVE UGens run one model block of R samples as soon as it is complete: at
