@@ -7,7 +7,8 @@ Three forms of the same traced core (never a second implementation of the model)
 * **explicit state** (streaming): ``(audio_in, state_in_0, ..., state_in_{K-1}) ->
   (audio_out, state_out_0, ..., state_out_{K-1})``. Every stateful layer of
   :func:`rave_core.nn.streaming_layers` that the method uses owns one state tensor
-  ``(1, channels, length)``; the graph reads the previous states and returns the next
+  ``(rows, channels, length)`` (rows: 1, or the audio channels in a multi-channel model's
+  PQMF); the graph reads the previous states and returns the next
   ones, so any ONNX runtime streams it without hidden state. Initial states are zeros.
 * **flat state** (anira): the same per-layer states flattened and concatenated into one
   float32 ``(1, S)`` tensor ``state_in`` / ``state_out``; the layout (layer, offset,
@@ -59,7 +60,7 @@ class StateSlot:
 
     ``index``: position among the state tensors (input ``state_in_<index>``, output
     ``state_out_<index>`` of an explicit-state graph); ``layer``: the module's path in
-    the :class:`DeployModel`; ``shape``: ``(1, channels, length)``; ``offset``: where its
+    the :class:`DeployModel`; ``shape``: ``(rows, channels, length)``; ``offset``: where its
     flattened values start in the flat state of an anira graph.
     """
 
