@@ -78,13 +78,20 @@ def test_vst_refuses_brave_and_says_why(runs, tmp_path):
 
 
 def test_stereo_model_nn_tilde_only_and_says_why(tmp_path):
-    """A 2-channel model: nn~ takes every channel; the RAVE UGens (contract 18) and the
-    VST (contract 15) feed one, so those exports are refused with what to do instead."""
-    run = make_run(tmp_path, ("v2_small",), ["rave.model.RAVE.n_channels = 2"], name="stereo")
+    """A 2-channel model: nn~ takes every channel (its file passes every check); the RAVE
+    UGens (contract 18) and the VST (contract 15) feed one, so those exports are refused
+    with what to do instead."""
+    run = make_run(tmp_path, ("v2_small",), ["rave.model.RAVE.n_channels = 2"], name="stereo",
+                   unit_gains=True)
     results = {r.target: r for r in export_run(run, list(TARGETS), tmp_path / "out",
                                                ExportOptions(fidelity=FIDELITY), explicit=False)}
-    module = torch.jit.load(str(results["nn_tilde"].path))
+    path = results["nn_tilde"].path
+    module = torch.jit.load(str(path))
     assert _params_of(module, "forward")[0] == 2
+    report = get_target("nn_tilde").check(path, read_sidecar(path), open_run(run).model,
+                                          _options(2048))
+    failures = [f"{r.name}: {r.message}" for r in report.failures() if not r.name.startswith("rtf.")]
+    assert not failures, failures
     assert "NN.ar" in results["supercollider"].skipped and results["supercollider"].path is None
     assert "mono" in results["vst"].skipped and results["vst"].path is None
     with pytest.raises(TargetUnsupported, match="RAVE UGens feed the model one audio channel"):
