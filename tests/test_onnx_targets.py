@@ -26,6 +26,7 @@ from rave_deploy.check import check_artifact
 from rave_deploy.check.harness import impulse_span
 from rave_deploy.check.runner import EagerReference
 from rave_deploy.export import export_run
+from rave_deploy.model import DeployModel
 from rave_deploy.targets import CheckOptions, ExportOptions, TargetUnsupported, get_target
 
 from .conftest import NO_TRAINING_MODULES, SMALL, randomize
@@ -222,6 +223,26 @@ def test_stereo_model_graphs_carry_every_state(tmp_path):
     for target, blocks in (("onnx", [2048]), ("onnx_streaming", [2048]), ("anira", [2048])):
         report = check_artifact(paths[target], options=CheckOptions(block_sizes=blocks, **FAST))
         _passed_except_timing(report)
+
+
+def test_check_accepts_graphs_written_before_the_latent_fold(brave, tmp_path):
+    """A streaming graph exported without the fold (as before it existed: no
+    ``latent_folded`` metadata) is checked against an unfolded twin and passes."""
+    run, paths = brave
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        core = DeployModel(open_run(run).model, deterministic=True, streaming=True)
+    graph = tmp_path / "old.onnx_streaming.onnx"
+    og.export_streaming(core, graph, "forward")
+    model = onnx.load(str(graph))
+    og.write_metadata(model, {k: v for k, v in og.read_metadata(model).items()
+                              if k != "latent_folded"})
+    onnx.save(model, str(graph))
+    shutil.copy(str(paths["onnx_streaming"]) + ".json", str(graph) + ".json")
+    first = next(s for s in og.read_metadata(graph)["states"] if s["layer"] == "decoder.net.0")
+    assert first["shape"][1] == core.decoder_latent_size  # unfolded: the full latent
+    report = check_artifact(graph, run=str(run), options=CheckOptions(block_sizes=[512], **FAST))
+    _passed_except_timing(report)
 
 
 def test_check_passes_v2_streaming(v2):

@@ -42,16 +42,16 @@ def fidelity_of(sidecar: Dict[str, object], meta: Dict[str, object]) -> float:
     return float(sidecar.get("fidelity", meta.get("fidelity", 0.95)))
 
 
-def references(model: RAVE, fidelity: float, twin: bool = True):
+def references(model: RAVE, fidelity: float, twin: bool = True, fold_latent: bool = True):
     """The eager deterministic reference and (``twin``) a streaming twin of the exported
-    core, to know which states the graphs must carry, at the exported fidelity."""
+    core, to know which states the graphs must carry, at the exported fidelity
+    (``fold_latent``: as the graph was exported, see its ``latent_folded`` metadata)."""
     from ..check.runner import EagerReference
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # latent-statistics warnings were shown at export
         core = DeployModel(model, fidelity=fidelity, deterministic=True, streaming=True,
-                           fold_latent=True) \
-            if twin else None
+                           fold_latent=fold_latent) if twin else None
         return EagerReference(model, fidelity), core
 
 
@@ -101,7 +101,9 @@ class OnnxStreamingTarget(Target):
             return report
         report.add("contract.22_loads", True, "point 22: loads in ONNX Runtime (CPU, one thread)")
         meta = og.read_metadata(sess)
-        reference, core = references(model, fidelity_of(sidecar, meta))
+        # files written before the latent was folded carry no flag: their states are unfolded
+        reference, core = references(model, fidelity_of(sidecar, meta),
+                                     fold_latent=bool(meta.get("latent_folded", False)))
         ok = check_streaming_contract(report, sess, core, "forward")
         check_streaming_metadata(report, meta, core, "forward", sidecar)
         if not ok:
@@ -111,7 +113,8 @@ class OnnxStreamingTarget(Target):
         fixed = sess.get_inputs()[0].shape[2]
         fixed = fixed if isinstance(fixed, int) else None
         runner = ort_host.runner_classes()["streaming"](sess, "forward", reference.ratio,
-                                                  reference.latent_size, reference.n_channels)
+                                                        reference.latent_size,
+                                                        reference.n_channels)
         blocks = streaming_block_sizes(reference.ratio, fixed, list(options.block_sizes)
                                        or list(sidecar.get("block_sizes") or []))
         ort_host.generic_checks(report, {"forward": runner}, reference, blocks, options)
