@@ -22,9 +22,14 @@ import json, resource, sys, time
 from pathlib import Path
 from rave_deploy.export import export_run
 from rave_deploy.targets import ExportOptions
+from rave_deploy.targets.base import TargetUnsupported
 run, target, out = sys.argv[1:4]
 t0 = time.perf_counter()
-res = export_run(run, [target], Path(out), ExportOptions())[0]
+try:
+    res = export_run(run, [target], Path(out), ExportOptions())[0]
+except TargetUnsupported as e:  # a host that cannot run this model: say why, no traceback
+    print(json.dumps({"skipped": str(e).split(": ", 1)[-1]}))
+    sys.exit(0)
 print(json.dumps({"seconds": time.perf_counter() - t0, "skipped": res.skipped,
                   "size_mb": res.size_bytes / 1e6,
                   "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
@@ -56,7 +61,7 @@ def main(argv=None) -> int:
     print(f"{'config':7s} {'target':15s} {'seconds':>8s} {'peak MB':>8s} {'size MB':>8s}")
     for config, target, r in rows:
         if isinstance(r, str) or r.get("skipped"):
-            print(f"{config:7s} {target:15s} {r if isinstance(r, str) else 'skipped: ' + r['skipped'][:50]}")
+            print(f"{config:7s} {target:15s} {r if isinstance(r, str) else 'not supported: ' + r['skipped'][:70]}")
         else:
             print(f"{config:7s} {target:15s} {r['seconds']:8.1f} {r['peak_mb']:8.0f} {r['size_mb']:8.1f}")
     return 0
