@@ -145,3 +145,39 @@ def test_matmul_streaming_equals_convolution_streaming(configs):
     layouts = {m.weight_rows_out for m in matmul.modules() if isinstance(m, Conv1d)
                and m.groups == 1 and m.kernel_size[0] > 1}
     assert layouts == {True, False}
+
+
+@pytest.mark.parametrize("configs", [("brave",), ("v2",)], ids=lambda c: "+".join(c))
+def test_weighted_sum_rows_equal_convolution_streaming(configs, monkeypatch):
+    """Products of 1-3 rows with a large weight run as weighted sums of its rows
+    (embedding_bag): same output as the convolution path, at batch 1 and 2 and at blocks
+    giving 1 to many rows per layer. The small test models' weights are all below the
+    size threshold, so it is lowered to make every layer take the path."""
+    import rave_core.nn.conv as conv_module
+    from rave_core.nn.conv import Conv1d, ConvTranspose1d
+    from rave_deploy.model import DeployModel
+
+    monkeypatch.setattr(conv_module, "MIN_WEIGHTS_WEIGHTED_SUM", 0)
+    model = small_model(configs)
+    model.fidelity.copy_(torch.linspace(0.3, 1.0, model.latent_size))
+    conv = DeployModel(model, deterministic=True, matmul_streaming=False)
+    matmul = DeployModel(model, deterministic=True, matmul_streaming=True)
+    layers = [m for m in matmul.modules() if isinstance(m, (Conv1d, ConvTranspose1d))
+              and "weight" in m._parameters and getattr(m, "groups", 1) == 1]
+    assert layers and all(m.weighted_sum_rows == 3 and not m.weight_rows_out for m in layers)
+    r = conv.ratio
+    for batch in (1, 2):
+        blocks = [r, r, 2 * r, 3 * r, r, 16 * r, r]
+        torch.manual_seed(batch)
+        x = torch.randn(batch, conv.n_channels, sum(blocks)) * 0.3
+        conv.reset(batch)
+        matmul.reset(batch)
+        outs_conv, outs_matmul, i = [], [], 0
+        with torch.no_grad():
+            for n in blocks:
+                outs_conv.append(conv(x[..., i:i + n]))
+                outs_matmul.append(matmul(x[..., i:i + n]))
+                i += n
+        a, b = torch.cat(outs_conv, -1), torch.cat(outs_matmul, -1)
+        assert a.abs().max() > 0
+        assert float((a - b).abs().max() / a.abs().max()) < EXACT, batch

@@ -281,6 +281,31 @@ def test_block_size_tunes_weight_layout_not_output(runs, tmp_path):
         assert np.abs(other - outs[0]).max() <= 1e-5 * peak
 
 
+def test_weighted_sum_rows_in_the_exported_file(runs, tmp_path, monkeypatch):
+    """Layers with large weights compute 1-3 rows as weighted sums of the weight's rows
+    (embedding_bag). The small test model's weights are under the size threshold, so it
+    is lowered: the frozen file then calls the op, passes every check, and (where torch
+    2.5 is installed) loads and runs under nn~ 1.6's libtorch."""
+    import rave_core.nn.conv as conv_module
+
+    monkeypatch.setattr(conv_module, "MIN_WEIGHTS_WEIGHTED_SUM", 0)
+    run, model, _ = runs["brave"]
+    res = export_run(run, ["nn_tilde"], tmp_path / "ws.ts", ExportOptions(fidelity=FIDELITY))[0]
+    module = torch.jit.load(str(res.path))
+    assert "aten::embedding_bag" in str(module.forward.graph)
+    report = _check("nn_tilde", res.path, read_sidecar(res.path), model, model.ratio, True,
+                    monkeypatch)
+    failures = [f"{r.name}: {r.message}" for r in report.failures() if not r.name.startswith("rtf.")]
+    assert not failures, failures
+    assert {"parity.forward", "blocks.forward", "contract.11_batch"} <= {r.name for r in report.results}
+    if TORCH25.exists():
+        proc = subprocess.run([str(TORCH25), str(ROOT / "scripts" / "check_libtorch_compat.py"),
+                               str(res.path)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    else:
+        print(f"torch 2.5 not installed ({TORCH25}): its load of embedding_bag NOT verified")
+
+
 def test_batch_of_four(runs):
     _, model, results = runs["brave"]
     module = torch.jit.load(str(results["nn_tilde"].path))

@@ -29,6 +29,49 @@ get_padding = gin.external_configurable(cc.get_padding, "get_padding",
 # fastest (BLAS's matrix-vector-like kernels); beyond, an (in, out) one.
 MAX_FRAMES_ROWS_OUT = 3
 
+# A product of up to this many rows with a weight matrix of at least this many values is
+# computed as weighted sums of the weight's rows (`embedding_bag`, FBGEMM's kernel on x86;
+# every libtorch has the op): it streams the `(in, out)` matrix once, where BLAS's general
+# product first packs it. One thread, weights out of L2 (AMD Zen 4): 768x256 at 1, 2, 3
+# rows in 24, 34, 43 us against 41-57, 43-72, 62-89 us through `mm`; below about 32k
+# values its fixed cost (~7 us) loses. Such layers keep the `(in, out)` layout.
+MAX_ROWS_WEIGHTED_SUM = 3
+MIN_WEIGHTS_WEIGHTED_SUM = 32768
+
+
+def _no_weighted_sum(layer: nn.Module) -> None:
+    # Every layer has the attributes TorchScript compiles against (non-persistent: state
+    # dicts are unchanged); freezing folds the branch away where they stay empty.
+    layer.weighted_sum_rows = 0
+    layer.register_buffer("bag_index", torch.zeros(0, dtype=torch.long), persistent=False)
+    layer.register_buffer("bag_offsets", torch.zeros(0, dtype=torch.long), persistent=False)
+
+
+def _set_up_weighted_sum(layer: nn.Module, n_in: int) -> None:
+    """Give ``layer`` the row indices and bag offsets of :func:`_weighted_sum_rows` for
+    an ``(n_in, out)`` weight matrix and up to ``MAX_ROWS_WEIGHTED_SUM`` rows, or none
+    (``weighted_sum_rows = 0``) when the matrix is below ``MIN_WEIGHTS_WEIGHTED_SUM``."""
+    device = layer.weight.device
+    if layer.weight.numel() < MIN_WEIGHTS_WEIGHTED_SUM:
+        layer.weighted_sum_rows = 0
+        layer.bag_index = torch.zeros(0, dtype=torch.long, device=device)
+        layer.bag_offsets = torch.zeros(0, dtype=torch.long, device=device)
+        return
+    m = MAX_ROWS_WEIGHTED_SUM
+    layer.weighted_sum_rows = m
+    layer.bag_index = torch.arange(n_in, device=device).repeat(m)
+    layer.bag_offsets = torch.arange(m, device=device) * n_in
+
+
+def _weighted_sum_rows(a: torch.Tensor, w: torch.Tensor, bag_index: torch.Tensor,
+                       bag_offsets: torch.Tensor) -> torch.Tensor:
+    """``a @ w`` for a few rows: ``a`` ``(M, K)``, ``w`` ``(K, N)`` contiguous, ``M`` at
+    most the bags set up -> ``(M, N)``. Row ``i`` of the result sums the rows of ``w``
+    weighted by ``a[i]``."""
+    m, k = a.shape[0], a.shape[1]
+    return nn.functional.embedding_bag(bag_index[:m * k], w, bag_offsets[:m], mode="sum",
+                                       per_sample_weights=a.reshape(m * k))
+
 
 def _store_weight_in_order(layer: nn.Module, order: Tuple[int, int, int]) -> None:
     """Keep ``layer.weight``'s values and shape, with its memory laid out as
@@ -82,6 +125,7 @@ class Conv1d(StreamingModule):
         self.matmul_streaming = False
         self.weight_rows_out = False  # memory order of `weight`, see lay_out_weight_for_matmul
         self.max_frames_rows_out = MAX_FRAMES_ROWS_OUT
+        _no_weighted_sum(self)
 
     def state_shape(self) -> Tuple[int, int, int]:
         return (1, self.in_channels, self.padding_lr[0] + self.padding_lr[1] + self.alignment)
@@ -115,11 +159,15 @@ class Conv1d(StreamingModule):
         For ``M <= 3`` BLAS streams an ``(O, k C)`` row-major matrix fastest (1.4x on
         weights read from memory); for more frames, a ``(k C, O)`` one. ``frames_per_call``
         is ``M`` at the host block the export is tuned for (0: unknown, the latter).
+        A large weight (see ``MIN_WEIGHTS_WEIGHTED_SUM``) always takes the ``(k C, O)``
+        order: at up to 3 rows it is read as weighted sums of its rows, faster still.
         ``weight`` keeps its shape as a view: same values, same state dict.
         """
         if self.groups != 1 or "weight" not in self._parameters:
             return  # grouped convs use batched products over the original layout
-        self.weight_rows_out = 0 < frames_per_call <= MAX_FRAMES_ROWS_OUT
+        _set_up_weighted_sum(self, self.in_channels * self.kernel_size[0])
+        self.weight_rows_out = (0 < frames_per_call <= MAX_FRAMES_ROWS_OUT
+                                and self.weighted_sum_rows == 0)
         _store_weight_in_order(self, (0, 2, 1) if self.weight_rows_out   # (O, k, C)
                                else (2, 1, 0))                            # (k, C, O)
 
@@ -166,6 +214,11 @@ class Conv1d(StreamingModule):
                 w = w.t()
             else:
                 w = self.weight.permute(2, 1, 0).reshape(k * c, o)   # a view once laid out
+                if self.weighted_sum_rows > 0 and b * t <= self.weighted_sum_rows:
+                    y = _weighted_sum_rows(taps, w, self.bag_index, self.bag_offsets)
+                    if bias is not None:
+                        y = y + bias
+                    return y.view(b, t, o).transpose(1, 2)
             y = torch.addmm(bias, taps, w) if bias is not None else torch.mm(taps, w)
             return y.view(b, t, o).transpose(1, 2)
         cg, og = c // g, o // g
@@ -208,6 +261,7 @@ class ConvTranspose1d(StreamingModule):
             raise ValueError("ConvTranspose1d needs kernel_size >= stride to stream")
         self.matmul_streaming = False  # see Conv1d.matmul_streaming
         self.weight_rows_out = False  # see lay_out_weight_for_matmul
+        _no_weighted_sum(self)
 
     def state_shape(self) -> Tuple[int, int, int]:
         return (1, self.out_channels, self.kernel_size[0] - self.stride[0])
@@ -239,10 +293,14 @@ class ConvTranspose1d(StreamingModule):
     def lay_out_weight_for_matmul(self, frames_per_call: int = 0) -> None:
         """Store ``weight`` in the memory order :meth:`_matmul_streaming` reads fastest:
         ``(kernel, out, in)`` rows for up to 3 input frames per call, else ``(in, kernel,
-        out)`` (see :meth:`Conv1d.lay_out_weight_for_matmul`). Same values, same shape."""
+        out)``; a large weight always the latter, read as weighted sums of its rows at up
+        to 3 frames (see :meth:`Conv1d.lay_out_weight_for_matmul`). Same values, same
+        shape."""
         if "weight" not in self._parameters:
             return
-        self.weight_rows_out = 0 < frames_per_call <= MAX_FRAMES_ROWS_OUT
+        _set_up_weighted_sum(self, self.in_channels)
+        self.weight_rows_out = (0 < frames_per_call <= MAX_FRAMES_ROWS_OUT
+                                and self.weighted_sum_rows == 0)
         _store_weight_in_order(self, (2, 1, 0) if self.weight_rows_out   # (k, O, C)
                                else (0, 2, 1))                            # (C, k, O)
 
@@ -261,7 +319,11 @@ class ConvTranspose1d(StreamingModule):
             y = torch.mm(xt.contiguous(),
                          self.weight.permute(2, 1, 0).reshape(2 * s * o, self.in_channels).t())
         else:
-            y = torch.mm(xt, self.weight.permute(0, 2, 1).reshape(self.in_channels, 2 * s * o))
+            w = self.weight.permute(0, 2, 1).reshape(self.in_channels, 2 * s * o)
+            if self.weighted_sum_rows > 0 and b * t <= self.weighted_sum_rows:
+                y = _weighted_sum_rows(xt, w, self.bag_index, self.bag_offsets)
+            else:
+                y = torch.mm(xt, w)
         y = y.view(b, t, 2, s * o)
         second = y[:, :, 1]
         earlier = torch.cat([self._get_state(x).reshape(b, 1, s * o), second[:, :t - 1]], 1)
