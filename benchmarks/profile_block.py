@@ -26,7 +26,8 @@ import numpy as np
 
 #: Ops whose shapes are listed: the arithmetic a streaming call cannot avoid.
 PRODUCT_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::conv1d",
-               "aten::_convolution", "Conv", "FusedConv", "MatMul", "Gemm", "NchwcConv")
+               "aten::_convolution", "aten::_embedding_bag_forward_only", "aten::_embedding_bag",
+               "Conv", "FusedConv", "MatMul", "Gemm", "NchwcConv")
 
 
 def median_block_ms(step: Callable[[], None], block: int, seconds: float = 2.0) -> float:
@@ -128,7 +129,7 @@ def print_tables(path: Path, block: int, ms: float, rows: List[Dict], top: int) 
     if heavy:
         print(f"\nheaviest products ({'op':s}, input shapes, calls and us per block):")
         for r in heavy:
-            print(f"  {r['op']:14s} {r['calls']:4.0f} {r['us']:8.1f}  {r['shape'][:90]}")
+            print(f"  {r['op']:34s} {r['calls']:4.0f} {r['us']:8.1f}  {r['shape'][:90]}")
 
 
 def main(argv=None) -> int:

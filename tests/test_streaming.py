@@ -104,6 +104,24 @@ def test_batch_change_restarts_from_silence():
     torch.testing.assert_close(y4, y4b)
 
 
+def _assert_same_stream(reference, model, blocks, batch: int, seed: int) -> None:
+    """Both models, from silence, on the same noise cut into ``blocks``: equal within
+    ``EXACT`` of the peak."""
+    torch.manual_seed(seed)
+    x = torch.randn(batch, reference.n_channels, sum(blocks)) * 0.3
+    reference.reset(batch)
+    model.reset(batch)
+    outs_ref, outs_model, i = [], [], 0
+    with torch.no_grad():
+        for n in blocks:
+            outs_ref.append(reference(x[..., i:i + n]))
+            outs_model.append(model(x[..., i:i + n]))
+            i += n
+    a, b = torch.cat(outs_ref, -1), torch.cat(outs_model, -1)
+    assert a.abs().max() > 0
+    assert float((a - b).abs().max() / a.abs().max()) < EXACT, (batch, blocks)
+
+
 @pytest.mark.parametrize("configs", [("brave",), ("v1",), ("v2_small",), ("v2",)],
                          ids=lambda c: "+".join(c))
 def test_matmul_streaming_equals_convolution_streaming(configs):
@@ -120,20 +138,7 @@ def test_matmul_streaming_equals_convolution_streaming(configs):
     matmul.lay_out_weights_for_block(matmul.ratio)  # (out, in) rows where 1-3 frames
     weight = matmul.decoder.net[0].weight if hasattr(matmul.decoder, "net") else None
     r = conv.ratio
-    blocks = [r, 2 * r, r, 8 * r, 32 * r, 5 * r]
-    torch.manual_seed(0)
-    x = torch.randn(2, conv.n_channels, sum(blocks)) * 0.3
-    conv.reset(2)
-    matmul.reset(2)
-    outs_conv, outs_matmul, i = [], [], 0
-    with torch.no_grad():
-        for n in blocks:
-            outs_conv.append(conv(x[..., i:i + n]))
-            outs_matmul.append(matmul(x[..., i:i + n]))
-            i += n
-    a, b = torch.cat(outs_conv, -1), torch.cat(outs_matmul, -1)
-    assert a.abs().max() > 0
-    assert float((a - b).abs().max() / a.abs().max()) < EXACT
+    _assert_same_stream(conv, matmul, [r, 2 * r, r, 8 * r, 32 * r, 5 * r], batch=2, seed=0)
     # the states are time-major (batch, length, channels) in matmul streaming
     layer = next(m for _, m in matmul.state_layers())
     assert layer.state.shape == (2, layer.state_shape()[2], layer.state_shape()[1])
@@ -167,17 +172,4 @@ def test_weighted_sum_rows_equal_convolution_streaming(configs, monkeypatch):
     assert layers and all(m.weighted_sum_rows == 3 and not m.weight_rows_out for m in layers)
     r = conv.ratio
     for batch in (1, 2):
-        blocks = [r, r, 2 * r, 3 * r, r, 16 * r, r]
-        torch.manual_seed(batch)
-        x = torch.randn(batch, conv.n_channels, sum(blocks)) * 0.3
-        conv.reset(batch)
-        matmul.reset(batch)
-        outs_conv, outs_matmul, i = [], [], 0
-        with torch.no_grad():
-            for n in blocks:
-                outs_conv.append(conv(x[..., i:i + n]))
-                outs_matmul.append(matmul(x[..., i:i + n]))
-                i += n
-        a, b = torch.cat(outs_conv, -1), torch.cat(outs_matmul, -1)
-        assert a.abs().max() > 0
-        assert float((a - b).abs().max() / a.abs().max()) < EXACT, batch
+        _assert_same_stream(conv, matmul, [r, r, 2 * r, 3 * r, r, 16 * r, r], batch, seed=batch)

@@ -1,0 +1,50 @@
+"""benchmarks/profile_block.py on real exports: it prints where a block's time goes."""
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+from rave_deploy.export import export_run
+from rave_deploy.targets import ExportOptions
+
+from .runs import make_run
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import profile_block  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    root = tmp_path_factory.mktemp("profile")
+    run = make_run(root, ("brave",))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        results = export_run(run, ["nn_tilde", "onnx_streaming"], root / "out", ExportOptions())
+    return {r.target: r.path for r in results}
+
+
+@pytest.mark.parametrize("target,product", [("nn_tilde", "aten::mm"),
+                                            ("onnx_streaming", "Conv")])
+def test_profile_names_the_products(exports, target, product, capsys):
+    assert profile_block.main([str(exports[target]), "--block", "256", "--calls", "3",
+                               "--top", "40"]) == 0
+    out = capsys.readouterr().out
+    assert f"{exports[target].name} @ block 256:" in out and "ms per block unprofiled" in out
+    table = out.split("heaviest products")[0]
+    assert any(line.split()[0] == product for line in table.splitlines()[2:] if line.strip())
+    assert "heaviest products" in out and product in out.split("heaviest products")[1]
+
+
+def test_profile_refuses_what_it_cannot_read(tmp_path, capsys):
+    odd = tmp_path / "model.h5"
+    odd.write_bytes(b"not a model")
+    with pytest.raises(SystemExit) as exit_info:
+        profile_block.main([str(odd)])
+    assert exit_info.value.code == 2
+    assert "expected a .ts (TorchScript) or .onnx" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        profile_block.main([str(tmp_path / "missing.ts")])
+    assert "no such file" in capsys.readouterr().err
