@@ -152,6 +152,24 @@ def test_matmul_streaming_equals_convolution_streaming(configs):
     assert layouts == {True, False}
 
 
+@pytest.mark.parametrize("channels,weighted", [(32, False), (256, True), (1024, False)])
+def test_weighted_sum_rows_only_for_mid_sized_weights(channels, weighted):
+    """Laid out for one frame per call: a 3-tap conv of 256 channels (197k values) sums
+    weight rows; 32 channels (3k: the op's fixed cost loses) and 1024 (3.1M: MKL's
+    product wins on weights beyond L2) keep BLAS with (out, in) rows."""
+    from rave_core.nn.conv import Conv1d, ConvTranspose1d
+
+    conv = Conv1d(channels, channels, 3, padding=(2, 0))
+    conv.lay_out_weight_for_matmul(1)
+    up = ConvTranspose1d(channels, channels, 4, stride=2, padding=1)
+    up.lay_out_weight_for_matmul(1)
+    # rows of the (in, out) matrix: taps x channels for the conv, channels for the other
+    for layer, rows in ((conv, 3 * channels), (up, channels)):
+        assert layer.weighted_sum_rows == (3 if weighted else 0)
+        assert layer.weight_rows_out == (not weighted)
+        assert layer.bag_index.numel() == (3 * rows if weighted else 0)
+
+
 @pytest.mark.parametrize("configs", [("brave",), ("v2",)], ids=lambda c: "+".join(c))
 def test_weighted_sum_rows_equal_convolution_streaming(configs, monkeypatch):
     """Products of 1-3 rows with a large weight run as weighted sums of its rows

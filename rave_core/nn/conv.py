@@ -34,9 +34,12 @@ MAX_FRAMES_ROWS_OUT = 3
 # every libtorch has the op): it streams the `(in, out)` matrix once, where BLAS's general
 # product first packs it. One thread, weights out of L2 (AMD Zen 4): 768x256 at 1, 2, 3
 # rows in 24, 34, 43 us against 41-57, 43-72, 62-89 us through `mm`; below about 32k
-# values its fixed cost (~7 us) loses. Such layers keep the `(in, out)` layout.
+# values its fixed cost (~7 us) loses. Above 2 MB (a core's L2 here) each bag reads the
+# weight from farther away, and MKL's product wins: v2's 1.8-4.7M-value layers took
+# 1.1-1.5x longer, 11 % on the whole call. Such layers keep the `(in, out)` layout.
 MAX_ROWS_WEIGHTED_SUM = 3
 MIN_WEIGHTS_WEIGHTED_SUM = 32768
+MAX_WEIGHTS_WEIGHTED_SUM = 524288
 
 
 def _no_weighted_sum(layer: nn.Module) -> None:
@@ -50,9 +53,10 @@ def _no_weighted_sum(layer: nn.Module) -> None:
 def _set_up_weighted_sum(layer: nn.Module, n_in: int) -> None:
     """Give ``layer`` the row indices and bag offsets of :func:`_weighted_sum_rows` for
     an ``(n_in, out)`` weight matrix and up to ``MAX_ROWS_WEIGHTED_SUM`` rows, or none
-    (``weighted_sum_rows = 0``) when the matrix is below ``MIN_WEIGHTS_WEIGHTED_SUM``."""
+    (``weighted_sum_rows = 0``) when its size is outside ``MIN_WEIGHTS_WEIGHTED_SUM`` to
+    ``MAX_WEIGHTS_WEIGHTED_SUM`` values."""
     device = layer.weight.device
-    if layer.weight.numel() < MIN_WEIGHTS_WEIGHTED_SUM:
+    if not MIN_WEIGHTS_WEIGHTED_SUM <= layer.weight.numel() <= MAX_WEIGHTS_WEIGHTED_SUM:
         layer.weighted_sum_rows = 0
         layer.bag_index = torch.zeros(0, dtype=torch.long, device=device)
         layer.bag_offsets = torch.zeros(0, dtype=torch.long, device=device)
