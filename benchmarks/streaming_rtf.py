@@ -20,7 +20,9 @@ the row ``floor: folded (ONNX)``. With
 same run, alternating with ours, and the ratio is reported; with ``--run CONFIG=PATH``
 ours is exported from that run (e.g. the acids-rave run the reference was exported from,
 so both files hold the same weights) instead of random weights. These machines are
-shared: prefer medians of several repetitions.
+shared: prefer medians of several repetitions. A line above the table gives the
+machine's phase, the read speed of 8-24 MB arrays before and after the run: compare
+tables taken at similar speeds.
 """
 from __future__ import annotations
 
@@ -145,6 +147,24 @@ def weight_read_ms(core, repeats: int = 50) -> float:
     return float(np.median(times)) * 1000
 
 
+def read_bandwidth(megabytes=(8, 16, 24), repeats: int = 20) -> str:
+    """One thread's read speed (GB/s, median) of arrays of ``megabytes``: the phase of a
+    shared machine. When neighbours hold part of the shared L3, arrays the size of a
+    model's weights are read several times slower, and so is every streaming call."""
+    out = []
+    with torch.inference_mode():
+        for mb in megabytes:
+            flat = torch.ones(mb * 2 ** 20 // 4)
+            times = []
+            for i in range(repeats + 3):
+                t0 = time.perf_counter()
+                flat.sum()
+                if i >= 3:
+                    times.append(time.perf_counter() - t0)
+            out.append(f"{mb} MB at {mb * 2 ** 20 / float(np.median(times)) / 1e9:.0f} GB/s")
+    return ", ".join(out)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", nargs="+", default=["brave", "v2_small", "v2"])
@@ -165,6 +185,7 @@ def main(argv=None) -> int:
     refs = dict(r.split("=", 1) for r in args.reference_ts)
     given_runs = {k: Path(v) for k, v in (r.split("=", 1) for r in args.run)}
     rows: List[Dict[str, object]] = []
+    phase_before = read_bandwidth()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for config in args.configs:
@@ -217,6 +238,8 @@ def main(argv=None) -> int:
                             row["vs_acids"] = row["rtf"] / base
 
     head = f"{'config':9s} {'target':20s} {'block':>5s} {'RTF':>6s} {'mean ms':>8s} {'p99 ms':>8s} {'budget':>7s} {'/eager':>7s} {'/acids':>7s}"
+    print(f"machine phase, one thread reading: {phase_before} (before); "
+          f"{read_bandwidth()} (after)")
     print(head)
     print("-" * len(head))
     for r in rows:

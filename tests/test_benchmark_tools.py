@@ -1,4 +1,4 @@
-"""benchmarks/profile_block.py on real exports: it prints where a block's time goes."""
+"""benchmarks/profile_block.py and benchmarks/streaming_rtf.py on real exports: what they print."""
 from __future__ import annotations
 
 import sys
@@ -48,3 +48,27 @@ def test_profile_refuses_what_it_cannot_read(tmp_path, capsys):
     with pytest.raises(SystemExit):
         profile_block.main([str(tmp_path / "missing.ts")])
     assert "no such file" in capsys.readouterr().err
+
+
+def test_streaming_rtf_prints_phase_and_table(tmp_path, capsys):
+    """benchmarks/streaming_rtf.py end to end on a small run: the machine's phase line,
+    then a row per target and floor with a positive real-time factor."""
+    import streaming_rtf
+
+    run = make_run(tmp_path, ("brave",))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert streaming_rtf.main(["--configs", "brave", "--run", f"brave={run}",
+                                   "--blocks", "128", "--targets", "nn_tilde",
+                                   "onnx_streaming", "--seconds", "0.1",
+                                   "--repeats", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("machine phase, one thread reading: 8 MB at ")
+    assert lines[0].count("GB/s") == 6
+    rows = {line.split()[1] if line.split()[1] != "floor:" else " ".join(line.split()[1:4]):
+            line.split() for line in lines[3:] if line.strip()}
+    assert set(rows) == {"nn_tilde", "onnx_streaming", "floor: read weights",
+                         "floor: folded (ONNX)"}
+    for name, cells in rows.items():
+        rtf = float(cells[-6])
+        assert rtf > 0, name
