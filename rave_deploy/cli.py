@@ -156,13 +156,16 @@ def export(obj: _Context, run: Path, targets, output: Path, streaming: bool, fid
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in results], indent=2))
         return
+    shown = set()  # a warning about the run itself comes with every target: say it once
     for r in results:
         if r.skipped:
             click.echo(f"  skip  {r.target:15s} {r.skipped}")
         else:
             click.echo(f"  ok    {r.target:15s} {r.path}  ({r.size_bytes / 1e6:.1f} MB, {r.seconds:.1f} s)")
             for w in r.warnings:
-                click.echo(f"        warning: {w}")
+                if w not in shown:
+                    click.echo(f"        warning: {w}")
+                shown.add(w)
 
 
 @main.command()

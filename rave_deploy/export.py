@@ -90,7 +90,9 @@ def export_run(run_path, target_names: Sequence[str], output: Path,
                options: ExportOptions, run: Optional[Run] = None,
                explicit: bool = True) -> List[ExportResult]:
     """Export ``run_path`` to each target. A target that cannot serve the model is an
-    error when named explicitly, and skipped with its reason under ``all``."""
+    error when named explicitly, and skipped with its reason under ``all``; ``all`` with
+    no target that can serve it is an error too. ``explicit=False`` never raises
+    for that: every such target comes back skipped, with its reason."""
     import time
 
     run = run or open_run(run_path, ema=options.ema_weights)
@@ -108,6 +110,13 @@ def export_run(run_path, target_names: Sequence[str], output: Path,
         for t in targets:
             if reasons[t.name]:
                 raise TargetUnsupported(f"{t.name}: {reasons[t.name]}")
+    if explicit and all(reasons.values()):
+        # `all` with nothing to write would look like a success to a script
+        by_reason: Dict[str, List[str]] = {}
+        for n, r in reasons.items():
+            by_reason.setdefault(r, []).append(n)
+        raise TargetUnsupported("no target can serve this model; " + "; ".join(
+            f"{', '.join(names)}: {r}" for r, names in by_reason.items()))
 
     results = []
     for target in targets:

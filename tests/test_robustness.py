@@ -303,6 +303,30 @@ def test_vst_refuses_ratio_128_when_named_and_is_skipped_under_all(runs, tmp_pat
                                                       "brave.minifusion.h5.json"]
 
 
+def test_all_with_no_target_for_the_model_is_an_error(runs, tmp_path, monkeypatch):
+    """`all` that can write nothing exits 1 with every reason: a script must not read an
+    empty export as a success."""
+    targets = registry()
+    monkeypatch.setattr("rave_deploy.export.registry", lambda: {"vst": targets["vst"]})
+    out = tmp_path / "out"
+    run_cli(deploy_cli, ["export", runs["brave"], "-o", out], code=1,
+            expect="no target can serve this model; vst: ratio 128 is below the RAVE VST's "
+                   "minimum of 512")
+    assert not out.exists()
+
+
+def test_a_warning_about_the_run_is_printed_once(tmp_path, monkeypatch):
+    """Untrained latent statistics concern the run, not a target: said once, not under
+    every target exported."""
+    run = make_run(tmp_path, ("brave",), name="fresh", trained_statistics=False)
+    targets = registry()
+    monkeypatch.setattr("rave_deploy.export.registry",
+                        lambda: {k: targets[k] for k in ("onnx", "onnx_streaming")})
+    result = run_cli(deploy_cli, ["export", run, "-o", tmp_path / "out"], code=0)
+    assert "ok    onnx " in result.stdout and "ok    onnx_streaming" in result.stdout
+    assert result.stdout.count("latent statistics were never computed") == 1
+
+
 # ============================================================================ where the output goes
 @pytest.mark.parametrize("where", ["under_a_file", "proc", "read_only_folder"])
 def test_output_that_cannot_be_written(runs, tmp_path, where):
