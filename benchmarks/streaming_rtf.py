@@ -132,11 +132,8 @@ def eager_ceiling(core, seconds: float) -> float:
     return x.shape[-1] / SR / (time.perf_counter() - t0)
 
 
-def weight_read_ms(core, repeats: int = 50) -> float:
-    """Median time (ms) to read every weight of the exported model once, as one flat
-    array: a lower bound on any fp32 streaming call at a block of at least the ratio,
-    where every layer computes at least one frame and so reads all its weights."""
-    flat = torch.cat([p.detach().reshape(-1) for p in core.parameters()])
+def median_read_seconds(flat: torch.Tensor, repeats: int) -> float:
+    """Median time (s) to read ``flat`` once (its sum), after three warm-up reads."""
     times = []
     with torch.inference_mode():
         for i in range(repeats + 3):
@@ -144,25 +141,26 @@ def weight_read_ms(core, repeats: int = 50) -> float:
             flat.sum()
             if i >= 3:
                 times.append(time.perf_counter() - t0)
-    return float(np.median(times)) * 1000
+    return float(np.median(times))
+
+
+def weight_read_ms(core, repeats: int = 50) -> float:
+    """Median time (ms) to read every weight of the exported model once, as one flat
+    array: a lower bound on any fp32 streaming call at a block of at least the ratio,
+    where every layer computes at least one frame and so reads all its weights."""
+    flat = torch.cat([p.detach().reshape(-1) for p in core.parameters()])
+    return median_read_seconds(flat, repeats) * 1000
 
 
 def read_bandwidth(megabytes=(8, 16, 24), repeats: int = 20) -> str:
     """One thread's read speed (GB/s, median) of arrays of ``megabytes``: the phase of a
     shared machine. When neighbours hold part of the shared L3, arrays the size of a
     model's weights are read several times slower, and so is every streaming call."""
-    out = []
-    with torch.inference_mode():
-        for mb in megabytes:
-            flat = torch.ones(mb * 2 ** 20 // 4)
-            times = []
-            for i in range(repeats + 3):
-                t0 = time.perf_counter()
-                flat.sum()
-                if i >= 3:
-                    times.append(time.perf_counter() - t0)
-            out.append(f"{mb} MB at {mb * 2 ** 20 / float(np.median(times)) / 1e9:.0f} GB/s")
-    return ", ".join(out)
+    speeds = []
+    for mb in megabytes:
+        seconds = median_read_seconds(torch.ones(mb * 2 ** 20 // 4), repeats)
+        speeds.append(f"{mb} MB at {mb * 2 ** 20 / seconds / 1e9:.0f} GB/s")
+    return ", ".join(speeds)
 
 
 def main(argv=None) -> int:

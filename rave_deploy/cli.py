@@ -165,7 +165,7 @@ def export(obj: _Context, run: Path, targets, output: Path, streaming: bool, fid
             for w in r.warnings:
                 if w not in shown:
                     click.echo(f"        warning: {w}")
-                shown.add(w)
+                    shown.add(w)
 
 
 @main.command()

@@ -65,10 +65,10 @@ def test_streaming_rtf_prints_phase_and_table(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("machine phase, one thread reading: 8 MB at ")
     assert lines[0].count("GB/s") == 6
-    rows = {line.split()[1] if line.split()[1] != "floor:" else " ".join(line.split()[1:4]):
-            line.split() for line in lines[3:] if line.strip()}
+    # config, target (may hold spaces), then 7 cells: block, RTF, mean, p99, budget, ...
+    rows = {" ".join(cells[1:-7]): float(cells[-6])
+            for cells in (line.split() for line in lines[3:] if line.strip())}
     assert set(rows) == {"nn_tilde", "onnx_streaming", "floor: read weights",
                          "floor: folded (ONNX)"}
-    for name, cells in rows.items():
-        rtf = float(cells[-6])
+    for name, rtf in rows.items():
         assert rtf > 0, name
