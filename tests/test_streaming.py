@@ -170,23 +170,103 @@ def test_weighted_sum_rows_only_for_mid_sized_weights(channels, weighted):
         assert layer.bag_index.numel() == (3 * rows if weighted else 0)
 
 
+def _conv_and_matmul_models(configs, monkeypatch, lowered_threshold: str):
+    """A small model deployed twice (convolution and matrix-product streaming), with the
+    weight-size threshold ``lowered_threshold`` of :mod:`rave_core.nn.conv` set to 0 so
+    that the small layers take the path under test; and the latter's weighted layers."""
+    import rave_core.nn.conv as conv_module
+    from rave_core.nn.conv import Conv1d, ConvTranspose1d
+    from rave_deploy.model import DeployModel
+
+    monkeypatch.setattr(conv_module, lowered_threshold, 0)
+    model = small_model(configs)
+    model.fidelity.copy_(torch.linspace(0.3, 1.0, model.latent_size))
+    conv = DeployModel(model, deterministic=True, matmul_streaming=False)
+    matmul = DeployModel(model, deterministic=True, matmul_streaming=True)
+    layers = [m for m in matmul.modules() if isinstance(m, (Conv1d, ConvTranspose1d))
+              and "weight" in m._parameters]
+    return conv, matmul, layers
+
+
+@pytest.mark.parametrize("channels,ahead", [(64, False), (256, True), (1024, False)])
+def test_read_ahead_only_for_weights_up_to_l2(channels, ahead):
+    """A 3-tap conv of 256 channels (197k values, 786 KB), its transposed conv and a
+    grouped conv of the same size are read ahead of products of many rows; 64 channels
+    (12k) and 1024 (3.1M: beyond a core's L2, the pass would evict itself) are not."""
+    from rave_core.nn.conv import Conv1d, ConvTranspose1d
+
+    layers = [Conv1d(channels, channels, 3, padding=(2, 0)),
+              ConvTranspose1d(channels, channels, 4, stride=2, padding=1),
+              Conv1d(channels, 2 * channels, 6, padding=(5, 0), groups=2)]
+    for layer in layers:
+        assert not layer.read_ahead  # eager training and the ONNX graphs never do
+        layer.lay_out_weight_for_matmul(32)
+        assert layer.read_ahead == ahead
+
+
+def test_read_ahead_of_grouped_products_of_many_rows_only(monkeypatch):
+    """A grouped conv has no weighted sums: at 1-3 rows its batched product reads the
+    weight once anyway, so the pass is only made before products of more rows."""
+    import rave_core.nn.conv as conv_module
+    from rave_core.nn.conv import Conv1d
+    from rave_core.nn.streaming import set_matmul_streaming, set_streaming
+
+    passes = []
+
+    def counting_read_ahead(w, n_rows):
+        passes.append(n_rows)
+        return conv_module.torch.zeros(())
+
+    monkeypatch.setattr(conv_module, "_read_ahead", counting_read_ahead)
+    layer = Conv1d(256, 512, 6, padding=(5, 0), groups=2)
+    set_matmul_streaming(layer)
+    layer.lay_out_weight_for_matmul(32)
+    set_streaming(layer, True, 1)
+    with torch.no_grad():
+        layer(torch.randn(1, 256, 3))
+        assert passes == []
+        layer(torch.randn(1, 256, 4))
+        assert passes == [2]
+
+
+def test_read_ahead_is_a_zero_even_if_the_sum_overflows():
+    """The pass adds ``0 * sum(w)``: a weight whose sum overflows to inf must still add
+    zero, not NaN."""
+    from rave_core.nn.conv import _read_ahead
+
+    w = torch.full((64, 16), 3e38)
+    assert torch.isinf(w.sum())
+    zero = _read_ahead(w, 64)
+    assert zero.dim() == 0 and float(zero) == 0.0
+
+
+@pytest.mark.parametrize("configs", [("brave",), ("v2",)], ids=lambda c: "+".join(c))
+def test_read_ahead_equals_convolution_streaming(configs, monkeypatch):
+    """Products that read their weight ahead (plain, transposed and grouped convs) give
+    the convolution path's output, at batch 1 and 2 and at blocks of 1 to many rows per
+    layer. The small test models' weights are below the size range, so it is widened to
+    make every layer read ahead."""
+    from rave_core.nn.conv import Conv1d
+
+    conv, matmul, layers = _conv_and_matmul_models(configs, monkeypatch,
+                                                   "MIN_WEIGHTS_READ_AHEAD")
+    assert layers and all(m.read_ahead for m in layers)
+    if configs == ("brave",):
+        assert any(m.groups > 1 for m in layers if isinstance(m, Conv1d))
+    r = conv.ratio
+    for batch in (1, 2):
+        _assert_same_stream(conv, matmul, [r, r, 2 * r, 4 * r, r, 16 * r, r], batch, seed=batch)
+
+
 @pytest.mark.parametrize("configs", [("brave",), ("v2",)], ids=lambda c: "+".join(c))
 def test_weighted_sum_rows_equal_convolution_streaming(configs, monkeypatch):
     """Products of 1-3 rows with a large weight run as weighted sums of its rows
     (embedding_bag): same output as the convolution path, at batch 1 and 2 and at blocks
     giving 1 to many rows per layer. The small test models' weights are all below the
     size threshold, so it is lowered to make every layer take the path."""
-    import rave_core.nn.conv as conv_module
-    from rave_core.nn.conv import Conv1d, ConvTranspose1d
-    from rave_deploy.model import DeployModel
-
-    monkeypatch.setattr(conv_module, "MIN_WEIGHTS_WEIGHTED_SUM", 0)
-    model = small_model(configs)
-    model.fidelity.copy_(torch.linspace(0.3, 1.0, model.latent_size))
-    conv = DeployModel(model, deterministic=True, matmul_streaming=False)
-    matmul = DeployModel(model, deterministic=True, matmul_streaming=True)
-    layers = [m for m in matmul.modules() if isinstance(m, (Conv1d, ConvTranspose1d))
-              and "weight" in m._parameters and getattr(m, "groups", 1) == 1]
+    conv, matmul, layers = _conv_and_matmul_models(configs, monkeypatch,
+                                                   "MIN_WEIGHTS_WEIGHTED_SUM")
+    layers = [m for m in layers if getattr(m, "groups", 1) == 1]
     assert layers and all(m.weighted_sum_rows == 3 and not m.weight_rows_out for m in layers)
     r = conv.ratio
     for batch in (1, 2):

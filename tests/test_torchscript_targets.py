@@ -298,12 +298,37 @@ def test_weighted_sum_rows_in_the_exported_file(runs, tmp_path, monkeypatch):
     failures = [f"{r.name}: {r.message}" for r in report.failures() if not r.name.startswith("rtf.")]
     assert not failures, failures
     assert {"parity.forward", "blocks.forward", "contract.11_batch"} <= {r.name for r in report.results}
-    if TORCH25.exists():
-        proc = subprocess.run([str(TORCH25), str(ROOT / "scripts" / "check_libtorch_compat.py"),
-                               str(res.path)], capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-    else:
-        print(f"torch 2.5 not installed ({TORCH25}): its load of embedding_bag NOT verified")
+    _assert_runs_under_torch25(res.path, "embedding_bag")
+
+
+def test_read_ahead_in_the_exported_file(runs, tmp_path, monkeypatch):
+    """Products of many rows with a 512 KB-2 MB weight first read it in one pass (a sum
+    times zero, added to the product). Freezing must not fold that pass into a constant:
+    the frozen file still sums at run time, passes every check, and (where torch 2.5 is
+    installed) loads and runs under nn~ 1.6's libtorch. The small test model's weights
+    are below the range, so it is widened."""
+    import rave_core.nn.conv as conv_module
+
+    monkeypatch.setattr(conv_module, "MIN_WEIGHTS_READ_AHEAD", 0)
+    run, model, _ = runs["brave"]
+    res = export_run(run, ["nn_tilde"], tmp_path / "ra.ts", ExportOptions(fidelity=FIDELITY))[0]
+    graph = str(torch.jit.load(str(res.path)).forward.graph)
+    assert "aten::sum" in graph and "aten::nan_to_num" in graph
+    report = _check("nn_tilde", res.path, read_sidecar(res.path), model, model.ratio, True,
+                    monkeypatch)
+    failures = [f"{r.name}: {r.message}" for r in report.failures() if not r.name.startswith("rtf.")]
+    assert not failures, failures
+    _assert_runs_under_torch25(res.path, "the read-ahead")
+
+
+def _assert_runs_under_torch25(path: Path, what: str) -> None:
+    """``path`` loads and runs under torch 2.5 (nn~ 1.6's libtorch), where installed."""
+    if not TORCH25.exists():
+        print(f"torch 2.5 not installed ({TORCH25}): its load of {what} NOT verified")
+        return
+    proc = subprocess.run([str(TORCH25), str(ROOT / "scripts" / "check_libtorch_compat.py"),
+                           str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_batch_of_four(runs):
