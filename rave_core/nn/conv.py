@@ -46,8 +46,9 @@ MAX_WEIGHTS_WEIGHTED_SUM = 524288
 # weight that is out of cache at a few GB/s on AMD Zen 4 (one thread, 768x256 by 32
 # rows: about 270 us, against 170 us when it is in L2), while one sequential pass pulls
 # it into L2 at tens of GB/s (about 20 us). BRAVE at block 2048: 5-10 % off each call;
-# smaller weights gained nothing measurable. The layers that read ahead take the weighted
-# sums at up to 3 rows, so small blocks are unchanged.
+# smaller weights gained nothing measurable. At up to 3 rows these layers take the
+# weighted sums instead (grouped ones, which have none, skip the pass there), so small
+# blocks are unchanged.
 MIN_WEIGHTS_READ_AHEAD = 131072
 MAX_WEIGHTS_READ_AHEAD = 524288
 
