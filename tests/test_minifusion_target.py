@@ -173,12 +173,17 @@ def test_other_architectures_are_refused_naming_the_property(configs, extra, exp
     assert reason is not None
     for word in expected:
         assert word in reason, reason
+    # and what to do about it: another target, or a BRAVE training
+    assert reason.endswith("instead, or train one for Minifusion with "
+                           "`rave-core train --config brave`"), reason
 
 
 def test_brave_is_accepted_only_at_its_sample_rate():
     target, model = get_target("minifusion"), small_model(("brave",))
     assert target.unsupported_reason(model, ExportOptions()) is None
-    assert "44100 Hz" in target.unsupported_reason(model, ExportOptions(sr=48000))
+    reason = target.unsupported_reason(model, ExportOptions(sr=48000))
+    assert "set the host to 44100 Hz" in reason
+    assert "--config brave" not in reason  # the architecture is right: no retraining
 
 
 def test_export_of_v2_run_raises_and_writes_nothing(tmp_path):

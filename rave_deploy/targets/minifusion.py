@@ -495,6 +495,9 @@ class MinifusionTarget(Target):
 
     def unsupported_reason(self, model: RAVE, options: ExportOptions) -> Optional[str]:
         problems, _ = inspect_architecture(model)
+        remedy = ("" if not problems else
+                  ". Play this model with -t nn_tilde or -t onnx_streaming instead, or train "
+                  "one for Minifusion with `rave-core train --config brave`")
         if options.sr is not None and int(options.sr) != int(model.sr):
             problems.append(f"--sr {options.sr}: the plugin runs the model at its training "
                             f"rate ({model.sr} Hz); set the host to {model.sr} Hz instead")
@@ -503,7 +506,7 @@ class MinifusionTarget(Target):
         if not problems:
             return None
         return ("the Minifusion plugin runs BRAVE's causal architecture only: "
-                + "; ".join(problems))
+                + "; ".join(problems) + remedy)
 
     def export(self, model: RAVE, options: ExportOptions, path: Path) -> Dict[str, object]:
         reason = self.unsupported_reason(model, options)
