@@ -215,7 +215,7 @@ def test_read_ahead_of_grouped_products_of_many_rows_only(monkeypatch):
 
     def counting_read_ahead(w, n_rows):
         passes.append(n_rows)
-        return conv_module.torch.zeros(())
+        return torch.zeros(())
 
     monkeypatch.setattr(conv_module, "_read_ahead", counting_read_ahead)
     layer = Conv1d(256, 512, 6, padding=(5, 0), groups=2)
