@@ -165,9 +165,9 @@ def test_weighted_sum_rows_only_for_mid_sized_weights(channels, weighted):
     up.lay_out_weight_for_matmul(1)
     # rows of the (in, out) matrix: taps x channels for the conv, channels for the other
     for layer, rows in ((conv, 3 * channels), (up, channels)):
-        assert layer.weighted_sum_rows == (3 if weighted else 0)
+        assert layer.weighted_sum_rows == (4 if weighted else 0)
         assert layer.weight_rows_out == (not weighted)
-        assert layer.bag_index.numel() == (3 * rows if weighted else 0)
+        assert layer.bag_index.numel() == (4 * rows if weighted else 0)
 
 
 def _conv_and_matmul_models(configs, monkeypatch, lowered_threshold: str):
@@ -260,14 +260,15 @@ def test_read_ahead_equals_convolution_streaming(configs, monkeypatch):
 
 @pytest.mark.parametrize("configs", [("brave",), ("v2",)], ids=lambda c: "+".join(c))
 def test_weighted_sum_rows_equal_convolution_streaming(configs, monkeypatch):
-    """Products of 1-3 rows with a large weight run as weighted sums of its rows
+    """Products of 1-4 rows with a large weight run as weighted sums of its rows
     (embedding_bag): same output as the convolution path, at batch 1 and 2 and at blocks
     giving 1 to many rows per layer. The small test models' weights are all below the
     size threshold, so it is lowered to make every layer take the path."""
     conv, matmul, layers = _conv_and_matmul_models(configs, monkeypatch,
                                                    "MIN_WEIGHTS_WEIGHTED_SUM")
     layers = [m for m in layers if getattr(m, "groups", 1) == 1]
-    assert layers and all(m.weighted_sum_rows == 3 and not m.weight_rows_out for m in layers)
+    assert layers and all(m.weighted_sum_rows == 4 and not m.weight_rows_out for m in layers)
     r = conv.ratio
     for batch in (1, 2):
-        _assert_same_stream(conv, matmul, [r, r, 2 * r, 3 * r, r, 16 * r, r], batch, seed=batch)
+        _assert_same_stream(conv, matmul, [r, r, 2 * r, 3 * r, 4 * r, r, 16 * r, r], batch,
+                            seed=batch)

@@ -282,7 +282,7 @@ def test_block_size_tunes_weight_layout_not_output(runs, tmp_path):
 
 
 def test_weighted_sum_rows_in_the_exported_file(runs, tmp_path, monkeypatch):
-    """Layers with large weights compute 1-3 rows as weighted sums of the weight's rows
+    """Layers with large weights compute 1-4 rows as weighted sums of the weight's rows
     (embedding_bag). The small test model's weights are under the size threshold, so it
     is lowered: the frozen file then calls the op, passes every check, and (where torch
     2.5 is installed) loads and runs under nn~ 1.6's libtorch."""

@@ -33,11 +33,13 @@ MAX_FRAMES_ROWS_OUT = 3
 # computed as weighted sums of the weight's rows (`embedding_bag`, FBGEMM's kernel on x86;
 # every libtorch has the op): it streams the `(in, out)` matrix once, where BLAS's general
 # product first packs it. One thread, weights out of L2 (AMD Zen 4): 768x256 at 1, 2, 3
-# rows in 24, 34, 43 us against 41-57, 43-72, 62-89 us through `mm`; below about 32k
-# values its fixed cost (~7 us) loses. Above 2 MB (a core's L2 here) each bag reads the
+# rows in 24, 34, 43 us against 41-57, 43-72, 62-89 us through `mm`; at 4 rows, 95 us
+# against 134 (384x128: 27 against 31; weights cycled, a busy phase), and BRAVE's file
+# ran 256-sample blocks 7-10 % faster; at 8 rows `mm` after a read-ahead wins (131 against
+# 137 us). Below about 32k values its fixed cost (~7 us) loses. Above 2 MB (a core's L2 here) each bag reads the
 # weight from farther away, and MKL's product wins: v2's 1.8-4.7M-value layers took
 # 1.1-1.5x longer, 11 % on the whole call. Such layers keep the `(in, out)` layout.
-MAX_ROWS_WEIGHTED_SUM = 3
+MAX_ROWS_WEIGHTED_SUM = 4
 MIN_WEIGHTS_WEIGHTED_SUM = 32768
 MAX_WEIGHTS_WEIGHTED_SUM = 524288
 
@@ -46,11 +48,14 @@ MAX_WEIGHTS_WEIGHTED_SUM = 524288
 # weight that is out of cache at a few GB/s on AMD Zen 4 (one thread, 768x256 by 32
 # rows: about 270 us, against 170 us when it is in L2), while one sequential pass pulls
 # it into L2 at tens of GB/s (about 20 us). BRAVE at block 2048: 5-10 % off each call;
-# smaller weights gained nothing measurable. At up to 3 rows these layers take the
-# weighted sums instead (grouped ones, which have none, skip the pass there), so small
-# blocks are unchanged.
+# smaller weights gained nothing measurable. At up to 4 rows these layers take the
+# weighted sums instead, so small blocks are unchanged. Grouped convs, which have no
+# weighted sums, skip the pass below ``MIN_ROWS_READ_AHEAD_GROUPED`` rows: there their
+# batched product reads the weight once anyway (at 128, BRAVE's call was 6 % slower
+# with the pass).
 MIN_WEIGHTS_READ_AHEAD = 131072
 MAX_WEIGHTS_READ_AHEAD = 524288
+MIN_ROWS_READ_AHEAD_GROUPED = 4
 
 
 def _no_weighted_sum(layer: nn.Module) -> None:
@@ -157,8 +162,7 @@ class Conv1d(StreamingModule):
         self.weight_rows_out = False  # memory order of `weight`, see lay_out_weight_for_matmul
         self.max_frames_rows_out = MAX_FRAMES_ROWS_OUT
         self.read_ahead = False  # see MIN_WEIGHTS_READ_AHEAD
-        # a grouped product of fewer rows reads its weight once anyway
-        self.min_rows_read_ahead = MAX_ROWS_WEIGHTED_SUM + 1
+        self.min_rows_read_ahead = MIN_ROWS_READ_AHEAD_GROUPED  # grouped convs only
         _no_weighted_sum(self)
 
     def state_shape(self) -> Tuple[int, int, int]:
@@ -194,7 +198,7 @@ class Conv1d(StreamingModule):
         weights read from memory); for more frames, a ``(k C, O)`` one. ``frames_per_call``
         is ``M`` at the host block the export is tuned for (0: unknown, the latter).
         A large weight (see ``MIN_WEIGHTS_WEIGHTED_SUM``) always takes the ``(k C, O)``
-        order: at up to 3 rows it is read as weighted sums of its rows, faster still; at
+        order: at up to 4 rows it is read as weighted sums of its rows, faster still; at
         more rows, one of 512 KB to 2 MB is read ahead of the product (see
         ``MIN_WEIGHTS_READ_AHEAD``). ``weight`` keeps its shape as a view: same values,
         same state dict.
@@ -342,7 +346,7 @@ class ConvTranspose1d(StreamingModule):
         """Store ``weight`` in the memory order :meth:`_matmul_streaming` reads fastest:
         ``(kernel, out, in)`` rows for up to 3 input frames per call, else ``(in, kernel,
         out)``; a large weight always the latter, read as weighted sums of its rows at up
-        to 3 frames, and read ahead of the product at more (see
+        to 4 frames, and read ahead of the product at more (see
         :meth:`Conv1d.lay_out_weight_for_matmul`). Same values, same shape."""
         if "weight" not in self._parameters:
             return
