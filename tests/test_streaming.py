@@ -219,8 +219,7 @@ def test_read_ahead_of_grouped_products_of_many_rows_only(monkeypatch):
 
     monkeypatch.setattr(conv_module, "_read_ahead", counting_read_ahead)
     layer = Conv1d(256, 512, 6, padding=(5, 0), groups=2)
-    set_matmul_streaming(layer)
-    layer.lay_out_weight_for_matmul(32)
+    set_matmul_streaming(layer)  # lays the weight out, and sets read_ahead
     set_streaming(layer, True, 1)
     with torch.no_grad():
         layer(torch.randn(1, 256, 3))

@@ -90,7 +90,7 @@ def test_stereo_model_nn_tilde_only_and_says_why(tmp_path):
     assert _params_of(module, "forward")[0] == 2
     report = get_target("nn_tilde").check(path, read_sidecar(path), open_run(run).model,
                                           _options(2048))
-    failures = [f"{r.name}: {r.message}" for r in report.failures() if not r.name.startswith("rtf.")]
+    failures = _failures_except_timing(report)
     assert not failures, failures
     assert "NN.ar" in results["supercollider"].skipped and results["supercollider"].path is None
     assert "mono" in results["vst"].skipped and results["vst"].path is None
@@ -174,6 +174,12 @@ COMMON = ["contract.1_load", "contract.1_file_format", "contract.2_no_lazy_state
           "contract.25_noncontiguous"]
 
 
+def _failures_except_timing(report) -> list:
+    """Failed checks as ``name: message``, leaving out the timings (``rtf.*``), which
+    depend on the load of the machine running the tests."""
+    return [f"{r.name}: {r.message}" for r in report.failures() if not r.name.startswith("rtf.")]
+
+
 def _check(target: str, path: Path, sidecar, model, ratio: int, generic: bool, monkeypatch):
     t = get_target(target)
     if not generic:
@@ -196,7 +202,7 @@ def test_check_passes(runs, model_name, target, monkeypatch):
             point = r.name.split(".")[1].split("_")[0]
             assert f"host contract {point}" in r.message, r
     # Speed depends on the machine (rtf.*); everything else must pass.
-    failures = [f"{r.name}: {r.message}" for r in report.failures() if not r.name.startswith("rtf.")]
+    failures = _failures_except_timing(report)
     assert not failures, failures
     if (model_name, target) in FULL:
         for m in ("encode", "decode", "forward"):
@@ -295,7 +301,7 @@ def test_weighted_sum_rows_in_the_exported_file(runs, tmp_path, monkeypatch):
     assert "aten::embedding_bag" in str(module.forward.graph)
     report = _check("nn_tilde", res.path, read_sidecar(res.path), model, model.ratio, True,
                     monkeypatch)
-    failures = [f"{r.name}: {r.message}" for r in report.failures() if not r.name.startswith("rtf.")]
+    failures = _failures_except_timing(report)
     assert not failures, failures
     assert {"parity.forward", "blocks.forward", "contract.11_batch"} <= {r.name for r in report.results}
     _assert_runs_under_torch25(res.path, "embedding_bag")
@@ -316,7 +322,7 @@ def test_read_ahead_in_the_exported_file(runs, tmp_path, monkeypatch):
     assert "aten::sum" in graph and "aten::nan_to_num" in graph
     report = _check("nn_tilde", res.path, read_sidecar(res.path), model, model.ratio, True,
                     monkeypatch)
-    failures = [f"{r.name}: {r.message}" for r in report.failures() if not r.name.startswith("rtf.")]
+    failures = _failures_except_timing(report)
     assert not failures, failures
     _assert_runs_under_torch25(res.path, "the read-ahead")
 

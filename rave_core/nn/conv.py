@@ -35,9 +35,9 @@ MAX_FRAMES_ROWS_OUT = 3
 # product first packs it. One thread, weights out of L2 (AMD Zen 4): 768x256 at 1, 2, 3
 # rows in 24, 34, 43 us against 41-57, 43-72, 62-89 us through `mm`; at 4 rows, 95 us
 # against 134 (384x128: 27 against 31; weights cycled, a busy phase), and BRAVE's file
-# ran 256-sample blocks 7-10 % faster; at 8 rows `mm` after a read-ahead wins (131 against
-# 137 us). Below about 32k values its fixed cost (~7 us) loses. Above 2 MB (a core's L2 here) each bag reads the
-# weight from farther away, and MKL's product wins: v2's 1.8-4.7M-value layers took
+# ran 256-sample blocks 7-10 % faster; at 8 rows `mm` after a read-ahead wins (131
+# against 137 us). Below about 32k values its fixed cost (~7 us) loses. Above 2 MB (a
+# core's L2 here) each bag reads the weight from farther away, and MKL's product wins: v2's 1.8-4.7M-value layers took
 # 1.1-1.5x longer, 11 % on the whole call. Such layers keep the `(in, out)` layout.
 MAX_ROWS_WEIGHTED_SUM = 4
 MIN_WEIGHTS_WEIGHTED_SUM = 32768

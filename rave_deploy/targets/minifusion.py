@@ -495,6 +495,8 @@ class MinifusionTarget(Target):
 
     def unsupported_reason(self, model: RAVE, options: ExportOptions) -> Optional[str]:
         problems, _ = inspect_architecture(model)
+        # a model the plugin cannot run needs another host or a BRAVE training; the
+        # export options below each name their own fix
         remedy = ("" if not problems else
                   ". Play this model with -t nn_tilde or -t onnx_streaming instead, or train "
                   "one for Minifusion with `rave-core train --config brave`")
