@@ -88,9 +88,17 @@ def _weighted_sum_rows(a: torch.Tensor, w: torch.Tensor, bag_index: torch.Tensor
     """``a @ w`` for a few rows: ``a`` ``(M, K)``, ``w`` ``(K, N)`` contiguous, ``M`` at
     most the bags set up -> ``(M, N)``. Row ``i`` of the result sums the rows of ``w``
     weighted by ``a[i]``."""
-    m, k = a.shape[0], a.shape[1]
-    return nn.functional.embedding_bag(bag_index[:m * k], w, bag_offsets[:m], mode="sum",
-                                       per_sample_weights=a.reshape(m * k))
+    m, k = a.size(0), a.size(1)
+    # The aten op itself: `F.embedding_bag`'s argument checks are ~15 interpreter nodes
+    # per call, on a path that runs at every small host block. Mode 0 is "sum".
+    return torch.embedding_bag(w, bag_index[:m * k], bag_offsets[:m], False, 0, False,
+                               a.reshape(m * k), False)[0]
+
+
+def _channels_first_view(y: torch.Tensor, b: int, t: int, o: int) -> torch.Tensor:
+    """``(b, o, t)`` view of a new contiguous time-major product ``y`` ``(b t, o)``: one
+    op where ``view`` then ``transpose`` are two."""
+    return y.as_strided([b, o, t], [t * o, 1, o], 0)
 
 
 def _reads_ahead(weight: torch.Tensor) -> bool:
@@ -225,21 +233,26 @@ class Conv1d(StreamingModule):
         # Static lengths (constants once the export is frozen): no shape reads, no
         # branch left in the graph for a stateless or unaligned layer.
         n_state = self.padding_lr[0] + self.padding_lr[1] + self.alignment
+        c = self.in_channels
         if n_state > 0:
             buf = torch.cat([self._get_state(xt), xt], 1)
-            self.state = buf.narrow(1, buf.shape[1] - n_state, n_state)
+            length = buf.size(1)
+            self.state = buf.narrow(1, length - n_state, n_state)
             if self.alignment > 0:
-                buf = buf.narrow(1, 0, buf.shape[1] - self.alignment)
+                buf = buf.narrow(1, 0, length - self.alignment)
+            # a new contiguous (B, length, C) tensor: strides known without asking
+            # (four op calls per layer that small host blocks feel)
+            sb, st, sc, offset = length * c, c, 1, 0
         else:
             buf = xt
+            sb, st, sc, offset = buf.stride(0), buf.stride(1), buf.stride(2), buf.storage_offset()
         k, d, s = self.kernel_size[0], self.dilation[0], self.stride[0]
-        b, c, o, g = buf.shape[0], self.in_channels, self.out_channels, self.groups
-        t = (buf.shape[1] - (k - 1) * d - 1) // s + 1
+        b, o, g = buf.size(0), self.out_channels, self.groups
+        t = (buf.size(1) - (k - 1) * d - 1) // s + 1
         # The taps of output frame j are buf[:, j s + i d] (i < k): one strided view,
         # (B, T', k, C); reshaping it is a view when the taps are adjacent in memory
         # (one frame, no dilation), else the one copy im2col needs.
-        sb, st, sc = buf.stride(0), buf.stride(1), buf.stride(2)
-        taps = buf.as_strided([b, t, k, c], [sb, s * st, d * st, sc], buf.storage_offset())
+        taps = buf.as_strided([b, t, k, c], [sb, s * st, d * st, sc], offset)
         if g == 1:
             taps = taps.reshape(b * t, k * c)
             bias = self.bias
@@ -261,18 +274,18 @@ class Conv1d(StreamingModule):
                     y = _weighted_sum_rows(taps, w, self.bag_index, self.bag_offsets)
                     if bias is not None:
                         y = y + bias
-                    return y.view(b, t, o).transpose(1, 2)
+                    return _channels_first_view(y, b, t, o)
             if self.read_ahead:
-                zero = _read_ahead(w, taps.shape[1])
+                zero = _read_ahead(w, taps.size(1))
                 y = torch.addmm(zero if bias is None else bias + zero, taps, w)
             else:
                 y = torch.addmm(bias, taps, w) if bias is not None else torch.mm(taps, w)
-            return y.view(b, t, o).transpose(1, 2)
+            return _channels_first_view(y, b, t, o)
         cg, og = c // g, o // g
         taps = taps.reshape(b * t, k, g, cg).permute(2, 0, 3, 1).reshape(g, b * t, cg * k)
         w = self.weight.reshape(g, og, cg * k).transpose(1, 2)        # (G, Cg k, Og)
         if self.read_ahead and b * t >= self.min_rows_read_ahead:
-            y = torch.baddbmm(_read_ahead(w, taps.shape[0]), taps, w)
+            y = torch.baddbmm(_read_ahead(w, taps.size(0)), taps, w)
         else:
             y = torch.bmm(taps, w)
         y = y.transpose(0, 1).reshape(b, t, o)
@@ -365,7 +378,7 @@ class ConvTranspose1d(StreamingModule):
         ``(batch, stride, out_channels)``, holds the second half of the last frame).
         ``x``: ``(batch, in_channels, T)`` -> ``(batch, out_channels, T * stride)``.
         """
-        b, t = x.shape[0], x.shape[-1]
+        b, t = x.size(0), x.size(2)
         s, o = self.stride[0], self.out_channels
         xt = x.transpose(1, 2).reshape(b * t, self.in_channels)
         if self.weight_rows_out:  # views once laid out; row-major xt, see Conv1d
@@ -376,7 +389,7 @@ class ConvTranspose1d(StreamingModule):
             if self.weighted_sum_rows > 0 and b * t <= self.weighted_sum_rows:
                 y = _weighted_sum_rows(xt, w, self.bag_index, self.bag_offsets)
             elif self.read_ahead:
-                y = torch.addmm(_read_ahead(w, xt.shape[1]), xt, w)
+                y = torch.addmm(_read_ahead(w, xt.size(1)), xt, w)
             else:
                 y = torch.mm(xt, w)
         y = y.view(b, t, 2, s * o)

@@ -61,9 +61,11 @@ class StreamingModule(nn.Module):
 
     def _get_state(self, x: torch.Tensor) -> torch.Tensor:
         state = self.state
-        if state.shape[0] != x.shape[0] or state.dtype != x.dtype:
+        # `size(i)` rather than `shape[i]`: TorchScript builds no list (this runs once per
+        # layer and call)
+        if state.size(0) != x.size(0) or state.dtype != x.dtype:
             # A new batch size (e.g. mc.nn~ voices) starts from silence.
-            state = torch.zeros(x.shape[0], state.shape[1], state.shape[2],
+            state = torch.zeros(x.size(0), state.size(1), state.size(2),
                                 dtype=x.dtype, device=x.device)
         return state
 
