@@ -83,16 +83,17 @@ def _set_up_weighted_sum(layer: nn.Module, n_in: int) -> None:
     layer.bag_offsets = torch.arange(m, device=device) * n_in
 
 
-def _weighted_sum_rows(a: torch.Tensor, w: torch.Tensor, bag_index: torch.Tensor,
+def _weighted_sum_rows(a: torch.Tensor, m: int, w: torch.Tensor, bag_index: torch.Tensor,
                        bag_offsets: torch.Tensor) -> torch.Tensor:
-    """``a @ w`` for a few rows: ``a`` ``(M, K)``, ``w`` ``(K, N)`` contiguous, ``M`` at
-    most the bags set up -> ``(M, N)``. Row ``i`` of the result sums the rows of ``w``
-    weighted by ``a[i]``."""
-    m, k = a.size(0), a.size(1)
+    """``a @ w`` for a few rows: ``a`` the ``M`` rows of ``(M, K)`` one after the other
+    (any shape that flattens to them), ``w`` ``(K, N)`` contiguous, ``M`` at most the bags
+    set up -> ``(M, N)``. Row ``i`` of the result sums the rows of ``w`` weighted by row
+    ``i`` of ``a``."""
+    n = m * w.size(0)
     # The aten op itself: `F.embedding_bag`'s argument checks are ~15 interpreter nodes
     # per call, on a path that runs at every small host block. Mode 0 is "sum".
-    return torch.embedding_bag(w, bag_index[:m * k], bag_offsets[:m], False, 0, False,
-                               a.reshape(m * k), False)[0]
+    return torch.embedding_bag(w, bag_index[:n], bag_offsets[:m], False, 0, False,
+                               a.reshape(n), False)[0]
 
 
 def _channels_first_view(y: torch.Tensor, b: int, t: int, o: int) -> torch.Tensor:
@@ -254,8 +255,14 @@ class Conv1d(StreamingModule):
         # (one frame, no dilation), else the one copy im2col needs.
         taps = buf.as_strided([b, t, k, c], [sb, s * st, d * st, sc], offset)
         if g == 1:
-            taps = taps.reshape(b * t, k * c)
             bias = self.bias
+            if self.weighted_sum_rows > 0 and b * t <= self.weighted_sum_rows:
+                w = self.weight.permute(2, 1, 0).reshape(k * c, o)   # a view once laid out
+                y = _weighted_sum_rows(taps, b * t, w, self.bag_index, self.bag_offsets)
+                if bias is not None:
+                    y = y + bias
+                return _channels_first_view(y, b, t, o)
+            taps = taps.reshape(b * t, k * c)
             if self.weight_rows_out:
                 w = self.weight.permute(0, 2, 1).reshape(o, k * c)   # a view once laid out
                 if b * t > self.max_frames_rows_out:  # (O, M) = W taps^T reads W's rows in order
@@ -270,11 +277,6 @@ class Conv1d(StreamingModule):
                 w = w.t()
             else:
                 w = self.weight.permute(2, 1, 0).reshape(k * c, o)   # a view once laid out
-                if self.weighted_sum_rows > 0 and b * t <= self.weighted_sum_rows:
-                    y = _weighted_sum_rows(taps, w, self.bag_index, self.bag_offsets)
-                    if bias is not None:
-                        y = y + bias
-                    return _channels_first_view(y, b, t, o)
             if self.read_ahead:
                 zero = _read_ahead(w, taps.size(1))
                 y = torch.addmm(zero if bias is None else bias + zero, taps, w)
@@ -380,18 +382,20 @@ class ConvTranspose1d(StreamingModule):
         """
         b, t = x.size(0), x.size(2)
         s, o = self.stride[0], self.out_channels
-        xt = x.transpose(1, 2).reshape(b * t, self.in_channels)
+        xt = x.transpose(1, 2)
         if self.weight_rows_out:  # views once laid out; row-major xt, see Conv1d
-            y = torch.mm(xt.contiguous(),
+            y = torch.mm(xt.reshape(b * t, self.in_channels).contiguous(),
                          self.weight.permute(2, 1, 0).reshape(2 * s * o, self.in_channels).t())
         else:
             w = self.weight.permute(0, 2, 1).reshape(self.in_channels, 2 * s * o)
             if self.weighted_sum_rows > 0 and b * t <= self.weighted_sum_rows:
-                y = _weighted_sum_rows(xt, w, self.bag_index, self.bag_offsets)
-            elif self.read_ahead:
-                y = torch.addmm(_read_ahead(w, xt.size(1)), xt, w)
+                y = _weighted_sum_rows(xt, b * t, w, self.bag_index, self.bag_offsets)
             else:
-                y = torch.mm(xt, w)
+                xt = xt.reshape(b * t, self.in_channels)
+                if self.read_ahead:
+                    y = torch.addmm(_read_ahead(w, xt.size(1)), xt, w)
+                else:
+                    y = torch.mm(xt, w)
         y = y.view(b, t, 2, s * o)
         second = y[:, :, 1]
         earlier = torch.cat([self._get_state(x).reshape(b, 1, s * o), second[:, :t - 1]], 1)
