@@ -37,8 +37,9 @@ MAX_FRAMES_ROWS_OUT = 3
 # against 134 (384x128: 27 against 31; weights cycled, a busy phase), and BRAVE's file
 # ran 256-sample blocks 7-10 % faster; at 8 rows `mm` after a read-ahead wins (131
 # against 137 us). Below about 32k values its fixed cost (~7 us) loses. Above 2 MB (a
-# core's L2 here) each bag reads the weight from farther away, and MKL's product wins: v2's 1.8-4.7M-value layers took
-# 1.1-1.5x longer, 11 % on the whole call. Such layers keep the `(in, out)` layout.
+# core's L2 here) each bag reads the weight from farther away, and MKL's product wins:
+# v2's 1.8-4.7M-value layers took 1.1-1.5x longer, 11 % on the whole call. Such layers
+# keep the `(in, out)` layout.
 MAX_ROWS_WEIGHTED_SUM = 4
 MIN_WEIGHTS_WEIGHTED_SUM = 32768
 MAX_WEIGHTS_WEIGHTED_SUM = 524288
@@ -256,14 +257,8 @@ class Conv1d(StreamingModule):
         taps = buf.as_strided([b, t, k, c], [sb, s * st, d * st, sc], offset)
         if g == 1:
             bias = self.bias
-            if self.weighted_sum_rows > 0 and b * t <= self.weighted_sum_rows:
-                w = self.weight.permute(2, 1, 0).reshape(k * c, o)   # a view once laid out
-                y = _weighted_sum_rows(taps, b * t, w, self.bag_index, self.bag_offsets)
-                if bias is not None:
-                    y = y + bias
-                return _channels_first_view(y, b, t, o)
-            taps = taps.reshape(b * t, k * c)
             if self.weight_rows_out:
+                taps = taps.reshape(b * t, k * c)
                 w = self.weight.permute(0, 2, 1).reshape(o, k * c)   # a view once laid out
                 if b * t > self.max_frames_rows_out:  # (O, M) = W taps^T reads W's rows in order
                     if bias is not None:
@@ -277,6 +272,13 @@ class Conv1d(StreamingModule):
                 w = w.t()
             else:
                 w = self.weight.permute(2, 1, 0).reshape(k * c, o)   # a view once laid out
+                if self.weighted_sum_rows > 0 and b * t <= self.weighted_sum_rows:
+                    # the taps flattened straight from their 4-D view: no 2-D reshape first
+                    y = _weighted_sum_rows(taps, b * t, w, self.bag_index, self.bag_offsets)
+                    if bias is not None:
+                        y = y + bias
+                    return _channels_first_view(y, b, t, o)
+                taps = taps.reshape(b * t, k * c)
             if self.read_ahead:
                 zero = _read_ahead(w, taps.size(1))
                 y = torch.addmm(zero if bias is None else bias + zero, taps, w)
