@@ -1,14 +1,12 @@
 """Padded convolutions that run offline or block by block with exact streaming.
 
 We use cached-conv's padding arithmetic (:func:`get_padding`) and its gin vocabulary
-(``cc.Conv1d.bias``, ``convs.get_padding.mode``), but not its cached layers: those keep caches of a fixed batch of 64 behind a process-wide flag, and align
-strided convolutions on their own padding only. Our layers keep an explicit state per
-layer, sized for the batch in use, and align on the true upstream delay (see
-:mod:`rave_core.nn.streaming`).
+(``cc.Conv1d.bias``, ``convs.get_padding.mode``), but not its cached layers: those keep
+caches of a fixed batch of 64 behind a process-wide flag, and align strided convolutions
+on their own padding only. Our layers keep an explicit state per layer, sized for the
+batch in use, and align on the true upstream delay (see :mod:`rave_core.nn.streaming`).
 """
-from __future__ import annotations
-
-from typing import Tuple, Union
+from typing import List, Tuple, Union
 
 import cached_conv as cc
 import gin
@@ -60,41 +58,55 @@ MIN_ROWS_READ_AHEAD_GROUPED = 4
 
 
 def _no_weighted_sum(layer: nn.Module) -> None:
-    # Every layer has the attributes TorchScript compiles against (non-persistent: state
-    # dicts are unchanged); freezing folds the branch away where they stay empty.
+    # Every layer has the attributes TorchScript compiles against (plain attributes, not
+    # buffers: state dicts are unchanged); freezing folds the branch away where they stay
+    # empty.
     layer.weighted_sum_rows = 0
-    layer.register_buffer("bag_index", torch.zeros(0, dtype=torch.long), persistent=False)
-    layer.register_buffer("bag_offsets", torch.zeros(0, dtype=torch.long), persistent=False)
+    layer.bag_indices = []
+    layer.bag_offsets = []
 
 
 def _set_up_weighted_sum(layer: nn.Module, n_in: int) -> None:
     """Give ``layer`` the row indices and bag offsets of :func:`_weighted_sum_rows` for
-    an ``(n_in, out)`` weight matrix and up to ``MAX_ROWS_WEIGHTED_SUM`` rows, or none
+    an ``(n_in, out)`` weight matrix and 1 to ``MAX_ROWS_WEIGHTED_SUM`` rows, or none
     (``weighted_sum_rows = 0``) when its size is outside ``MIN_WEIGHTS_WEIGHTED_SUM`` to
-    ``MAX_WEIGHTS_WEIGHTED_SUM`` values."""
+    ``MAX_WEIGHTS_WEIGHTED_SUM`` values.
+
+    One pair of tensors per row count, picked from a list at run time (an interpreter
+    instruction): slicing one pair to the rows of the call was two op calls per layer and
+    call. The offsets end with the total (``include_last_offset``).
+    """
     device = layer.weight.device
     if not MIN_WEIGHTS_WEIGHTED_SUM <= layer.weight.numel() <= MAX_WEIGHTS_WEIGHTED_SUM:
-        layer.weighted_sum_rows = 0
-        layer.bag_index = torch.zeros(0, dtype=torch.long, device=device)
-        layer.bag_offsets = torch.zeros(0, dtype=torch.long, device=device)
+        _no_weighted_sum(layer)
         return
-    m = MAX_ROWS_WEIGHTED_SUM
-    layer.weighted_sum_rows = m
-    layer.bag_index = torch.arange(n_in, device=device).repeat(m)
-    layer.bag_offsets = torch.arange(m, device=device) * n_in
+    rows = range(1, MAX_ROWS_WEIGHTED_SUM + 1)
+    layer.weighted_sum_rows = MAX_ROWS_WEIGHTED_SUM
+    layer.bag_indices = [torch.arange(n_in, device=device).repeat(m) for m in rows]
+    layer.bag_offsets = [torch.arange(m + 1, device=device) * n_in for m in rows]
 
 
-def _weighted_sum_rows(a: torch.Tensor, m: int, w: torch.Tensor, bag_index: torch.Tensor,
-                       bag_offsets: torch.Tensor) -> torch.Tensor:
+def _move_bags(layer: nn.Module, fn) -> None:
+    # `Module._apply` moves parameters and buffers only; the bags are lists
+    layer.bag_indices = [fn(t) for t in layer.bag_indices]
+    layer.bag_offsets = [fn(t) for t in layer.bag_offsets]
+
+
+def _weighted_sum_rows(a: torch.Tensor, m: int, w: torch.Tensor,
+                       bag_indices: List[torch.Tensor],
+                       bag_offsets: List[torch.Tensor]) -> torch.Tensor:
     """``a @ w`` for a few rows: ``a`` the ``M`` rows of ``(M, K)`` one after the other
     (any shape that flattens to them), ``w`` ``(K, N)`` contiguous, ``M`` at most the bags
     set up -> ``(M, N)``. Row ``i`` of the result sums the rows of ``w`` weighted by row
     ``i`` of ``a``."""
-    n = m * w.size(0)
-    # The aten op itself: `F.embedding_bag`'s argument checks are ~15 interpreter nodes
-    # per call, on a path that runs at every small host block. Mode 0 is "sum".
-    return torch.embedding_bag(w, bag_index[:n], bag_offsets[:m], False, 0, False,
-                               a.reshape(n), False)[0]
+    # The aten op that `embedding_bag` calls when nothing needs gradients (same schema in
+    # torch 2.5, nn~ 1.6's libtorch, and 2.13): `F.embedding_bag`'s argument checks are
+    # ~15 interpreter nodes per call, and the public op one more dispatch, on a path that
+    # runs at every small host block. Mode 0 is "sum"; the offsets include the last one;
+    # no padding index.
+    return torch._embedding_bag_forward_only(
+        w, bag_indices[m - 1], bag_offsets[m - 1], False, 0, False,
+        a.reshape(m * w.size(0)), True, -1)[0]
 
 
 def _channels_first_view(y: torch.Tensor, b: int, t: int, o: int) -> torch.Tensor:
@@ -147,6 +159,11 @@ class Conv1d(StreamingModule):
     norm is applied), as in acids-rave's state dicts.
     """
 
+    # Row indices and offsets per row count, see :func:`_set_up_weighted_sum`. TorchScript
+    # reads these annotations (hence no `from __future__ import annotations` here).
+    bag_indices: List[torch.Tensor]
+    bag_offsets: List[torch.Tensor]
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
                  stride: int = 1, padding: Union[int, Tuple[int, int]] = 0,
                  dilation: int = 1, groups: int = 1, bias: bool = True,
@@ -174,6 +191,11 @@ class Conv1d(StreamingModule):
         self.read_ahead = False  # see MIN_WEIGHTS_READ_AHEAD
         self.min_rows_read_ahead = MIN_ROWS_READ_AHEAD_GROUPED  # grouped convs only
         _no_weighted_sum(self)
+
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        _move_bags(self, fn)
+        return self
 
     def state_shape(self) -> Tuple[int, int, int]:
         return (1, self.in_channels, self.padding_lr[0] + self.padding_lr[1] + self.alignment)
@@ -274,7 +296,7 @@ class Conv1d(StreamingModule):
                 w = self.weight.permute(2, 1, 0).reshape(k * c, o)   # a view once laid out
                 if self.weighted_sum_rows > 0 and b * t <= self.weighted_sum_rows:
                     # the taps flattened straight from their 4-D view: no 2-D reshape first
-                    y = _weighted_sum_rows(taps, b * t, w, self.bag_index, self.bag_offsets)
+                    y = _weighted_sum_rows(taps, b * t, w, self.bag_indices, self.bag_offsets)
                     if bias is not None:
                         y = y + bias
                     return _channels_first_view(y, b, t, o)
@@ -312,6 +334,11 @@ class ConvTranspose1d(StreamingModule):
     Shapes: ``(batch, in_channels, time) -> (batch, out_channels, time * stride)``.
     """
 
+    # Row indices and offsets per row count, see :func:`_set_up_weighted_sum`. TorchScript
+    # reads these annotations (hence no `from __future__ import annotations` here).
+    bag_indices: List[torch.Tensor]
+    bag_offsets: List[torch.Tensor]
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
                  stride: int = 1, padding: int = 0, bias: bool = True,
                  cumulative_delay: int = 0) -> None:
@@ -331,6 +358,11 @@ class ConvTranspose1d(StreamingModule):
         self.weight_rows_out = False  # see lay_out_weight_for_matmul
         self.read_ahead = False  # see MIN_WEIGHTS_READ_AHEAD
         _no_weighted_sum(self)
+
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        _move_bags(self, fn)
+        return self
 
     def state_shape(self) -> Tuple[int, int, int]:
         return (1, self.out_channels, self.kernel_size[0] - self.stride[0])
@@ -391,7 +423,7 @@ class ConvTranspose1d(StreamingModule):
         else:
             w = self.weight.permute(0, 2, 1).reshape(self.in_channels, 2 * s * o)
             if self.weighted_sum_rows > 0 and b * t <= self.weighted_sum_rows:
-                y = _weighted_sum_rows(xt, b * t, w, self.bag_index, self.bag_offsets)
+                y = _weighted_sum_rows(xt, b * t, w, self.bag_indices, self.bag_offsets)
             else:
                 xt = xt.reshape(b * t, self.in_channels)
                 if self.read_ahead:
