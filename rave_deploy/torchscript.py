@@ -422,23 +422,87 @@ def _deterministic_scripting() -> Iterator[None]:
             del recursive.set
 
 
+# Top-level buffers that hold what freezing made graph constants (see :func:`script`).
+FROZEN_TENSOR_PREFIX = "_frozen_"
+
+
 def script(module: ScriptedRAVE) -> torch.jit.ScriptModule:
     """``torch.jit.script`` with deterministic output (see :func:`_deterministic_scripting`),
-    then frozen.
+    then frozen, with the frozen tensors kept as top-level buffers.
 
     Freezing inlines the weights and every attribute no method changes as constants and
     folds the branches they decide (streaming flags, kernel sizes, paddings), which
     removes thousands of interpreter instructions per host call. What hosts read stays
     an attribute: every method, every top-level attribute and buffer (``sr``,
     ``*_params``, ...), and the streaming states (methods change them).
+
+    Graph constants do not move with ``Module.to``: a host that moves the model (nn~'s
+    ``gpu`` message calls ``model.to(cuda)``) would then feed CUDA blocks to CPU weights,
+    and nn~ prints the error and outputs silence. So every tensor constant becomes a
+    top-level buffer (``_frozen_<i>``), read by one ``GetAttr`` each per method call: the
+    folded graph stays as it is, and ``.to()`` moves it all.
     """
     module.eval()
     with _deterministic_scripting():
-        scripted = torch.jit.script(module)
-        keep = list(scripted._c._method_names())
-        keep += [n for n in vars(module) if not n.startswith("_") and n != "training"]
-        keep += list(module._buffers)
-        return torch.jit.freeze(scripted, preserved_attrs=keep)
+        n_tensors = len(_distinct_tensor_constants(_freeze(module)))
+    names = [f"{FROZEN_TENSOR_PREFIX}{i}" for i in range(n_tensors)]
+    for name in names:  # placeholders, so that the type declares them as buffers
+        module.register_buffer(name, torch.zeros(0))
+    try:
+        with _deterministic_scripting():
+            frozen = _freeze(module)
+    finally:
+        for name in names:
+            del module._buffers[name]
+    _tensor_constants_to_buffers(frozen, names)
+    return frozen
+
+
+def _freeze(module: ScriptedRAVE) -> torch.jit.ScriptModule:
+    scripted = torch.jit.script(module)
+    keep = list(scripted._c._method_names())
+    keep += [n for n in vars(module) if not n.startswith("_") and n != "training"]
+    keep += list(module._buffers)
+    return torch.jit.freeze(scripted, preserved_attrs=keep)
+
+
+def _tensor_key(t: torch.Tensor) -> Tuple:
+    # the same view of the same memory is one buffer, whichever methods use it
+    return (t.data_ptr(), tuple(t.shape), t.stride(), t.dtype)
+
+
+def _tensor_constant_nodes(frozen: torch.jit.ScriptModule):
+    """``(method graph, constant node, tensor)`` for every tensor constant, in a fixed
+    order (methods, then nodes in graph order)."""
+    for method in frozen._c._method_names():
+        graph = frozen._c._get_method(method).graph
+        for node in graph.findAllNodes("prim::Constant", True):
+            if node.output().type().isSubtypeOf(torch._C.TensorType.get()):
+                yield graph, node, node.t("value")
+
+
+def _distinct_tensor_constants(frozen: torch.jit.ScriptModule) -> Dict[Tuple, torch.Tensor]:
+    return {_tensor_key(t): t for _, _, t in _tensor_constant_nodes(frozen)}
+
+
+def _tensor_constants_to_buffers(frozen: torch.jit.ScriptModule, names: List[str]) -> None:
+    """Replace each tensor constant of ``frozen``'s methods with a ``GetAttr`` of the
+    top-level buffer in ``names`` that now holds it."""
+    distinct = _distinct_tensor_constants(frozen)
+    if len(distinct) != len(names):  # both freezes script the same code
+        raise DeployError(f"freezing gave {len(names)} weight tensors, then "
+                          f"{len(distinct)}: export again, and report it if it persists")
+    buffer_of = {}
+    for key, name in zip(distinct, names):
+        frozen._c.setattr(name, distinct[key])
+        buffer_of[key] = name
+    for graph, node, tensor in list(_tensor_constant_nodes(frozen)):
+        read = graph.create("prim::GetAttr", [next(graph.inputs())], 1)
+        read.s_("name", buffer_of[_tensor_key(tensor)])
+        read.output().setType(torch._C.TensorType.get())
+        read.insertAfter(graph.param_node())  # dominates every use, in any block
+        node.output().replaceAllUsesWith(read.output())
+        node.destroy()
 
 
 # --------------------------------------------------------------------------- saving

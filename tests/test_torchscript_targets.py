@@ -468,6 +468,29 @@ def _failed(report, name: str, point: str):
     return hit[0]
 
 
+def test_frozen_constants_do_not_move_and_the_check_says_so(runs, tmp_path, monkeypatch):
+    """Freezing alone leaves the weights as graph constants, which `Module.to` does not
+    move (nn~'s gpu message would play silence): the export keeps every tensor as a
+    top-level buffer instead, and the check catches a file that does not."""
+    import rave_deploy.torchscript as ts
+
+    _, model, results = runs["brave"]
+    module = torch.jit.load(str(results["nn_tilde"].path))
+    for method in module._c._method_names():
+        for node in module._c._get_method(method).graph.findAllNodes("prim::Constant", True):
+            assert not node.output().type().isSubtypeOf(torch._C.TensorType.get()), method
+    assert any(n.startswith(ts.FROZEN_TENSOR_PREFIX) for n, _ in module.named_buffers())
+
+    # the same module, frozen without the rewrite
+    monkeypatch.setattr(ts, "_tensor_constants_to_buffers", lambda frozen, names: None)
+    monkeypatch.setattr(ts, "_distinct_tensor_constants", lambda frozen: {})
+    path, sidecar, model = _broken(runs, "brave", "nn_tilde", tmp_path, lambda m: None)
+    report = _check("nn_tilde", path, sidecar, model, 128, False, monkeypatch)
+    hit = [r for r in report.results if r.name == "device.moves_with_module"]
+    assert hit and not hit[0].passed, [(r.name, r.passed) for r in report.results]
+    assert "gpu" in hit[0].message and "float64" in hit[0].message
+
+
 def test_wrong_decode_params_fails_contract_7(runs, tmp_path, monkeypatch):
     def mutate(m):
         m.decode_params = torch.tensor([4, 64, 1, 1])

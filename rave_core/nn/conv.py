@@ -6,7 +6,9 @@ caches of a fixed batch of 64 behind a process-wide flag, and align strided conv
 on their own padding only. Our layers keep an explicit state per layer, sized for the
 batch in use, and align on the true upstream delay (see :mod:`rave_core.nn.streaming`).
 """
-from typing import List, Tuple, Union
+from __future__ import annotations
+
+from typing import Tuple, Union
 
 import cached_conv as cc
 import gin
@@ -37,7 +39,8 @@ MAX_FRAMES_ROWS_OUT = 3
 # against 137 us). Below about 32k values its fixed cost (~7 us) loses. Above 2 MB (a
 # core's L2 here) each bag reads the weight from farther away, and MKL's product wins:
 # v2's 1.8-4.7M-value layers took 1.1-1.5x longer, 11 % on the whole call. Such layers
-# keep the `(in, out)` layout.
+# keep the `(in, out)` layout. `_WeightedRowSums._weighted_sum_rows` has one branch per
+# row count up to 4.
 MAX_ROWS_WEIGHTED_SUM = 4
 MIN_WEIGHTS_WEIGHTED_SUM = 32768
 MAX_WEIGHTS_WEIGHTED_SUM = 524288
@@ -55,58 +58,6 @@ MAX_WEIGHTS_WEIGHTED_SUM = 524288
 MIN_WEIGHTS_READ_AHEAD = 131072
 MAX_WEIGHTS_READ_AHEAD = 524288
 MIN_ROWS_READ_AHEAD_GROUPED = 4
-
-
-def _no_weighted_sum(layer: nn.Module) -> None:
-    # Every layer has the attributes TorchScript compiles against (plain attributes, not
-    # buffers: state dicts are unchanged); freezing folds the branch away where they stay
-    # empty.
-    layer.weighted_sum_rows = 0
-    layer.bag_indices = []
-    layer.bag_offsets = []
-
-
-def _set_up_weighted_sum(layer: nn.Module, n_in: int) -> None:
-    """Give ``layer`` the row indices and bag offsets of :func:`_weighted_sum_rows` for
-    an ``(n_in, out)`` weight matrix and 1 to ``MAX_ROWS_WEIGHTED_SUM`` rows, or none
-    (``weighted_sum_rows = 0``) when its size is outside ``MIN_WEIGHTS_WEIGHTED_SUM`` to
-    ``MAX_WEIGHTS_WEIGHTED_SUM`` values.
-
-    One pair of tensors per row count, picked from a list at run time (an interpreter
-    instruction): slicing one pair to the rows of the call was two op calls per layer and
-    call. The offsets end with the total (``include_last_offset``).
-    """
-    device = layer.weight.device
-    if not MIN_WEIGHTS_WEIGHTED_SUM <= layer.weight.numel() <= MAX_WEIGHTS_WEIGHTED_SUM:
-        _no_weighted_sum(layer)
-        return
-    rows = range(1, MAX_ROWS_WEIGHTED_SUM + 1)
-    layer.weighted_sum_rows = MAX_ROWS_WEIGHTED_SUM
-    layer.bag_indices = [torch.arange(n_in, device=device).repeat(m) for m in rows]
-    layer.bag_offsets = [torch.arange(m + 1, device=device) * n_in for m in rows]
-
-
-def _move_bags(layer: nn.Module, fn) -> None:
-    # `Module._apply` moves parameters and buffers only; the bags are lists
-    layer.bag_indices = [fn(t) for t in layer.bag_indices]
-    layer.bag_offsets = [fn(t) for t in layer.bag_offsets]
-
-
-def _weighted_sum_rows(a: torch.Tensor, m: int, w: torch.Tensor,
-                       bag_indices: List[torch.Tensor],
-                       bag_offsets: List[torch.Tensor]) -> torch.Tensor:
-    """``a @ w`` for a few rows: ``a`` the ``M`` rows of ``(M, K)`` one after the other
-    (any shape that flattens to them), ``w`` ``(K, N)`` contiguous, ``M`` at most the bags
-    set up -> ``(M, N)``. Row ``i`` of the result sums the rows of ``w`` weighted by row
-    ``i`` of ``a``."""
-    # The aten op that `embedding_bag` calls when nothing needs gradients (same schema in
-    # torch 2.5, nn~ 1.6's libtorch, and 2.13): `F.embedding_bag`'s argument checks are
-    # ~15 interpreter nodes per call, and the public op one more dispatch, on a path that
-    # runs at every small host block. Mode 0 is "sum"; the offsets include the last one;
-    # no padding index.
-    return torch._embedding_bag_forward_only(
-        w, bag_indices[m - 1], bag_offsets[m - 1], False, 0, False,
-        a.reshape(m * w.size(0)), True, -1)[0]
 
 
 def _channels_first_view(y: torch.Tensor, b: int, t: int, o: int) -> torch.Tensor:
@@ -145,7 +96,64 @@ def _as_pair(padding: Union[int, Tuple[int, int], list]) -> Tuple[int, int]:
     return (int(padding[0]), int(padding[1]))
 
 
-class Conv1d(StreamingModule):
+class _WeightedRowSums(StreamingModule):
+    """Base of the streaming convolutions: a product of a few rows computed as weighted
+    sums of the weight's rows (see ``MAX_ROWS_WEIGHTED_SUM``).
+
+    The bags (row indices and offsets) are non-persistent buffers, one pair per row count
+    (state dicts are unchanged, and they move with the layer): picking one by the rows of
+    the call is a few interpreter instructions, where slicing one pair to them was two
+    op calls per layer and call.
+    """
+
+    def _no_weighted_sum(self) -> None:
+        # Every layer has the attributes TorchScript compiles against; freezing folds the
+        # branch away where ``weighted_sum_rows`` stays 0.
+        self.weighted_sum_rows = 0
+        for m in range(1, MAX_ROWS_WEIGHTED_SUM + 1):
+            self.register_buffer(f"bag_index_{m}", torch.zeros(0, dtype=torch.long),
+                                 persistent=False)
+            self.register_buffer(f"bag_offsets_{m}", torch.zeros(0, dtype=torch.long),
+                                 persistent=False)
+
+    def _set_up_weighted_sum(self, n_in: int) -> None:
+        """Bags for an ``(n_in, out)`` weight matrix and 1 to ``MAX_ROWS_WEIGHTED_SUM``
+        rows, or none (``weighted_sum_rows = 0``) when its size is outside
+        ``MIN_WEIGHTS_WEIGHTED_SUM`` to ``MAX_WEIGHTS_WEIGHTED_SUM`` values. The offsets
+        end with the total (``include_last_offset``)."""
+        self._no_weighted_sum()
+        if not MIN_WEIGHTS_WEIGHTED_SUM <= self.weight.numel() <= MAX_WEIGHTS_WEIGHTED_SUM:
+            return
+        device = self.weight.device
+        self.weighted_sum_rows = MAX_ROWS_WEIGHTED_SUM
+        for m in range(1, MAX_ROWS_WEIGHTED_SUM + 1):
+            setattr(self, f"bag_index_{m}", torch.arange(n_in, device=device).repeat(m))
+            setattr(self, f"bag_offsets_{m}", torch.arange(m + 1, device=device) * n_in)
+
+    def _weighted_sum_rows(self, a: torch.Tensor, m: int, w: torch.Tensor) -> torch.Tensor:
+        """``a @ w`` for a few rows: ``a`` the ``M`` rows of ``(M, K)`` one after the
+        other (any shape that flattens to them), ``w`` ``(K, N)`` contiguous, ``M`` at
+        most ``weighted_sum_rows`` -> ``(M, N)``. Row ``i`` of the result sums the rows of
+        ``w`` weighted by row ``i`` of ``a``."""
+        # one branch per row count up to MAX_ROWS_WEIGHTED_SUM (4)
+        if m == 1:
+            index, offsets = self.bag_index_1, self.bag_offsets_1
+        elif m == 2:
+            index, offsets = self.bag_index_2, self.bag_offsets_2
+        elif m == 3:
+            index, offsets = self.bag_index_3, self.bag_offsets_3
+        else:
+            index, offsets = self.bag_index_4, self.bag_offsets_4
+        # The aten op that `embedding_bag` calls when nothing needs gradients (same schema
+        # in torch 2.5, nn~ 1.6's libtorch, and 2.13): `F.embedding_bag`'s argument checks
+        # are ~15 interpreter nodes per call, and the public op one more dispatch, on a
+        # path that runs at every small host block. Mode 0 is "sum"; the offsets include
+        # the last one; no padding index.
+        return torch._embedding_bag_forward_only(w, index, offsets, False, 0, False,
+                                                 a.reshape(m * w.size(0)), True, -1)[0]
+
+
+class Conv1d(_WeightedRowSums):
     """``nn.Conv1d`` with explicit ``(left, right)`` padding and a streaming mode.
 
     Offline: ``pad(x, (left, right))`` then convolve (what cached-conv's ``Conv1d`` does).
@@ -158,11 +166,6 @@ class Conv1d(StreamingModule):
     Parameters are named ``weight`` and ``bias`` (``weight_g`` / ``weight_v`` once weight
     norm is applied), as in acids-rave's state dicts.
     """
-
-    # Row indices and offsets per row count, see :func:`_set_up_weighted_sum`. TorchScript
-    # reads these annotations (hence no `from __future__ import annotations` here).
-    bag_indices: List[torch.Tensor]
-    bag_offsets: List[torch.Tensor]
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
                  stride: int = 1, padding: Union[int, Tuple[int, int]] = 0,
@@ -190,12 +193,7 @@ class Conv1d(StreamingModule):
         self.max_frames_rows_out = MAX_FRAMES_ROWS_OUT
         self.read_ahead = False  # see MIN_WEIGHTS_READ_AHEAD
         self.min_rows_read_ahead = MIN_ROWS_READ_AHEAD_GROUPED  # grouped convs only
-        _no_weighted_sum(self)
-
-    def _apply(self, fn, recurse: bool = True):
-        super()._apply(fn, recurse)
-        _move_bags(self, fn)
-        return self
+        self._no_weighted_sum()
 
     def state_shape(self) -> Tuple[int, int, int]:
         return (1, self.in_channels, self.padding_lr[0] + self.padding_lr[1] + self.alignment)
@@ -240,7 +238,7 @@ class Conv1d(StreamingModule):
         self.read_ahead = _reads_ahead(self.weight)
         if self.groups != 1:
             return  # grouped convs use batched products over the original layout
-        _set_up_weighted_sum(self, self.in_channels * self.kernel_size[0])
+        self._set_up_weighted_sum(self.in_channels * self.kernel_size[0])
         self.weight_rows_out = (0 < frames_per_call <= MAX_FRAMES_ROWS_OUT
                                 and self.weighted_sum_rows == 0)
         _store_weight_in_order(self, (0, 2, 1) if self.weight_rows_out   # (O, k, C)
@@ -296,7 +294,7 @@ class Conv1d(StreamingModule):
                 w = self.weight.permute(2, 1, 0).reshape(k * c, o)   # a view once laid out
                 if self.weighted_sum_rows > 0 and b * t <= self.weighted_sum_rows:
                     # the taps flattened straight from their 4-D view: no 2-D reshape first
-                    y = _weighted_sum_rows(taps, b * t, w, self.bag_indices, self.bag_offsets)
+                    y = self._weighted_sum_rows(taps, b * t, w)
                     if bias is not None:
                         y = y + bias
                     return _channels_first_view(y, b, t, o)
@@ -325,7 +323,7 @@ class Conv1d(StreamingModule):
                 f", groups={self.groups}, bias={self.bias is not None}")
 
 
-class ConvTranspose1d(StreamingModule):
+class ConvTranspose1d(_WeightedRowSums):
     """``nn.ConvTranspose1d`` (symmetric ``padding``) with a streaming mode.
 
     Streaming keeps the ``kernel - stride`` samples that overlap the next block and
@@ -333,11 +331,6 @@ class ConvTranspose1d(StreamingModule):
 
     Shapes: ``(batch, in_channels, time) -> (batch, out_channels, time * stride)``.
     """
-
-    # Row indices and offsets per row count, see :func:`_set_up_weighted_sum`. TorchScript
-    # reads these annotations (hence no `from __future__ import annotations` here).
-    bag_indices: List[torch.Tensor]
-    bag_offsets: List[torch.Tensor]
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
                  stride: int = 1, padding: int = 0, bias: bool = True,
@@ -357,12 +350,7 @@ class ConvTranspose1d(StreamingModule):
         self.matmul_streaming = False  # see Conv1d.matmul_streaming
         self.weight_rows_out = False  # see lay_out_weight_for_matmul
         self.read_ahead = False  # see MIN_WEIGHTS_READ_AHEAD
-        _no_weighted_sum(self)
-
-    def _apply(self, fn, recurse: bool = True):
-        super()._apply(fn, recurse)
-        _move_bags(self, fn)
-        return self
+        self._no_weighted_sum()
 
     def state_shape(self) -> Tuple[int, int, int]:
         return (1, self.out_channels, self.kernel_size[0] - self.stride[0])
@@ -400,7 +388,7 @@ class ConvTranspose1d(StreamingModule):
         if "weight" not in self._parameters:
             return
         self.read_ahead = _reads_ahead(self.weight)
-        _set_up_weighted_sum(self, self.in_channels)
+        self._set_up_weighted_sum(self.in_channels)
         self.weight_rows_out = (0 < frames_per_call <= MAX_FRAMES_ROWS_OUT
                                 and self.weighted_sum_rows == 0)
         _store_weight_in_order(self, (2, 1, 0) if self.weight_rows_out   # (k, O, C)
@@ -423,7 +411,7 @@ class ConvTranspose1d(StreamingModule):
         else:
             w = self.weight.permute(0, 2, 1).reshape(self.in_channels, 2 * s * o)
             if self.weighted_sum_rows > 0 and b * t <= self.weighted_sum_rows:
-                y = _weighted_sum_rows(xt, b * t, w, self.bag_indices, self.bag_offsets)
+                y = self._weighted_sum_rows(xt, b * t, w)
             else:
                 xt = xt.reshape(b * t, self.in_channels)
                 if self.read_ahead:

@@ -49,7 +49,7 @@ LIBTORCH_2_5_MAX_FILE_FORMAT = 10
 METHODS = ("encode", "decode", "forward")
 #: Checks that compare two runs of the same input.
 _COMPARES_RUNS = ("contract.4_streaming", "contract.9_nn_tilde_emulation", "contract.11_batch",
-                  "contract.25_noncontiguous")
+                  "contract.25_noncontiguous", "device.moves_with_module")
 
 
 # --------------------------------------------------------------------------- reference
@@ -273,7 +273,7 @@ class TorchScriptTarget(Target):
             self._check_methods, self._check_ratios, self._check_forbidden_names,
             self._check_no_lazy_state, self._check_shapes, self._check_attributes,
             self._check_streaming, self._check_batches, self._check_noncontiguous,
-            self._check_nn_tilde_host]
+            self._check_moves_with_module, self._check_nn_tilde_host]
         checks += self.host_checks()
         # Contract checks make few calls, each with new shapes: the JIT's profiling runs
         # and re-optimisation would dominate their cost (seconds per method). They check
@@ -636,6 +636,42 @@ class TorchScriptTarget(Target):
         report.add_contract("contract.25_noncontiguous", problems,
                             "non-contiguous inputs (as nn~ passes them) give the "
                             "same output as contiguous ones")
+
+    @_named("device.moves_with_module")
+    def _check_moves_with_module(self, report, module, ctx: _Ctx) -> None:
+        """Hosts move a model with ``Module.to``: nn~'s ``gpu`` message calls
+        ``model.to(cuda)`` (or mps) and feeds it blocks on that device. A tensor that does
+        not move (a graph constant, a plain list) then meets the block on another device;
+        nn~ prints the error and plays silence. Without a GPU this is checked through the
+        same path with a dtype: a copy of the file moved ``.to(torch.float64)`` must take
+        float64 blocks and give the float32 file's output."""
+        moved = torch.jit.load(str(ctx.artifact), map_location="cpu")
+        moved.to(torch.float64)
+        stuck = sorted({str(t.dtype) for t in list(moved.parameters()) + list(moved.buffers())
+                        if t.is_floating_point() and t.dtype != torch.float64})
+        problems = [f"tensors left in {', '.join(stuck)}"] if stuck else []
+        self._set_deterministic(module)
+        self._set_deterministic(moved)
+        for m in METHODS:
+            x = _input_for(module, m, 2 * ctx.ratio)
+            self._reset(module)
+            ref = _call(module, m, x)
+            self._reset(moved)
+            try:
+                y = _call(moved, m, x.double())
+            except Exception as exc:
+                lines = str(exc).strip().splitlines() or [""]
+                problems.append(f"{m}: {type(exc).__name__}: {lines[-1][:200]}")
+                continue
+            tol = 1e-5 * float(ref.abs().max() + 1e-12)
+            if y.dtype != torch.float64 or not torch.allclose(y.float(), ref, rtol=0, atol=tol):
+                problems.append(f"{m}: the moved copy's output is not the file's")
+        self._reset(module)
+        report.add("device.moves_with_module", not problems,
+                   ("every weight moves with .to() (checked as .to(torch.float64): no GPU "
+                    "here), as nn~'s gpu message needs" if not problems else
+                    "the file does not move with .to() (checked as .to(torch.float64)), so "
+                    "nn~'s gpu message would leave it silent: " + "; ".join(problems[:3])))
 
     @_named("contract.9_nn_tilde_emulation")
     def _check_nn_tilde_host(self, report, module, ctx: _Ctx) -> None:
