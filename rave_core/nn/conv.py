@@ -121,6 +121,9 @@ class _WeightedRowSums(StreamingModule):
         rows, or none (``weighted_sum_rows = 0``) when its size is outside
         ``MIN_WEIGHTS_WEIGHTED_SUM`` to ``MAX_WEIGHTS_WEIGHTED_SUM`` values. The offsets
         end with the total (``include_last_offset``)."""
+        if MAX_ROWS_WEIGHTED_SUM != 4:
+            raise NotImplementedError("_weighted_sum_rows has one branch per row count, "
+                                      "up to 4: add branches with MAX_ROWS_WEIGHTED_SUM")
         self._no_weighted_sum()
         if not MIN_WEIGHTS_WEIGHTED_SUM <= self.weight.numel() <= MAX_WEIGHTS_WEIGHTED_SUM:
             return
