@@ -175,6 +175,30 @@ def test_weighted_sum_rows_only_for_mid_sized_weights(channels, weighted):
                 assert offsets.tolist() == [i * rows for i in range(m + 1)]
 
 
+def test_weighted_sums_on_cpu_only(monkeypatch):
+    """Moved off the CPU (nn~'s gpu message; here the meta device), a layer set up for
+    weighted row sums takes the matrix product: MPS has no embedding_bag in nn~ 1.6's
+    libtorch."""
+    from rave_core.nn.conv import Conv1d, ConvTranspose1d
+    from rave_core.nn.streaming import set_matmul_streaming, set_streaming
+
+    calls = []
+    real = torch._embedding_bag_forward_only
+    monkeypatch.setattr(torch, "_embedding_bag_forward_only",
+                        lambda *a: calls.append(a[0].device.type) or real(*a))
+    for layer in (Conv1d(256, 256, 3, padding=(2, 0)),
+                  ConvTranspose1d(256, 256, 4, stride=2, padding=1)):
+        set_matmul_streaming(layer)
+        layer.lay_out_weight_for_matmul(1)
+        assert layer.weighted_sum_rows == 4
+        for device in ("cpu", "meta"):
+            layer.to(device)
+            set_streaming(layer, True)
+            y = layer(torch.randn(1, 256, 1, device=device))
+            assert y.device.type == device
+    assert calls == ["cpu", "cpu"]
+
+
 def _conv_and_matmul_models(configs, monkeypatch, lowered_threshold: str):
     """A small model deployed twice (convolution and matrix-product streaming), with the
     weight-size threshold ``lowered_threshold`` of :mod:`rave_core.nn.conv` set to 0 so

@@ -104,6 +104,10 @@ class _WeightedRowSums(StreamingModule):
     (state dicts are unchanged, and they move with the layer): picking one by the rows of
     the call is a few interpreter instructions, where slicing one pair to them was two
     op calls per layer and call.
+
+    CPU only: the gain is FBGEMM's kernel against BLAS's packing, measured on CPUs. A
+    model moved to a GPU (nn~'s ``gpu`` message) takes the product instead; MPS has no
+    ``embedding_bag`` before torch 2.10, and nn~ 1.6 ships libtorch 2.5.1.
     """
 
     def _no_weighted_sum(self) -> None:
@@ -295,7 +299,8 @@ class Conv1d(_WeightedRowSums):
                 w = w.t()
             else:
                 w = self.weight.permute(2, 1, 0).reshape(k * c, o)   # a view once laid out
-                if self.weighted_sum_rows > 0 and b * t <= self.weighted_sum_rows:
+                if (self.weighted_sum_rows > 0 and b * t <= self.weighted_sum_rows
+                        and x.is_cpu):  # x: freezing would fold a weight's device
                     # the taps flattened straight from their 4-D view: no 2-D reshape first
                     y = self._weighted_sum_rows(taps, b * t, w)
                     if bias is not None:
@@ -413,7 +418,8 @@ class ConvTranspose1d(_WeightedRowSums):
                          self.weight.permute(2, 1, 0).reshape(2 * s * o, self.in_channels).t())
         else:
             w = self.weight.permute(0, 2, 1).reshape(self.in_channels, 2 * s * o)
-            if self.weighted_sum_rows > 0 and b * t <= self.weighted_sum_rows:
+            if (self.weighted_sum_rows > 0 and b * t <= self.weighted_sum_rows
+                    and x.is_cpu):
                 y = self._weighted_sum_rows(xt, b * t, w)
             else:
                 xt = xt.reshape(b * t, self.in_channels)
