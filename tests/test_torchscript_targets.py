@@ -495,6 +495,22 @@ def test_frozen_constants_do_not_move_and_the_check_says_so(runs, tmp_path, monk
     assert "gpu" in hit[0].message and "float64" in hit[0].message
 
 
+def test_a_sampling_file_is_checked_for_moving_without_comparing(runs, monkeypatch):
+    """A file with no deterministic switch (acids-rave's) draws other random numbers in
+    float64: the move check then asks only for finite float64 blocks of the right shape,
+    and says the outputs were not compared (comparing them would fail a file that moves).
+    """
+    from rave_deploy.targets._torchscript import TorchScriptTarget
+
+    _, model, results = runs["brave"]
+    path = results["nn_tilde"].path
+    monkeypatch.setattr(TorchScriptTarget, "_set_deterministic", staticmethod(lambda m: False))
+    report = _check("nn_tilde", path, read_sidecar(path), model, 128, False, monkeypatch)
+    hit = [r for r in report.results if r.name == "device.moves_with_module"]
+    assert hit and hit[0].passed, hit
+    assert "not compared" in hit[0].message
+
+
 def test_wrong_decode_params_fails_contract_7(runs, tmp_path, monkeypatch):
     def mutate(m):
         m.decode_params = torch.tensor([4, 64, 1, 1])
