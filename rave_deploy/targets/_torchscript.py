@@ -49,7 +49,7 @@ LIBTORCH_2_5_MAX_FILE_FORMAT = 10
 METHODS = ("encode", "decode", "forward")
 #: Checks that compare two runs of the same input.
 _COMPARES_RUNS = ("contract.4_streaming", "contract.9_nn_tilde_emulation", "contract.11_batch",
-                  "contract.25_noncontiguous", "device.moves_with_module")
+                  "contract.25_noncontiguous")
 
 
 # --------------------------------------------------------------------------- reference
