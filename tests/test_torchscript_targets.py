@@ -511,6 +511,24 @@ def test_a_sampling_file_is_checked_for_moving_without_comparing(runs, monkeypat
     assert "not compared" in hit[0].message
 
 
+def test_a_crashing_check_fails_under_its_own_name(runs, monkeypatch):
+    """A check that raises is that check failing, named as it is (not as a numbered host
+    contract point when it is none)."""
+    from rave_deploy.targets._torchscript import TorchScriptTarget
+
+    def crash(self, report, module, ctx):
+        raise RuntimeError("boom")
+    crash.check_name = "device.moves_with_module"
+    monkeypatch.setattr(TorchScriptTarget, "_check_moves_with_module", crash)
+    _, model, results = runs["brave"]
+    path = results["nn_tilde"].path
+    report = _check("nn_tilde", path, read_sidecar(path), model, 128, False, monkeypatch)
+    hit = [r for r in report.results if r.name == "device.moves_with_module"]
+    assert hit and not hit[0].passed
+    assert hit[0].message == ("device.moves_with_module: the check could not run "
+                              "(RuntimeError: boom)")
+
+
 def test_wrong_decode_params_fails_contract_7(runs, tmp_path, monkeypatch):
     def mutate(m):
         m.decode_params = torch.tensor([4, 64, 1, 1])

@@ -304,7 +304,8 @@ class TorchScriptTarget(Target):
         except Exception as exc:  # a crash inside a check is that check failing
             name = getattr(fn, "check_name", fn.__name__.replace("_check_", "contract."))
             point = name.split(".", 1)[-1].split("_", 1)[0]
-            report.add(name, False, f"host contract {point}: the check could not run "
+            label = f"host contract {point}" if name.startswith("contract.") else name
+            report.add(name, False, f"{label}: the check could not run "
                        f"({type(exc).__name__}: {str(exc).strip()[:300]})")
 
     @staticmethod
