@@ -464,12 +464,17 @@ def _broken(runs, model_name: str, target: str, tmp_path: Path, mutate):
     return path, sidecar, model
 
 
-def _failed(report, name: str, point: str):
+def _result(report, name: str):
     hit = [r for r in report.results if r.name == name]
     assert hit, [r.name for r in report.results]
-    assert not hit[0].passed, hit[0]
-    assert f"host contract {point}" in hit[0].message
     return hit[0]
+
+
+def _failed(report, name: str, point: str):
+    hit = _result(report, name)
+    assert not hit.passed, hit
+    assert f"host contract {point}" in hit.message
+    return hit
 
 
 def test_frozen_constants_do_not_move_and_the_check_says_so(runs, tmp_path, monkeypatch):
@@ -490,9 +495,9 @@ def test_frozen_constants_do_not_move_and_the_check_says_so(runs, tmp_path, monk
     monkeypatch.setattr(ts, "_distinct_tensor_constants", lambda frozen: {})
     path, sidecar, model = _broken(runs, "brave", "nn_tilde", tmp_path, lambda m: None)
     report = _check("nn_tilde", path, sidecar, model, 128, False, monkeypatch)
-    hit = [r for r in report.results if r.name == "device.moves_with_module"]
-    assert hit and not hit[0].passed, [(r.name, r.passed) for r in report.results]
-    assert "gpu" in hit[0].message and "float64" in hit[0].message
+    hit = _result(report, "device.moves_with_module")
+    assert not hit.passed, hit
+    assert "gpu" in hit.message and "float64" in hit.message
 
 
 def test_a_sampling_file_is_checked_for_moving_without_comparing(runs, monkeypatch):
@@ -506,9 +511,9 @@ def test_a_sampling_file_is_checked_for_moving_without_comparing(runs, monkeypat
     path = results["nn_tilde"].path
     monkeypatch.setattr(TorchScriptTarget, "_set_deterministic", staticmethod(lambda m: False))
     report = _check("nn_tilde", path, read_sidecar(path), model, 128, False, monkeypatch)
-    hit = [r for r in report.results if r.name == "device.moves_with_module"]
-    assert hit and hit[0].passed, hit
-    assert "not compared" in hit[0].message
+    hit = _result(report, "device.moves_with_module")
+    assert hit.passed, hit
+    assert "not compared" in hit.message
 
 
 def test_a_crashing_check_fails_under_its_own_name(runs, monkeypatch):
@@ -523,10 +528,10 @@ def test_a_crashing_check_fails_under_its_own_name(runs, monkeypatch):
     _, model, results = runs["brave"]
     path = results["nn_tilde"].path
     report = _check("nn_tilde", path, read_sidecar(path), model, 128, False, monkeypatch)
-    hit = [r for r in report.results if r.name == "device.moves_with_module"]
-    assert hit and not hit[0].passed
-    assert hit[0].message == ("device.moves_with_module: the check could not run "
-                              "(RuntimeError: boom)")
+    hit = _result(report, "device.moves_with_module")
+    assert not hit.passed
+    assert hit.message == ("device.moves_with_module: the check could not run "
+                           "(RuntimeError: boom)")
 
 
 def test_wrong_decode_params_fails_contract_7(runs, tmp_path, monkeypatch):

@@ -137,6 +137,11 @@ class _WeightedRowSums(StreamingModule):
             setattr(self, f"bag_index_{m}", torch.arange(n_in, device=device).repeat(m))
             setattr(self, f"bag_offsets_{m}", torch.arange(m + 1, device=device) * n_in)
 
+    def _sums_weight_rows(self, rows: int, x: torch.Tensor) -> bool:
+        """Whether a call computing ``rows`` rows of block ``x`` takes the row sums. The
+        block's device, not the weight's: freezing would fold the latter."""
+        return self.weighted_sum_rows > 0 and rows <= self.weighted_sum_rows and x.is_cpu
+
     def _weighted_sum_rows(self, a: torch.Tensor, m: int, w: torch.Tensor) -> torch.Tensor:
         """``a @ w`` for a few rows: ``a`` the ``M`` rows of ``(M, K)`` one after the
         other (any shape that flattens to them), ``w`` ``(K, N)`` contiguous, ``M`` at
@@ -299,8 +304,7 @@ class Conv1d(_WeightedRowSums):
                 w = w.t()
             else:
                 w = self.weight.permute(2, 1, 0).reshape(k * c, o)   # a view once laid out
-                if (self.weighted_sum_rows > 0 and b * t <= self.weighted_sum_rows
-                        and x.is_cpu):  # x: freezing would fold a weight's device
+                if self._sums_weight_rows(b * t, x):
                     # the taps flattened straight from their 4-D view: no 2-D reshape first
                     y = self._weighted_sum_rows(taps, b * t, w)
                     if bias is not None:
@@ -418,8 +422,7 @@ class ConvTranspose1d(_WeightedRowSums):
                          self.weight.permute(2, 1, 0).reshape(2 * s * o, self.in_channels).t())
         else:
             w = self.weight.permute(0, 2, 1).reshape(self.in_channels, 2 * s * o)
-            if (self.weighted_sum_rows > 0 and b * t <= self.weighted_sum_rows
-                    and x.is_cpu):
+            if self._sums_weight_rows(b * t, x):
                 y = self._weighted_sum_rows(xt, b * t, w)
             else:
                 xt = xt.reshape(b * t, self.in_channels)

@@ -679,7 +679,9 @@ class TorchScriptTarget(Target):
                    ("every weight moves with .to() (checked as .to(torch.float64): no GPU "
                     f"here), as nn~'s gpu message needs{compared}" if not problems else
                     "the file does not move with .to() (checked as .to(torch.float64)), so "
-                    "nn~'s gpu message would leave it silent: " + "; ".join(problems[:3])))
+                    "nn~'s gpu message would leave it silent: " + "; ".join(problems[:3])
+                    + ". Export it again with this rave-deploy (its files keep every weight "
+                    "as a buffer), or keep nn~'s gpu off for it"))
 
     @_named("contract.9_nn_tilde_emulation")
     def _check_nn_tilde_host(self, report, module, ctx: _Ctx) -> None:
