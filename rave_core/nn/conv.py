@@ -36,20 +36,20 @@ MAX_FRAMES_ROWS_OUT = 3
 # rows in 24, 34, 43 us against 41-57, 43-72, 62-89 us through `mm`; at 4 rows, 95 us
 # against 134 (384x128: 27 against 31; weights cycled, a busy phase), and BRAVE's file
 # ran 256-sample blocks 7-10 % faster; at 8 rows `mm` after a read-ahead wins (131
-# against 137 us). Below about 32k values its fixed cost (~7 us) loses. Above 2 MB (a
-# core's L2 here) each bag reads the weight from farther away, and MKL's product wins:
-# v2's 1.8-4.7M-value layers took 1.1-1.5x longer, 11 % on the whole call. Such layers
-# keep the `(in, out)` layout. `_WeightedRowSums._weighted_sum_rows` has one branch per
+# against 137 us). Below about 32k values its fixed cost (~7 us) loses. Above 2 MB
+# (twice a core's 1 MB L2 here) each bag reads the weight from farther away, and MKL's
+# product wins: v2's 1.8-4.7M-value layers took 1.1-1.5x longer, 11 % on the whole call.
+# Such layers keep the `(in, out)` layout. `_WeightedRowSums._weighted_sum_rows` has one branch per
 # row count up to 4.
 MAX_ROWS_WEIGHTED_SUM = 4
 MIN_WEIGHTS_WEIGHTED_SUM = 32768
 MAX_WEIGHTS_WEIGHTED_SUM = 524288
 
-# A weight of this many values (512 KB to 2 MB, up to a core's L2 here) that a product of
-# more rows reads is first read once in order (see :func:`_read_ahead`). MKL packs a
-# weight that is out of cache at a few GB/s on AMD Zen 4 (one thread, 768x256 by 32
-# rows: about 270 us, against 170 us when it is in L2), while one sequential pass pulls
-# it into L2 at tens of GB/s (about 20 us). BRAVE at block 2048: 5-10 % off each call;
+# A weight of this many values (512 KB to 2 MB; a core's L2 holds 1 MB here) that a
+# product of more rows reads is first read once in order (see :func:`_read_ahead`). MKL
+# packs a weight that is out of cache at a few GB/s on AMD Zen 4 (one thread, 768x256 by
+# 32 rows: about 270 us, against 170 us when it is in L2), while one sequential pass
+# pulls it close at tens of GB/s (about 20 us). BRAVE at block 2048: 5-10 % off each call;
 # smaller weights gained nothing measurable. At up to 4 rows these layers take the
 # weighted sums instead, so small blocks are unchanged. Grouped convs, which have no
 # weighted sums, skip the pass below ``MIN_ROWS_READ_AHEAD_GROUPED`` rows: there their
