@@ -175,6 +175,8 @@ def main(argv=None) -> int:
     p.add_argument("--run", action="append", default=[],
                    help="CONFIG=PATH of a run (ours or acids-rave's) to export instead of "
                         "random weights")
+    p.add_argument("--markdown", action="store_true",
+                   help="also print the table in Markdown, as the README keeps it")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     from rave_core import load_run
@@ -246,7 +248,23 @@ def main(argv=None) -> int:
         print(f"{r['config']:9s} {r['target']:20s} {r['block']:5d} {r['rtf']:6.2f} "
               f"{r['mean_ms']:8.2f} {p99} {r['budget_ms']:7.2f} "
               f"{r['vs_eager']:7.2f} {acids:>7s}")
+    if args.markdown:
+        print()
+        print(markdown_table(rows))
     return 0
+
+
+def markdown_table(rows: List[Dict[str, object]]) -> str:
+    """The rows as the README's Markdown table (``-`` where a cell has no value)."""
+    lines = ["| config | target | block | RTF | mean ms | p99 ms | budget ms | /eager | /acids |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        p99 = f"{r['p99_ms']:.2f}" if r["p99_ms"] == r["p99_ms"] else "-"
+        acids = f"{r['vs_acids']:.2f}x" if "vs_acids" in r else "-"
+        lines.append(f"| {r['config']} | {r['target']} | {r['block']} | {r['rtf']:.2f} | "
+                     f"{r['mean_ms']:.2f} | {p99} | {r['budget_ms']:.2f} | "
+                     f"{r['vs_eager']:.2f} | {acids} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

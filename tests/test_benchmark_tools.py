@@ -52,7 +52,8 @@ def test_profile_refuses_what_it_cannot_read(tmp_path, capsys):
 
 def test_streaming_rtf_prints_phase_and_table(tmp_path, capsys):
     """benchmarks/streaming_rtf.py end to end on a small run: the machine's phase line,
-    then a row per target and floor with a positive real-time factor."""
+    then a row per target and floor with a positive real-time factor, and with
+    ``--markdown`` the same rows as a Markdown table."""
     import streaming_rtf
 
     run = make_run(tmp_path, ("brave",))
@@ -61,8 +62,10 @@ def test_streaming_rtf_prints_phase_and_table(tmp_path, capsys):
         assert streaming_rtf.main(["--configs", "brave", "--run", f"brave={run}",
                                    "--blocks", "128", "--targets", "nn_tilde",
                                    "onnx_streaming", "--seconds", "0.1",
-                                   "--repeats", "1"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+                                   "--repeats", "1", "--markdown"]) == 0
+    out = capsys.readouterr().out
+    table, markdown = out.split("\n\n")
+    lines = table.splitlines()
     assert lines[0].startswith("machine phase, one thread reading: 8 MB at ")
     assert lines[0].count("GB/s") == 6
     # config, target (may hold spaces), then 7 cells: block, RTF, mean, p99, budget, ...
@@ -72,3 +75,7 @@ def test_streaming_rtf_prints_phase_and_table(tmp_path, capsys):
                          "floor: folded (ONNX)"}
     for name, rtf in rows.items():
         assert rtf > 0, name
+    md = [line.split("|")[1:-1] for line in markdown.strip().splitlines()]
+    assert [c.strip() for c in md[0]][:4] == ["config", "target", "block", "RTF"]
+    assert {c[1].strip(): float(c[3]) for c in md[2:]} == pytest.approx(rows, abs=0.006)
+    assert all(c[5].strip() == "-" for c in md[2:] if c[1].strip().startswith("floor"))
