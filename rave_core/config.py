@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import gin
 import torch
@@ -21,7 +21,12 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 
 
 class ConfigError(ValueError):
-    """A config that cannot be read or mapped onto our model family."""
+    """A config that cannot be read or mapped onto our model family. ``line``: the line
+    of the text it was raised for (1-based), when one line is to blame."""
+
+    def __init__(self, message: str, line: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.line = line
 
 
 def _register_externals() -> None:
@@ -56,25 +61,27 @@ def translate_acids_config(text: str) -> str:
     """
     aliases: Dict[str, str] = {}
     body: List[str] = []
-    for line in text.splitlines():
+    for number, line in enumerate(text.splitlines(), 1):
         code = line.split("#", 1)[0].rstrip()
         if re.match(r"^\s*include\s", code):
             # Shipped configs are expanded before this point; a run's config.gin is an
             # operative config and never includes: an include could import code.
             raise ConfigError(f"config includes another file ({line.strip()!r}): give the "
-                              "operative config.gin of the run, with no include lines")
+                              "operative config.gin of the run, with no include lines", number)
         if re.match(r"^\s*(import|from)\s", code):
             m = _IMPORT_RE.match(code)
             if m is None:
-                raise ConfigError(f"cannot read the config line {line.strip()!r}")
+                raise ConfigError(f"cannot read the config line {line.strip()!r}", number)
             module = m.group("pkg") or m.group("mod")
             if module != "__gin__" and module.split(".")[0] not in ALLOWED_IMPORTS:
                 raise ConfigError(
                     f"config imports {module!r}: a RAVE config may only name rave, cached_conv "
-                    "and torch modules (a config that imports other code could run it)")
+                    "and torch modules (a config that imports other code could run it)", number)
         else:
             m = None
         if m:
+            # an import line becomes an empty one: line numbers still point into the source
+            body.append("")
             if m.group("pkg") == "__gin__":
                 continue
             if m.group("pkg"):
@@ -110,7 +117,11 @@ def available_configs() -> List[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.gin") if not p.stem.startswith("_"))
 
 
-def _read_config(name_or_path: str) -> str:
+# One line of a config with where it comes from: (text, source, line number in source).
+_Line = Tuple[str, str, int]
+
+
+def _read_config(name_or_path: str) -> List[_Line]:
     path = _shipped(name_or_path)
     if path is None:
         path = Path(name_or_path)
@@ -119,23 +130,24 @@ def _read_config(name_or_path: str) -> str:
             hint = f" Did you mean {', '.join(close)}?" if close else ""
             raise ConfigError(f"unknown config {name_or_path!r}: not a shipped config "
                               f"({', '.join(available_configs())}) nor a file.{hint}")
-    return _expand_includes(path.read_text(), path.parent)
+        return _expand_includes(path.read_text(), path.parent, name_or_path)
+    return _expand_includes(path.read_text(), path.parent, f"shipped config {path.name}")
 
 
-def _expand_includes(text: str, folder: Path) -> str:
-    out = []
-    for line in text.splitlines():
+def _expand_includes(text: str, folder: Path, source: str) -> List[_Line]:
+    out: List[_Line] = []
+    for number, line in enumerate(text.splitlines(), 1):
         m = re.match(r"""^\s*include\s+['"](.+)['"]\s*$""", line)
         if m:
             target = m.group(1)
             candidates = [CONFIG_DIR / Path(target).name, folder / target]
             found = next((c for c in candidates if c.exists()), None)
             if found is None:
-                raise ConfigError(f"config include {target!r} not found")
-            out.append(_expand_includes(found.read_text(), found.parent))
+                raise ConfigError(f"config include {target!r} not found ({source}, line {number})")
+            out += _expand_includes(found.read_text(), found.parent, found.name)
         else:
-            out.append(line)
-    return "\n".join(out)
+            out.append((line, source, number))
+    return out
 
 
 def _known_selectors() -> List[str]:
@@ -143,19 +155,55 @@ def _known_selectors() -> List[str]:
     return sorted(sel for sel, _ in registry.items()) if registry is not None else []
 
 
-def _explain_gin_error(err: Exception, overrides: Sequence[str]) -> ConfigError:
+def _at(origins: Sequence[Tuple[str, int]], line: int) -> str:
+    """``SOURCE, line N`` for line ``line`` (1-based) of a parsed part."""
+    source, number = origins[line - 1]
+    return f"{source}, line {number}" if number else source
+
+
+def _where(err: Exception, origins: Sequence[Tuple[str, int]]) -> str:
+    """`` (SOURCE, line N)`` for the line of a parsed part gin names in ``err``."""
+    line = getattr(err, "lineno", None) if isinstance(err, SyntaxError) else None
+    if line is None and _position(err) is not None:
+        line = _position(err)[0]
+    if line is None:
+        m = re.search(r"line (\d+)", str(err))
+        line = int(m.group(1)) if m else None
+    if line is not None and line > len(origins) and origins:  # an unclosed bracket
+        source, number = origins[-1]
+        return f" ({source}, at its end)" if not number else f" ({source}, after line {number})"
+    if line is None or not 1 <= line <= len(origins):
+        sources = sorted({source for source, _ in origins})
+        return f" ({', '.join(sources)})" if len(sources) == 1 else ""
+    return f" ({_at(origins, line)})"
+
+
+def _position(err: Exception) -> Optional[Tuple[int, int]]:
+    """``(line, column)`` of a tokenizer error (``(message, (line, column))`` args)."""
+    args = getattr(err, "args", ())
+    if len(args) == 2 and isinstance(args[0], str) and isinstance(args[1], tuple) \
+            and len(args[1]) == 2 and all(isinstance(v, int) for v in args[1]):
+        return args[1]
+    return None
+
+
+def _explain_gin_error(err: Exception, origins: Sequence[Tuple[str, int]]) -> ConfigError:
+    where = _where(err, origins)
     msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if _position(err) is not None:
+        msg = err.args[0]
+    msg = re.sub(r"\s*\(line \d+\)$", "", msg)  # gin's line counts the parsed part
     m = re.search(r"No configurable matching '([^']+)'", str(err))
     if m:
         wanted = m.group(1)
         close = difflib.get_close_matches(wanted, _known_selectors(), n=3, cutoff=0.5)
         hint = f"; nearest valid: {', '.join(close)}" if close else ""
-        return ConfigError(f"unknown configurable {wanted!r}{hint}")
+        return ConfigError(f"unknown configurable {wanted!r}{hint}{where}")
     m = re.search(r"Configurable '([^']+)' doesn't have a parameter named '([^']+)'", str(err))
     if m:
         return ConfigError(f"{m.group(1)} has no parameter {m.group(2)!r} (check the config or "
-                           "--override)")
-    return ConfigError(f"invalid gin config: {msg}")
+                           f"--override){where}")
+    return ConfigError(f"invalid gin config{where}: {msg}")
 
 
 def parse_config(configs: Sequence[str] = (), overrides: Sequence[str] = (),
@@ -166,21 +214,37 @@ def parse_config(configs: Sequence[str] = (), overrides: Sequence[str] = (),
     Returns the combined gin text that was parsed.
     """
     _import_model_modules()
-    parts = [translate_acids_config(_read_config(c)) for c in configs]
+    # (gin text, where each of its lines comes from): parsed one after the other, so that
+    # an error names the file and line the user wrote (later bindings override earlier
+    # ones, and macros resolve when used, as in one text)
+    parts: List[Tuple[str, List[Tuple[str, int]]]] = []
+
+    def add(part: str, origins: List[Tuple[str, int]]) -> None:
+        try:
+            parts.append((translate_acids_config(part), origins))
+        except ConfigError as err:
+            if err.line is None or not 1 <= err.line <= len(origins):
+                raise
+            raise ConfigError(f"{err} ({_at(origins, err.line)})") from None
+
+    for c in configs:
+        lines = _read_config(c)
+        add("\n".join(line for line, _, _ in lines),
+            [(source, number) for _, source, number in lines])
     if text is not None:
-        parts.append(translate_acids_config(text))
+        add(text, [("config.gin", n) for n in range(1, len(text.splitlines()) + 1)])
     for o in overrides:
         if "=" not in o:
             raise ConfigError(f"override {o!r} is not of the form 'KEY = VALUE'")
-        parts.append(translate_acids_config(o.strip()))
-    full = "\n".join(parts)
+        add(o.strip(), [(f"--override {o.strip()!r}", 0)])
     gin.clear_config()
-    try:
-        gin.parse_config(full)
-    except Exception as err:  # gin raises ValueError, KeyError, SyntaxError...
-        gin.clear_config()
-        raise _explain_gin_error(err, overrides) from None
-    return full
+    for part, origins in parts:
+        try:
+            gin.parse_config(part)
+        except Exception as err:  # gin raises ValueError, KeyError, SyntaxError...
+            gin.clear_config()
+            raise _explain_gin_error(err, origins) from None
+    return "\n".join(part for part, _ in parts)
 
 
 def build_model(configs: Sequence[str] = (), overrides: Sequence[str] = (),

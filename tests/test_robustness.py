@@ -198,7 +198,7 @@ def _unknown_parameter(run: Path) -> Path:
     (_not_a_checkpoint, "the file is truncated or corrupted"),
     (_other_capacity, "'encoder.encoder.net.0.weight' has shape (4, 16, 7) in the checkpoint "
                       "but (8, 16, 7) in the model built from config.gin"),
-    (_gin_syntax_error, "invalid gin config: Couldn't parse statement"),
+    (_gin_syntax_error, "invalid gin config (config.gin, line "),
     (_unknown_configurable, "unknown configurable 'foo.Bar'"),
     (_unknown_parameter, "rave.model.RAVE has no parameter 'nonsense_param'"),
 ], ids=lambda v: v.__name__.strip("_") if callable(v) else "")
@@ -530,14 +530,28 @@ def test_ctrl_c_during_preprocess_keeps_the_earlier_dataset(db, tmp_path, monkey
 
 # ============================================================================ train
 def test_train_config_errors(db, tmp_path):
+    # each error names the file and the line the user wrote, whatever precedes it (an
+    # included config, an import line that is dropped before parsing)
     bad = tmp_path / "bad.gin"
     bad.write_text("include 'brave.gin'\nCAPACITY = (4\n")
     run_cli(core_cli, train_args(db, tmp_path, "r", "--config", str(bad)), code=2,
-            expect="invalid gin config")
+            expect=f"invalid gin config ({bad}, after line 2): EOF in multi-line statement")
+    bad.write_text("include 'brave.gin'\nfrom rave import blocks\n\nthis is ( not gin\n")
+    run_cli(core_cli, train_args(db, tmp_path, "r", "--config", "v2", "--config", str(bad)),
+            code=2, expect=f"invalid gin config ({bad}, line 4): Couldn't parse statement")
     unknown = tmp_path / "unknown.gin"
     unknown.write_text("include 'brave.gin'\nrave.blocks.Encodr.n_layers = 2\n")
     run_cli(core_cli, train_args(db, tmp_path, "r", "--config", str(unknown)), code=2,
             expect="unknown configurable 'rave.blocks.Encodr'; nearest valid: rave.blocks.Encoder")
+    run_cli(core_cli, train_args(db, tmp_path, "r", "--config", str(unknown)), code=2,
+            expect=f"({unknown}, line 2)")
+    evil = tmp_path / "evil.gin"
+    evil.write_text("\nimport os\n")
+    unknown.write_text(f"include 'brave.gin'\ninclude '{evil}'\n")
+    run_cli(core_cli, train_args(db, tmp_path, "r", "--config", str(unknown)), code=2,
+            expect="config imports 'os': a RAVE config may only name rave, cached_conv and "
+                   "torch modules (a config that imports other code could run it) "
+                   "(evil.gin, line 2)")
     run_cli(core_cli, train_args(db, tmp_path, "r", "--override", "LATENT_SIZ=8"), code=2,
             expect="the config has no macro LATENT_SIZ; nearest: LATENT_SIZE")
     run_cli(core_cli, train_args(db, tmp_path, "r", "--override", "rave.model.RAVE.phase1=3"),
