@@ -102,8 +102,8 @@ def onnx_streaming_step(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     inputs, outputs = sess.get_inputs(), sess.get_outputs()
     # OrtValues made from NumPy arrays share their memory: ONNX Runtime reads the bound
     # block and states and writes the bound outputs in place
-    sets = [[np.zeros([d if isinstance(d, int) else 1 for d in i.shape], np.float32)
-             for i in inputs[1:]] for _ in range(2)]
+    sets = [{i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], np.float32)
+             for i in inputs[1:]} for _ in range(2)]
     held: Dict[str, np.ndarray] = {}
     bindings: List = []
     run_options = ort.RunOptions()
@@ -117,10 +117,11 @@ def onnx_streaming_step(path: Path) -> Callable[[np.ndarray], np.ndarray]:
         for current, following in ((sets[0], sets[1]), (sets[1], sets[0])):
             io = sess.io_binding()
             io.bind_ortvalue_input(inputs[0].name, ort.OrtValue.ortvalue_from_numpy(held["block"]))
-            for i, value in zip(inputs[1:], current):
-                io.bind_ortvalue_input(i.name, ort.OrtValue.ortvalue_from_numpy(value))
+            for name, value in current.items():
+                io.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value))
             io.bind_ortvalue_output(outputs[0].name, ort.OrtValue.ortvalue_from_numpy(held["out"]))
-            for o, value in zip(outputs[1:], following):
+            for o in outputs[1:]:  # state_out_<k> feeds state_in_<k> (host contract)
+                value = following[o.name.replace("state_out_", "state_in_", 1)]
                 io.bind_ortvalue_output(o.name, ort.OrtValue.ortvalue_from_numpy(value))
             bindings.append(io)
 
