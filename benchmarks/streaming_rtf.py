@@ -93,12 +93,8 @@ def onnx_streaming_step(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     on the Python side (BRAVE at 128: 8-12 % of the call). Returns the output block (a view
     of the bound output, overwritten by the next call)."""
     import onnxruntime as ort
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.add_session_config_entry("session.set_denormal_as_zero", "1")
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    from rave_deploy.onnx_runtime import session
+    sess = session(path)  # one thread, all graph optimisations, denormals flushed
     inputs, outputs = sess.get_inputs(), sess.get_outputs()
     # OrtValues made from NumPy arrays share their memory: ONNX Runtime reads the bound
     # block and states and writes the bound outputs in place

@@ -161,14 +161,24 @@ def _at(origins: Sequence[Tuple[str, int]], line: int) -> str:
     return f"{source}, line {number}" if number else source
 
 
-def _where(err: Exception, origins: Sequence[Tuple[str, int]]) -> str:
-    """`` (SOURCE, line N)`` for the line of a parsed part gin names in ``err``."""
-    line = getattr(err, "lineno", None) if isinstance(err, SyntaxError) else None
-    if line is None and _position(err) is not None:
-        line = _position(err)[0]
+def _line_and_message(err: Exception) -> Tuple[Optional[int], str]:
+    """The line of the parsed part that gin's error names (1-based, ``None`` if none) and
+    its one-line message, without gin's own line count."""
+    args = err.args
+    if len(args) == 2 and isinstance(args[0], str) and isinstance(args[1], tuple) \
+            and len(args[1]) == 2 and all(isinstance(v, int) for v in args[1]):
+        return args[1][0], args[0]  # a tokenizer error: (message, (line, column))
+    text = str(err).strip()
+    msg = text.splitlines()[0] if text else type(err).__name__
+    line = err.lineno if isinstance(err, SyntaxError) else None
     if line is None:
-        m = re.search(r"line (\d+)", str(err))
+        m = re.search(r"line (\d+)", text)
         line = int(m.group(1)) if m else None
+    return line, re.sub(r"\s*\(line \d+\)$", "", msg)
+
+
+def _where(line: Optional[int], origins: Sequence[Tuple[str, int]]) -> str:
+    """`` (SOURCE, line N)`` for ``line`` of a parsed part."""
     if line is not None and line > len(origins) and origins:  # an unclosed bracket
         source, number = origins[-1]
         return f" ({source}, at its end)" if not number else f" ({source}, after line {number})"
@@ -178,21 +188,9 @@ def _where(err: Exception, origins: Sequence[Tuple[str, int]]) -> str:
     return f" ({_at(origins, line)})"
 
 
-def _position(err: Exception) -> Optional[Tuple[int, int]]:
-    """``(line, column)`` of a tokenizer error (``(message, (line, column))`` args)."""
-    args = getattr(err, "args", ())
-    if len(args) == 2 and isinstance(args[0], str) and isinstance(args[1], tuple) \
-            and len(args[1]) == 2 and all(isinstance(v, int) for v in args[1]):
-        return args[1]
-    return None
-
-
 def _explain_gin_error(err: Exception, origins: Sequence[Tuple[str, int]]) -> ConfigError:
-    where = _where(err, origins)
-    msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    if _position(err) is not None:
-        msg = err.args[0]
-    msg = re.sub(r"\s*\(line \d+\)$", "", msg)  # gin's line counts the parsed part
+    line, msg = _line_and_message(err)
+    where = _where(line, origins)
     m = re.search(r"No configurable matching '([^']+)'", str(err))
     if m:
         wanted = m.group(1)

@@ -39,8 +39,8 @@ MAX_FRAMES_ROWS_OUT = 3
 # against 137 us). Below about 32k values its fixed cost (~7 us) loses. Above 2 MB
 # (twice a core's 1 MB L2 here) each bag reads the weight from farther away, and MKL's
 # product wins: v2's 1.8-4.7M-value layers took 1.1-1.5x longer, 11 % on the whole call.
-# Such layers keep the `(in, out)` layout. `_WeightedRowSums._weighted_sum_rows` has one branch per
-# row count up to 4.
+# Such layers keep the `(in, out)` layout. `_WeightedRowSums._weighted_sum_rows` has one
+# branch per row count up to 4.
 MAX_ROWS_WEIGHTED_SUM = 4
 MIN_WEIGHTS_WEIGHTED_SUM = 32768
 MAX_WEIGHTS_WEIGHTED_SUM = 524288
