@@ -86,51 +86,12 @@ def torchscript_step(path: Path) -> Callable[[np.ndarray], None]:
 
 
 def onnx_streaming_step(path: Path) -> Callable[[np.ndarray], np.ndarray]:
-    """One ``onnx_streaming`` call per block, the way a C++ host runs the graph: the
-    states live in two preallocated sets of buffers bound once (outputs of one call are
-    the inputs of the next, the sets swap), and the block is copied into the bound input.
-    Feeding NumPy arrays through ``sess.run`` instead converts ~50 state tensors per call
-    on the Python side (BRAVE at 128: 8-12 % of the call). Returns the output block (a view
-    of the bound output, overwritten by the next call)."""
-    import onnxruntime as ort
-    from rave_deploy.onnx_runtime import session
-    sess = session(path)  # one thread, all graph optimisations, denormals flushed
-    inputs, outputs = sess.get_inputs(), sess.get_outputs()
-    # OrtValues made from NumPy arrays share their memory: ONNX Runtime reads the bound
-    # block and states and writes the bound outputs in place
-    sets = [{i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], np.float32)
-             for i in inputs[1:]} for _ in range(2)]
-    held: Dict[str, np.ndarray] = {}
-    bindings: List = []
-    run_options = ort.RunOptions()
-
-    def bind(shape) -> None:
-        held["block"] = np.zeros(shape, np.float32)
-        channels = outputs[0].shape[1]
-        held["out"] = np.zeros((shape[0], channels if isinstance(channels, int) else shape[1],
-                                shape[2]), np.float32)
-        bindings.clear()
-        for current, following in ((sets[0], sets[1]), (sets[1], sets[0])):
-            io = sess.io_binding()
-            io.bind_ortvalue_input(inputs[0].name, ort.OrtValue.ortvalue_from_numpy(held["block"]))
-            for name, value in current.items():
-                io.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value))
-            io.bind_ortvalue_output(outputs[0].name, ort.OrtValue.ortvalue_from_numpy(held["out"]))
-            for o in outputs[1:]:  # state_out_<k> feeds state_in_<k> (host contract)
-                value = following[o.name.replace("state_out_", "state_in_", 1)]
-                io.bind_ortvalue_output(o.name, ort.OrtValue.ortvalue_from_numpy(value))
-            bindings.append(io)
-
-    calls = [0]
-
-    def step(block: np.ndarray) -> np.ndarray:
-        if "block" not in held or held["block"].shape != block.shape:
-            bind(block.shape)
-        np.copyto(held["block"], block)
-        sess.run_with_iobinding(bindings[calls[0] % 2], run_options)
-        calls[0] += 1
-        return held["out"]
-    return step
+    """One ``onnx_streaming`` call per block, the way a C++ host runs the graph: states
+    bound in place, the block copied into a bound input
+    (:class:`rave_deploy.onnx_runtime.BoundStreamingSession`, also what ``rave-deploy
+    check`` times). Returns the output block (overwritten by the next call)."""
+    from rave_deploy.onnx_runtime import BoundStreamingSession, session
+    return BoundStreamingSession(session(path))  # one thread, all optimisations, no denormals
 
 
 def time_blocks(step: Callable[[np.ndarray], None], block: int, seconds: float) -> np.ndarray:

@@ -3,7 +3,7 @@ harness, and the checks the ONNX targets share."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -64,39 +64,107 @@ class _OrtRunnerMixin:
         self.out_channels = latent_size if method == "encode" else n_channels
         self.in_ratio = ratio if method == "decode" else 1
         self.out_ratio = ratio if method == "encode" else 1
-        self._rows: List[Dict[str, np.ndarray]] = []
 
-    def _call(self, feeds: Dict[str, np.ndarray]) -> List[np.ndarray]:
-        return self.session.run(None, feeds)
+
+class BoundStreamingSession:
+    """One stream through an explicit-state graph (``onnx_streaming``), run as a C++ host
+    runs it: the states live in two preallocated buffer sets bound once with IO binding
+    (``state_out_<k>`` of one call is written into the ``state_in_<k>`` buffer of the next,
+    and the sets swap), and each block is copied into a bound input buffer.
+
+    Feeding NumPy states through ``sess.run`` instead converts ~50 state tensors per call on
+    the Python side (BRAVE at 128 samples: 8-12 % of a call), a cost no host pays.
+
+    Args:
+        sess: an ONNX Runtime session of a batch-1 streaming graph.
+        output_shape: block shape ``(1, in_channels, n)`` -> output shape; by default
+            ``(1, out_channels, n)`` with the graph's declared output channels.
+    """
+
+    def __init__(self, sess, output_shape: Optional[Callable[[Tuple[int, ...]], Tuple[int, ...]]] = None):
+        import onnxruntime as ort
+
+        self._ort = ort
+        self.session = sess
+        self.inputs, self.outputs = sess.get_inputs(), sess.get_outputs()
+        self._sets = [{i.name: np.zeros(_shape(i, 1), np.float32) for i in self.inputs[1:]}
+                      for _ in range(2)]
+        self._output_shape = output_shape or self._same_length
+        self._block: Optional[np.ndarray] = None
+        self._out: Optional[np.ndarray] = None
+        self._bindings: List = []
+        self._calls = 0
+        self._run_options = ort.RunOptions()
+
+    def _same_length(self, shape: Tuple[int, ...]) -> Tuple[int, ...]:
+        channels = self.outputs[0].shape[1]
+        return (shape[0], channels if isinstance(channels, int) else shape[1], shape[2])
+
+    def reset(self) -> None:
+        """Zero states, as at load (both sets: either may be read next)."""
+        for states in self._sets:
+            for value in states.values():
+                value.fill(0.0)
+
+    def _bind(self, shape: Tuple[int, ...]) -> None:
+        ort = self._ort
+        # OrtValues made from NumPy arrays share their memory: ONNX Runtime reads the bound
+        # block and states and writes the bound outputs in place
+        self._block = np.zeros(shape, np.float32)
+        self._out = np.zeros(self._output_shape(shape), np.float32)
+        self._bindings = []
+        for current, following in ((self._sets[0], self._sets[1]),
+                                   (self._sets[1], self._sets[0])):
+            io = self.session.io_binding()
+            io.bind_ortvalue_input(self.inputs[0].name,
+                                   ort.OrtValue.ortvalue_from_numpy(self._block))
+            for name, value in current.items():
+                io.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value))
+            io.bind_ortvalue_output(self.outputs[0].name,
+                                    ort.OrtValue.ortvalue_from_numpy(self._out))
+            for o in self.outputs[1:]:  # state_out_<k> feeds state_in_<k> (host contract)
+                value = following[o.name.replace("state_out_", "state_in_", 1)]
+                io.bind_ortvalue_output(o.name, ort.OrtValue.ortvalue_from_numpy(value))
+            self._bindings.append(io)
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        """Process one block ``(1, in_channels, n)``; returns the output block, a view of
+        the bound output buffer that the next call overwrites (copy it to keep it)."""
+        if self._block is None or self._block.shape != block.shape:
+            self._bind(tuple(block.shape))
+        np.copyto(self._block, block)
+        self.session.run_with_iobinding(self._bindings[self._calls % 2], self._run_options)
+        self._calls += 1
+        return self._out
 
 
 class _StreamingRunnerMixin(_OrtRunnerMixin):
-    """An explicit-state graph (``onnx_streaming``), states fed back by name."""
+    """An explicit-state graph (``onnx_streaming``), its states bound in place as a host
+    keeps them (:class:`BoundStreamingSession`, one per batch row)."""
 
     def __init__(self, sess, method: str, ratio: int, latent_size: int, n_channels: int) -> None:
         self._setup(sess, method, ratio, latent_size, n_channels)
-        self.state_inputs = [i for i in sess.get_inputs()[1:]]
-        # state_out_<k> -> state_in_<k>; the contract check proves the pairing exists.
-        self.pairs = {o: o.replace("state_out_", "state_in_", 1)
-                      for o in self.output_names[1:]}
         fixed = sess.get_inputs()[0].shape[2]
         self.graph_block = fixed if isinstance(fixed, int) else None
+        self._streams: List[BoundStreamingSession] = []
+
+    def _output_shape(self, shape: Tuple[int, ...]) -> Tuple[int, ...]:
+        return (shape[0], self.out_channels, shape[2] * self.in_ratio // self.out_ratio)
 
     def reset(self, batch: int = 1) -> None:
-        self._rows = [{i.name: np.zeros(_shape(i, 1), np.float32) for i in self.state_inputs}
-                      for _ in range(batch)]
+        while len(self._streams) < batch:
+            self._streams.append(BoundStreamingSession(self.session, self._output_shape))
+        del self._streams[batch:]
+        for stream in self._streams:
+            stream.reset()
 
     def process(self, block: np.ndarray) -> np.ndarray:
+        step = self.graph_block or block.shape[-1]
         outs = []
-        for b, states in enumerate(self._rows):
-            pieces = []
-            step = self.graph_block or block.shape[-1]
-            for i in range(0, block.shape[-1], step):
-                res = self._call({self.in_name: np.ascontiguousarray(block[b:b + 1, :, i:i + step]),
-                                  **states})
-                for name, value in zip(self.output_names[1:], res[1:]):
-                    states[self.pairs[name]] = value
-                pieces.append(res[0])
+        for b, stream in enumerate(self._streams):
+            # copies: the stream's output buffer is overwritten by its next call
+            pieces = [stream(block[b:b + 1, :, i:i + step]).copy()
+                      for i in range(0, block.shape[-1], step)]
             outs.append(np.concatenate(pieces, -1))
         return np.concatenate(outs, 0)
 
@@ -115,6 +183,7 @@ class _FlatRunnerMixin(_OrtRunnerMixin):
         # output index -> input index (anira's state_config.state_pairs)
         self.pairs = pairs if pairs is not None else {1: 1}
         self.graph_block = int(inputs[0].shape[2])
+        self._rows: List[Dict[str, np.ndarray]] = []
 
     def reset(self, batch: int = 1) -> None:
         self._rows = [{i.name: np.zeros(_shape(i, 1), np.float32) for i in self.inputs[1:]}
@@ -130,7 +199,7 @@ class _FlatRunnerMixin(_OrtRunnerMixin):
             pieces = []
             for i in range(0, block.shape[-1], step):
                 feeds[self.in_name] = np.ascontiguousarray(block[b:b + 1, :, i:i + step])
-                res = self._call(feeds)
+                res = self.session.run(None, feeds)
                 for o, i_ in self.pairs.items():
                     feeds[self.inputs[i_].name] = res[o]
                 pieces.append(res[0])

@@ -79,26 +79,3 @@ def test_streaming_rtf_prints_phase_and_table(tmp_path, capsys):
     assert [c.strip() for c in md[0]][:4] == ["config", "target", "block", "RTF"]
     assert {c[1].strip(): float(c[3]) for c in md[2:]} == pytest.approx(rows, abs=0.006)
     assert all(c[5].strip() == "-" for c in md[2:] if c[1].strip().startswith("floor"))
-
-
-def test_onnx_streaming_step_with_bound_states_equals_plain_runs(exports):
-    """The benchmark runs onnx_streaming with its states in two bound buffer sets that
-    swap each call: the outputs equal those of plain `sess.run` calls that feed each
-    call's new states back, over blocks of changing size."""
-    import numpy as np
-    import onnxruntime as ort
-    import streaming_rtf
-
-    path = str(exports["onnx_streaming"])
-    step = streaming_rtf.onnx_streaming_step(exports["onnx_streaming"])
-    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    inputs = sess.get_inputs()
-    states = {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], np.float32)
-              for i in inputs[1:]}
-    rng = np.random.default_rng(0)
-    for n in (128, 128, 256, 128, 512, 128):
-        block = (rng.standard_normal((1, 1, n)) * 0.1).astype(np.float32)
-        plain = sess.run(None, {inputs[0].name: block, **states})
-        states = {o.name.replace("state_out_", "state_in_", 1): v
-                  for o, v in zip(sess.get_outputs()[1:], plain[1:])}
-        np.testing.assert_allclose(step(block), plain[0], rtol=1e-5, atol=1e-6)
