@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+import warnings
+from typing import Dict, Optional, Sequence
 
 import torch
 
@@ -42,3 +43,16 @@ def make_run(root: Path, configs: Sequence[str] = ("brave",), extra: Sequence[st
     torch.save({"state_dict": model.state_dict(), "global_step": 10, "epoch": 1},
                ckpt_dir / "best.ckpt")
     return run
+
+
+def export_quietly(run: Path, targets: Sequence[str], out: Path,
+                   options: Optional["ExportOptions"] = None) -> Dict[str, Path]:
+    """``export_run`` with its warnings (e.g. a random model's latent statistics) silenced.
+    Returns ``{target: file}``."""
+    from rave_deploy.export import export_run
+    from rave_deploy.targets import ExportOptions
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        results = export_run(run, list(targets), out, options or ExportOptions())
+    return {r.target: r.path for r in results}

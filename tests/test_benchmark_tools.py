@@ -7,10 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from rave_deploy.export import export_run
-from rave_deploy.targets import ExportOptions
 
-from .runs import make_run
+from .runs import export_quietly, make_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import profile_block  # noqa: E402
@@ -19,11 +17,7 @@ import profile_block  # noqa: E402
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
     root = tmp_path_factory.mktemp("profile")
-    run = make_run(root, ("brave",))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        results = export_run(run, ["nn_tilde", "onnx_streaming"], root / "out", ExportOptions())
-    return {r.target: r.path for r in results}
+    return export_quietly(make_run(root, ("brave",)), ["nn_tilde", "onnx_streaming"], root / "out")
 
 
 @pytest.mark.parametrize("target,product", [("nn_tilde", "aten::mm"),

@@ -1,0 +1,219 @@
+"""Play an exported file through nn~ in a real PureData, without a sound card, and compare
+what Pd recorded with rave-deploy's emulation of nn~ (the one `rave-deploy check` uses).
+
+    python targets/nn_tilde/run_in_pd.py exports/my_brave.nn_tilde.ts \
+        --nn-tilde ~/Documents/Pd/externals/nn_tilde --block 128
+
+Pd runs in batch mode (``pd -nogui -nosound -batch``, Pd 0.51 or later): a generated
+patch reads a test signal into an array, plays it through ``[nn~ FILE forward N]`` (with
+``bufsize N`` and ``set deterministic 1`` sent on load, as ``example.pd`` does) and records
+the output with ``[tabwrite~]``. The same file is then run through
+:class:`rave_deploy.nn_tilde_emulation.NnTildeHost` in this process, and the two outputs
+are compared sample by sample over the recorded span. Exit code 0 when they agree (to
+``--tolerance`` of the peak; the default, 0, asks for identical samples) and the output
+is not silent, 1 otherwise, 2 for bad arguments or when Pd cannot run.
+
+``--nn-tilde`` is the folder holding ``nn~.pd_linux`` (``.pd_darwin``, ``.dll``), as nn~'s
+release unpacks it. Only ``forward`` is played: it is the method a patch runs audio through.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+#: Pd's signal vector: the recording stops on a vector boundary.
+PD_VECTOR = 64
+
+
+def batch_patch(model: str, block: int, n_samples: int, record_ms: float) -> str:
+    """A Pd patch that plays array ``in`` (read from ``in.wav``) through
+    ``[nn~ model forward block]`` into array ``out`` and writes ``out.wav`` after
+    ``record_ms`` of logical time, then quits. On load, in this order: read the signal,
+    ``set deterministic 1``, ``bufsize block``, DSP on, start playing and recording."""
+    lines = [
+        "#N canvas 0 0 640 480 12;",
+        "#X obj 20 20 loadbang;",                                   # 0
+        "#X obj 20 50 t b b b b b;",                                # 1
+        "#X msg 300 80 read -resize in.wav in;",                    # 2
+        "#X obj 300 110 soundfiler;",                               # 3
+        "#X obj 20 240 tabplay~ in;",                               # 4
+        f"#X obj 20 280 nn~ {model} forward {block};",              # 5
+        "#X obj 20 320 tabwrite~ out;",                             # 6
+        f"#X msg 160 80 bufsize {block};",                          # 7
+        "#X msg 160 110 set deterministic 1;",                      # 8
+        f"#X obj 20 400 delay {record_ms:g};",                      # 9
+        "#X msg 20 430 write -wave -bytes 4 out.wav out;",          # 10
+        "#X obj 20 460 soundfiler;",                                # 11
+        "#X msg 250 460 \\; pd quit;",                              # 12
+        "#X obj 20 370 t b b;",                                     # 13
+        "#X msg 400 20 \\; pd dsp 1;",                              # 14
+        "#X obj 400 200 array define in;",                          # 15
+        f"#X obj 400 230 array define out {n_samples};",            # 16
+    ]
+    # a trigger fires right to left: read, deterministic, bufsize, dsp, then play
+    edges = [(0, 0, 1, 0), (1, 4, 2, 0), (2, 0, 3, 0), (1, 3, 8, 0), (1, 2, 7, 0),
+             (1, 1, 14, 0), (1, 0, 13, 0), (7, 0, 5, 0), (8, 0, 5, 0), (13, 1, 4, 0),
+             (13, 1, 6, 0), (4, 0, 5, 0), (5, 0, 6, 0), (13, 0, 9, 0), (9, 0, 10, 0),
+             (10, 0, 11, 0), (11, 0, 12, 0)]
+    lines += [f"#X connect {a} {o} {b} {i};" for a, o, b, i in edges]
+    return "\n".join(lines) + "\n"
+
+
+def record_in_pd(model: Path, nn_tilde: Path, signal: np.ndarray, sr: int, block: int,
+                 pd: str = "pd", timeout: float = 600.0) -> Tuple[np.ndarray, str]:
+    """Play ``signal`` ``(T,)`` through nn~ in a batch-mode Pd; returns what ``[tabwrite~]``
+    recorded, ``(T',)`` with ``T'`` the whole vectors Pd computed before writing (the
+    rest of the array stays zero, and is cut), and Pd's log. Raises ``RuntimeError`` when
+    Pd wrote nothing or could not create ``[nn~]``."""
+    import soundfile as sf
+
+    n = len(signal)
+    record_ms = 1000.0 * n / sr
+    with tempfile.TemporaryDirectory(prefix="rave_pd_") as tmp:
+        work = Path(tmp)
+        shutil.copyfile(model, work / "model.ts")
+        sf.write(work / "in.wav", signal.astype(np.float32), sr, subtype="FLOAT")
+        (work / "run.pd").write_text(batch_patch("model.ts", block, n, record_ms))
+        cmd = [pd, "-nogui", "-nosound", "-batch", "-r", str(sr), "-stderr",
+               "-path", str(nn_tilde), "-open", "run.pd"]
+        done = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=timeout)
+        log = (done.stdout + done.stderr).strip()
+        if not (work / "out.wav").exists():
+            raise RuntimeError(f"Pd wrote no recording (exit code {done.returncode}); "
+                               f"its log:\n{log}")
+        if "couldn't create" in log:
+            raise RuntimeError(f"Pd could not create an object; its log:\n{log}")
+        recorded, _ = sf.read(work / "out.wav", dtype="float32")
+    # the delay fires on the vector where record_ms falls: that vector is not recorded
+    return recorded[:int(record_ms * sr / 1000.0) // PD_VECTOR * PD_VECTOR], log
+
+
+@dataclass
+class Comparison:
+    """Pd's recording against the emulation over the recorded span."""
+
+    samples: int
+    peak: float        # the emulation's
+    pd_peak: float
+    max_error: float
+    first_sound_pd: Optional[int]
+    first_sound_emulation: Optional[int]
+    host_latency: int
+
+    def agrees(self, tolerance: float) -> bool:
+        return self.pd_peak > 0 and self.max_error <= tolerance * self.peak
+
+    def lines(self) -> List[str]:
+        same = ("identical samples" if self.max_error == 0 else
+                f"max |Pd - emulation| {self.max_error:.3g} "
+                f"({20 * np.log10(self.peak / self.max_error):.1f} dB below the peak)")
+        return [f"recorded {self.samples} samples; peak {self.peak:.3g}; {same}",
+                f"first sound: Pd at sample {self.first_sound_pd}, emulation at "
+                f"{self.first_sound_emulation} (nn~ adds {self.host_latency} samples)"]
+
+
+def compare_with_emulation(module, block: int, signal: np.ndarray,
+                           recorded: np.ndarray) -> Comparison:
+    """Run ``signal`` through :class:`NnTildeHost` (``forward``, deterministic, buffer
+    ``block``, from zero states) and compare with ``recorded`` over its length."""
+    import torch
+
+    from rave_deploy.nn_tilde_emulation import NnTildeHost
+
+    if hasattr(module, "set_deterministic"):
+        module.set_deterministic(True)
+    if hasattr(module, "reset"):  # Pd loads the file afresh: start from silence too
+        module.reset()
+    host = NnTildeHost(module, "forward", block)
+    n = -(-len(recorded) // PD_VECTOR) * PD_VECTOR
+    x = np.zeros((1, 1, n), np.float32)
+    x[0, 0, :min(n, len(signal))] = signal[:n]
+    with torch.inference_mode():
+        emulated = host.run(x)[0, 0, :len(recorded)]
+
+    def first_sound(y: np.ndarray) -> Optional[int]:
+        idx = np.flatnonzero(y)
+        return int(idx[0]) if idx.size else None
+
+    return Comparison(samples=len(recorded),
+                      peak=float(np.abs(emulated).max()) if len(emulated) else 0.0,
+                      pd_peak=float(np.abs(recorded).max()) if len(recorded) else 0.0,
+                      max_error=float(np.abs(recorded - emulated).max()) if len(emulated) else 0.0,
+                      first_sound_pd=first_sound(recorded),
+                      first_sound_emulation=first_sound(emulated),
+                      host_latency=host.latency)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("model", type=Path, help="an exported nn_tilde .ts file")
+    p.add_argument("--nn-tilde", type=Path, required=True,
+                   help="folder holding nn~'s Pd external (nn~.pd_linux / .pd_darwin / .dll)")
+    p.add_argument("--block", type=int, default=2048, help="nn~'s buffer size N (default 2048)")
+    p.add_argument("--seconds", type=float, default=3.0, help="test signal length (default 3)")
+    p.add_argument("--sr", type=int, default=None,
+                   help="Pd's sample rate (default: the sidecar's sample_rate, else 44100)")
+    p.add_argument("--pd", default="pd", help="the Pd executable (default: pd on PATH)")
+    p.add_argument("--tolerance", type=float, default=0.0,
+                   help="allowed max |Pd - emulation| as a share of the peak (default 0)")
+    args = p.parse_args(argv)
+
+    if not args.model.is_file():
+        p.error(f"{args.model}: no such file")
+    if not args.nn_tilde.is_dir() or not any(args.nn_tilde.glob("nn~.*")):
+        p.error(f"{args.nn_tilde}: no nn~ external there (expected nn~.pd_linux, "
+                "nn~.pd_darwin or nn~.dll): pass the folder nn~'s release unpacks to")
+    if shutil.which(args.pd) is None:
+        p.error(f"{args.pd}: Pd not found (install Pd 0.51 or later, e.g. apt install "
+                "puredata-core, or pass --pd /path/to/pd)")
+    if args.block <= 0 or args.block & (args.block - 1):
+        p.error(f"--block {args.block}: nn~'s buffer size is a power of two")
+
+    import torch
+
+    from rave_deploy.check.harness import musical_signal
+    module = torch.jit.load(str(args.model))
+    module.eval()
+    sidecar = Path(str(args.model) + ".json")
+    sr = args.sr or (int(json.loads(sidecar.read_text())["sample_rate"])
+                     if sidecar.is_file() else 44100)
+    channels = int(module.forward_params[0])
+    if channels != 1:
+        p.error(f"{args.model.name} takes {channels} channels; this script plays mono files")
+    signal = musical_signal(sr, int(args.seconds * sr), 1, seed=1)[0]
+    try:
+        recorded, log = record_in_pd(args.model, args.nn_tilde, signal, sr, args.block,
+                                     pd=args.pd)
+    except (RuntimeError, subprocess.TimeoutExpired, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    result = compare_with_emulation(module, args.block, signal, recorded)
+    if not hasattr(module, "set_deterministic"):
+        print("note: this file has no `deterministic` attribute: it draws noise, so Pd's "
+              "output and the emulation's cannot agree exactly", file=sys.stderr)
+    print(f"Pd's log:\n  " + "\n  ".join(log.splitlines()))
+    print(f"{args.model.name} in Pd through nn~ (forward, N = {args.block}, deterministic):")
+    for line in result.lines():
+        print("  " + line)
+    ok = result.agrees(args.tolerance)
+    print("PASS: Pd's output is the emulation's" if ok else
+          "FAIL: nn~ played silence in Pd (its log above may say why)" if result.pd_peak == 0
+          else "FAIL: Pd's output differs from the emulation")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
