@@ -28,7 +28,7 @@ from rave_deploy.export import export_run
 from rave_deploy.sidecar import read_sidecar
 from rave_deploy.targets import CheckOptions, ExportOptions, TargetUnsupported, get_target
 from rave_deploy.torchscript import build_scripted_rave, script, torchscript_bytes
-from tests.runs import make_run
+from tests.runs import export_quietly, make_run
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = ("nn_tilde", "supercollider", "vst")
@@ -163,7 +163,8 @@ def test_file_is_small(runs):
 FULL = {("brave", "nn_tilde"), ("v2", "vst")}
 SERVED = [(m, t) for m in ("brave", "v2", "v1") for t in TARGETS if (m, t) != ("brave", "vst")]
 HOST_CHECKS = {"nn_tilde": [], "supercollider": ["contract.17_decode_params", "contract.17_sr",
-                                                 "contract.18_one_frame", "contract.19_prior"],
+                                                 "contract.18_one_frame", "contract.19_prior",
+                                                 "executor.legacy"],
                "vst": ["contract.13_attributes", "contract.14_ratio", "contract.15_mono",
                        "contract.15_stereo_mode", "contract.16_encode_amortized"]}
 COMMON = ["contract.1_load", "contract.1_file_format", "contract.2_no_lazy_state",
@@ -532,6 +533,43 @@ def test_a_crashing_check_fails_under_its_own_name(runs, monkeypatch):
     assert not hit.passed
     assert hit.message == ("device.moves_with_module: the check could not run "
                            "(RuntimeError: boom)")
+
+
+def _executor_flags():
+    """(profiling mode, profiling executor, optimisation): libtorch has setters that
+    return the old value and no getters, so each is set and restored."""
+    mode = torch._C._jit_set_profiling_mode(True)
+    torch._C._jit_set_profiling_mode(mode)
+    executor = torch._C._jit_set_profiling_executor(True)
+    torch._C._jit_set_profiling_executor(executor)
+    return mode, executor, torch._C._get_graph_executor_optimize()
+
+
+def test_legacy_executor_check_compares_a_fresh_copy_and_restores_the_flags(runs, tmp_path,
+                                                                           monkeypatch):
+    """``executor.legacy`` loads a second copy under the RAVE UGens' executor settings and
+    compares it with the file: a copy holding other weights (same shapes) fails it, and
+    the process-wide executor flags are back to their values after the check, whatever
+    it found."""
+    _, model, results = runs["brave"]
+    path = results["supercollider"].path
+    other = export_quietly(make_run(tmp_path, ("brave",), seed=1), ["supercollider"],
+                           tmp_path / "other", ExportOptions(fidelity=FIDELITY))["supercollider"]
+    before = _executor_flags()
+    report = _check("supercollider", path, read_sidecar(path), model, 128, False, monkeypatch)
+    assert _result(report, "executor.legacy").passed
+    assert _executor_flags() == before
+
+    real_load = torch.jit.load
+
+    def load_other_when_legacy(f, *args, **kwargs):
+        legacy = not _executor_flags()[0]
+        return real_load(str(other) if legacy else f, *args, **kwargs)
+    monkeypatch.setattr(torch.jit, "load", load_other_when_legacy)
+    report = _check("supercollider", path, read_sidecar(path), model, 128, False, monkeypatch)
+    hit = _result(report, "executor.legacy")
+    assert not hit.passed and "legacy graph executor" in hit.message
+    assert _executor_flags() == before
 
 
 def test_wrong_decode_params_fails_contract_7(runs, tmp_path, monkeypatch):

@@ -10,21 +10,41 @@ RAVE UGens read the module directly (host contracts 17-19):
   ``decode(1, L, 1) -> (1, C, R)``: one latent frame per call, read through
   ``data_ptr`` (contiguous, channel 0 first);
 * a prior only if a buffer ``last_z`` (or ``_prior.previous_step``) exists: our files
-  have none, so ``RAVEPrior`` and ``RAVE.new(..., prior: 1)`` output silence.
+  have none, so ``RAVEPrior`` and ``RAVE.new(..., prior: 1)`` output silence;
+* the UGens switch libtorch to its legacy graph executor (profiling off, optimisation
+  on) when their first model loads, for the whole scsynth process, NN.ar included: the
+  file must stream the same output under it (``executor.legacy``).
 
 The server's sample rate must equal the file's ``sr`` (export with ``--sr`` for a server
 at a multiple of the model's rate).
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional
+import contextlib
+from typing import Callable, Dict, Iterator, List, Optional
 
 import torch
 
 from rave_core.models.rave import RAVE
 
 from .base import ExportOptions, register
-from ._torchscript import TorchScriptTarget, _call, _named, _params
+from ._torchscript import METHODS, TorchScriptTarget, _call, _input_for, _named, _params
+
+
+@contextlib.contextmanager
+def legacy_graph_executor() -> Iterator[None]:
+    """libtorch as the RAVE UGens set it (``getProfilingMode() = false``,
+    ``setGraphExecutorOptimize(true)``): the legacy graph executor, optimising. Methods
+    first called inside take that executor for good; the process-wide flags are restored
+    on exit."""
+    mode = torch._C._jit_set_profiling_mode(False)
+    executor = torch._C._jit_set_profiling_executor(False)
+    try:
+        with torch.jit.optimized_execution(True):
+            yield
+    finally:
+        torch._C._jit_set_profiling_executor(executor)
+        torch._C._jit_set_profiling_mode(mode)
 
 
 @register
@@ -53,7 +73,7 @@ class SuperColliderTarget(TorchScriptTarget):
 
     def host_checks(self) -> List[Callable]:
         return [self._check_sc_buffers, self._check_sc_sr, self._check_sc_one_frame,
-                self._check_sc_prior]
+                self._check_sc_prior, self._check_legacy_executor]
 
     @_named("contract.17_decode_params")
     def _check_sc_buffers(self, report, module, ctx) -> None:
@@ -128,4 +148,52 @@ class SuperColliderTarget(TorchScriptTarget):
             ok, msg = True, ("no prior (no `last_z` buffer): RAVEPrior and RAVE with prior > 0 "
                              "output silence; use encode/decode or forward")
         report.add("contract.19_prior", ok, "host contract 19: " + msg)
+
+    @_named("executor.legacy")
+    def _check_legacy_executor(self, report, module, ctx) -> None:
+        """A fresh copy of the file, loaded and called under the legacy executor as the
+        UGens run it (one latent frame per call, several calls so that the executor
+        optimises), gives the file's output under the default executor."""
+        comparable = self._set_deterministic(module)
+        calls = 6
+        inputs = {m: _input_for(module, m, calls * ctx.ratio, seed=5) for m in METHODS}
+
+        def stream(mod, method: str) -> torch.Tensor:
+            self._reset(mod)
+            x = inputs[method]
+            step = x.shape[-1] // calls
+            return torch.cat([_call(mod, method, x[..., i * step:(i + 1) * step])
+                              for i in range(calls)], -1)
+
+        reference = {m: stream(module, m) for m in METHODS}
+        problems = []
+        with legacy_graph_executor():
+            legacy = torch.jit.load(str(ctx.artifact), map_location="cpu")
+            legacy.eval()
+            if comparable:
+                self._set_deterministic(legacy)
+            for m in METHODS:
+                try:
+                    y = stream(legacy, m)
+                except Exception as exc:
+                    lines = str(exc).strip().splitlines() or [""]
+                    problems.append(f"{m}: {type(exc).__name__}: {lines[-1][:200]}")
+                    continue
+                ref = reference[m]
+                if y.shape != ref.shape or not bool(y.isfinite().all()):
+                    problems.append(f"{m}: {tuple(y.shape)} (finite: {bool(y.isfinite().all())}),"
+                                    f" expected finite {tuple(ref.shape)}")
+                elif comparable and not torch.allclose(
+                        y, ref, rtol=0, atol=1e-5 * float(ref.abs().max() + 1e-12)):
+                    err = float((y - ref).abs().max())
+                    problems.append(f"{m}: output differs from the default executor's "
+                                    f"(max {err:.3g})")
+        self._reset(module)
+        compared = "" if comparable else "; outputs not compared: the file has no deterministic switch"
+        report.add("executor.legacy", not problems,
+                   ("streams under libtorch's legacy graph executor, as the RAVE UGens set it "
+                    f"for all of scsynth (NN.ar included){compared}" if not problems else
+                    "under libtorch's legacy graph executor (which the RAVE UGens set for all "
+                    "of scsynth) the file " + "; ".join(problems[:3])
+                    + ": report it with the file, and use NN.ar without the RAVE UGens loaded"))
 
