@@ -189,11 +189,13 @@ class SuperColliderTarget(TorchScriptTarget):
                     problems.append(f"{m}: output differs from the default executor's "
                                     f"(max {err:.3g})")
         self._reset(module)
-        compared = "" if comparable else "; outputs not compared: the file has no deterministic switch"
+        compared = ("" if comparable else
+                    "; outputs not compared: the file has no deterministic switch")
         report.add("executor.legacy", not problems,
                    ("streams under libtorch's legacy graph executor, as the RAVE UGens set it "
                     f"for all of scsynth (NN.ar included){compared}" if not problems else
-                    "under libtorch's legacy graph executor (which the RAVE UGens set for all "
-                    "of scsynth) the file " + "; ".join(problems[:3])
-                    + ": report it with the file, and use NN.ar without the RAVE UGens loaded"))
+                    "the file fails under libtorch's legacy graph executor, which the RAVE "
+                    "UGens set for all of scsynth (NN.ar included): " + "; ".join(problems[:3])
+                    + ". Load it with NN.ar in a server without the RAVE UGens, and report "
+                    "it with the file"))
 

@@ -4,7 +4,7 @@ what Pd recorded with rave-deploy's emulation of nn~ (the one `rave-deploy check
     python targets/nn_tilde/run_in_pd.py exports/my_brave.nn_tilde.ts \
         --nn-tilde ~/Documents/Pd/externals/nn_tilde --block 128
 
-Pd runs in batch mode (``pd -nogui -nosound -batch``, Pd 0.51 or later): a generated
+Pd runs in batch mode (``pd -nogui -nosound -batch``; tested with Pd 0.53.1): a generated
 patch reads a test signal into an array, plays it through ``[nn~ FILE forward N]`` (with
 ``bufsize N`` and ``set deterministic 1`` sent on load, as ``example.pd`` does) and records
 the output with ``[tabwrite~]``. The same file is then run through
@@ -177,7 +177,7 @@ def main(argv=None) -> int:
         p.error(f"{args.nn_tilde}: no nn~ external there (expected nn~.pd_linux, "
                 "nn~.pd_darwin or nn~.dll): pass the folder nn~'s release unpacks to")
     if shutil.which(args.pd) is None:
-        p.error(f"{args.pd}: Pd not found (install Pd 0.51 or later, e.g. apt install "
+        p.error(f"{args.pd}: Pd not found (install Pd, e.g. apt install "
                 "puredata-core, or pass --pd /path/to/pd)")
     if args.block <= 0 or args.block & (args.block - 1):
         p.error(f"--block {args.block}: nn~'s buffer size is a power of two")
