@@ -132,6 +132,30 @@ def _call(module, method: str, x: torch.Tensor):
         return getattr(module, method)(x)
 
 
+#: How a check that runs a second copy of a file says it could not compare outputs.
+NOT_COMPARED = "; outputs not compared: the file has no deterministic switch"
+
+
+def _copy_problems(method: str, copy: str, run_copy: Callable[[], torch.Tensor],
+                   ref: torch.Tensor, dtype: torch.dtype, comparable: bool) -> List[str]:
+    """What is wrong with a second copy of a file (moved, or run by another executor)
+    running ``method``: ``run_copy()`` raises, returns other than finite ``dtype`` values
+    of ``ref``'s shape, or (when ``comparable``: both copies deterministic) an output
+    other than the file's ``ref``, to 1e-5 of its peak."""
+    try:
+        y = run_copy()
+    except Exception as exc:
+        lines = str(exc).strip().splitlines() or [""]
+        return [f"{method}: {type(exc).__name__}: {lines[-1][:200]}"]
+    if y.dtype != dtype or y.shape != ref.shape or not bool(y.isfinite().all()):
+        return [f"{method}: {copy} returns {y.dtype} {tuple(y.shape)}, not finite {dtype} "
+                f"{tuple(ref.shape)}"]
+    err = float((y.to(ref.dtype) - ref).abs().max())
+    if comparable and err > 1e-5 * float(ref.abs().max() + 1e-12):
+        return [f"{method}: {copy}'s output is not the file's (max difference {err:.3g})"]
+    return []
+
+
 def _state_shapes(module) -> Dict[str, Tuple[int, ...]]:
     return {n: tuple(b.shape) for n, b in module.named_buffers()
             if n == "state" or n.endswith(".state")}
@@ -660,21 +684,10 @@ class TorchScriptTarget(Target):
             self._reset(module)
             ref = _call(module, m, x)
             self._reset(moved)
-            try:
-                y = _call(moved, m, x.double())
-            except Exception as exc:
-                lines = str(exc).strip().splitlines() or [""]
-                problems.append(f"{m}: {type(exc).__name__}: {lines[-1][:200]}")
-                continue
-            tol = 1e-5 * float(ref.abs().max() + 1e-12)
-            if y.dtype != torch.float64 or y.shape != ref.shape or not bool(y.isfinite().all()):
-                problems.append(f"{m}: the moved copy returns {y.dtype} {tuple(y.shape)}, "
-                                f"not finite float64 {tuple(ref.shape)}")
-            elif comparable and not torch.allclose(y.float(), ref, rtol=0, atol=tol):
-                problems.append(f"{m}: the moved copy's output is not the file's")
+            problems += _copy_problems(m, "the moved copy", lambda: _call(moved, m, x.double()),
+                                       ref, torch.float64, comparable)
         self._reset(module)
-        compared = ("" if comparable else
-                    "; outputs not compared: the file has no deterministic switch")
+        compared = "" if comparable else NOT_COMPARED
         report.add("device.moves_with_module", not problems,
                    ("every weight moves with .to() (checked as .to(torch.float64): no GPU "
                     f"here), as nn~'s gpu message needs{compared}" if not problems else

@@ -28,7 +28,8 @@ import torch
 from rave_core.models.rave import RAVE
 
 from .base import ExportOptions, register
-from ._torchscript import METHODS, TorchScriptTarget, _call, _input_for, _named, _params
+from ._torchscript import (METHODS, NOT_COMPARED, TorchScriptTarget, _call, _copy_problems,
+                           _input_for, _named, _params)
 
 
 @contextlib.contextmanager
@@ -173,24 +174,11 @@ class SuperColliderTarget(TorchScriptTarget):
             if comparable:
                 self._set_deterministic(legacy)
             for m in METHODS:
-                try:
-                    y = stream(legacy, m)
-                except Exception as exc:
-                    lines = str(exc).strip().splitlines() or [""]
-                    problems.append(f"{m}: {type(exc).__name__}: {lines[-1][:200]}")
-                    continue
-                ref = reference[m]
-                if y.shape != ref.shape or not bool(y.isfinite().all()):
-                    problems.append(f"{m}: {tuple(y.shape)} (finite: {bool(y.isfinite().all())}),"
-                                    f" expected finite {tuple(ref.shape)}")
-                elif comparable and not torch.allclose(
-                        y, ref, rtol=0, atol=1e-5 * float(ref.abs().max() + 1e-12)):
-                    err = float((y - ref).abs().max())
-                    problems.append(f"{m}: output differs from the default executor's "
-                                    f"(max {err:.3g})")
+                problems += _copy_problems(m, "the legacy executor's copy",
+                                           lambda: stream(legacy, m), reference[m],
+                                           torch.float32, comparable)
         self._reset(module)
-        compared = ("" if comparable else
-                    "; outputs not compared: the file has no deterministic switch")
+        compared = "" if comparable else NOT_COMPARED
         report.add("executor.legacy", not problems,
                    ("streams under libtorch's legacy graph executor, as the RAVE UGens set it "
                     f"for all of scsynth (NN.ar included){compared}" if not problems else
