@@ -59,7 +59,6 @@ class _OrtRunnerMixin:
         self.session = sess
         self.method = method
         self.in_name = sess.get_inputs()[0].name
-        self.output_names = [o.name for o in sess.get_outputs()]
         self.in_channels = latent_size if method == "decode" else n_channels
         self.out_channels = latent_size if method == "encode" else n_channels
         self.in_ratio = ratio if method == "decode" else 1
@@ -81,10 +80,10 @@ class BoundStreamingSession:
             ``(1, out_channels, n)`` with the graph's declared output channels.
     """
 
-    def __init__(self, sess, output_shape: Optional[Callable[[Tuple[int, ...]], Tuple[int, ...]]] = None):
+    def __init__(self, sess,
+                 output_shape: Optional[Callable[[Tuple[int, ...]], Tuple[int, ...]]] = None):
         import onnxruntime as ort
 
-        self._ort = ort
         self.session = sess
         self.inputs, self.outputs = sess.get_inputs(), sess.get_outputs()
         self._sets = [{i.name: np.zeros(_shape(i, 1), np.float32) for i in self.inputs[1:]}
@@ -107,7 +106,8 @@ class BoundStreamingSession:
                 value.fill(0.0)
 
     def _bind(self, shape: Tuple[int, ...]) -> None:
-        ort = self._ort
+        import onnxruntime as ort
+
         # OrtValues made from NumPy arrays share their memory: ONNX Runtime reads the bound
         # block and states and writes the bound outputs in place
         self._block = np.zeros(shape, np.float32)
