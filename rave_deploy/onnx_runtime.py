@@ -66,10 +66,12 @@ class _OrtRunnerMixin:
 
 
 class BoundStreamingSession:
-    """One stream through an explicit-state graph (``onnx_streaming``), run as a C++ host
-    runs it: the states live in two preallocated buffer sets bound once with IO binding
-    (``state_out_<k>`` of one call is written into the ``state_in_<k>`` buffer of the next,
-    and the sets swap), and each block is copied into a bound input buffer.
+    """One stream through an explicit-state graph (``onnx_streaming``, or anira's flat-state
+    graphs), run as a C++ host runs it: the states live in two preallocated buffer sets
+    bound once with IO binding (each state output of one call is written into the buffer
+    of the state input it feeds at the next, and the sets swap), and each block is copied
+    into a bound input buffer. An input that no output feeds (anira's ``fill_in``) stays
+    at zeros.
 
     Feeding NumPy states through ``sess.run`` instead converts ~50 state tensors per call on
     the Python side (BRAVE at 128 samples: 8-12 % of a call), a cost no host pays.
@@ -78,14 +80,26 @@ class BoundStreamingSession:
         sess: an ONNX Runtime session of a batch-1 streaming graph.
         output_shape: block shape ``(1, in_channels, n)`` -> output shape; by default
             ``(1, out_channels, n)`` with the graph's declared output channels.
+        pairs: output index -> the input index it feeds (anira's
+            ``state_config.state_pairs``); by default ``state_out_<k>`` feeds
+            ``state_in_<k>`` (the ``onnx_streaming`` contract).
     """
 
     def __init__(self, sess,
-                 output_shape: Optional[Callable[[Tuple[int, ...]], Tuple[int, ...]]] = None):
+                 output_shape: Optional[Callable[[Tuple[int, ...]], Tuple[int, ...]]] = None,
+                 pairs: Optional[Dict[int, int]] = None):
         import onnxruntime as ort
 
         self.session = sess
         self.inputs, self.outputs = sess.get_inputs(), sess.get_outputs()
+        if pairs is None:
+            index = {i.name: k for k, i in enumerate(self.inputs)}
+            pairs = {k: index[o.name.replace("state_out_", "state_in_", 1)]
+                     for k, o in enumerate(self.outputs) if k > 0}
+        if 0 in pairs or 0 in pairs.values():
+            raise ValueError(f"state pairs {pairs} join the signal: output 0 and input 0 "
+                             "are the block, never a state")
+        self._pairs = dict(pairs)
         self._sets = [{i.name: np.zeros(_shape(i, 1), np.float32) for i in self.inputs[1:]}
                       for _ in range(2)]
         self._output_shape = output_shape or self._same_length
@@ -122,9 +136,10 @@ class BoundStreamingSession:
                 io.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value))
             io.bind_ortvalue_output(self.outputs[0].name,
                                     ort.OrtValue.ortvalue_from_numpy(self._out))
-            for o in self.outputs[1:]:  # state_out_<k> feeds state_in_<k> (host contract)
-                value = following[o.name.replace("state_out_", "state_in_", 1)]
-                io.bind_ortvalue_output(o.name, ort.OrtValue.ortvalue_from_numpy(value))
+            for o, i in self._pairs.items():  # written where the next call reads it
+                value = following[self.inputs[i].name]
+                io.bind_ortvalue_output(self.outputs[o].name,
+                                        ort.OrtValue.ortvalue_from_numpy(value))
             self._bindings.append(io)
 
     def __call__(self, block: np.ndarray) -> np.ndarray:
@@ -146,6 +161,7 @@ class _StreamingRunnerMixin(_OrtRunnerMixin):
         self._setup(sess, method, ratio, latent_size, n_channels)
         fixed = sess.get_inputs()[0].shape[2]
         self.graph_block = fixed if isinstance(fixed, int) else None
+        self.pairs: Optional[Dict[int, int]] = None  # the graph's state_out_<k> -> state_in_<k>
         self._streams: List[BoundStreamingSession] = []
 
     def _output_shape(self, shape: Tuple[int, ...]) -> Tuple[int, ...]:
@@ -153,7 +169,8 @@ class _StreamingRunnerMixin(_OrtRunnerMixin):
 
     def reset(self, batch: int = 1) -> None:
         while len(self._streams) < batch:
-            self._streams.append(BoundStreamingSession(self.session, self._output_shape))
+            self._streams.append(BoundStreamingSession(self.session, self._output_shape,
+                                                       self.pairs))
         del self._streams[batch:]
         for stream in self._streams:
             stream.reset()
@@ -169,42 +186,25 @@ class _StreamingRunnerMixin(_OrtRunnerMixin):
         return np.concatenate(outs, 0)
 
 
-class _FlatRunnerMixin(_OrtRunnerMixin):
+class _FlatRunnerMixin(_StreamingRunnerMixin):
     """A flat-state graph as anira runs it: fixed block, ``state_out`` fed back to
-    ``state_in`` (per the JSON's state pairs), ``fill_in`` zeros. Host blocks must be
-    multiples of the graph's block (anira's own re-blocking adds latency, not checked here).
+    ``state_in`` in place (per the JSON's state pairs), ``fill_in`` zeros. Host blocks must
+    be multiples of the graph's block (anira's own re-blocking adds latency, not checked
+    here).
     """
 
     def __init__(self, sess, method: str, ratio: int, latent_size: int, n_channels: int,
                  pairs: Optional[Dict[int, int]] = None) -> None:
-        self._setup(sess, method, ratio, latent_size, n_channels)
-        inputs = sess.get_inputs()
-        self.inputs = inputs
+        super().__init__(sess, method, ratio, latent_size, n_channels)
+        self.graph_block = int(sess.get_inputs()[0].shape[2])
         # output index -> input index (anira's state_config.state_pairs)
         self.pairs = pairs if pairs is not None else {1: 1}
-        self.graph_block = int(inputs[0].shape[2])
-        self._rows: List[Dict[str, np.ndarray]] = []
-
-    def reset(self, batch: int = 1) -> None:
-        self._rows = [{i.name: np.zeros(_shape(i, 1), np.float32) for i in self.inputs[1:]}
-                      for _ in range(batch)]
 
     def process(self, block: np.ndarray) -> np.ndarray:
-        step = self.graph_block
-        if block.shape[-1] % step:
+        if block.shape[-1] % self.graph_block:
             raise ValueError(f"block of {block.shape[-1]} is not a multiple of the graph's "
-                             f"fixed block {step} ({self.in_name})")
-        outs = []
-        for b, feeds in enumerate(self._rows):
-            pieces = []
-            for i in range(0, block.shape[-1], step):
-                feeds[self.in_name] = np.ascontiguousarray(block[b:b + 1, :, i:i + step])
-                res = self.session.run(None, feeds)
-                for o, i_ in self.pairs.items():
-                    feeds[self.inputs[i_].name] = res[o]
-                pieces.append(res[0])
-            outs.append(np.concatenate(pieces, -1))
-        return np.concatenate(outs, 0)
+                             f"fixed block {self.graph_block} ({self.in_name})")
+        return super().process(block)
 
 
 _RUNNERS: Dict[str, type] = {}

@@ -231,6 +231,45 @@ def test_bound_states_equal_plain_runs(brave):
         np.testing.assert_allclose(y, np.concatenate([ya, yb], 0), rtol=1e-5, atol=1e-6)
 
 
+def test_flat_runner_binds_states_and_keeps_fill_at_zero(brave, tmp_path):
+    """anira's flat-state graphs run through the harness's runner as through plain
+    ``sess.run`` calls that feed ``state_out`` back by the JSON's pairs, ``fill_in`` at
+    zeros: per batch row, from zeros again on reset; a pair that would feed the signal is
+    refused."""
+    from rave_deploy.model import DeployModel
+
+    run, _ = brave
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        core = DeployModel(open_run(run).model, fidelity=0.6, deterministic=True)
+    og.export_flat(core, tmp_path / "decode.onnx", "decode", 2 * core.ratio)
+    sess = ort_host.session(tmp_path / "decode.onnx")
+    fill = sess.get_inputs()[2]
+    assert fill.name == "fill_in"
+    rng = np.random.default_rng(1)
+    rows = [[rng.standard_normal((1, core.latent_size, 2)).astype(np.float32)
+             for _ in range(5)] for _ in range(2)]
+    expected = []
+    for blocks in rows:
+        state, outs = np.zeros(sess.get_inputs()[1].shape, np.float32), []
+        for z in blocks:
+            y, state = sess.run(None, {"latent_in": z, "state_in": state,
+                                       "fill_in": np.zeros(fill.shape, np.float32)})
+            outs.append(y)
+        expected.append(outs)
+
+    runner = ort_host.runner_classes()["flat"](sess, "decode", core.ratio, core.latent_size,
+                                               1, {1: 1})
+    for _ in range(2):  # again after a reset
+        runner.reset(2)
+        for k in range(5):
+            y = runner.process(np.concatenate([rows[0][k], rows[1][k]], 0))
+            np.testing.assert_allclose(y, np.concatenate([expected[0][k], expected[1][k]], 0),
+                                       rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="join the signal"):
+        ort_host.BoundStreamingSession(sess, pairs={1: 0})
+
+
 # ------------------------------------------------------------------ checks pass
 @pytest.mark.parametrize("target", ["onnx", "onnx_streaming", "anira"])
 def test_check_passes_brave(brave, target):
