@@ -62,8 +62,8 @@ def test_comparison_passes_the_emulated_output_and_fails_others(module):
     with torch.inference_mode():
         emulated = NnTildeHost(module, "forward", block).run(signal[None, None])[0, 0]
     same = run_in_pd.compare_with_emulation(module, block, signal, emulated)
-    assert same.agrees(0.0) and same.max_error == 0 and same.host_latency == 2 * block - 64
-    assert same.first_sound_pd == same.first_sound_emulation is not None
+    assert same.agrees(0.0) and same.max_error == 0 and same.host_delay == 2 * block - 64
+    assert same.first_sound_host == same.first_sound_expected is not None
     assert "identical samples" in same.lines()[0]
 
     late = np.concatenate([np.zeros(64, np.float32), emulated[:-64]])
@@ -74,5 +74,5 @@ def test_comparison_passes_the_emulated_output_and_fails_others(module):
     assert result.agrees(0.02) and not result.agrees(0.005)
     assert "dB below the peak" in result.lines()[0]
     silent = run_in_pd.compare_with_emulation(module, block, signal, np.zeros_like(emulated))
-    assert silent.pd_peak == 0 and silent.first_sound_pd is None
+    assert silent.host_peak == 0 and silent.first_sound_host is None
     assert not silent.agrees(1.0)  # even where any difference would be tolerated

@@ -24,15 +24,16 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Tuple
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from rave_deploy.check.recording import RecordingComparison, compare_recording  # noqa: E402
 
 #: Pd's signal vector: the recording stops on a vector boundary.
 PD_VECTOR = 64
@@ -101,32 +102,8 @@ def record_in_pd(model: Path, nn_tilde: Path, signal: np.ndarray, sr: int, block
     return recorded[:int(record_ms * sr / 1000.0) // PD_VECTOR * PD_VECTOR], log
 
 
-@dataclass
-class Comparison:
-    """Pd's recording against the emulation over the recorded span."""
-
-    samples: int
-    peak: float        # the emulation's
-    pd_peak: float
-    max_error: float
-    first_sound_pd: Optional[int]
-    first_sound_emulation: Optional[int]
-    host_latency: int
-
-    def agrees(self, tolerance: float) -> bool:
-        return self.pd_peak > 0 and self.max_error <= tolerance * self.peak
-
-    def lines(self) -> List[str]:
-        same = ("identical samples" if self.max_error == 0 else
-                f"max |Pd - emulation| {self.max_error:.3g} "
-                f"({20 * np.log10(self.peak / self.max_error):.1f} dB below the peak)")
-        return [f"recorded {self.samples} samples; peak {self.peak:.3g}; {same}",
-                f"first sound: Pd at sample {self.first_sound_pd}, emulation at "
-                f"{self.first_sound_emulation} (nn~ adds {self.host_latency} samples)"]
-
-
 def compare_with_emulation(module, block: int, signal: np.ndarray,
-                           recorded: np.ndarray) -> Comparison:
+                           recorded: np.ndarray) -> RecordingComparison:
     """Run ``signal`` through :class:`NnTildeHost` (``forward``, deterministic, buffer
     ``block``, from zero states) and compare with ``recorded`` over its length."""
     import torch
@@ -143,18 +120,7 @@ def compare_with_emulation(module, block: int, signal: np.ndarray,
     x[0, 0, :min(n, len(signal))] = signal[:n]
     with torch.inference_mode():
         emulated = host.run(x)[0, 0, :len(recorded)]
-
-    def first_sound(y: np.ndarray) -> Optional[int]:
-        idx = np.flatnonzero(y)
-        return int(idx[0]) if idx.size else None
-
-    return Comparison(samples=len(recorded),
-                      peak=float(np.abs(emulated).max()) if len(emulated) else 0.0,
-                      pd_peak=float(np.abs(recorded).max()) if len(recorded) else 0.0,
-                      max_error=float(np.abs(recorded - emulated).max()) if len(emulated) else 0.0,
-                      first_sound_pd=first_sound(recorded),
-                      first_sound_emulation=first_sound(emulated),
-                      host_latency=host.latency)
+    return compare_recording(recorded, emulated, "Pd", "emulation", host.latency, "nn~")
 
 
 def main(argv=None) -> int:
@@ -210,7 +176,7 @@ def main(argv=None) -> int:
         print("  " + line)
     ok = result.agrees(args.tolerance)
     print("PASS: Pd's output is the emulation's" if ok else
-          "FAIL: nn~ played silence in Pd (its log above may say why)" if result.pd_peak == 0
+          "FAIL: nn~ played silence in Pd (its log above may say why)" if result.host_peak == 0
           else "FAIL: Pd's output differs from the emulation")
     return 0 if ok else 1
 

@@ -1,0 +1,245 @@
+"""Play an exported file through the RAVE UGens in a real SuperCollider server, without a
+sound card, and compare what scsynth wrote with what the UGen's code implies.
+
+    python targets/supercollider/run_in_scsynth.py exports/my_brave.supercollider.ts \
+        --ugens ~/.local/share/SuperCollider/Extensions/RAVE --server-block 64
+
+sclang (headless) writes a non-realtime score with one synth, ``Out.ar(0, RAVE.new(FILE,
+SoundIn.ar(0), 0, 1))``; ``scsynth -N`` renders it over a test signal (tested with
+SuperCollider 3.13.0 and rave-supercollider daf2695). The RAVE UGen gathers
+``decode_params[1]`` samples (the model's ratio), calls ``forward`` on them, and plays the
+result from the server block in which the gathering ended: a server block of ``z`` samples
+smaller than the ratio ``R`` delays the output by ``R - z`` samples (the sidecar's
+``host_latency_samples.rave_ugens``), a larger one none. The same file is then run here
+that way, one ``(1, 1, R)`` call after another from zero states, under the legacy graph
+executor the UGens switch scsynth to, and the two outputs are compared sample by sample.
+Exit code 0 when they agree (to ``--tolerance`` of the peak; the default, 0, asks for
+identical samples) and the output is not silent, 1 otherwise (the UGen could not load the
+file, or played something else), 2 for bad arguments or when SuperCollider cannot run.
+
+The UGen cannot switch a file's ``deterministic`` attribute, so the server plays a copy of
+the file saved with it on (same weights, same code): a file without the switch (acids-rave's
+exports) draws noise, and cannot agree exactly. ``--ugens`` is the folder the plugin's
+build installs: ``RAVE_scsynth.so`` (``.scx`` on macOS) and ``Classes/RAVE.sc``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional, Tuple
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from rave_deploy.check.recording import RecordingComparison, compare_recording  # noqa: E402
+
+#: Where Debian's and SuperCollider's Linux packages put the core UGens (In, Out).
+DEFAULT_SC_PLUGINS = "/usr/lib/SuperCollider/plugins"
+#: What scsynth prints when the RAVE UGen failed to load the file: it still renders,
+#: and the input bus then shows through on the output.
+LOAD_ERRORS = ("error loading the model", "model load failed")
+
+
+def score_script(model: str, score: str, seconds: float) -> str:
+    """An sclang program that writes the NRT score ``score`` (one synth playing input bus
+    0 through ``RAVE.new(model, ...)`` into output bus 0 for ``seconds``) and exits."""
+    return "\n".join([
+        "(",
+        "var def = SynthDef(\\raveDeployCheck, {",
+        f"    Out.ar(0, RAVE.new({json.dumps(model)}, SoundIn.ar(0), 0, 1));",
+        "});",
+        "Score([",
+        "    [0.0, ['/d_recv', def.asBytes]],",
+        "    [0.0, ['/s_new', \\raveDeployCheck, 1000, 0, 0]],",
+        f"    [{seconds:.6f}, ['/c_set', 0, 0]]",   # the score ends at its last command
+        f"]).writeOSCFile({json.dumps(score)});",
+        "\"score written\".postln;",
+        "0.exit;",
+        ")",
+        "",
+    ])
+
+
+def _find(ugens: Path, patterns: Tuple[str, ...]) -> Optional[Path]:
+    """The first file matching ``patterns`` in ``ugens`` or one folder below (the
+    plugin's install layout: the binary at the top, the class file in ``Classes/``)."""
+    for pattern in patterns:
+        found = sorted(ugens.glob(pattern)) + sorted(ugens.glob(f"*/{pattern}"))
+        if found:
+            return found[0]
+    return None
+
+
+def _plugin_binary(ugens: Path) -> Optional[Path]:
+    return _find(ugens, ("RAVE*.so", "RAVE*.scx", "RAVE*.dll"))
+
+
+def render_in_scsynth(model: Path, ugens: Path, signal: np.ndarray, sr: int,
+                      server_block: int, sclang: str = "sclang", scsynth: str = "scsynth",
+                      sc_plugins: str = DEFAULT_SC_PLUGINS,
+                      timeout: float = 600.0) -> Tuple[Optional[np.ndarray], str]:
+    """Render ``signal`` ``(T,)`` through the RAVE UGen in ``scsynth -N``; returns the
+    output (``None`` when the UGen could not load ``model``) and the log of both programs.
+    Raises ``RuntimeError`` when sclang or scsynth cannot run."""
+    import soundfile as sf
+
+    classes = _find(ugens, ("RAVE.sc",))
+    binary = _plugin_binary(ugens)
+    if classes is None or binary is None:
+        raise RuntimeError(f"{ugens}: no RAVE UGen there (expected RAVE_scsynth.so or .scx "
+                           "and Classes/RAVE.sc, as rave-supercollider's build installs them)")
+    seconds = len(signal) / sr
+    with tempfile.TemporaryDirectory(prefix="rave_scsynth_") as tmp:
+        work = Path(tmp)
+        sf.write(work / "in.wav", signal.astype(np.float32), sr, subtype="FLOAT")
+        (work / "score.scd").write_text(score_script(str(model), str(work / "score.osc"),
+                                                     seconds))
+        (work / "sclang.yaml").write_text(
+            f"includePaths:\n  - {json.dumps(str(classes.parent))}\n"
+            "excludePaths: []\npostInlineWarnings: false\n")
+        # headless sclang: no display; Qt's web engine refuses its sandbox as root
+        env = dict(os.environ, QT_QPA_PLATFORM="offscreen", QTWEBENGINE_DISABLE_SANDBOX="1")
+        lang = subprocess.run([sclang, "-l", str(work / "sclang.yaml"), str(work / "score.scd")],
+                              cwd=work, capture_output=True, text=True, timeout=timeout, env=env)
+        log = "sclang:\n" + (lang.stdout + lang.stderr).strip()
+        if not (work / "score.osc").exists():
+            raise RuntimeError(f"sclang wrote no score (exit code {lang.returncode}); {log}")
+        plugins = os.pathsep.join([p for p in (sc_plugins,) if p] + [str(binary.parent)])
+        server = subprocess.run(
+            [scsynth, "-N", "score.osc", "in.wav", "out.wav", str(sr), "WAV", "float",
+             "-i", "1", "-o", "1", "-z", str(server_block), "-U", plugins],
+            cwd=work, capture_output=True, text=True, timeout=timeout)
+        log += "\nscsynth:\n" + (server.stdout + server.stderr).strip()
+        if any(e in log for e in LOAD_ERRORS):
+            return None, log
+        if not (work / "out.wav").exists():
+            raise RuntimeError(f"scsynth wrote no output (exit code {server.returncode}); {log}")
+        if "block size:" not in log:  # the UGen prints the model's block once loaded
+            raise RuntimeError(f"scsynth never created the RAVE UGen; {log}")
+        rendered, _ = sf.read(work / "out.wav", dtype="float32")
+    return rendered.reshape(len(rendered), -1)[:, 0], log
+
+
+def ugen_output(module, signal: np.ndarray, n: int, server_block: int) -> Tuple[np.ndarray, int]:
+    """What the RAVE UGen plays for ``signal`` over ``n`` samples: ``forward`` on one
+    ``(1, 1, R)`` block after another from zero states (``R = decode_params[1]``), under the
+    legacy graph executor, delayed by ``R - server_block`` samples when that is positive.
+    Returns the output ``(n,)`` and that delay."""
+    import torch
+
+    from rave_deploy.targets.supercollider import legacy_graph_executor
+
+    ratio = int(module.decode_params[1])
+    delay = max(ratio - server_block, 0)
+    x = np.zeros(-(-n // ratio) * ratio, np.float32)
+    x[:min(len(x), len(signal))] = signal[:len(x)]
+    with legacy_graph_executor(), torch.inference_mode():
+        blocks = [module.forward(torch.from_numpy(x[i:i + ratio]).reshape(1, 1, ratio))
+                  for i in range(0, len(x), ratio)]
+    played = torch.cat(blocks, -1).reshape(-1).numpy()
+    out = np.zeros(n, np.float32)
+    if n > delay:
+        out[delay:] = played[:n - delay]
+    return out, delay
+
+
+def compare_with_ugen_code(module, signal: np.ndarray, rendered: np.ndarray,
+                           server_block: int) -> RecordingComparison:
+    """Compare ``rendered`` with :func:`ugen_output` of ``module`` (from zero states)."""
+    if hasattr(module, "reset"):  # scsynth loads the file afresh: start from silence too
+        module.reset()
+    expected, delay = ugen_output(module, signal, len(rendered), server_block)
+    return compare_recording(rendered, expected, "scsynth", "expected", delay, "the UGen")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("model", type=Path, help="an exported supercollider .ts file")
+    p.add_argument("--ugens", type=Path, required=True,
+                   help="folder holding the RAVE UGen (RAVE_scsynth.so / .scx and Classes/RAVE.sc)")
+    p.add_argument("--server-block", type=int, default=64,
+                   help="scsynth's block size, -z (default 64, scsynth's own default)")
+    p.add_argument("--seconds", type=float, default=3.0, help="test signal length (default 3)")
+    p.add_argument("--sr", type=int, default=None,
+                   help="the server's sample rate (default: the sidecar's sample_rate, else 44100)")
+    p.add_argument("--sclang", default="sclang", help="the sclang executable (default: on PATH)")
+    p.add_argument("--scsynth", default="scsynth", help="the scsynth executable (default: on PATH)")
+    p.add_argument("--sc-plugins", default=DEFAULT_SC_PLUGINS,
+                   help=f"folder of SuperCollider's own UGens (default {DEFAULT_SC_PLUGINS})")
+    p.add_argument("--tolerance", type=float, default=0.0,
+                   help="allowed max |scsynth - expected| as a share of the peak (default 0)")
+    args = p.parse_args(argv)
+
+    if not args.model.is_file():
+        p.error(f"{args.model}: no such file")
+    if not args.ugens.is_dir() or _plugin_binary(args.ugens) is None:
+        p.error(f"{args.ugens}: no RAVE UGen there (expected RAVE_scsynth.so or .scx): pass "
+                "the folder rave-supercollider's build installs")
+    for tool in (args.sclang, args.scsynth):
+        if shutil.which(tool) is None:
+            p.error(f"{tool}: not found (install SuperCollider, e.g. apt install "
+                    "supercollider-server supercollider-language, or pass its path)")
+    if args.server_block <= 0 or args.server_block & (args.server_block - 1):
+        p.error(f"--server-block {args.server_block}: the RAVE UGen expects a power of two")
+
+    import torch
+
+    from rave_deploy.check.harness import musical_signal
+    module = torch.jit.load(str(args.model))
+    module.eval()
+    if not hasattr(module, "decode_params") or not hasattr(module, "forward_params"):
+        p.error(f"{args.model.name} has no decode_params / forward_params: not a file the "
+                "RAVE UGens can run (`rave-deploy check` says what it lacks)")
+    if int(module.forward_params[0]) != 1:
+        p.error(f"{args.model.name} takes {int(module.forward_params[0])} channels; the RAVE "
+                "UGen feeds one")
+    sidecar = Path(str(args.model) + ".json")
+    sr = args.sr or (int(json.loads(sidecar.read_text())["sample_rate"])
+                     if sidecar.is_file() else 44100)
+    signal = musical_signal(sr, int(args.seconds * sr), 1, seed=1)[0]
+    deterministic = hasattr(module, "set_deterministic")
+    if deterministic:
+        module.set_deterministic(True)
+    else:
+        print("note: this file has no `deterministic` attribute: it draws noise, so the "
+              "server's output and the expected one cannot agree exactly", file=sys.stderr)
+    if hasattr(module, "reset"):
+        module.reset()
+    with tempfile.TemporaryDirectory(prefix="rave_model_") as tmp:
+        played = Path(tmp) / args.model.name
+        module.save(str(played))  # the file with `deterministic` on, from zero states
+        try:
+            rendered, log = render_in_scsynth(played, args.ugens, signal, sr,
+                                              args.server_block, args.sclang, args.scsynth,
+                                              args.sc_plugins)
+        except (RuntimeError, subprocess.TimeoutExpired, OSError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    print("log:\n  " + "\n  ".join(log.splitlines()))
+    if rendered is None:
+        print(f"FAIL: the RAVE UGen could not load {args.model.name} (its error is in the "
+              "log above); scsynth played its input through instead")
+        return 1
+    result = compare_with_ugen_code(module, signal, rendered, args.server_block)
+    print(f"{args.model.name} in scsynth through RAVE.new (forward, server block "
+          f"{args.server_block}, {sr} Hz{', deterministic' if deterministic else ''}):")
+    for line in result.lines():
+        print("  " + line)
+    ok = result.agrees(args.tolerance)
+    print("PASS: scsynth's output is the expected one" if ok else
+          "FAIL: the RAVE UGen played silence (the log above may say why)"
+          if result.host_peak == 0 else "FAIL: scsynth's output differs from the expected one")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
