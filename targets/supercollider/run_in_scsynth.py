@@ -49,19 +49,24 @@ DEFAULT_SC_PLUGINS = "/usr/lib/SuperCollider/plugins"
 LOAD_ERRORS = ("error loading the model", "model load failed")
 
 
+def _sclang_string(text: str) -> str:
+    # sclang's string literals escape quotes and backslashes as JSON does, and have no \u
+    return json.dumps(text, ensure_ascii=False)
+
+
 def score_script(model: str, score: str, seconds: float) -> str:
     """An sclang program that writes the NRT score ``score`` (one synth playing input bus
     0 through ``RAVE.new(model, ...)`` into output bus 0 for ``seconds``) and exits."""
     return "\n".join([
         "(",
         "var def = SynthDef(\\raveDeployCheck, {",
-        f"    Out.ar(0, RAVE.new({json.dumps(model)}, SoundIn.ar(0), 0, 1));",
+        f"    Out.ar(0, RAVE.new({_sclang_string(model)}, SoundIn.ar(0), 0, 1));",
         "});",
         "Score([",
         "    [0.0, ['/d_recv', def.asBytes]],",
         "    [0.0, ['/s_new', \\raveDeployCheck, 1000, 0, 0]],",
         f"    [{seconds:.6f}, ['/c_set', 0, 0]]",   # the score ends at its last command
-        f"]).writeOSCFile({json.dumps(score)});",
+        f"]).writeOSCFile({_sclang_string(score)});",
         "\"score written\".postln;",
         "0.exit;",
         ")",
@@ -113,7 +118,8 @@ def render_in_scsynth(model: Path, ugens: Path, signal: np.ndarray, sr: int,
         log = "sclang:\n" + (lang.stdout + lang.stderr).strip()
         if not (work / "score.osc").exists():
             raise RuntimeError(f"sclang wrote no score (exit code {lang.returncode}); {log}")
-        plugins = os.pathsep.join([p for p in (sc_plugins,) if p] + [str(binary.parent)])
+        # -U replaces scsynth's plugin path: SuperCollider's own UGens, then the RAVE UGen
+        plugins = os.pathsep.join(([sc_plugins] if sc_plugins else []) + [str(binary.parent)])
         server = subprocess.run(
             [scsynth, "-N", "score.osc", "in.wav", "out.wav", str(sr), "WAV", "float",
              "-i", "1", "-o", "1", "-z", str(server_block), "-U", plugins],
