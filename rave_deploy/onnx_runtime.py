@@ -98,7 +98,7 @@ class BoundStreamingSession:
                      for k, o in enumerate(self.outputs) if k > 0}
         if 0 in pairs or 0 in pairs.values():
             raise ValueError(f"state pairs {pairs} join the signal: output 0 and input 0 "
-                             "are the block, never a state")
+                             "are the block, never a state; fix state_config.state_pairs")
         self._pairs = dict(pairs)
         self._sets = [{i.name: np.zeros(_shape(i, 1), np.float32) for i in self.inputs[1:]}
                       for _ in range(2)]

@@ -1,8 +1,8 @@
 """Fake run directories, laid out as acids-rave's `rave train` (and ours) write them."""
 from __future__ import annotations
 
-from pathlib import Path
 import warnings
+from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 import torch

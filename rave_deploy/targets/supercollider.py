@@ -186,4 +186,3 @@ class SuperColliderTarget(TorchScriptTarget):
                     "UGens set for all of scsynth (NN.ar included): " + "; ".join(problems[:3])
                     + ". Load it with NN.ar in a server without the RAVE UGens, and report "
                     "it with the file"))
-

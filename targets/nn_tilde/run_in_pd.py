@@ -96,7 +96,8 @@ def record_in_pd(model: Path, nn_tilde: Path, signal: np.ndarray, sr: int, block
             raise RuntimeError(f"Pd wrote no recording (exit code {done.returncode}); "
                                f"its log:\n{log}")
         if "couldn't create" in log:
-            raise RuntimeError(f"Pd could not create an object; its log:\n{log}")
+            raise RuntimeError("Pd could not create an object (is --nn-tilde an nn~ built for "
+                               f"this Pd and its libtorch found?); its log:\n{log}")
         recorded, _ = sf.read(work / "out.wav", dtype="float32")
     # the delay fires on the vector where record_ms falls: that vector is not recorded
     return recorded[:int(record_ms * sr / 1000.0) // PD_VECTOR * PD_VECTOR], log

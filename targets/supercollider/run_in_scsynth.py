@@ -117,7 +117,8 @@ def render_in_scsynth(model: Path, ugens: Path, signal: np.ndarray, sr: int,
                               cwd=work, capture_output=True, text=True, timeout=timeout, env=env)
         log = "sclang:\n" + (lang.stdout + lang.stderr).strip()
         if not (work / "score.osc").exists():
-            raise RuntimeError(f"sclang wrote no score (exit code {lang.returncode}); {log}")
+            raise RuntimeError(f"sclang wrote no score (exit code {lang.returncode}): if it "
+                               "does not know RAVE, --ugens lacks Classes/RAVE.sc; {log}")
         # -U replaces scsynth's plugin path: SuperCollider's own UGens, then the RAVE UGen
         plugins = os.pathsep.join(([sc_plugins] if sc_plugins else []) + [str(binary.parent)])
         server = subprocess.run(
@@ -128,9 +129,12 @@ def render_in_scsynth(model: Path, ugens: Path, signal: np.ndarray, sr: int,
         if any(e in log for e in LOAD_ERRORS):
             return None, log
         if not (work / "out.wav").exists():
-            raise RuntimeError(f"scsynth wrote no output (exit code {server.returncode}); {log}")
+            raise RuntimeError(f"scsynth wrote no output (exit code {server.returncode}): "
+                               f"check --sc-plugins and the log; {log}")
         if "block size:" not in log:  # the UGen prints the model's block once loaded
-            raise RuntimeError(f"scsynth never created the RAVE UGen; {log}")
+            raise RuntimeError("scsynth never created the RAVE UGen: build it for this "
+                               "SuperCollider and libtorch, and pass its folder as --ugens; "
+                               f"{log}")
         rendered, _ = sf.read(work / "out.wav", dtype="float32")
     return rendered.reshape(len(rendered), -1)[:, 0], log
 
