@@ -7,7 +7,8 @@
 
 For each config a full-size model (random weights: speed does not depend on them) is
 exported with ``rave-deploy export`` to ``nn_tilde`` (TorchScript) and ``onnx_streaming``
-(ONNX Runtime, states bound in place as a C++ host keeps them). Each (target, block) is
+(ONNX Runtime, states bound in place as a C++ host keeps them), and with ``--targets
+nn_tilde+onednn`` to ``nn_tilde`` with ``--cpu-kernels onednn``. Each (target, block) is
 timed over ``--seconds`` of audio after a warm-up, ``--repeats`` times, and the median
 repetition is kept. The table gives
 the real-time factor (audio time / compute time), mean and p99 block time against the
@@ -64,15 +65,31 @@ def make_full_run(root: Path, config: str) -> Path:
     return run
 
 
+#: A benchmark target ``<target>+onednn`` is ``<target>`` exported with ``--cpu-kernels
+#: onednn`` (TorchScript targets: larger products through oneDNN on packed weights).
+ONEDNN_SUFFIX = "+onednn"
+
+
 def export_in_subprocess(run: Path, targets: List[str], out: Path) -> Dict[str, Path]:
     """``rave-deploy export`` as users run it, one process per run (TorchScript's type
-    caches then start clean for every model). Returns ``{target: file}``."""
-    cmd = [sys.executable, "-c", "from rave_deploy.cli import main; main()", "export",
-           str(run), "-o", str(out), "--json"] + [a for t in targets for a in ("-t", t)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"export of {run} failed:\n{done.stderr[-2000:]}")
-    return {r["target"]: Path(r["path"]) for r in json.loads(done.stdout) if r["path"]}
+    caches then start clean for every model). Returns ``{target: file}``; targets named
+    ``<target>+onednn`` are exported again with ``--cpu-kernels onednn``."""
+    paths: Dict[str, Path] = {}
+    plain = [t for t in targets if not t.endswith(ONEDNN_SUFFIX)]
+    packed = [t[:-len(ONEDNN_SUFFIX)] for t in targets if t.endswith(ONEDNN_SUFFIX)]
+    for names, extra, suffix in ((plain, [], ""), (packed, ["--cpu-kernels", "onednn"],
+                                                   ONEDNN_SUFFIX)):
+        if not names:
+            continue
+        cmd = [sys.executable, "-c", "from rave_deploy.cli import main; main()", "export",
+               str(run), "-o", str(out) + suffix, "--json", *extra]
+        cmd += [a for t in names for a in ("-t", t)]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"export of {run} failed:\n{done.stderr[-2000:]}")
+        paths.update({r["target"] + suffix: Path(r["path"]) for r in json.loads(done.stdout)
+                      if r["path"]})
+    return paths
 
 
 def torchscript_step(path: Path) -> Callable[[np.ndarray], None]:
@@ -155,7 +172,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", nargs="+", default=["brave", "v2_small", "v2"])
     p.add_argument("--blocks", nargs="+", type=int, default=[128, 512, 2048])
-    p.add_argument("--targets", nargs="+", default=["nn_tilde", "onnx_streaming"])
+    p.add_argument("--targets", nargs="+", default=["nn_tilde", "onnx_streaming"],
+                   help="nn_tilde, onnx_streaming, and nn_tilde+onednn (nn_tilde exported "
+                        "with --cpu-kernels onednn)")
     p.add_argument("--seconds", type=float, default=3.0, help="audio per repetition")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--reference-ts", action="append", default=[],
@@ -190,7 +209,8 @@ def main(argv=None) -> int:
                 del folded
             ratio = core.ratio
             steps = {"nn_tilde": torchscript_step, "onnx_streaming": onnx_streaming_step}
-            candidates = {t: steps[t](paths[t]) for t in args.targets if t in paths}
+            candidates = {t: steps[t.replace(ONEDNN_SUFFIX, "")](paths[t])
+                          for t in args.targets if t in paths}
             if config in refs:
                 candidates["acids-rave .ts"] = torchscript_step(Path(refs[config]))
             for block in [b for b in args.blocks if b >= ratio]:  # hosts never go below

@@ -74,6 +74,11 @@ def fold_batch_norms(module: nn.Module) -> int:
 # no faster at 128 and 3-15 % slower at 512-2048 (its weights stay in the CPU cache).
 DEFAULT_TUNED_BLOCK = 2048
 
+#: How the TorchScript file computes its larger matrix products on CPU: ``portable``
+#: (aten ops every libtorch has) or ``onednn`` (weights packed once on the host by
+#: oneDNN, see :data:`rave_core.nn.conv.MIN_WEIGHTS_PACKED`; needs a libtorch with oneDNN).
+CPU_KERNELS = ("portable", "onednn")
+
 
 class DeployModel(nn.Module):
     """Export wrapper of a :class:`~rave_core.models.rave.RAVE`.
@@ -95,6 +100,7 @@ class DeployModel(nn.Module):
             output up to float rounding. ``decode`` then appends a channel of ones to its
             input itself. Ignored (``latent_folded`` stays False) where the model's
             layers do not have that shape.
+        cpu_kernels: with ``matmul_streaming``, one of :data:`CPU_KERNELS`.
 
     Shapes: ``encode``: ``(batch, channels, N) -> (batch, latent_size, N / ratio)``;
     ``decode``: ``(batch, latent_size, T) -> (batch, channels, T * ratio)``;
@@ -103,10 +109,14 @@ class DeployModel(nn.Module):
 
     def __init__(self, model: RAVE, fidelity: float = 0.95, deterministic: bool = False,
                  streaming: bool = True, matmul_streaming: bool = False,
-                 tuned_block: Optional[int] = None, fold_latent: bool = False) -> None:
+                 tuned_block: Optional[int] = None, fold_latent: bool = False,
+                 cpu_kernels: str = "portable") -> None:
         super().__init__()
         if not 0 < fidelity <= 1:
             raise DeployError(f"--fidelity must be in (0, 1], got {fidelity}")
+        if cpu_kernels not in CPU_KERNELS:
+            raise DeployError(f"cpu_kernels must be one of {', '.join(CPU_KERNELS)}, "
+                              f"got {cpu_kernels!r}")
         model = copy_model(model).eval()
         remove_weight_norm(model)
         fold_batch_norms(model)  # fewer ops per streaming call, same function
@@ -156,8 +166,32 @@ class DeployModel(nn.Module):
         set_matmul_streaming(self, matmul_streaming)
         set_streaming(self, streaming)
         self.tuned_block = 0  # samples; set when weights are laid out for a block
+        self.cpu_kernels = "portable"
+        self.packed_layers = 0
         if matmul_streaming and streaming:
             self.lay_out_weights_for_block(tuned_block or DEFAULT_TUNED_BLOCK)
+            if cpu_kernels == "onednn":
+                self.pack_products_with_onednn()
+
+    def pack_products_with_onednn(self) -> int:
+        """Let every layer with a large enough weight compute its products of more than
+        a few rows through oneDNN, on a weight it packs at its first such call (see
+        :data:`rave_core.nn.conv.MIN_WEIGHTS_PACKED`). Needs this torch to have oneDNN;
+        the file then needs the host's libtorch to have it too. Returns the layer count."""
+        if not torch.backends.mkldnn.is_available():
+            raise DeployError("this torch was built without oneDNN (torch.backends.mkldnn): "
+                              "export with --cpu-kernels portable")
+        self.packed_layers = sum(bool(m.use_packed_product()) for m in self.modules()
+                                 if hasattr(m, "use_packed_product"))
+        self.cpu_kernels = "onednn"
+        return self.packed_layers
+
+    def forget_packed_weights(self) -> None:
+        """Drop every packed weight (they cannot be saved; each layer packs again at its
+        next product). Done before scripting."""
+        for m in self.modules():
+            if hasattr(m, "forget_packed_weight"):
+                m.forget_packed_weight()
 
     def _fold_latent(self) -> bool:
         if not (self.deterministic and self.variational):

@@ -443,6 +443,7 @@ def script(module: ScriptedRAVE) -> torch.jit.ScriptModule:
     folded graph stays as it is, and ``.to()`` moves it all.
     """
     module.eval()
+    module.core.forget_packed_weights()  # opaque oneDNN tensors: the host packs its own
     with _deterministic_scripting():
         n_tensors = len(_distinct_tensor_constants(_freeze(module)))
     names = [f"{FROZEN_TENSOR_PREFIX}{i}" for i in range(n_tensors)]
@@ -583,31 +584,34 @@ def file_format_version(path) -> int:
 # --------------------------------------------------------------------------- export
 def build_scripted_rave(model: RAVE, fidelity: float = 0.95, deterministic: bool = False,
                         channels: Optional[int] = None, host_sr: Optional[int] = None,
-                        stereo: bool = False, tuned_block: Optional[int] = None
-                        ) -> ScriptedRAVE:
+                        stereo: bool = False, tuned_block: Optional[int] = None,
+                        cpu_kernels: str = "portable") -> ScriptedRAVE:
     """The eager :class:`ScriptedRAVE` of ``model``, ready to script.
 
     ``tuned_block``: the host block (host samples) the weights' memory layout is tuned
     for (default: :data:`~rave_deploy.model.DEFAULT_TUNED_BLOCK` at the model's rate).
-    Speed only: every block works.
+    Speed only: every block works. ``cpu_kernels``: one of
+    :data:`~rave_deploy.model.CPU_KERNELS` (``onednn``: the file needs a libtorch with
+    oneDNN).
     """
     factor = max(int(host_sr) // int(model.sr), 1) if host_sr else 1
     # short-block matrix products: faster in TorchScript (see set_matmul_streaming)
     core = DeployModel(model, fidelity=fidelity, deterministic=deterministic, streaming=True,
                        matmul_streaming=True,
-                       tuned_block=int(tuned_block) // factor if tuned_block else None)
+                       tuned_block=int(tuned_block) // factor if tuned_block else None,
+                       cpu_kernels=cpu_kernels)
     return ScriptedRAVE(core, channels=channels, host_sr=host_sr, stereo=stereo)
 
 
 def export_torchscript(model: RAVE, path: Path, fidelity: float = 0.95,
                        deterministic: bool = False, channels: Optional[int] = None,
                        host_sr: Optional[int] = None, stereo: bool = False,
-                       tuned_block: Optional[int] = None
+                       tuned_block: Optional[int] = None, cpu_kernels: str = "portable"
                        ) -> Tuple[ScriptedRAVE, Dict[str, object]]:
     """Script ``model`` and write it at ``path``; returns the eager module and the sidecar
     fields describing the file."""
     module = build_scripted_rave(model, fidelity, deterministic, channels, host_sr, stereo,
-                                 tuned_block)
+                                 tuned_block, cpu_kernels)
     scripted = script(module)
     data = torchscript_bytes(scripted)
     Path(path).write_bytes(data)
@@ -627,6 +631,10 @@ def describe(module: ScriptedRAVE, data: Optional[bytes] = None) -> Dict[str, ob
         "block_sizes": host_block_sizes(module.ratio),
         # the host block the weights' memory layout is fastest at (any block works)
         "tuned_block_size": int(module.core.tuned_block) * module.resample_factor,
+        # "onednn": larger products through oneDNN on weights packed at the first call;
+        # the file then loads only in a libtorch built with oneDNN
+        "cpu_kernels": module.core.cpu_kernels,
+        "packed_layers": int(module.core.packed_layers),
         "input_channels": module.n_channels,
         "output_channels": module.out_channels,
         "latency_samples": module.latency_samples,

@@ -199,6 +199,72 @@ def test_weighted_sums_on_cpu_only(monkeypatch):
     assert calls == ["cpu", "cpu"]
 
 
+def _matmul_layers(rows_tuned: int):
+    from rave_core.nn.conv import Conv1d, ConvTranspose1d
+    from rave_core.nn.streaming import set_matmul_streaming
+
+    torch.manual_seed(0)
+    layers = [Conv1d(256, 256, 3, padding=(2, 0)),
+              ConvTranspose1d(256, 256, 4, stride=2, padding=1)]
+    for layer in layers:
+        set_matmul_streaming(layer)
+        layer.lay_out_weight_for_matmul(rows_tuned)
+    return layers
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(),
+                    reason="this torch has no oneDNN: --cpu-kernels onednn cannot run here")
+def test_packed_products_equal_blas_whatever_rows_packed_them():
+    """``--cpu-kernels onednn``: a layer set up with ``use_packed_product`` computes
+    products of more than 4 rows through oneDNN, on a weight packed at the first such
+    call for that call's rows. Its output equals BLAS's for every row count after (more,
+    fewer, 1-4 through the row sums), and a forgotten weight is packed again."""
+    import copy
+
+    from rave_core.nn.streaming import set_streaming
+
+    for layer in _matmul_layers(32):
+        blas = copy.deepcopy(layer)
+        assert layer.use_packed_product() and not hasattr(blas, "packed_weight")
+        for m in (layer, blas):
+            set_streaming(m, True, 1)
+        x = torch.randn(1, 256, 200)
+        with torch.no_grad():
+            for frames in (3, 32, 5, 64, 1, 16, 4, 8):
+                block, x = x[..., :frames], x[..., frames:]
+                a, b = layer(block), blas(block)
+                # 3 rows first: the row sums, nothing packed; then packed for 32 rows
+                assert layer.packed_ready == (frames != 3)
+                assert torch.allclose(a, b, rtol=0, atol=1e-5 * float(b.abs().max())), frames
+            assert layer.packed_weight.is_mkldnn
+            layer.forget_packed_weight()
+            assert not layer.packed_ready and not layer.packed_weight.is_mkldnn
+            block = torch.randn(1, 256, 8)
+            assert torch.allclose(layer(block), blas(block), rtol=0, atol=1e-5)
+            assert layer.packed_ready
+
+
+def test_packed_products_only_for_large_ungrouped_weights_on_cpu():
+    """Small weights (oneDNN's fixed cost per call loses) and grouped convolutions keep
+    BLAS, without the attributes TorchScript would compile the oneDNN path from; a layer
+    moved off the CPU (here the meta device) takes BLAS and packs nothing."""
+    from rave_core.nn.conv import Conv1d
+    from rave_core.nn.streaming import set_matmul_streaming, set_streaming
+
+    small = Conv1d(16, 16, 3, padding=(2, 0))
+    grouped = Conv1d(256, 512, 6, padding=(5, 0), groups=2)
+    for layer in (small, grouped):
+        set_matmul_streaming(layer)
+        assert not layer.use_packed_product()
+        assert not hasattr(layer, "packed_weight")
+    for layer in _matmul_layers(32):
+        assert layer.use_packed_product()
+        layer.to("meta")
+        set_streaming(layer, True, 1)
+        y = layer(torch.randn(1, 256, 32, device="meta"))
+        assert y.device.type == "meta" and not layer.packed_ready
+
+
 def _conv_and_matmul_models(configs, monkeypatch, lowered_threshold: str):
     """A small model deployed twice (convolution and matrix-product streaming), with the
     weight-size threshold ``lowered_threshold`` of :mod:`rave_core.nn.conv` set to 0 so

@@ -167,7 +167,7 @@ HOST_CHECKS = {"nn_tilde": [], "supercollider": ["contract.17_decode_params", "c
                                                  "executor.legacy"],
                "vst": ["contract.13_attributes", "contract.14_ratio", "contract.15_mono",
                        "contract.15_stereo_mode", "contract.16_encode_amortized"]}
-COMMON = ["contract.1_load", "contract.1_file_format", "contract.2_no_lazy_state",
+COMMON = ["contract.1_load", "contract.1_file_format", "contract.1_ops", "contract.2_no_lazy_state",
           "contract.3_output_encode", "contract.3_output_decode", "contract.3_output_forward",
           "contract.4_streaming", "contract.5_forbidden_names", "contract.6_methods",
           "contract.7_ratios", "contract.8_power_of_two", "contract.9_nn_tilde_emulation",
@@ -330,6 +330,70 @@ def test_read_ahead_in_the_exported_file(runs, tmp_path, monkeypatch):
     failures = _failures_except_timing(report)
     assert not failures, failures
     _assert_runs_under_torch25(res.path, "the read-ahead")
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(),
+                    reason="this torch has no oneDNN: --cpu-kernels onednn cannot be exported")
+def test_onednn_kernels_in_the_exported_file(runs, tmp_path, monkeypatch):
+    """``--cpu-kernels onednn``: the file computes its larger products through oneDNN on
+    weights it packs at the first call (saved unpacked), says so in its sidecar and in a
+    warning, gives the portable file's output whatever block packed the weights, passes
+    every check, and (where torch 2.5 is installed) loads and runs under nn~ 1.6's
+    libtorch. Its ops pass contract 1 only because the sidecar declares them. The portable
+    file has no mkldnn op. The small test model's weights are under the size threshold,
+    so it is lowered."""
+    import rave_core.nn.conv as conv_module
+
+    monkeypatch.setattr(conv_module, "MIN_WEIGHTS_PACKED", 0)
+    run, model, results = runs["brave"]
+    res = export_run(run, ["nn_tilde"], tmp_path / "dnn.ts",
+                     ExportOptions(fidelity=FIDELITY, cpu_kernels="onednn"))[0]
+    sidecar = read_sidecar(res.path)
+    assert sidecar["cpu_kernels"] == "onednn" and sidecar["packed_layers"] > 0
+    assert any("--cpu-kernels portable" in w for w in res.warnings), res.warnings
+    portable_path = results["nn_tilde"].path
+    assert read_sidecar(portable_path)["cpu_kernels"] == "portable"
+    packed, portable = torch.jit.load(str(res.path)), torch.jit.load(str(portable_path))
+    graph = str(packed.forward.graph)
+    assert "mkldnn::_linear_pointwise" in graph and "prim::is_cpu" in graph
+    assert "mkldnn" not in str(portable.forward.graph)
+
+    block = read_sidecar(portable_path)["tuned_block_size"]
+    x = torch.from_numpy(musical_signal(model.sr, 2 * block)[None])
+    for first in (block, model.ratio):  # a fresh load packs at its first block's rows
+        packed = torch.jit.load(str(res.path))
+        outs = []
+        for module in (packed, portable):
+            module.set_deterministic(True)
+            module.reset()
+            outs.append(np.concatenate([_stream(module, "forward", x[..., :first], first),
+                                        _stream(module, "forward", x[..., first:], block)], -1))
+        peak = np.abs(outs[1]).max()
+        assert peak > 0
+        assert np.abs(outs[0] - outs[1]).max() <= 1e-5 * peak, first
+
+    report = _check("nn_tilde", res.path, sidecar, model, model.ratio, True, monkeypatch)
+    failures = _failures_except_timing(report)
+    assert not failures, failures
+    ops = _result(report, "contract.1_ops")
+    assert "mkldnn::_linear_pointwise" in ops.message and "oneDNN" in ops.message
+    undeclared = _check("nn_tilde", res.path, dict(sidecar, cpu_kernels="portable"), model,
+                        model.ratio, False, monkeypatch)
+    assert "--cpu-kernels portable" in _failed(undeclared, "contract.1_ops", "1").message
+    _assert_runs_under_torch25(res.path, "the oneDNN products")
+
+
+def test_onednn_kernels_refused_where_no_host_could_load_them(runs, tmp_path, monkeypatch):
+    """The RAVE VST bundles a libtorch older than the oneDNN ops; a torch without oneDNN
+    could not check the file. Both exports are refused with what to do, nothing written."""
+    run, _, _ = runs["v2"]
+    with pytest.raises(TargetUnsupported, match="export the vst target with --cpu-kernels portable"):
+        export_run(run, ["vst"], tmp_path, ExportOptions(fidelity=FIDELITY, cpu_kernels="onednn"))
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    with pytest.raises(TargetUnsupported, match="built without oneDNN.*--cpu-kernels portable"):
+        export_run(run, ["nn_tilde"], tmp_path, ExportOptions(fidelity=FIDELITY,
+                                                              cpu_kernels="onednn"))
+    assert not list(tmp_path.glob("*.ts"))
 
 
 def _assert_runs_under_torch25(path: Path, what: str) -> None:

@@ -25,6 +25,7 @@ their host's own points.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
@@ -132,6 +133,33 @@ def _call(module, method: str, x: torch.Tensor):
         return getattr(module, method)(x)
 
 
+#: Op namespaces every libtorch build has; other namespaces are in some builds only.
+PORTABLE_OP_NAMESPACES = ("aten", "prim")
+#: What a file whose ops are in these namespaces needs of the host's libtorch.
+BUILD_SPECIFIC_OPS = {
+    "mkldnn": "a libtorch 2.0 or later built with oneDNN (PyTorch's x86-64 builds for "
+              "Linux, Windows and Intel macOS)",
+}
+
+
+def op_namespaces(module) -> Dict[str, List[str]]:
+    """The ops a scripted module's code calls, by namespace (``{"aten": ["aten::mm",
+    ...]}``): every method of the module and its submodules, nested blocks included."""
+    found: Dict[str, set] = {}
+
+    def visit(block) -> None:
+        for node in block.nodes():
+            kind = node.kind()
+            found.setdefault(kind.split("::", 1)[0], set()).add(kind)
+            for inner in node.blocks():
+                visit(inner)
+
+    for _, sub in module.named_modules():
+        for name in sub._c._method_names():
+            visit(sub._c._get_method(name).graph)
+    return {ns: sorted(kinds) for ns, kinds in found.items()}
+
+
 #: How a check that runs a second copy of a file says it could not compare outputs.
 NOT_COMPARED = "; outputs not compared: the file has no deterministic switch"
 
@@ -212,6 +240,10 @@ class TorchScriptTarget(Target):
     stereo_default = False
     #: the host's name in messages
     host = "nn~"
+    #: what the host does with a file its libtorch cannot load (host contract 31)
+    load_failure = " (nn~ takes PureData down with it)"
+    #: why this host cannot load a ``--cpu-kernels onednn`` file (None: it can, x86-64)
+    onednn_unsupported: Optional[str] = None
 
     # ------------------------------------------------------------------ export
     def unsupported_reason(self, model: RAVE, options: ExportOptions) -> Optional[str]:
@@ -221,6 +253,12 @@ class TorchScriptTarget(Target):
         if not options.streaming:
             return (f"{self.host} calls the model block by block: only streaming exports are "
                     "supported (drop --no-streaming)")
+        if options.cpu_kernels == "onednn" and self.onednn_unsupported:
+            return f"--cpu-kernels onednn: {self.onednn_unsupported}"
+        if options.cpu_kernels == "onednn" and not torch.backends.mkldnn.is_available():
+            return ("--cpu-kernels onednn: this torch was built without oneDNN, so the file "
+                    "could not be checked: export with --cpu-kernels portable, or from a torch "
+                    "with oneDNN (PyTorch's x86-64 builds)")
         sr = int(model.sr)
         if options.sr and int(options.sr) != sr and (options.sr < sr or options.sr % sr):
             return (f"--sr {options.sr} is not an integer multiple of the model's sample "
@@ -231,9 +269,15 @@ class TorchScriptTarget(Target):
         module, info = export_torchscript(
             model, path, fidelity=options.fidelity, deterministic=options.deterministic,
             channels=options.channels, host_sr=options.sr, stereo=self.stereo_default,
-            tuned_block=options.block_size)
+            tuned_block=options.block_size, cpu_kernels=options.cpu_kernels)
         info.update(self.host_fields(module.ratio))
         info["_core"] = module.core
+        if options.cpu_kernels == "onednn":
+            # a file a libtorch cannot load terminates PureData (host contract 31)
+            warnings.warn(f"--cpu-kernels onednn: this file loads only in {BUILD_SPECIFIC_OPS['mkldnn']}; "
+                          f"not on Apple silicon or in older hosts, where {self.host} cannot "
+                          f"load it{self.load_failure}: export with --cpu-kernels portable "
+                          "for those", stacklevel=2)
         return info
 
     def host_fields(self, ratio: int) -> Dict[str, object]:
@@ -262,6 +306,7 @@ class TorchScriptTarget(Target):
             return report
         report.add("contract.1_load", True, "host contract 1: loads with torch.jit.load on CPU")
         self._check_file_format(report, artifact)
+        self._check_ops(report, module, sidecar)
 
         try:
             enc, _ = _params(module, "encode"), _params(module, "decode")  # both must read
@@ -376,6 +421,43 @@ class TorchScriptTarget(Target):
                       f"is newer than libtorch 2.5.1 reads ({LIBTORCH_2_5_MAX_FILE_FORMAT}): "
                       "nn~ 1.6 cannot load it; avoid ops added after torch 2.5"),
                    value=float(version), threshold=f"<= {LIBTORCH_2_5_MAX_FILE_FORMAT}")
+
+    def _check_ops(self, report: "CheckReport", module, sidecar: Dict[str, object]) -> None:
+        """Host contract 1 again: the file's ops exist in the hosts' libtorch. Ops outside
+        ``aten``/``prim`` exist only in some builds (the ``mkldnn`` ones of
+        ``--cpu-kernels onednn``): they pass only when the sidecar declares them, so that
+        what the file needs is written beside it."""
+        try:
+            found = op_namespaces(module)
+        except Exception as exc:
+            report.add("contract.1_ops", False, f"host contract 1: the file's ops could not "
+                       f"be listed ({type(exc).__name__}: {str(exc)[:200]})")
+            return
+        extra = {ns: kinds for ns, kinds in found.items() if ns not in PORTABLE_OP_NAMESPACES}
+        if not extra:
+            report.add("contract.1_ops", True, "host contract 1: only aten and prim ops, "
+                       "which every libtorch has")
+            return
+        declared = sidecar.get("cpu_kernels") == "onednn"
+        problems, needs = [], []
+        for ns, kinds in sorted(extra.items()):
+            listed = ", ".join(kinds[:4]) + (", ..." if len(kinds) > 4 else "")
+            if ns not in BUILD_SPECIFIC_OPS:
+                problems.append(f"ops of namespace `{ns}` ({listed}): no host's libtorch has "
+                                "them unless it loads the library that defines them")
+            elif not declared:
+                problems.append(f"ops of namespace `{ns}` ({listed}) need "
+                                f"{BUILD_SPECIFIC_OPS[ns]}, and the sidecar does not say so "
+                                "(cpu_kernels is not \"onednn\"): export with --cpu-kernels "
+                                "portable for any host")
+            else:
+                needs.append(f"{listed}: needs {BUILD_SPECIFIC_OPS[ns]}")
+        if problems:
+            report.add("contract.1_ops", False, "host contract 1: " + "; ".join(problems))
+        else:
+            report.add("contract.1_ops", True, "host contract 1: " + "; ".join(needs)
+                       + " (exported with --cpu-kernels onednn; other hosts need "
+                       "--cpu-kernels portable)")
 
     @_named("contract.6_methods")
     def _check_methods(self, report, module, ctx: _Ctx) -> None:

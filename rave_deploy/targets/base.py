@@ -30,6 +30,7 @@ class ExportOptions:
     name: Optional[str] = None
     block_size: Optional[int] = None  # anira: the fixed block; TorchScript: tuned for it
     engine: str = "onnx"
+    cpu_kernels: str = "portable"     # TorchScript: see rave_deploy.model.CPU_KERNELS
 
 
 @dataclass

@@ -55,6 +55,7 @@ class SuperColliderTarget(TorchScriptTarget):
     name = "supercollider"
     description = "TorchScript for SuperCollider (RAVE UGens, NN.ar)"
     host = "SuperCollider"
+    load_failure = " (the RAVE UGen then plays its input through)"
 
     def unsupported_reason(self, model: RAVE, options: ExportOptions) -> Optional[str]:
         reason = super().unsupported_reason(model, options)

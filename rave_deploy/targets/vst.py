@@ -32,6 +32,9 @@ class VSTTarget(TorchScriptTarget):
     description = "TorchScript for the RAVE VST (ratio 512..32768, mono)"
     host = "the RAVE VST"
     stereo_default = True
+    onednn_unsupported = ("the RAVE VST 2.0.1 bundles a libtorch older than nn~'s (host contract "
+                          "1), older than the oneDNN linear ops (torch 2.0): export the vst "
+                          "target with --cpu-kernels portable")
 
     def unsupported_reason(self, model: RAVE, options: ExportOptions) -> Optional[str]:
         reason = super().unsupported_reason(model, options)
