@@ -140,7 +140,7 @@ def _target_names() -> List[str]:
               default="portable", show_default=True,
               help="How TorchScript targets compute their larger products on CPU. "
                    "`portable`: ops every libtorch has. `onednn`: oneDNN on weights the host "
-                   "packs at its first call (faster at large blocks: BRAVE 10-13% at 2048); "
+                   "packs at its first call (faster at large blocks: BRAVE about 15% at 2048); "
                    "such a file loads only in a libtorch built with oneDNN, as PyTorch's "
                    "x86-64 builds are. `rave-deploy check` lists the ops a file needs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")

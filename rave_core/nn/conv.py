@@ -65,8 +65,9 @@ MIN_ROWS_READ_AHEAD_GROUPED = 4
 # (``mkldnn::_reorder_linear_weight``, ``mkldnn::_linear_pointwise``): no per-call packing,
 # no read-ahead. One thread, AMD Zen 4, weights cycled out of cache: 768x256 by 32 rows
 # in 157 us against 201 us through `mm` after the read-ahead; BRAVE's file ran 2048-sample
-# blocks 10-13 % faster. Smaller weights (192x64 by 128 rows: 48 against 43 us) lose to
-# oneDNN's fixed cost per call. Not the default: the ops are in the `mkldnn` namespace,
+# blocks 4-21 % faster (15 % in two of three benchmark runs). Smaller weights (192x64 by
+# 128 rows: 48 against 43 us) lose to oneDNN's fixed cost per call, and grouped convs
+# gained nothing measurable. Not the default: the ops are in the `mkldnn` namespace,
 # which only a libtorch built with oneDNN has (PyTorch's x86-64 builds), and a packed
 # weight suits the CPU that packed it, so the file packs on the host, never at export.
 MIN_WEIGHTS_PACKED = 32768
