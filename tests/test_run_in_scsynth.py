@@ -31,6 +31,14 @@ def test_score_plays_the_input_bus_through_the_rave_ugen():
     assert text.rstrip().endswith(")") and "0.exit;" in text
 
 
+def test_score_chains_the_encoder_into_the_decoder():
+    text = run_in_scsynth.score_script("/m/a.ts", "/w/score.osc", 2.0, "encoder-decoder", 4)
+    assert ('Out.ar(0, RAVEDecoder.new("/m/a.ts", RAVEEncoder.new("/m/a.ts", 4, '
+            'SoundIn.ar(0))));') in text
+    with pytest.raises(ValueError, match="unknown ugen"):
+        run_in_scsynth.score_script("/m/a.ts", "/w/score.osc", 2.0, "prior")
+
+
 @pytest.fixture(scope="module")
 def module(tmp_path_factory):
     root = tmp_path_factory.mktemp("sc")
@@ -84,6 +92,43 @@ def test_comparison_passes_the_expected_output_and_fails_others(module):
     silent = run_in_scsynth.compare_with_ugen_code(module, signal, np.zeros_like(expected), 64)
     assert silent.host_peak == 0 and silent.first_sound_host is None
     assert not silent.agrees(1.0)
+
+
+def test_encoder_decoder_output_decodes_the_previous_blocks_latent(module, tmp_path):
+    """RAVEEncoder into RAVEDecoder at a server block below the ratio: output block k is
+    the decode of input block k - 1's latent (zeros first), i.e. encode over the whole
+    signal, one zero frame in front, decoded over all frames at once; at a server block
+    equal to the ratio, no zero frame. Two copies of the file (each UGen loads its own),
+    from zero states; a larger server block is refused."""
+    ratio, latent = int(module.decode_params[1]), int(module.decode_params[0])
+    signal = musical_signal(44100, 30 * ratio, 1, seed=4)[0]
+    path = tmp_path / "copy.ts"
+    module.save(str(path))
+    second = torch.jit.load(str(path))
+    second.set_deterministic(True)
+    x = torch.from_numpy(signal).reshape(1, 1, -1)
+    for server_block, shift in ((64, 1), (16, 1), (ratio, 0)):
+        for m in (module, second):
+            m.reset()
+        out, delay = run_in_scsynth.encoder_decoder_output(module, second, signal,
+                                                           len(signal), server_block)
+        assert delay == shift * ratio
+        for m in (module, second):
+            m.reset()
+        with torch.inference_mode():
+            z = module.encode(x)
+            z = torch.cat([torch.zeros(1, latent, shift), z], -1)[..., :z.shape[-1]]
+            whole = second.decode(z).reshape(-1).numpy()
+        np.testing.assert_allclose(out, whole[:len(signal)], atol=1e-5 * np.abs(whole).max())
+    with pytest.raises(ValueError, match=f"server block {2 * ratio} > ratio"):
+        run_in_scsynth.encoder_decoder_output(module, second, signal, len(signal), 2 * ratio)
+    # the comparison takes that output for this synth, not forward's
+    for m in (module, second):
+        m.reset()
+    expected, _ = run_in_scsynth.encoder_decoder_output(module, second, signal, len(signal), 64)
+    assert run_in_scsynth.compare_with_ugen_code(module, signal, expected, 64,
+                                                 "encoder-decoder", second).agrees(0)
+    assert not run_in_scsynth.compare_with_ugen_code(module, signal, expected, 64).agrees(1e-3)
 
 
 def _stand_in(path: Path, body: str) -> str:

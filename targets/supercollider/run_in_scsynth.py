@@ -17,6 +17,16 @@ Exit code 0 when they agree (to ``--tolerance`` of the peak; the default, 0, ask
 identical samples) and the output is not silent, 1 otherwise (the UGen could not load the
 file, or played something else), 2 for bad arguments or when SuperCollider cannot run.
 
+With ``--ugen encoder-decoder`` the synth is ``RAVEDecoder.new(FILE, RAVEEncoder.new(FILE,
+L, SoundIn.ar(0)))`` instead (``L`` the file's latent size; each UGen loads its own copy).
+RAVEEncoder calls ``encode`` on every ``R`` gathered samples and holds the latent at
+control rate (zeros before the first); RAVEDecoder reads its control inputs once per
+server block and calls ``decode`` on one frame whenever it starts a new ``R``-sample
+output block. At a server block ``z < R`` the decoder therefore decodes, for output block
+``k``, the latent of input block ``k - 1`` (zeros for ``k = 0``); at ``z = R``, that of
+block ``k`` (the encoder runs first in the same server block). That is what is computed
+here and compared, for ``z <= R``.
+
 The UGen cannot switch a file's ``deterministic`` attribute, so the server plays a copy of
 the file saved with it on (same weights, same code): a file without the switch (acids-rave's
 exports) draws noise, and cannot agree exactly. ``--ugens`` is the folder the plugin's
@@ -54,13 +64,28 @@ def _sclang_string(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-def score_script(model: str, score: str, seconds: float) -> str:
+#: The synths ``--ugen`` chooses from: what plays input bus 0 into output bus 0.
+UGENS = ("forward", "encoder-decoder")
+
+
+def _synth(ugen: str, model: str, latent_size: int) -> str:
+    m = _sclang_string(model)
+    if ugen == "forward":
+        return f"RAVE.new({m}, SoundIn.ar(0), 0, 1)"
+    if ugen == "encoder-decoder":
+        return f"RAVEDecoder.new({m}, RAVEEncoder.new({m}, {int(latent_size)}, SoundIn.ar(0)))"
+    raise ValueError(f"unknown ugen {ugen!r}: one of {', '.join(UGENS)}")
+
+
+def score_script(model: str, score: str, seconds: float, ugen: str = "forward",
+                 latent_size: int = 0) -> str:
     """An sclang program that writes the NRT score ``score`` (one synth playing input bus
-    0 through ``RAVE.new(model, ...)`` into output bus 0 for ``seconds``) and exits."""
+    0 through the RAVE UGens of ``ugen`` (see :data:`UGENS`) into output bus 0 for
+    ``seconds``) and exits. ``latent_size``: the file's, for RAVEEncoder's outputs."""
     return "\n".join([
         "(",
         "var def = SynthDef(\\raveDeployCheck, {",
-        f"    Out.ar(0, RAVE.new({_sclang_string(model)}, SoundIn.ar(0), 0, 1));",
+        f"    Out.ar(0, {_synth(ugen, model, latent_size)});",
         "});",
         "Score([",
         "    [0.0, ['/d_recv', def.asBytes]],",
@@ -90,11 +115,12 @@ def _plugin_binary(ugens: Path) -> Optional[Path]:
 
 def render_in_scsynth(model: Path, ugens: Path, signal: np.ndarray, sr: int,
                       server_block: int, sclang: str = "sclang", scsynth: str = "scsynth",
-                      sc_plugins: str = DEFAULT_SC_PLUGINS,
-                      timeout: float = 600.0) -> Tuple[Optional[np.ndarray], str]:
-    """Render ``signal`` ``(T,)`` through the RAVE UGen in ``scsynth -N``; returns the
-    output (``None`` when the UGen could not load ``model``) and the log of both programs.
-    Raises ``RuntimeError`` when sclang or scsynth cannot run."""
+                      sc_plugins: str = DEFAULT_SC_PLUGINS, timeout: float = 600.0,
+                      ugen: str = "forward", latent_size: int = 0
+                      ) -> Tuple[Optional[np.ndarray], str]:
+    """Render ``signal`` ``(T,)`` through the RAVE UGens of ``ugen`` (:data:`UGENS`) in
+    ``scsynth -N``; returns the output (``None`` when a UGen could not load ``model``) and
+    the log of both programs. Raises ``RuntimeError`` when sclang or scsynth cannot run."""
     import soundfile as sf
 
     classes = _find(ugens, ("RAVE.sc",))
@@ -107,7 +133,7 @@ def render_in_scsynth(model: Path, ugens: Path, signal: np.ndarray, sr: int,
         work = Path(tmp)
         sf.write(work / "in.wav", signal.astype(np.float32), sr, subtype="FLOAT")
         (work / "score.scd").write_text(score_script(str(model), str(work / "score.osc"),
-                                                     seconds))
+                                                     seconds, ugen, latent_size))
         (work / "sclang.yaml").write_text(
             f"includePaths:\n  - {json.dumps(str(classes.parent))}\n"
             "excludePaths: []\npostInlineWarnings: false\n")
@@ -162,11 +188,51 @@ def ugen_output(module, signal: np.ndarray, n: int, server_block: int) -> Tuple[
     return out, delay
 
 
+def encoder_decoder_output(encoder, decoder, signal: np.ndarray, n: int,
+                           server_block: int) -> Tuple[np.ndarray, int]:
+    """What ``RAVEDecoder`` fed by ``RAVEEncoder`` plays for ``signal`` over ``n`` samples
+    (``server_block <= R``): ``encoder.encode`` on one ``(1, 1, R)`` block after another,
+    then ``decoder.decode`` on one ``(1, L, 1)`` frame after another, output block ``k``
+    decoding the latent of input block ``k - 1`` (zeros first) when ``server_block < R``,
+    of block ``k`` when equal; both from zero states (two copies of the file, as each UGen
+    loads its own), under the legacy graph executor. Returns the output ``(n,)`` and the
+    delay against the offline chain, in samples (``R`` or 0)."""
+    import torch
+
+    from rave_deploy.targets.supercollider import legacy_graph_executor
+
+    ratio, latent = int(decoder.decode_params[1]), int(decoder.decode_params[0])
+    if server_block > ratio:
+        raise ValueError(f"server block {server_block} > ratio {ratio}: the encoder then "
+                         "runs several blocks per server block; not computed here")
+    frames = -(-n // ratio)
+    x = np.zeros(frames * ratio, np.float32)
+    x[:min(len(x), len(signal))] = signal[:len(x)]
+    with legacy_graph_executor(), torch.inference_mode():
+        z = [encoder.encode(torch.from_numpy(x[i:i + ratio]).reshape(1, 1, ratio))
+             .reshape(-1)[:latent] for i in range(0, len(x), ratio)]
+        delay = ratio if server_block < ratio else 0
+        if delay:
+            z = [torch.zeros(latent)] + z[:-1]
+        played = torch.cat([decoder.decode(frame.reshape(1, latent, 1))[0, 0]
+                            for frame in z]).numpy()
+    return played[:n], delay
+
+
 def compare_with_ugen_code(module, signal: np.ndarray, rendered: np.ndarray,
-                           server_block: int) -> RecordingComparison:
-    """Compare ``rendered`` with :func:`ugen_output` of ``module`` (from zero states)."""
-    if hasattr(module, "reset"):  # scsynth loads the file afresh: start from silence too
-        module.reset()
+                           server_block: int, ugen: str = "forward",
+                           second=None) -> RecordingComparison:
+    """Compare ``rendered`` with :func:`ugen_output` of ``module`` (``ugen`` "forward"),
+    or with :func:`encoder_decoder_output` of ``module`` and ``second`` (a second copy
+    of the file), from zero states."""
+    for m in (module, second):
+        if m is not None and hasattr(m, "reset"):  # scsynth loads afresh: from silence too
+            m.reset()
+    if ugen == "encoder-decoder":
+        expected, delay = encoder_decoder_output(module, second, signal, len(rendered),
+                                                 server_block)
+        return compare_recording(rendered, expected, "scsynth", "expected", delay,
+                                 "the UGen pair")
     expected, delay = ugen_output(module, signal, len(rendered), server_block)
     return compare_recording(rendered, expected, "scsynth", "expected", delay, "the UGen")
 
@@ -187,6 +253,9 @@ def main(argv=None) -> int:
                    help=f"folder of SuperCollider's own UGens (default {DEFAULT_SC_PLUGINS})")
     p.add_argument("--tolerance", type=float, default=0.0,
                    help="allowed max |scsynth - expected| as a share of the peak (default 0)")
+    p.add_argument("--ugen", choices=UGENS, default="forward",
+                   help="forward: RAVE.new (the default); encoder-decoder: RAVEDecoder fed "
+                        "by RAVEEncoder (server blocks up to the ratio)")
     args = p.parse_args(argv)
 
     if not args.model.is_file():
@@ -212,6 +281,10 @@ def main(argv=None) -> int:
     if int(module.forward_params[0]) != 1:
         p.error(f"{args.model.name} takes {int(module.forward_params[0])} channels; the RAVE "
                 "UGen feeds one")
+    ratio, latent_size = int(module.decode_params[1]), int(module.decode_params[0])
+    if args.ugen == "encoder-decoder" and args.server_block > ratio:
+        p.error(f"--ugen encoder-decoder: --server-block {args.server_block} is above the "
+                f"model's ratio ({ratio}); use {ratio} or less")
     sidecar = Path(str(args.model) + ".json")
     sr = args.sr or (int(json.loads(sidecar.read_text())["sample_rate"])
                      if sidecar.is_file() else 44100)
@@ -230,17 +303,22 @@ def main(argv=None) -> int:
         try:
             rendered, log = render_in_scsynth(played, args.ugens, signal, sr,
                                               args.server_block, args.sclang, args.scsynth,
-                                              args.sc_plugins)
+                                              args.sc_plugins, ugen=args.ugen,
+                                              latent_size=latent_size)
+            second = torch.jit.load(str(played)) if args.ugen == "encoder-decoder" else None
         except (RuntimeError, subprocess.TimeoutExpired, OSError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
     print("log:\n  " + "\n  ".join(log.splitlines()))
     if rendered is None:
         print(f"FAIL: the RAVE UGen could not load {args.model.name} (its error is in the "
-              "log above); scsynth played its input through instead")
+              "log above); scsynth played its input (or nothing) instead")
         return 1
-    result = compare_with_ugen_code(module, signal, rendered, args.server_block)
-    print(f"{args.model.name} in scsynth through RAVE.new (forward, server block "
+    result = compare_with_ugen_code(module, signal, rendered, args.server_block, args.ugen,
+                                    second)
+    through = ("RAVE.new (forward" if args.ugen == "forward" else
+               "RAVEEncoder into RAVEDecoder (encode, decode")
+    print(f"{args.model.name} in scsynth through {through}, server block "
           f"{args.server_block}, {sr} Hz{', deterministic' if deterministic else ''}):")
     for line in result.lines():
         print("  " + line)
