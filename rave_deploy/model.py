@@ -177,13 +177,14 @@ class DeployModel(nn.Module):
         """Let every layer with a large enough weight compute its products of more than
         a few rows through oneDNN, on a weight it packs at its first such call (see
         :data:`rave_core.nn.conv.MIN_WEIGHTS_PACKED`). Needs this torch to have oneDNN;
-        the file then needs the host's libtorch to have it too. Returns the layer count."""
+        the file then needs the host's libtorch to have it too. Returns the layer count;
+        with none (every weight below the threshold) the model stays ``portable``."""
         if not torch.backends.mkldnn.is_available():
             raise DeployError("this torch was built without oneDNN (torch.backends.mkldnn): "
                               "export with --cpu-kernels portable")
         self.packed_layers = sum(bool(m.use_packed_product()) for m in self.modules()
                                  if hasattr(m, "use_packed_product"))
-        self.cpu_kernels = "onednn"
+        self.cpu_kernels = "onednn" if self.packed_layers else "portable"
         return self.packed_layers
 
     def forget_packed_weights(self) -> None:

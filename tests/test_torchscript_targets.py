@@ -167,8 +167,9 @@ HOST_CHECKS = {"nn_tilde": [], "supercollider": ["contract.17_decode_params", "c
                                                  "executor.legacy"],
                "vst": ["contract.13_attributes", "contract.14_ratio", "contract.15_mono",
                        "contract.15_stereo_mode", "contract.16_encode_amortized"]}
-COMMON = ["contract.1_load", "contract.1_file_format", "contract.1_ops", "contract.2_no_lazy_state",
-          "contract.3_output_encode", "contract.3_output_decode", "contract.3_output_forward",
+COMMON = ["contract.1_load", "contract.1_file_format", "contract.1_ops",
+          "contract.2_no_lazy_state", "contract.3_output_encode", "contract.3_output_decode",
+          "contract.3_output_forward",
           "contract.4_streaming", "contract.5_forbidden_names", "contract.6_methods",
           "contract.7_ratios", "contract.8_power_of_two", "contract.9_nn_tilde_emulation",
           "contract.10_attributes", "contract.11_batch", "contract.12_host_latency",
@@ -383,11 +384,39 @@ def test_onednn_kernels_in_the_exported_file(runs, tmp_path, monkeypatch):
     _assert_runs_under_torch25(res.path, "the oneDNN products")
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(),
+                    reason="this torch has no oneDNN: --cpu-kernels onednn cannot be exported")
+def test_cpu_kernels_option_of_the_cli(runs, tmp_path, monkeypatch):
+    """``rave-deploy export --cpu-kernels onednn`` writes the oneDNN file (sidecar,
+    warning); where no weight reaches the threshold (the small test model as it is) the
+    file stays portable and says so, without the warning."""
+    import rave_core.nn.conv as conv_module
+    from click.testing import CliRunner
+
+    from rave_deploy.cli import main
+
+    run, _, _ = runs["brave"]
+    for threshold, kernels in ((None, "portable"), (0, "onednn")):
+        if threshold is not None:
+            monkeypatch.setattr(conv_module, "MIN_WEIGHTS_PACKED", threshold)
+        out = tmp_path / f"{kernels}.ts"
+        res = CliRunner().invoke(main, ["export", str(run), "-t", "nn_tilde", "-o", str(out),
+                                        "--fidelity", str(FIDELITY), "--cpu-kernels", "onednn",
+                                        "--json"])
+        assert res.exit_code == 0, res.output
+        row = json.loads(res.output)[0]
+        assert read_sidecar(out)["cpu_kernels"] == kernels
+        assert any("--cpu-kernels onednn" in w for w in row["warnings"]) == (kernels == "onednn")
+    res = CliRunner().invoke(main, ["export", str(run), "--cpu-kernels", "fast"])
+    assert res.exit_code == 2 and "portable" in res.output
+
+
 def test_onednn_kernels_refused_where_no_host_could_load_them(runs, tmp_path, monkeypatch):
     """The RAVE VST bundles a libtorch older than the oneDNN ops; a torch without oneDNN
     could not check the file. Both exports are refused with what to do, nothing written."""
     run, _, _ = runs["v2"]
-    with pytest.raises(TargetUnsupported, match="export the vst target with --cpu-kernels portable"):
+    with pytest.raises(TargetUnsupported,
+                       match="export the vst target with --cpu-kernels portable"):
         export_run(run, ["vst"], tmp_path, ExportOptions(fidelity=FIDELITY, cpu_kernels="onednn"))
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
     with pytest.raises(TargetUnsupported, match="built without oneDNN.*--cpu-kernels portable"):

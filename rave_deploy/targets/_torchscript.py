@@ -272,12 +272,13 @@ class TorchScriptTarget(Target):
             tuned_block=options.block_size, cpu_kernels=options.cpu_kernels)
         info.update(self.host_fields(module.ratio))
         info["_core"] = module.core
-        if options.cpu_kernels == "onednn":
+        if module.core.cpu_kernels == "onednn":
             # a file a libtorch cannot load terminates PureData (host contract 31)
-            warnings.warn(f"--cpu-kernels onednn: this file loads only in {BUILD_SPECIFIC_OPS['mkldnn']}; "
-                          f"not on Apple silicon or in older hosts, where {self.host} cannot "
-                          f"load it{self.load_failure}: export with --cpu-kernels portable "
-                          "for those", stacklevel=2)
+            needs = BUILD_SPECIFIC_OPS["mkldnn"]
+            warnings.warn(f"--cpu-kernels onednn: this file loads only in {needs}; not on "
+                          f"Apple silicon or in older hosts, where {self.host} cannot load "
+                          f"it{self.load_failure}: export with --cpu-kernels portable for "
+                          "those", stacklevel=2)
         return info
 
     def host_fields(self, ratio: int) -> Dict[str, object]:

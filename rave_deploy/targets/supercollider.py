@@ -55,7 +55,7 @@ class SuperColliderTarget(TorchScriptTarget):
     name = "supercollider"
     description = "TorchScript for SuperCollider (RAVE UGens, NN.ar)"
     host = "SuperCollider"
-    load_failure = " (the RAVE UGen then plays its input through)"
+    load_failure = " (the RAVE UGens then play their input through)"
 
     def unsupported_reason(self, model: RAVE, options: ExportOptions) -> Optional[str]:
         reason = super().unsupported_reason(model, options)
