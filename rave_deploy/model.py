@@ -166,8 +166,7 @@ class DeployModel(nn.Module):
         set_matmul_streaming(self, matmul_streaming)
         set_streaming(self, streaming)
         self.tuned_block = 0  # samples; set when weights are laid out for a block
-        self.cpu_kernels = "portable"
-        self.packed_layers = 0
+        self.packed_layers = 0  # layers on oneDNN's packed products, see cpu_kernels
         if matmul_streaming and streaming:
             self.lay_out_weights_for_block(tuned_block or DEFAULT_TUNED_BLOCK)
             if cpu_kernels == "onednn":
@@ -184,8 +183,13 @@ class DeployModel(nn.Module):
                               "export with --cpu-kernels portable")
         self.packed_layers = sum(bool(m.use_packed_product()) for m in self.modules()
                                  if hasattr(m, "use_packed_product"))
-        self.cpu_kernels = "onednn" if self.packed_layers else "portable"
         return self.packed_layers
+
+    @property
+    def cpu_kernels(self) -> str:
+        """The :data:`CPU_KERNELS` the model's products use: ``onednn`` once a layer packs
+        its weight, else ``portable``."""
+        return "onednn" if self.packed_layers else "portable"
 
     def forget_packed_weights(self) -> None:
         """Drop every packed weight (they cannot be saved; each layer packs again at its

@@ -163,8 +163,8 @@ class _WeightedRowSums(StreamingModule):
                 or self.weight.numel() < MIN_WEIGHTS_PACKED):
             return False
         self.min_rows_packed = MAX_ROWS_WEIGHTED_SUM + 1  # fewer: the row sums
-        self.packed_weight = torch.zeros(0)
-        self.forget_packed_weight()
+        self.packed_weight = torch.zeros(0)  # packed at the first product
+        self.packed_ready = False
         return True
 
     def forget_packed_weight(self) -> None:

@@ -445,7 +445,8 @@ class TorchScriptTarget(Target):
             listed = ", ".join(kinds[:4]) + (", ..." if len(kinds) > 4 else "")
             if ns not in BUILD_SPECIFIC_OPS:
                 problems.append(f"ops of namespace `{ns}` ({listed}): no host's libtorch has "
-                                "them unless it loads the library that defines them")
+                                "them unless it loads the library that defines them; export "
+                                "the model again with rave-deploy (--cpu-kernels portable)")
             elif not declared:
                 problems.append(f"ops of namespace `{ns}` ({listed}) need "
                                 f"{BUILD_SPECIFIC_OPS[ns]}, and the sidecar does not say so "

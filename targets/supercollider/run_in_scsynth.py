@@ -204,7 +204,8 @@ def encoder_decoder_output(encoder, decoder, signal: np.ndarray, n: int,
     ratio, latent = int(decoder.decode_params[1]), int(decoder.decode_params[0])
     if server_block > ratio:
         raise ValueError(f"server block {server_block} > ratio {ratio}: the encoder then "
-                         "runs several blocks per server block; not computed here")
+                         "runs several blocks per server block, which is not computed here; "
+                         f"use a server block of {ratio} or less")
     frames = -(-n // ratio)
     x = np.zeros(frames * ratio, np.float32)
     x[:min(len(x), len(signal))] = signal[:len(x)]
