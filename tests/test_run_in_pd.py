@@ -44,11 +44,69 @@ def test_patch_plays_through_nn_tilde_after_setting_it_up():
             > order[index["bufsize"]] > order[index["pd dsp 1"]] > min(order.values()))
 
 
+def _objects_and_edges(text):
+    objects = [line for line in text.splitlines() if line.startswith(("#X obj", "#X msg"))]
+    edges = [tuple(map(int, m.groups())) for m in
+             re.finditer(r"#X connect (\d+) (\d+) (\d+) (\d+);", text)]
+    assert all(a < len(objects) and b < len(objects) for a, _, b, _ in edges)
+    return objects, edges
+
+
+def _waits_for_every_nn_tilde_before_quitting(objects, edges, nn_objects):
+    """Once out.wav is written, a trigger sends `reload` to every nn~ (its right outlet
+    first) and then quits (its left outlet)."""
+    write = next(i for i, line in enumerate(objects) if "write -wave" in line)
+    written = next(b for a, _, b, _ in edges if a == write)   # the soundfiler that writes
+    finish = next(b for a, _, b, _ in edges if a == written)
+    assert "t b b" in objects[finish]
+    reload = next(b for a, o, b, _ in edges if a == finish and o == 1)
+    quit_ = next(b for a, o, b, _ in edges if a == finish and o == 0)
+    assert "reload;" in objects[reload] and "pd quit" in objects[quit_]
+    assert {b for a, _, b, _ in edges if a == reload} == set(nn_objects)
+    assert not [a for a, _, b, _ in edges if b == quit_ and a != finish]
+
+
+def test_patch_reloads_nn_tilde_before_quitting():
+    """So that Pd never exits with a model call in flight (see batch_patch)."""
+    objects, edges = _objects_and_edges(run_in_pd.batch_patch("model.ts", 2048, 1000, 22.6))
+    nn = [i for i, line in enumerate(objects) if " nn~ " in line]
+    assert len(nn) == 1
+    _waits_for_every_nn_tilde_before_quitting(objects, edges, nn)
+
+
+def test_encode_decode_patch_joins_every_latent_outlet_to_the_decoder():
+    """tabplay~ -> encode; encode outlet k -> decode inlet k for every latent dimension;
+    decode -> tabwrite~; both objects get bufsize and set deterministic, and reload
+    before Pd quits."""
+    text = run_in_pd.batch_patch("model.ts", 128, 1000, 22.6, "encode-decode", 5)
+    objects, edges = _objects_and_edges(text)
+    enc = next(i for i, line in enumerate(objects) if "nn~ model.ts encode 128;" in line)
+    dec = next(i for i, line in enumerate(objects) if "nn~ model.ts decode 128;" in line)
+    index = {name: i for i, line in enumerate(objects) for name in
+             ("tabplay~", "tabwrite~", "bufsize", "set deterministic") if name in line}
+    assert sorted((o, i) for a, o, b, i in edges if a == enc and b == dec) == \
+        [(k, k) for k in range(5)]
+    into = {(a, b) for a, _, b, _ in edges}
+    assert (index["tabplay~"], enc) in into and (dec, index["tabwrite~"]) in into
+    assert (enc, index["tabwrite~"]) not in into
+    for message in ("bufsize", "set deterministic"):
+        assert {(index[message], enc), (index[message], dec)} <= into
+    _waits_for_every_nn_tilde_before_quitting(objects, edges, [enc, dec])
+    with pytest.raises(ValueError, match="latent size"):
+        run_in_pd.batch_patch("model.ts", 128, 1000, 22.6, "encode-decode")
+    with pytest.raises(ValueError, match="one of"):
+        run_in_pd.batch_patch("model.ts", 128, 1000, 22.6, "decode")
+
+
 @pytest.fixture(scope="module")
-def module(tmp_path_factory):
+def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("pd")
-    exported = export_quietly(make_run(root, ("brave",)), ["nn_tilde"], root / "out")
-    return torch.jit.load(str(exported["nn_tilde"]))
+    return export_quietly(make_run(root, ("brave",)), ["nn_tilde"], root / "out")["nn_tilde"]
+
+
+@pytest.fixture(scope="module")
+def module(exported):
+    return torch.jit.load(str(exported))
 
 
 def test_comparison_passes_the_emulated_output_and_fails_others(module):
@@ -76,3 +134,30 @@ def test_comparison_passes_the_emulated_output_and_fails_others(module):
     silent = run_in_pd.compare_with_emulation(module, block, signal, np.zeros_like(emulated))
     assert silent.host_peak == 0 and silent.first_sound_host is None
     assert not silent.agrees(1.0)  # even where any difference would be tolerated
+
+
+def test_encode_decode_comparison_chains_two_copies_of_the_file(exported):
+    """With a second copy as the decoder: the emulation encodes with one nn~ and decodes
+    its held latent signals with the other (from zero states each), its latency the sum
+    of both objects'; its own output agrees exactly, and not with the emulation of one
+    forward object (one buffer of latency less); the same output one vector late does
+    not agree."""
+    sr, block = 44100, 256
+    signal = musical_signal(sr, 64 * 200, 1, seed=1)[0]
+    enc, dec = torch.jit.load(str(exported)), torch.jit.load(str(exported))
+    for m in (enc, dec):
+        m.set_deterministic(True)
+    with torch.inference_mode():
+        latent = NnTildeHost(enc, "encode", block).run(signal[None, None])
+        chained = NnTildeHost(dec, "decode", block).run(latent)[0, 0]
+    assert latent.shape[1] == int(enc.encode_params[2]) > 1
+    enc.reset()  # a streamed copy starts again from silence, as Pd's fresh load does
+    same = run_in_pd.compare_with_emulation(enc, block, signal, chained, decoder=dec)
+    assert same.agrees(0.0) and same.max_error == 0
+    assert same.host_delay == 2 * (2 * block - 64)
+    forward = run_in_pd.compare_with_emulation(torch.jit.load(str(exported)), block,
+                                               signal, chained)
+    assert not forward.agrees(1e-3)
+    late = np.concatenate([np.zeros(64, np.float32), chained[:-64]])
+    assert not run_in_pd.compare_with_emulation(enc, block, signal, late,
+                                                decoder=dec).agrees(1e-3)

@@ -13,8 +13,13 @@ are compared sample by sample over the recorded span. Exit code 0 when they agre
 ``--tolerance`` of the peak; the default, 0, asks for identical samples) and the output
 is not silent, 1 otherwise, 2 for bad arguments or when Pd cannot run.
 
+``--methods encode-decode`` plays the signal through ``[nn~ FILE encode N]`` whose latent
+outlets feed ``[nn~ FILE decode N]`` (each object loads its own copy of the file, as in a
+patch that plays with the latent between the two) and compares with the emulation of the
+same two objects.
+
 ``--nn-tilde`` is the folder holding ``nn~.pd_linux`` (``.pd_darwin``, ``.dll``), as nn~'s
-release unpacks it. Only ``forward`` is played: it is the method a patch runs audio through.
+release unpacks it. Mono files only.
 """
 from __future__ import annotations
 
@@ -38,12 +43,31 @@ from rave_deploy.check.recording import RecordingComparison, compare_recording  
 #: Pd's signal vector: the recording stops on a vector boundary.
 PD_VECTOR = 64
 
+#: What a run plays: one ``forward`` object, or an ``encode`` object into a ``decode`` one.
+METHODS = ("forward", "encode-decode")
 
-def batch_patch(model: str, block: int, n_samples: int, record_ms: float) -> str:
+
+def batch_patch(model: str, block: int, n_samples: int, record_ms: float,
+                methods: str = "forward", latent_size: int = 0) -> str:
     """A Pd patch that plays array ``in`` (read from ``in.wav``) through
     ``[nn~ model forward block]`` into array ``out`` and writes ``out.wav`` after
     ``record_ms`` of logical time, then quits. On load, in this order: read the signal,
-    ``set deterministic 1``, ``bufsize block``, DSP on, start playing and recording."""
+    ``set deterministic 1``, ``bufsize block``, DSP on, start playing and recording.
+
+    ``methods="encode-decode"``: ``[nn~ model encode block]`` instead, its
+    ``latent_size`` outlets joined to the inlets of a ``[nn~ model decode block]`` that
+    feeds ``out``; both objects get the two set-up messages.
+
+    Once ``out.wav`` is written, every nn~ gets ``reload`` before Pd quits: nn~ reloads
+    under the lock its compute thread holds while it runs the model, so Pd does not exit
+    with a model call in flight. Exiting then tears libtorch down under that call, and
+    nn~ prints errors (``Invalid (backend, op) pair``, ``Could not find schema for
+    aten::cat.out``) for a call whose output was never going to be recorded."""
+    if methods not in METHODS:
+        raise ValueError(f"methods {methods!r}: one of {', '.join(METHODS)}")
+    if methods == "encode-decode" and latent_size < 1:
+        raise ValueError("encode-decode needs the latent size (the encoder's outlets)")
+    first = "forward" if methods == "forward" else "encode"
     lines = [
         "#N canvas 0 0 640 480 12;",
         "#X obj 20 20 loadbang;",                                   # 0
@@ -51,14 +75,14 @@ def batch_patch(model: str, block: int, n_samples: int, record_ms: float) -> str
         "#X msg 300 80 read -resize in.wav in;",                    # 2
         "#X obj 300 110 soundfiler;",                               # 3
         "#X obj 20 240 tabplay~ in;",                               # 4
-        f"#X obj 20 280 nn~ {model} forward {block};",              # 5
+        f"#X obj 20 280 nn~ {model} {first} {block};",              # 5
         "#X obj 20 320 tabwrite~ out;",                             # 6
         f"#X msg 160 80 bufsize {block};",                          # 7
         "#X msg 160 110 set deterministic 1;",                      # 8
         f"#X obj 20 400 delay {record_ms:g};",                      # 9
         "#X msg 20 430 write -wave -bytes 4 out.wav out;",          # 10
         "#X obj 20 460 soundfiler;",                                # 11
-        "#X msg 250 460 \\; pd quit;",                              # 12
+        "#X msg 250 520 \\; pd quit;",                              # 12
         "#X obj 20 370 t b b;",                                     # 13
         "#X msg 400 20 \\; pd dsp 1;",                              # 14
         "#X obj 400 200 array define in;",                          # 15
@@ -67,18 +91,33 @@ def batch_patch(model: str, block: int, n_samples: int, record_ms: float) -> str
     # a trigger fires right to left: read, deterministic, bufsize, dsp, then play
     edges = [(0, 0, 1, 0), (1, 4, 2, 0), (2, 0, 3, 0), (1, 3, 8, 0), (1, 2, 7, 0),
              (1, 1, 14, 0), (1, 0, 13, 0), (7, 0, 5, 0), (8, 0, 5, 0), (13, 1, 4, 0),
-             (13, 1, 6, 0), (4, 0, 5, 0), (5, 0, 6, 0), (13, 0, 9, 0), (9, 0, 10, 0),
-             (10, 0, 11, 0), (11, 0, 12, 0)]
+             (13, 1, 6, 0), (4, 0, 5, 0), (13, 0, 9, 0), (9, 0, 10, 0),
+             (10, 0, 11, 0)]
+    nn_objects = [5]
+    if methods == "forward":
+        edges.append((5, 0, 6, 0))
+    else:
+        lines.append(f"#X obj 20 340 nn~ {model} decode {block};")  # 17
+        nn_objects.append(17)
+        edges += [(5, k, 17, k) for k in range(latent_size)]
+        edges += [(7, 0, 17, 0), (8, 0, 17, 0), (17, 0, 6, 0)]
+    # written: reload every nn~ (right outlet first), then quit
+    finish, reload = len(lines) - 1, len(lines)
+    lines += ["#X obj 250 460 t b b;", "#X msg 330 490 reload;"]
+    edges += [(11, 0, finish, 0), (finish, 1, reload, 0), (finish, 0, 12, 0)]
+    edges += [(reload, 0, n, 0) for n in nn_objects]
     lines += [f"#X connect {a} {o} {b} {i};" for a, o, b, i in edges]
     return "\n".join(lines) + "\n"
 
 
 def record_in_pd(model: Path, nn_tilde: Path, signal: np.ndarray, sr: int, block: int,
-                 pd: str = "pd", timeout: float = 600.0) -> Tuple[np.ndarray, str]:
-    """Play ``signal`` ``(T,)`` through nn~ in a batch-mode Pd; returns what ``[tabwrite~]``
-    recorded, ``(T',)`` with ``T'`` the whole vectors Pd computed before writing (the
-    rest of the array stays zero, and is cut), and Pd's log. Raises ``RuntimeError`` when
-    Pd wrote nothing or could not create ``[nn~]``."""
+                 pd: str = "pd", timeout: float = 600.0, methods: str = "forward",
+                 latent_size: int = 0) -> Tuple[np.ndarray, str]:
+    """Play ``signal`` ``(T,)`` through nn~ in a batch-mode Pd (the patch of
+    :func:`batch_patch`); returns what ``[tabwrite~]`` recorded, ``(T',)`` with ``T'`` the
+    whole vectors Pd computed before writing (the rest of the array stays zero, and is
+    cut), and Pd's log. Raises ``RuntimeError`` when Pd wrote nothing or could not create
+    ``[nn~]``."""
     import soundfile as sf
 
     n = len(signal)
@@ -87,7 +126,8 @@ def record_in_pd(model: Path, nn_tilde: Path, signal: np.ndarray, sr: int, block
         work = Path(tmp)
         shutil.copyfile(model, work / "model.ts")
         sf.write(work / "in.wav", signal.astype(np.float32), sr, subtype="FLOAT")
-        (work / "run.pd").write_text(batch_patch("model.ts", block, n, record_ms))
+        (work / "run.pd").write_text(batch_patch("model.ts", block, n, record_ms,
+                                                 methods, latent_size))
         cmd = [pd, "-nogui", "-nosound", "-batch", "-r", str(sr), "-stderr",
                "-path", str(nn_tilde), "-open", "run.pd"]
         done = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=timeout)
@@ -103,25 +143,35 @@ def record_in_pd(model: Path, nn_tilde: Path, signal: np.ndarray, sr: int, block
     return recorded[:int(record_ms * sr / 1000.0) // PD_VECTOR * PD_VECTOR], log
 
 
-def compare_with_emulation(module, block: int, signal: np.ndarray,
-                           recorded: np.ndarray) -> RecordingComparison:
+def compare_with_emulation(module, block: int, signal: np.ndarray, recorded: np.ndarray,
+                           decoder=None) -> RecordingComparison:
     """Run ``signal`` through :class:`NnTildeHost` (``forward``, deterministic, buffer
-    ``block``, from zero states) and compare with ``recorded`` over its length."""
+    ``block``, from zero states) and compare with ``recorded`` over its length.
+
+    ``decoder``: a second copy of the file (Pd loads one per ``[nn~]``) for encode-decode:
+    ``module`` encodes, its latent signals go through ``decoder``'s ``decode``, and the
+    latency is the sum of the two objects'."""
     import torch
 
     from rave_deploy.nn_tilde_emulation import NnTildeHost
 
-    if hasattr(module, "set_deterministic"):
-        module.set_deterministic(True)
-    if hasattr(module, "reset"):  # Pd loads the file afresh: start from silence too
-        module.reset()
-    host = NnTildeHost(module, "forward", block)
+    copies = [module] if decoder is None else [module, decoder]
+    for copy in copies:
+        if hasattr(copy, "set_deterministic"):
+            copy.set_deterministic(True)
+        if hasattr(copy, "reset"):  # Pd loads the file afresh: start from silence too
+            copy.reset()
+    hosts = ([NnTildeHost(module, "forward", block)] if decoder is None else
+             [NnTildeHost(module, "encode", block), NnTildeHost(decoder, "decode", block)])
     n = -(-len(recorded) // PD_VECTOR) * PD_VECTOR
-    x = np.zeros((1, 1, n), np.float32)
-    x[0, 0, :min(n, len(signal))] = signal[:n]
+    y = np.zeros((1, 1, n), np.float32)
+    y[0, 0, :min(n, len(signal))] = signal[:n]
     with torch.inference_mode():
-        emulated = host.run(x)[0, 0, :len(recorded)]
-    return compare_recording(recorded, emulated, "Pd", "emulation", host.latency, "nn~")
+        for host in hosts:
+            y = host.run(y)
+    emulated = y[0, 0, :len(recorded)]
+    return compare_recording(recorded, emulated, "Pd", "emulation",
+                             sum(h.latency for h in hosts), "nn~")
 
 
 def main(argv=None) -> int:
@@ -136,6 +186,9 @@ def main(argv=None) -> int:
     p.add_argument("--pd", default="pd", help="the Pd executable (default: pd on PATH)")
     p.add_argument("--tolerance", type=float, default=0.0,
                    help="allowed max |Pd - emulation| as a share of the peak (default 0)")
+    p.add_argument("--methods", choices=METHODS, default="forward",
+                   help="forward: one [nn~ FILE forward N]; encode-decode: [nn~ FILE encode "
+                        "N] into [nn~ FILE decode N] (default forward)")
     args = p.parse_args(argv)
 
     if not args.model.is_file():
@@ -157,22 +210,37 @@ def main(argv=None) -> int:
     sidecar = Path(str(args.model) + ".json")
     sr = args.sr or (int(json.loads(sidecar.read_text())["sample_rate"])
                      if sidecar.is_file() else 44100)
-    channels = int(module.forward_params[0])
-    if channels != 1:
-        p.error(f"{args.model.name} takes {channels} channels; this script plays mono files")
+    encode_decode = args.methods == "encode-decode"
+    if encode_decode and not (hasattr(module, "encode_params")
+                              and hasattr(module, "decode_params")):
+        p.error(f"{args.model.name} has no encode and decode methods: export it with "
+                "rave-deploy export --target nn_tilde, or play --methods forward")
+    if encode_decode:
+        channels, out_channels = (int(module.encode_params[0]),
+                                  int(module.decode_params[2]))
+    else:
+        channels, out_channels = (int(module.forward_params[0]),
+                                  int(module.forward_params[2]))
+    if channels != 1 or out_channels != 1:
+        p.error(f"{args.model.name} takes {channels} and gives {out_channels} channels; "
+                "this script plays mono files")
+    latent_size = int(module.encode_params[2]) if encode_decode else 0
     signal = musical_signal(sr, int(args.seconds * sr), 1, seed=1)[0]
     try:
         recorded, log = record_in_pd(args.model, args.nn_tilde, signal, sr, args.block,
-                                     pd=args.pd)
+                                     pd=args.pd, methods=args.methods,
+                                     latent_size=latent_size)
     except (RuntimeError, subprocess.TimeoutExpired, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    result = compare_with_emulation(module, args.block, signal, recorded)
+    decoder = torch.jit.load(str(args.model)).eval() if encode_decode else None
+    result = compare_with_emulation(module, args.block, signal, recorded, decoder)
     if not hasattr(module, "set_deterministic"):
         print("note: this file has no `deterministic` attribute: it draws noise, so Pd's "
               "output and the emulation's cannot agree exactly", file=sys.stderr)
     print(f"Pd's log:\n  " + "\n  ".join(log.splitlines()))
-    print(f"{args.model.name} in Pd through nn~ (forward, N = {args.block}, deterministic):")
+    print(f"{args.model.name} in Pd through nn~ ({args.methods}, N = {args.block}, "
+          "deterministic):")
     for line in result.lines():
         print("  " + line)
     ok = result.agrees(args.tolerance)
