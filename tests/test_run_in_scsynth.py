@@ -1,7 +1,7 @@
-"""targets/supercollider/run_in_scsynth.py: the score it writes, what it expects the RAVE
-UGen to play, its comparison, and how it drives sclang and scsynth (stand-in programs
-here: the RAVE UGen is in no registry CI reaches; targets/supercollider/README.md says
-where the real server was run)."""
+"""targets/supercollider/run_in_scsynth.py: the scores it writes, what it expects the RAVE
+UGens and NN.ar to play, its comparison, and how it drives sclang and scsynth (stand-in
+programs here: neither plugin is in a registry CI reaches; targets/supercollider/README.md
+says where the real server was run)."""
 from __future__ import annotations
 
 import json
@@ -37,6 +37,23 @@ def test_score_chains_the_encoder_into_the_decoder():
             'SoundIn.ar(0))));') in text
     with pytest.raises(ValueError, match="unknown ugen"):
         run_in_scsynth.score_script("/m/a.ts", "/w/score.osc", 2.0, "prior")
+
+
+def test_nn_ar_scores_load_the_file_then_play_it_through_forward():
+    """The first score only loads the file into NN.ar, its description going to the info
+    file; the second registers the model from that description (NN.ar's own NRT helpers
+    fail, see nn_ar_score_script), loads it at time 0 and plays input bus 0 through its
+    forward UGen with the buffer size asked for, for the signal's length."""
+    info = run_in_scsynth.nn_ar_info_script("/m/a b.ts", "/w/model.yaml", "/w/info.osc")
+    assert '[0.0, NN.loadMsg(0, "/m/a b.ts", "/w/model.yaml")],' in info
+    assert '.writeOSCFile("/w/info.osc");' in info and "0.exit;" in info
+    text = run_in_scsynth.nn_ar_score_script("/m/a b.ts", "/w/model.yaml", "/w/score.osc",
+                                             2.5, 512)
+    assert 'NN.prReadInfoFile("/w/model.yaml");' in text
+    assert 'NNModel.fromInfo(NN.prGetCachedInfo("/m/a b.ts"), 0)' in text
+    assert "Out.ar(0, NN(\\raveDeploy, \\forward).ar(SoundIn.ar(0), 512));" in text
+    assert '[0.0, NN.loadMsg(0, "/m/a b.ts", "/w/model.yaml")],' in text
+    assert re.search(r"\[2\.50+, \['/c_set'", text) and '.writeOSCFile("/w/score.osc");' in text
 
 
 @pytest.fixture(scope="module")
@@ -137,13 +154,18 @@ def _stand_in(path: Path, body: str) -> str:
     return str(path)
 
 
+def _plugin_folder(folder: Path, family: "run_in_scsynth.UGenFamily") -> Path:
+    """A plugin's install layout, as its build leaves it: the (empty) binary at the top,
+    the class file in Classes/."""
+    (folder / "Classes").mkdir(parents=True)
+    (folder / "Classes" / family.class_file).write_text("// class file")
+    (folder / family.binaries[0].replace("*", "_scsynth")).write_bytes(b"")
+    return folder
+
+
 @pytest.fixture
 def ugens(tmp_path):
-    folder = tmp_path / "RAVE"
-    (folder / "Classes").mkdir(parents=True)
-    (folder / "Classes" / "RAVE.sc").write_text("// class file")
-    (folder / "RAVE_scsynth.so").write_bytes(b"")
-    return folder
+    return _plugin_folder(tmp_path / "RAVE", run_in_scsynth.RAVE_UGENS)
 
 
 # sclang: writes a placeholder score where the program asks for it
@@ -191,6 +213,104 @@ def test_render_reports_a_model_the_ugen_could_not_load(tmp_path, ugens):
     with pytest.raises(RuntimeError, match="never created the RAVE UGen"):
         run_in_scsynth.render_in_scsynth(tmp_path / "m.ts", ugens, signal, 44100, 64,
                                          sclang=sclang, scsynth=silent)
-    with pytest.raises(RuntimeError, match="no RAVE UGen there"):
+    with pytest.raises(RuntimeError, match="the RAVE UGen is not there"):
         run_in_scsynth.render_in_scsynth(tmp_path / "m.ts", tmp_path / "Classes_only",
                                          signal, 44100, 64, sclang=sclang, scsynth=failed)
+
+
+def test_nn_ar_buffer_and_output(module):
+    """NN.ar's buffer: the model's largest ratio for -1, 0 or less than it, else the next
+    power of two. Its output: forward on buffer after buffer, delayed by buffer - server
+    block: forward over the whole signal at once, delayed (to float rounding); a server
+    block above the buffer is refused (NN.ar disables itself)."""
+    ratio = int(module.decode_params[1])
+    assert [run_in_scsynth.nn_ar_buffer(module, b) for b in (-1, 0, ratio // 2, ratio)] == \
+        [ratio] * 4
+    assert run_in_scsynth.nn_ar_buffer(module, 3 * ratio) == 4 * ratio
+    signal = musical_signal(44100, 40 * ratio, 1, seed=2)[0]
+    module.reset()
+    with torch.inference_mode():
+        whole = module.forward(torch.from_numpy(signal).reshape(1, 1, -1)).reshape(-1).numpy()
+    for server_block, buffer_size, delay in ((64, -1, ratio - 64), (16, 4 * ratio, 4 * ratio - 16),
+                                             (ratio, -1, 0)):
+        module.reset()
+        out, d = run_in_scsynth.nn_ar_output(module, signal, len(signal), server_block,
+                                             buffer_size)
+        assert d == delay and not out[:delay].any()
+        np.testing.assert_allclose(out[delay:], whole[:len(signal) - delay],
+                                   atol=1e-5 * np.abs(whole).max())
+        module.reset()
+        assert run_in_scsynth.compare_with_ugen_code(module, signal, out, server_block,
+                                                     "nn-ar", buffer_size=buffer_size).agrees(0)
+    with pytest.raises(ValueError, match="disables itself"):
+        run_in_scsynth.nn_ar_output(module, signal, len(signal), 2 * ratio)
+    # the comparison takes NN.ar's delay for this UGen, not the RAVE UGen's
+    module.reset()
+    out, _ = run_in_scsynth.nn_ar_output(module, signal, len(signal), 64, 4 * ratio)
+    assert not run_in_scsynth.compare_with_ugen_code(module, signal, out, 64).agrees(1e-3)
+
+
+@pytest.fixture
+def nn_ar(tmp_path):
+    return _plugin_folder(tmp_path / "NNModel", run_in_scsynth.NN_AR)
+
+
+# sclang for NN.ar: the placeholder score names the info file NN.ar is to write
+SCLANG_NN = ("text = open(sys.argv[-1]).read()\n"
+             "info = re.search(r'NN.loadMsg\\(0, \"[^\"]+\", \"([^\"]+)\"\\)', text).group(1)\n"
+             "open(re.search(r'writeOSCFile\\(\"([^\"]+)\"\\)', text).group(1), 'w').write(info)\n"
+             "print('score written')\n")
+# scsynth: the info pass (no input file) writes the description, the render halves its input
+SCSYNTH_NN = ("import json, soundfile as sf\n"
+              "calls = __import__('pathlib').Path(ARGS)\n"
+              "calls.write_text(calls.read_text() + json.dumps(sys.argv[1:]) + '\\n' "
+              "if calls.exists() else json.dumps(sys.argv[1:]) + '\\n')\n"
+              "print(LOAD)\n"
+              "if sys.argv[3] == '_':\n"
+              "    if WRITE_INFO: open(open(sys.argv[2]).read(), 'w').write('- idx: 0')\n"
+              "    sf.write(sys.argv[4], [0.0] * 64, 44100)\n"
+              "else:\n"
+              "    x, sr = sf.read(sys.argv[3], dtype='float32')\n"
+              "    sf.write(sys.argv[4], 0.5 * x, sr, subtype='FLOAT')\n")
+
+
+def _scsynth_nn(path: Path, calls: Path, load: str = "NNModelDesc: loaded m",
+                write_info: bool = True) -> str:
+    return _stand_in(path, SCSYNTH_NN.replace("ARGS", repr(str(calls)))
+                     .replace("LOAD", repr(load)).replace("WRITE_INFO", str(write_info)))
+
+
+def test_nn_ar_render_describes_the_model_then_renders(tmp_path, nn_ar):
+    """Two server runs: the info pass (no input file) that writes the model's description,
+    then the render over the input with the block size asked for and NN.ar's folder on the
+    plugin path; the output comes back. A load error in the log is a failure, not an
+    output; no description, or a folder without NN.ar, is an error of the set-up."""
+    calls = tmp_path / "calls.jsonl"
+    sclang = _stand_in(tmp_path / "sclang", SCLANG_NN)
+    scsynth = _scsynth_nn(tmp_path / "scsynth", calls)
+    signal = musical_signal(44100, 4410, 1, seed=3)[0]
+    out, log = run_in_scsynth.render_in_scsynth(tmp_path / "m.ts", nn_ar, signal, 44100, 32,
+                                                sclang=sclang, scsynth=scsynth,
+                                                sc_plugins="/sc/plugins", ugen="nn-ar",
+                                                buffer_size=256)
+    np.testing.assert_allclose(out, 0.5 * signal, rtol=1e-6)
+    info_pass, render = [json.loads(line) for line in calls.read_text().splitlines()]
+    assert info_pass[:4] == ["-N", "info.osc", "_", "info.wav"]
+    assert render[:4] == ["-N", "score.osc", "in.wav", "out.wav"]
+    assert render[render.index("-z") + 1] == "32"
+    assert render[render.index("-U") + 1].split(":") == ["/sc/plugins", str(nn_ar)]
+    assert log.count("score written") == 2
+
+    failed = _scsynth_nn(tmp_path / "scsynth_fails", tmp_path / "c2.jsonl",
+                         load="ERROR: NNModelDesc can't load model m")
+    out, log = run_in_scsynth.render_in_scsynth(tmp_path / "m.ts", nn_ar, signal, 44100, 64,
+                                                sclang=sclang, scsynth=failed, ugen="nn-ar")
+    assert out is None and "can't load model" in log
+    mute = _scsynth_nn(tmp_path / "scsynth_mute", tmp_path / "c3.jsonl", write_info=False)
+    with pytest.raises(RuntimeError, match="wrote no description"):
+        run_in_scsynth.render_in_scsynth(tmp_path / "m.ts", nn_ar, signal, 44100, 64,
+                                         sclang=sclang, scsynth=mute, ugen="nn-ar")
+    with pytest.raises(RuntimeError, match="NN.ar is not there"):
+        run_in_scsynth.render_in_scsynth(tmp_path / "m.ts", tmp_path / "Classes_only", signal,
+                                         44100, 64, sclang=sclang, scsynth=scsynth,
+                                         ugen="nn-ar")

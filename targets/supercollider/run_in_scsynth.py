@@ -1,5 +1,5 @@
-"""Play an exported file through the RAVE UGens in a real SuperCollider server, without a
-sound card, and compare what scsynth wrote with what the UGen's code implies.
+"""Play an exported file through the RAVE UGens or NN.ar in a real SuperCollider server,
+without a sound card, and compare what scsynth wrote with what the UGen's code implies.
 
     python targets/supercollider/run_in_scsynth.py exports/my_brave.supercollider.ts \
         --ugens ~/.local/share/SuperCollider/Extensions/RAVE --server-block 64
@@ -27,10 +27,22 @@ output block. At a server block ``z < R`` the decoder therefore decodes, for out
 block ``k`` (the encoder runs first in the same server block). That is what is computed
 here and compared, for ``z <= R``.
 
+With ``--ugen nn-ar`` the synth is NN.ar's ``NN(key, \\forward).ar(SoundIn.ar(0), B)``
+(elgiano/nn.ar, the nn~ port for SuperCollider; ``B`` is ``--buffer-size``, by default
+the model's largest ratio, as the UGen's own default). In NRT NN.ar needs the model's
+description before the score is written, so the server first runs a score that only
+loads the file and writes it (``/nn_load`` with an info file). Without a real-time
+server, NN.ar runs the model in the audio thread: it gathers ``B`` samples, calls
+``forward`` on them and plays the result from the server block in which the gathering
+ended, a delay of ``B - z`` samples (server blocks above ``B`` are refused: NN.ar
+disables itself). That is what is computed here, under the default graph executor
+(NN.ar does not switch it).
+
 The UGen cannot switch a file's ``deterministic`` attribute, so the server plays a copy of
 the file saved with it on (same weights, same code): a file without the switch (acids-rave's
 exports) draws noise, and cannot agree exactly. ``--ugens`` is the folder the plugin's
-build installs: ``RAVE_scsynth.so`` (``.scx`` on macOS) and ``Classes/RAVE.sc``.
+build installs: ``RAVE_scsynth.so`` (``.scx`` on macOS) and ``Classes/RAVE.sc``; for NN.ar,
+``NNModel_scsynth.so`` (``.scx``) and ``Classes/NN.sc`` (with its other class files).
 """
 from __future__ import annotations
 
@@ -41,6 +53,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -59,13 +72,37 @@ DEFAULT_SC_PLUGINS = "/usr/lib/SuperCollider/plugins"
 LOAD_ERRORS = ("error loading the model", "model load failed")
 
 
+@dataclass(frozen=True)
+class UGenFamily:
+    """A SuperCollider plugin that plays TorchScript files: the files its build installs
+    (the binary at the top of its folder, the class files in ``Classes/``), what scsynth
+    prints once it has loaded a file, and what when it could not."""
+
+    name: str
+    binaries: Tuple[str, ...]
+    class_file: str
+    loaded: str
+    load_errors: Tuple[str, ...]
+
+
+RAVE_UGENS = UGenFamily("the RAVE UGen", ("RAVE*.so", "RAVE*.scx", "RAVE*.dll"), "RAVE.sc",
+                        "block size:", LOAD_ERRORS)
+NN_AR = UGenFamily("NN.ar", ("NNModel*.so", "NNModel*.scx", "NNModel*.dll"), "NN.sc",
+                   "NNModelDesc: loaded", ("can't load model",))
+
+
 def _sclang_string(text: str) -> str:
     # sclang's string literals escape quotes and backslashes as JSON does, and have no \u
     return json.dumps(text, ensure_ascii=False)
 
 
 #: The synths ``--ugen`` chooses from: what plays input bus 0 into output bus 0.
-UGENS = ("forward", "encoder-decoder")
+UGENS = ("forward", "encoder-decoder", "nn-ar")
+
+
+def family_of(ugen: str) -> UGenFamily:
+    """The plugin a ``--ugen`` choice runs in."""
+    return NN_AR if ugen == "nn-ar" else RAVE_UGENS
 
 
 def _synth(ugen: str, model: str, latent_size: int) -> str:
@@ -109,60 +146,167 @@ def _find(ugens: Path, patterns: Tuple[str, ...]) -> Optional[Path]:
     return None
 
 
-def _plugin_binary(ugens: Path) -> Optional[Path]:
-    return _find(ugens, ("RAVE*.so", "RAVE*.scx", "RAVE*.dll"))
+def _plugin_binary(ugens: Path, family: UGenFamily = RAVE_UGENS) -> Optional[Path]:
+    return _find(ugens, family.binaries)
+
+
+def nn_ar_info_script(model: str, info: str, score: str) -> str:
+    """An sclang program that writes an NRT score which only loads ``model`` into NN.ar
+    (model 0), its description written to ``info`` by the server, and exits."""
+    return "\n".join([
+        "(",
+        "Score([",
+        f"    [0.0, NN.loadMsg(0, {_sclang_string(model)}, {_sclang_string(info)})],",
+        "    [0.01, ['/c_set', 0, 0]]",
+        f"]).writeOSCFile({_sclang_string(score)});",
+        "\"score written\".postln;",
+        "0.exit;",
+        ")",
+        "",
+    ])
+
+
+def nn_ar_score_script(model: str, info: str, score: str, seconds: float,
+                       buffer_size: int) -> str:
+    """An sclang program that writes the NRT score ``score``: NN.ar loads ``model`` (as
+    model 0, described by ``info``, from :func:`nn_ar_info_script`'s run) and one synth
+    plays input bus 0 through ``forward`` with ``buffer_size`` into output bus 0 for
+    ``seconds``.
+
+    NN.ar's own ``NN.nrt`` / ``NN.load`` fail in NRT (nn.ar eb36a3a: the load message asks
+    a nil info path for ``standardizePath``), so this does what they mean to do: read the
+    description, register the model, and put the load message in the score."""
+    m, i = _sclang_string(model), _sclang_string(info)
+    return "\n".join([
+        "(",
+        "Environment[\\nn_nrt -> NNNRTEnv()].use {",
+        "    var def;",
+        f"    NN.prReadInfoFile({i});",
+        f"    NN.prPut(\\raveDeploy, NNModel.fromInfo(NN.prGetCachedInfo({m}), 0));",
+        "    def = SynthDef(\\raveDeployCheck, {",
+        f"        Out.ar(0, NN(\\raveDeploy, \\forward).ar(SoundIn.ar(0), {int(buffer_size)}));",
+        "    });",
+        "    Score([",
+        f"        [0.0, NN.loadMsg(0, {m}, {i})],",
+        "        [0.0, ['/d_recv', def.asBytes]],",
+        "        [0.0, ['/s_new', \\raveDeployCheck, 1000, 0, 0]],",
+        f"        [{seconds:.6f}, ['/c_set', 0, 0]]",
+        f"    ]).writeOSCFile({_sclang_string(score)});",
+        "    \"score written\".postln;",
+        "};",
+        "0.exit;",
+        ")",
+        "",
+    ])
 
 
 def render_in_scsynth(model: Path, ugens: Path, signal: np.ndarray, sr: int,
                       server_block: int, sclang: str = "sclang", scsynth: str = "scsynth",
                       sc_plugins: str = DEFAULT_SC_PLUGINS, timeout: float = 600.0,
-                      ugen: str = "forward", latent_size: int = 0
+                      ugen: str = "forward", latent_size: int = 0, buffer_size: int = -1
                       ) -> Tuple[Optional[np.ndarray], str]:
-    """Render ``signal`` ``(T,)`` through the RAVE UGens of ``ugen`` (:data:`UGENS`) in
-    ``scsynth -N``; returns the output (``None`` when a UGen could not load ``model``) and
-    the log of both programs. Raises ``RuntimeError`` when sclang or scsynth cannot run."""
+    """Render ``signal`` ``(T,)`` through the synth of ``ugen`` (:data:`UGENS`) in
+    ``scsynth -N``; returns the output (``None`` when the UGen could not load ``model``) and
+    the log of every program run. ``buffer_size``: NN.ar's (``ugen="nn-ar"``). Raises
+    ``RuntimeError`` when sclang or scsynth cannot run."""
     import soundfile as sf
 
-    classes = _find(ugens, ("RAVE.sc",))
-    binary = _plugin_binary(ugens)
+    family = family_of(ugen)
+    classes = _find(ugens, (family.class_file,))
+    binary = _plugin_binary(ugens, family)
     if classes is None or binary is None:
-        raise RuntimeError(f"{ugens}: no RAVE UGen there (expected RAVE_scsynth.so or .scx "
-                           "and Classes/RAVE.sc, as rave-supercollider's build installs them)")
+        raise RuntimeError(f"{ugens}: {family.name} is not there (expected "
+                           f"{family.binaries[0].replace('*', '_scsynth')} or .scx and "
+                           f"Classes/{family.class_file}, as its build installs them)")
     seconds = len(signal) / sr
+    # -U replaces scsynth's plugin path: SuperCollider's own UGens, then the plugin's
+    plugins = os.pathsep.join(([sc_plugins] if sc_plugins else []) + [str(binary.parent)])
+    # headless sclang: no display; Qt's web engine refuses its sandbox as root
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", QTWEBENGINE_DISABLE_SANDBOX="1")
+    log = ""
     with tempfile.TemporaryDirectory(prefix="rave_scsynth_") as tmp:
         work = Path(tmp)
+
+        def score_from_sclang(program: str, score: str) -> None:
+            nonlocal log
+            (work / "score.scd").write_text(program)
+            lang = subprocess.run([sclang, "-l", str(work / "sclang.yaml"),
+                                   str(work / "score.scd")], cwd=work, capture_output=True,
+                                  text=True, timeout=timeout, env=env)
+            log += "sclang:\n" + (lang.stdout + lang.stderr).strip() + "\n"
+            if not (work / score).exists():
+                raise RuntimeError(f"sclang wrote no score (exit code {lang.returncode}): "
+                                   f"if it does not know {family.name}, --ugens lacks "
+                                   f"Classes/{family.class_file}; {log}")
+
+        def render(score: str, inputs: str, output: str) -> None:
+            nonlocal log
+            server = subprocess.run(
+                [scsynth, "-N", score, inputs, output, str(sr), "WAV", "float",
+                 "-i", "1", "-o", "1", "-z", str(server_block), "-U", plugins],
+                cwd=work, capture_output=True, text=True, timeout=timeout)
+            log += "scsynth:\n" + (server.stdout + server.stderr).strip() + "\n"
+            if not (work / output).exists():
+                raise RuntimeError(f"scsynth wrote no output (exit code {server.returncode})"
+                                   f": check --sc-plugins and the log; {log}")
+
         sf.write(work / "in.wav", signal.astype(np.float32), sr, subtype="FLOAT")
-        (work / "score.scd").write_text(score_script(str(model), str(work / "score.osc"),
-                                                     seconds, ugen, latent_size))
         (work / "sclang.yaml").write_text(
             f"includePaths:\n  - {json.dumps(str(classes.parent))}\n"
             "excludePaths: []\npostInlineWarnings: false\n")
-        # headless sclang: no display; Qt's web engine refuses its sandbox as root
-        env = dict(os.environ, QT_QPA_PLATFORM="offscreen", QTWEBENGINE_DISABLE_SANDBOX="1")
-        lang = subprocess.run([sclang, "-l", str(work / "sclang.yaml"), str(work / "score.scd")],
-                              cwd=work, capture_output=True, text=True, timeout=timeout, env=env)
-        log = "sclang:\n" + (lang.stdout + lang.stderr).strip()
-        if not (work / "score.osc").exists():
-            raise RuntimeError(f"sclang wrote no score (exit code {lang.returncode}): if it "
-                               "does not know RAVE, --ugens lacks Classes/RAVE.sc; {log}")
-        # -U replaces scsynth's plugin path: SuperCollider's own UGens, then the RAVE UGen
-        plugins = os.pathsep.join(([sc_plugins] if sc_plugins else []) + [str(binary.parent)])
-        server = subprocess.run(
-            [scsynth, "-N", "score.osc", "in.wav", "out.wav", str(sr), "WAV", "float",
-             "-i", "1", "-o", "1", "-z", str(server_block), "-U", plugins],
-            cwd=work, capture_output=True, text=True, timeout=timeout)
-        log += "\nscsynth:\n" + (server.stdout + server.stderr).strip()
-        if any(e in log for e in LOAD_ERRORS):
+        if ugen == "nn-ar":
+            info = str(work / "model.yaml")
+            score_from_sclang(nn_ar_info_script(str(model), info, str(work / "info.osc")),
+                              "info.osc")
+            render("info.osc", "_", "info.wav")
+            if any(e in log for e in family.load_errors):
+                return None, log.strip()
+            if not Path(info).exists():
+                raise RuntimeError(f"NN.ar wrote no description of {model.name}: build it "
+                                   "for this SuperCollider and libtorch, and pass its folder "
+                                   f"as --ugens; {log}")
+            program = nn_ar_score_script(str(model), info, str(work / "score.osc"), seconds,
+                                         buffer_size)
+        else:
+            program = score_script(str(model), str(work / "score.osc"), seconds, ugen,
+                                   latent_size)
+        score_from_sclang(program, "score.osc")
+        render("score.osc", "in.wav", "out.wav")
+        log = log.strip()
+        if any(e in log for e in family.load_errors):
             return None, log
-        if not (work / "out.wav").exists():
-            raise RuntimeError(f"scsynth wrote no output (exit code {server.returncode}): "
-                               f"check --sc-plugins and the log; {log}")
-        if "block size:" not in log:  # the UGen prints the model's block once loaded
-            raise RuntimeError("scsynth never created the RAVE UGen: build it for this "
+        if family.loaded not in log:  # printed once the UGen has loaded the file
+            raise RuntimeError(f"scsynth never created {family.name}: build it for this "
                                "SuperCollider and libtorch, and pass its folder as --ugens; "
                                f"{log}")
         rendered, _ = sf.read(work / "out.wav", dtype="float32")
     return rendered.reshape(len(rendered), -1)[:, 0], log
+
+
+def _forward_in_blocks(module, signal: np.ndarray, n: int, block: int,
+                       legacy: bool) -> np.ndarray:
+    """``forward`` on one ``(1, 1, block)`` call after another over ``signal`` (zeros past
+    its end), at least ``n`` samples; under the legacy graph executor if ``legacy``."""
+    import contextlib
+
+    import torch
+
+    from rave_deploy.targets.supercollider import legacy_graph_executor
+
+    x = np.zeros(-(-n // block) * block, np.float32)
+    x[:min(len(x), len(signal))] = signal[:len(x)]
+    with (legacy_graph_executor() if legacy else contextlib.nullcontext()), \
+            torch.inference_mode():
+        blocks = [module.forward(torch.from_numpy(x[i:i + block]).reshape(1, 1, block))
+                  for i in range(0, len(x), block)]
+    return torch.cat(blocks, -1).reshape(-1).numpy()
+
+
+def _delayed(played: np.ndarray, n: int, delay: int) -> np.ndarray:
+    out = np.zeros(n, np.float32)
+    if n > delay:
+        out[delay:] = played[:n - delay]
+    return out
 
 
 def ugen_output(module, signal: np.ndarray, n: int, server_block: int) -> Tuple[np.ndarray, int]:
@@ -170,22 +314,37 @@ def ugen_output(module, signal: np.ndarray, n: int, server_block: int) -> Tuple[
     ``(1, 1, R)`` block after another from zero states (``R = decode_params[1]``), under the
     legacy graph executor, delayed by ``R - server_block`` samples when that is positive.
     Returns the output ``(n,)`` and that delay."""
-    import torch
-
-    from rave_deploy.targets.supercollider import legacy_graph_executor
-
     ratio = int(module.decode_params[1])
     delay = max(ratio - server_block, 0)
-    x = np.zeros(-(-n // ratio) * ratio, np.float32)
-    x[:min(len(x), len(signal))] = signal[:len(x)]
-    with legacy_graph_executor(), torch.inference_mode():
-        blocks = [module.forward(torch.from_numpy(x[i:i + ratio]).reshape(1, 1, ratio))
-                  for i in range(0, len(x), ratio)]
-    played = torch.cat(blocks, -1).reshape(-1).numpy()
-    out = np.zeros(n, np.float32)
-    if n > delay:
-        out[delay:] = played[:n - delay]
-    return out, delay
+    return _delayed(_forward_in_blocks(module, signal, n, ratio, True), n, delay), delay
+
+
+def nn_ar_buffer(module, buffer_size: int = -1) -> int:
+    """The buffer NN.ar runs ``module`` with for its ``bufferSize`` argument: the largest
+    ratio of the model's methods for -1 (its default), 0 (its no-thread mode) or anything
+    below that ratio, else the next power of two."""
+    higher = 1
+    for method in ("encode", "decode", "forward"):
+        params = getattr(module, f"{method}_params", None)
+        if params is not None:
+            higher = max(higher, int(params[1]), int(params[3]))
+    if buffer_size < higher:
+        return higher
+    return 1 << (int(buffer_size) - 1).bit_length()
+
+
+def nn_ar_output(module, signal: np.ndarray, n: int, server_block: int,
+                 buffer_size: int = -1) -> Tuple[np.ndarray, int]:
+    """What NN.ar's ``forward`` UGen plays in NRT for ``signal`` over ``n`` samples:
+    ``forward`` on one ``(1, 1, B)`` block after another from zero states (``B`` from
+    :func:`nn_ar_buffer`), under the default graph executor, delayed by
+    ``B - server_block``. Returns the output ``(n,)`` and that delay."""
+    block = nn_ar_buffer(module, buffer_size)
+    if server_block > block:
+        raise ValueError(f"server block {server_block} > NN.ar's buffer {block}: NN.ar "
+                         "disables itself then; use a larger --buffer-size")
+    delay = block - server_block
+    return _delayed(_forward_in_blocks(module, signal, n, block, False), n, delay), delay
 
 
 def encoder_decoder_output(encoder, decoder, signal: np.ndarray, n: int,
@@ -222,13 +381,18 @@ def encoder_decoder_output(encoder, decoder, signal: np.ndarray, n: int,
 
 def compare_with_ugen_code(module, signal: np.ndarray, rendered: np.ndarray,
                            server_block: int, ugen: str = "forward",
-                           second=None) -> RecordingComparison:
+                           second=None, buffer_size: int = -1) -> RecordingComparison:
     """Compare ``rendered`` with :func:`ugen_output` of ``module`` (``ugen`` "forward"),
-    or with :func:`encoder_decoder_output` of ``module`` and ``second`` (a second copy
-    of the file), from zero states."""
+    with :func:`encoder_decoder_output` of ``module`` and ``second`` (a second copy of
+    the file), or with :func:`nn_ar_output` (``ugen`` "nn-ar", its ``buffer_size``), from
+    zero states."""
     for m in (module, second):
         if m is not None and hasattr(m, "reset"):  # scsynth loads afresh: from silence too
             m.reset()
+    if ugen == "nn-ar":
+        expected, delay = nn_ar_output(module, signal, len(rendered), server_block,
+                                       buffer_size)
+        return compare_recording(rendered, expected, "scsynth", "expected", delay, "NN.ar")
     if ugen == "encoder-decoder":
         expected, delay = encoder_decoder_output(module, second, signal, len(rendered),
                                                  server_block)
@@ -242,7 +406,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model", type=Path, help="an exported supercollider .ts file")
     p.add_argument("--ugens", type=Path, required=True,
-                   help="folder holding the RAVE UGen (RAVE_scsynth.so / .scx and Classes/RAVE.sc)")
+                   help="folder holding the UGen's plugin: the RAVE UGen (RAVE_scsynth.so / "
+                        ".scx and Classes/RAVE.sc) or, with --ugen nn-ar, NN.ar "
+                        "(NNModel_scsynth.so / .scx and Classes/NN.sc)")
     p.add_argument("--server-block", type=int, default=64,
                    help="scsynth's block size, -z (default 64, scsynth's own default)")
     p.add_argument("--seconds", type=float, default=3.0, help="test signal length (default 3)")
@@ -256,14 +422,21 @@ def main(argv=None) -> int:
                    help="allowed max |scsynth - expected| as a share of the peak (default 0)")
     p.add_argument("--ugen", choices=UGENS, default="forward",
                    help="forward: RAVE.new (the default); encoder-decoder: RAVEDecoder fed "
-                        "by RAVEEncoder (server blocks up to the ratio)")
+                        "by RAVEEncoder (server blocks up to the ratio); nn-ar: NN.ar's "
+                        "forward UGen")
+    p.add_argument("--buffer-size", type=int, default=-1,
+                   help="with --ugen nn-ar: its bufferSize argument (default -1: the "
+                        "model's largest ratio)")
     args = p.parse_args(argv)
 
     if not args.model.is_file():
         p.error(f"{args.model}: no such file")
-    if not args.ugens.is_dir() or _plugin_binary(args.ugens) is None:
-        p.error(f"{args.ugens}: no RAVE UGen there (expected RAVE_scsynth.so or .scx): pass "
-                "the folder rave-supercollider's build installs")
+    family = family_of(args.ugen)
+    if not args.ugens.is_dir() or _plugin_binary(args.ugens, family) is None:
+        built_by = "nn.ar's" if family is NN_AR else "rave-supercollider's"
+        p.error(f"{args.ugens}: {family.name} is not there (expected "
+                f"{family.binaries[0].replace('*', '_scsynth')} or .scx): pass the folder "
+                f"{built_by} build installs")
     for tool in (args.sclang, args.scsynth):
         if shutil.which(tool) is None:
             p.error(f"{tool}: not found (install SuperCollider, e.g. apt install "
@@ -286,6 +459,11 @@ def main(argv=None) -> int:
     if args.ugen == "encoder-decoder" and args.server_block > ratio:
         p.error(f"--ugen encoder-decoder: --server-block {args.server_block} is above the "
                 f"model's ratio ({ratio}); use {ratio} or less")
+    if args.ugen == "nn-ar" and args.server_block > nn_ar_buffer(module, args.buffer_size):
+        buffer = nn_ar_buffer(module, args.buffer_size)
+        p.error(f"--ugen nn-ar: --server-block {args.server_block} is above NN.ar's buffer "
+                f"({buffer}), where NN.ar disables itself; pass --buffer-size "
+                f"{args.server_block} or more")
     sidecar = Path(str(args.model) + ".json")
     sr = args.sr or (int(json.loads(sidecar.read_text())["sample_rate"])
                      if sidecar.is_file() else 44100)
@@ -305,27 +483,30 @@ def main(argv=None) -> int:
             rendered, log = render_in_scsynth(played, args.ugens, signal, sr,
                                               args.server_block, args.sclang, args.scsynth,
                                               args.sc_plugins, ugen=args.ugen,
-                                              latent_size=latent_size)
+                                              latent_size=latent_size,
+                                              buffer_size=args.buffer_size)
             second = torch.jit.load(str(played)) if args.ugen == "encoder-decoder" else None
         except (RuntimeError, subprocess.TimeoutExpired, OSError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
     print("log:\n  " + "\n  ".join(log.splitlines()))
     if rendered is None:
-        print(f"FAIL: the RAVE UGen could not load {args.model.name} (its error is in the "
+        print(f"FAIL: {family.name} could not load {args.model.name} (its error is in the "
               "log above); scsynth played its input (or nothing) instead")
         return 1
     result = compare_with_ugen_code(module, signal, rendered, args.server_block, args.ugen,
-                                    second)
-    through = ("RAVE.new (forward" if args.ugen == "forward" else
-               "RAVEEncoder into RAVEDecoder (encode, decode")
+                                    second, args.buffer_size)
+    through = {"forward": "RAVE.new (forward",
+               "encoder-decoder": "RAVEEncoder into RAVEDecoder (encode, decode",
+               "nn-ar": f"NN.ar (forward, buffer {nn_ar_buffer(module, args.buffer_size)}"
+               }[args.ugen]
     print(f"{args.model.name} in scsynth through {through}, server block "
           f"{args.server_block}, {sr} Hz{', deterministic' if deterministic else ''}):")
     for line in result.lines():
         print("  " + line)
     ok = result.agrees(args.tolerance)
     print("PASS: scsynth's output is the expected one" if ok else
-          "FAIL: the RAVE UGen played silence (the log above may say why)"
+          f"FAIL: {family.name} played silence (the log above may say why)"
           if result.host_peak == 0 else "FAIL: scsynth's output differs from the expected one")
     return 0 if ok else 1
 
