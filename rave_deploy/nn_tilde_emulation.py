@@ -61,6 +61,9 @@ class NnTildeHost:
             of *all* the model's methods and rounded up to a power of two.
         batches: ``mc.nn~`` voices (PureData: 1).
         vector: the host's DSP vector (Pd: 64).
+        threaded: ``None``: nn~'s rule (a buffer size of 0 means unthreaded). ``False``:
+            each full buffer is computed at once, whatever its size: NN.ar, nn~'s
+            SuperCollider port, in a non-real-time server.
 
     :meth:`run` takes and returns audio-rate signals ``(batches, channels, T)``: latent
     inputs are held signals (nn~ keeps the last sample of every ``in_ratio``), latent
@@ -70,7 +73,7 @@ class NnTildeHost:
     """
 
     def __init__(self, module, method: str, buffer_size: int = 0, batches: int = 1,
-                 vector: int = PD_VECTOR) -> None:
+                 vector: int = PD_VECTOR, threaded: Optional[bool] = None) -> None:
         self.module, self.method, self.batches, self.vector = module, method, batches, vector
         self.params = [int(v) for v in getattr(module, f"{method}_params")]
         higher = 1
@@ -83,6 +86,8 @@ class NnTildeHost:
             self.threaded, self.buffer = True, higher
         else:
             self.threaded, self.buffer = True, _power_ceil(buffer_size)
+        if threaded is not None:
+            self.threaded = threaded
         self.errors: List[str] = []
 
     @property

@@ -111,6 +111,16 @@ def test_comparison_passes_the_expected_output_and_fails_others(module):
     assert not silent.agrees(1.0)
 
 
+def _signal_and_second_copy(module, tmp_path):
+    """A test signal of 30 latent frames, and a second copy of the file (deterministic),
+    for the synths whose two UGens each load their own."""
+    signal = musical_signal(44100, 30 * int(module.decode_params[1]), 1, seed=4)[0]
+    module.save(str(tmp_path / "copy.ts"))
+    second = torch.jit.load(str(tmp_path / "copy.ts"))
+    second.set_deterministic(True)
+    return signal, second
+
+
 def test_encoder_decoder_output_decodes_the_previous_blocks_latent(module, tmp_path):
     """RAVEEncoder into RAVEDecoder at a server block below the ratio: output block k is
     the decode of input block k - 1's latent (zeros first), i.e. encode over the whole
@@ -118,11 +128,7 @@ def test_encoder_decoder_output_decodes_the_previous_blocks_latent(module, tmp_p
     equal to the ratio, no zero frame. Two copies of the file (each UGen loads its own),
     from zero states; a larger server block is refused."""
     ratio, latent = int(module.decode_params[1]), int(module.decode_params[0])
-    signal = musical_signal(44100, 30 * ratio, 1, seed=4)[0]
-    path = tmp_path / "copy.ts"
-    module.save(str(path))
-    second = torch.jit.load(str(path))
-    second.set_deterministic(True)
+    signal, second = _signal_and_second_copy(module, tmp_path)
     x = torch.from_numpy(signal).reshape(1, 1, -1)
     for server_block, shift in ((64, 1), (16, 1), (ratio, 0)):
         for m in (module, second):
@@ -314,3 +320,48 @@ def test_nn_ar_render_describes_the_model_then_renders(tmp_path, nn_ar):
         run_in_scsynth.render_in_scsynth(tmp_path / "m.ts", tmp_path / "Classes_only", signal,
                                          44100, 64, sclang=sclang, scsynth=scsynth,
                                          ugen="nn-ar")
+
+
+def test_nn_ar_encode_decode_output_decodes_a_shifted_latent(module, tmp_path):
+    """NN.ar's encode UGen into its decode UGen, in NRT (each buffer computed at once, one
+    model instance per UGen): the decoder reads, for its frame g, the latent the encoder
+    computed for input frame g - (B/R - 1) (the encoder's output comes B - z samples late
+    and the decoder takes the last sample of each R-sample group), and its output comes
+    B - z samples late: decode over the whole signal with B/R - 1 zero frames in front,
+    delayed by B - z. The pair's delay is 2 (B - z); a server block above B is refused;
+    the comparison takes this output for this synth."""
+    ratio, latent = int(module.decode_params[1]), int(module.decode_params[0])
+    signal, second = _signal_and_second_copy(module, tmp_path)
+    x = torch.from_numpy(signal).reshape(1, 1, -1)
+    for server_block, buffer_size in ((64, -1), (16, 4 * ratio), (ratio, 2 * ratio)):
+        block = run_in_scsynth.nn_ar_buffer(module, buffer_size)
+        for m in (module, second):
+            m.reset()
+        out, delay = run_in_scsynth.nn_ar_encode_decode_output(
+            module, second, signal, len(signal), server_block, buffer_size)
+        assert delay == 2 * (block - server_block)
+        for m in (module, second):
+            m.reset()
+        with torch.inference_mode():
+            z = module.encode(x)
+            shift = block // ratio - 1
+            z = torch.cat([torch.zeros(1, latent, shift), z], -1)[..., :z.shape[-1]]
+            whole = second.decode(z).reshape(-1).numpy()
+        late = block - server_block
+        assert not out[:late].any()
+        np.testing.assert_allclose(out[late:], whole[:len(signal) - late],
+                                   atol=1e-5 * np.abs(whole).max())
+        for m in (module, second):
+            m.reset()
+        assert run_in_scsynth.compare_with_ugen_code(
+            module, signal, out, server_block, "nn-ar-encode-decode", second,
+            buffer_size).agrees(0)
+    with pytest.raises(ValueError, match="disables itself"):
+        run_in_scsynth.nn_ar_encode_decode_output(module, second, signal, len(signal),
+                                                  2 * ratio)
+    text = run_in_scsynth.nn_ar_score_script("/m.ts", "/i.yaml", "/s.osc", 1.0, 256,
+                                             "nn-ar-encode-decode")
+    assert ("Out.ar(0, NN(\\raveDeploy, \\decode).ar(NN(\\raveDeploy, \\encode)"
+            ".ar(SoundIn.ar(0), 256), 256));") in text
+    with pytest.raises(ValueError, match="unknown NN.ar synth"):
+        run_in_scsynth.nn_ar_score_script("/m.ts", "/i.yaml", "/s.osc", 1.0, 256, "prior")

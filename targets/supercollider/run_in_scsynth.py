@@ -97,12 +97,22 @@ def _sclang_string(text: str) -> str:
 
 
 #: The synths ``--ugen`` chooses from: what plays input bus 0 into output bus 0.
-UGENS = ("forward", "encoder-decoder", "nn-ar")
+UGENS = ("forward", "encoder-decoder", "nn-ar", "nn-ar-encode-decode")
 
 
 def family_of(ugen: str) -> UGenFamily:
     """The plugin a ``--ugen`` choice runs in."""
-    return NN_AR if ugen == "nn-ar" else RAVE_UGENS
+    return NN_AR if ugen.startswith("nn-ar") else RAVE_UGENS
+
+
+def _nn_ar_synth(ugen: str, buffer_size: int) -> str:
+    b = int(buffer_size)
+    if ugen == "nn-ar":
+        return f"NN(\\raveDeploy, \\forward).ar(SoundIn.ar(0), {b})"
+    if ugen == "nn-ar-encode-decode":
+        return (f"NN(\\raveDeploy, \\decode).ar(NN(\\raveDeploy, \\encode)"
+                f".ar(SoundIn.ar(0), {b}), {b})")
+    raise ValueError(f"unknown NN.ar synth {ugen!r}: nn-ar or nn-ar-encode-decode")
 
 
 def _synth(ugen: str, model: str, latent_size: int) -> str:
@@ -167,11 +177,12 @@ def nn_ar_info_script(model: str, info: str, score: str) -> str:
 
 
 def nn_ar_score_script(model: str, info: str, score: str, seconds: float,
-                       buffer_size: int) -> str:
+                       buffer_size: int, ugen: str = "nn-ar") -> str:
     """An sclang program that writes the NRT score ``score``: NN.ar loads ``model`` (as
     model 0, described by ``info``, from :func:`nn_ar_info_script`'s run) and one synth
-    plays input bus 0 through ``forward`` with ``buffer_size`` into output bus 0 for
-    ``seconds``.
+    plays input bus 0 through ``forward`` (``ugen`` "nn-ar"), or through ``encode`` into
+    ``decode`` ("nn-ar-encode-decode", each UGen its own instance of the model), with
+    ``buffer_size`` into output bus 0 for ``seconds``.
 
     NN.ar's own ``NN.nrt`` / ``NN.load`` fail in NRT (nn.ar eb36a3a: the load message asks
     a nil info path for ``standardizePath``), so this does what they mean to do: read the
@@ -184,7 +195,7 @@ def nn_ar_score_script(model: str, info: str, score: str, seconds: float,
         f"    NN.prReadInfoFile({i});",
         f"    NN.prPut(\\raveDeploy, NNModel.fromInfo(NN.prGetCachedInfo({m}), 0));",
         "    def = SynthDef(\\raveDeployCheck, {",
-        f"        Out.ar(0, NN(\\raveDeploy, \\forward).ar(SoundIn.ar(0), {int(buffer_size)}));",
+        f"        Out.ar(0, {_nn_ar_synth(ugen, buffer_size)});",
         "    });",
         "    Score([",
         f"        [0.0, NN.loadMsg(0, {m}, {i})],",
@@ -254,7 +265,7 @@ def render_in_scsynth(model: Path, ugens: Path, signal: np.ndarray, sr: int,
         (work / "sclang.yaml").write_text(
             f"includePaths:\n  - {json.dumps(str(classes.parent))}\n"
             "excludePaths: []\npostInlineWarnings: false\n")
-        if ugen == "nn-ar":
+        if family is NN_AR:
             info = str(work / "model.yaml")
             score_from_sclang(nn_ar_info_script(str(model), info, str(work / "info.osc")),
                               "info.osc")
@@ -266,7 +277,7 @@ def render_in_scsynth(model: Path, ugens: Path, signal: np.ndarray, sr: int,
                                    "for this SuperCollider and libtorch, and pass its folder "
                                    f"as --ugens; {log}")
             program = nn_ar_score_script(str(model), info, str(work / "score.osc"), seconds,
-                                         buffer_size)
+                                         buffer_size, ugen)
         else:
             program = score_script(str(model), str(work / "score.osc"), seconds, ugen,
                                    latent_size)
@@ -347,6 +358,33 @@ def nn_ar_output(module, signal: np.ndarray, n: int, server_block: int,
     return _delayed(_forward_in_blocks(module, signal, n, block, False), n, delay), delay
 
 
+def nn_ar_encode_decode_output(encoder, decoder, signal: np.ndarray, n: int,
+                               server_block: int, buffer_size: int = -1
+                               ) -> Tuple[np.ndarray, int]:
+    """What NN.ar's ``decode`` UGen fed by its ``encode`` UGen plays in NRT for ``signal``
+    over ``n`` samples: nn~'s buffering (:class:`NnTildeHost`: latent held for ``ratio``
+    samples, read back as the last sample of each group) computed at once for each full
+    buffer, ``B - server_block`` samples per UGen; ``encoder`` and ``decoder`` two copies
+    of the file (each UGen has its own instance), from zero states, under the default
+    graph executor. Returns the output ``(n,)`` and the delay of the pair."""
+    import torch
+
+    from rave_deploy.nn_tilde_emulation import NnTildeHost
+
+    block = nn_ar_buffer(encoder, buffer_size)
+    if server_block > block:
+        raise ValueError(f"server block {server_block} > NN.ar's buffer {block}: NN.ar "
+                         "disables itself then; use a larger --buffer-size")
+    hosts = [NnTildeHost(encoder, "encode", block, vector=server_block, threaded=False),
+             NnTildeHost(decoder, "decode", block, vector=server_block, threaded=False)]
+    y = np.zeros((1, 1, -(-n // server_block) * server_block), np.float32)
+    y[0, 0, :min(n, len(signal))] = signal[:n]
+    with torch.inference_mode():
+        for host in hosts:
+            y = host.run(y)
+    return y[0, 0, :n], sum(h.latency for h in hosts)
+
+
 def encoder_decoder_output(encoder, decoder, signal: np.ndarray, n: int,
                            server_block: int) -> Tuple[np.ndarray, int]:
     """What ``RAVEDecoder`` fed by ``RAVEEncoder`` plays for ``signal`` over ``n`` samples
@@ -384,8 +422,9 @@ def compare_with_ugen_code(module, signal: np.ndarray, rendered: np.ndarray,
                            second=None, buffer_size: int = -1) -> RecordingComparison:
     """Compare ``rendered`` with :func:`ugen_output` of ``module`` (``ugen`` "forward"),
     with :func:`encoder_decoder_output` of ``module`` and ``second`` (a second copy of
-    the file), or with :func:`nn_ar_output` (``ugen`` "nn-ar", its ``buffer_size``), from
-    zero states."""
+    the file), with :func:`nn_ar_output` ("nn-ar", its ``buffer_size``) or with
+    :func:`nn_ar_encode_decode_output` ("nn-ar-encode-decode", ``module`` and
+    ``second``), from zero states."""
     for m in (module, second):
         if m is not None and hasattr(m, "reset"):  # scsynth loads afresh: from silence too
             m.reset()
@@ -393,6 +432,11 @@ def compare_with_ugen_code(module, signal: np.ndarray, rendered: np.ndarray,
         expected, delay = nn_ar_output(module, signal, len(rendered), server_block,
                                        buffer_size)
         return compare_recording(rendered, expected, "scsynth", "expected", delay, "NN.ar")
+    if ugen == "nn-ar-encode-decode":
+        expected, delay = nn_ar_encode_decode_output(module, second, signal, len(rendered),
+                                                     server_block, buffer_size)
+        return compare_recording(rendered, expected, "scsynth", "expected", delay,
+                                 "the NN.ar pair")
     if ugen == "encoder-decoder":
         expected, delay = encoder_decoder_output(module, second, signal, len(rendered),
                                                  server_block)
@@ -423,7 +467,8 @@ def main(argv=None) -> int:
     p.add_argument("--ugen", choices=UGENS, default="forward",
                    help="forward: RAVE.new (the default); encoder-decoder: RAVEDecoder fed "
                         "by RAVEEncoder (server blocks up to the ratio); nn-ar: NN.ar's "
-                        "forward UGen")
+                        "forward UGen; nn-ar-encode-decode: NN.ar's decode UGen fed by its "
+                        "encode UGen")
     p.add_argument("--buffer-size", type=int, default=-1,
                    help="with --ugen nn-ar: its bufferSize argument (default -1: the "
                         "model's largest ratio)")
@@ -459,9 +504,9 @@ def main(argv=None) -> int:
     if args.ugen == "encoder-decoder" and args.server_block > ratio:
         p.error(f"--ugen encoder-decoder: --server-block {args.server_block} is above the "
                 f"model's ratio ({ratio}); use {ratio} or less")
-    if args.ugen == "nn-ar" and args.server_block > nn_ar_buffer(module, args.buffer_size):
+    if family is NN_AR and args.server_block > nn_ar_buffer(module, args.buffer_size):
         buffer = nn_ar_buffer(module, args.buffer_size)
-        p.error(f"--ugen nn-ar: --server-block {args.server_block} is above NN.ar's buffer "
+        p.error(f"--ugen {args.ugen}: --server-block {args.server_block} is above NN.ar's buffer "
                 f"({buffer}), where NN.ar disables itself; pass --buffer-size "
                 f"{args.server_block} or more")
     sidecar = Path(str(args.model) + ".json")
@@ -485,7 +530,8 @@ def main(argv=None) -> int:
                                               args.sc_plugins, ugen=args.ugen,
                                               latent_size=latent_size,
                                               buffer_size=args.buffer_size)
-            second = torch.jit.load(str(played)) if args.ugen == "encoder-decoder" else None
+            second = (torch.jit.load(str(played))
+                      if args.ugen in ("encoder-decoder", "nn-ar-encode-decode") else None)
         except (RuntimeError, subprocess.TimeoutExpired, OSError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -498,7 +544,9 @@ def main(argv=None) -> int:
                                     second, args.buffer_size)
     through = {"forward": "RAVE.new (forward",
                "encoder-decoder": "RAVEEncoder into RAVEDecoder (encode, decode",
-               "nn-ar": f"NN.ar (forward, buffer {nn_ar_buffer(module, args.buffer_size)}"
+               "nn-ar": f"NN.ar (forward, buffer {nn_ar_buffer(module, args.buffer_size)}",
+               "nn-ar-encode-decode": "NN.ar's encode into its decode (buffer "
+                                      f"{nn_ar_buffer(module, args.buffer_size)}"
                }[args.ugen]
     print(f"{args.model.name} in scsynth through {through}, server block "
           f"{args.server_block}, {sr} Hz{', deterministic' if deterministic else ''}):")
