@@ -331,17 +331,20 @@ def ugen_output(module, signal: np.ndarray, n: int, server_block: int) -> Tuple[
 
 
 def nn_ar_buffer(module, buffer_size: int = -1) -> int:
-    """The buffer NN.ar runs ``module`` with for its ``bufferSize`` argument: the largest
-    ratio of the model's methods for -1 (its default), 0 (its no-thread mode) or anything
-    below that ratio, else the next power of two."""
-    higher = 1
-    for method in ("encode", "decode", "forward"):
-        params = getattr(module, f"{method}_params", None)
-        if params is not None:
-            higher = max(higher, int(params[1]), int(params[3]))
-    if buffer_size < higher:
-        return higher
-    return 1 << (int(buffer_size) - 1).bit_length()
+    """The buffer NN.ar runs ``module`` with for its ``bufferSize`` argument, resolved as
+    nn~ resolves its own: the largest ratio of the model's methods for -1 (its default),
+    0 (its no-thread mode) or anything below that ratio, else the next power of two."""
+    from rave_deploy.nn_tilde_emulation import NnTildeHost
+
+    return NnTildeHost(module, "forward", buffer_size, threaded=False).buffer
+
+
+def _nn_ar_block(module, server_block: int, buffer_size: int) -> int:
+    block = nn_ar_buffer(module, buffer_size)
+    if server_block > block:
+        raise ValueError(f"server block {server_block} > NN.ar's buffer {block}: NN.ar "
+                         "disables itself then; use a larger --buffer-size")
+    return block
 
 
 def nn_ar_output(module, signal: np.ndarray, n: int, server_block: int,
@@ -350,10 +353,7 @@ def nn_ar_output(module, signal: np.ndarray, n: int, server_block: int,
     ``forward`` on one ``(1, 1, B)`` block after another from zero states (``B`` from
     :func:`nn_ar_buffer`), under the default graph executor, delayed by
     ``B - server_block``. Returns the output ``(n,)`` and that delay."""
-    block = nn_ar_buffer(module, buffer_size)
-    if server_block > block:
-        raise ValueError(f"server block {server_block} > NN.ar's buffer {block}: NN.ar "
-                         "disables itself then; use a larger --buffer-size")
+    block = _nn_ar_block(module, server_block, buffer_size)
     delay = block - server_block
     return _delayed(_forward_in_blocks(module, signal, n, block, False), n, delay), delay
 
@@ -371,10 +371,7 @@ def nn_ar_encode_decode_output(encoder, decoder, signal: np.ndarray, n: int,
 
     from rave_deploy.nn_tilde_emulation import NnTildeHost
 
-    block = nn_ar_buffer(encoder, buffer_size)
-    if server_block > block:
-        raise ValueError(f"server block {server_block} > NN.ar's buffer {block}: NN.ar "
-                         "disables itself then; use a larger --buffer-size")
+    block = _nn_ar_block(encoder, server_block, buffer_size)
     hosts = [NnTildeHost(encoder, "encode", block, vector=server_block, threaded=False),
              NnTildeHost(decoder, "decode", block, vector=server_block, threaded=False)]
     y = np.zeros((1, 1, -(-n // server_block) * server_block), np.float32)
