@@ -801,9 +801,11 @@ def test_supercollider_example_uses_what_the_file_offers(runs):
     _, model, results = runs["brave"]
     module = torch.jit.load(str(results["supercollider"].path))
     text = (ROOT / "targets" / "supercollider" / "example.scd").read_text()
-    calls = re.findall(r"NN\.ar\(\\\w+, \\(\w+), (\d+)", text)
-    assert calls
+    # NN.ar (v0.0.3 on): NN(\key, \method).ar(inputs, bufferSize, ..., attributes: [...])
+    calls = re.findall(r"NN\(\\\w+, \\(\w+)\)\.ar\((?:[^,()]|\([^()]*\))+, (\d+)", text)
+    assert {method for method, _ in calls} == {"forward", "encode", "decode"}
     for method, block in calls:
         assert method in module.get_methods() and int(block) % model.ratio == 0
-    attributes = re.findall(r"\.set\(\\(\w+),", text)
+    attributes = re.findall(r"attributes: \[\\(\w+), ", text)
     assert attributes and set(attributes) <= set(module.get_attributes())
+    assert not re.search(r"NN\.ar\(|NNModel\.load|\.set\(\\", text)  # the pre-v0.0.3 API
