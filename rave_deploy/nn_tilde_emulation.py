@@ -50,6 +50,17 @@ def _power_ceil(x: int) -> int:
     return 1 if x <= 1 else 1 << (int(x) - 1).bit_length()
 
 
+def nn_tilde_buffer(module, buffer_size: int) -> int:
+    """The buffer nn~ runs ``module`` with for its buffer argument ``buffer_size``: the
+    largest ratio of *all* the model's methods for 0 (unthreaded) or anything below it,
+    else the next power of two. NN.ar resolves its ``bufferSize`` the same way."""
+    higher = 1
+    for m in module.get_methods():
+        p = getattr(module, f"{m}_params")
+        higher = max(higher, int(p[1]), int(p[3]))
+    return higher if buffer_size < higher else _power_ceil(buffer_size)
+
+
 class NnTildeHost:
     """nn~ (its PureData frontend and shared backend) driving one method of a module.
 
@@ -76,18 +87,8 @@ class NnTildeHost:
                  vector: int = PD_VECTOR, threaded: Optional[bool] = None) -> None:
         self.module, self.method, self.batches, self.vector = module, method, batches, vector
         self.params = [int(v) for v in getattr(module, f"{method}_params")]
-        higher = 1
-        for m in module.get_methods():
-            p = getattr(module, f"{m}_params")
-            higher = max(higher, int(p[1]), int(p[3]))
-        if buffer_size == 0:
-            self.threaded, self.buffer = False, higher
-        elif buffer_size < higher:
-            self.threaded, self.buffer = True, higher
-        else:
-            self.threaded, self.buffer = True, _power_ceil(buffer_size)
-        if threaded is not None:
-            self.threaded = threaded
+        self.buffer = nn_tilde_buffer(module, buffer_size)
+        self.threaded = buffer_size != 0 if threaded is None else threaded
         self.errors: List[str] = []
 
     @property

@@ -334,9 +334,9 @@ def nn_ar_buffer(module, buffer_size: int = -1) -> int:
     """The buffer NN.ar runs ``module`` with for its ``bufferSize`` argument, resolved as
     nn~ resolves its own: the largest ratio of the model's methods for -1 (its default),
     0 (its no-thread mode) or anything below that ratio, else the next power of two."""
-    from rave_deploy.nn_tilde_emulation import NnTildeHost
+    from rave_deploy.nn_tilde_emulation import nn_tilde_buffer
 
-    return NnTildeHost(module, "forward", buffer_size, threaded=False).buffer
+    return nn_tilde_buffer(module, buffer_size)
 
 
 def _nn_ar_block(module, server_block: int, buffer_size: int) -> int:
@@ -484,7 +484,7 @@ def main(argv=None) -> int:
             p.error(f"{tool}: not found (install SuperCollider, e.g. apt install "
                     "supercollider-server supercollider-language, or pass its path)")
     if args.server_block <= 0 or args.server_block & (args.server_block - 1):
-        p.error(f"--server-block {args.server_block}: the RAVE UGen expects a power of two")
+        p.error(f"--server-block {args.server_block}: {family.name} expects a power of two")
 
     import torch
 
@@ -492,17 +492,18 @@ def main(argv=None) -> int:
     module = torch.jit.load(str(args.model))
     module.eval()
     if not hasattr(module, "decode_params") or not hasattr(module, "forward_params"):
-        p.error(f"{args.model.name} has no decode_params / forward_params: not a file the "
-                "RAVE UGens can run (`rave-deploy check` says what it lacks)")
+        p.error(f"{args.model.name} has no decode_params / forward_params: not a file "
+                f"{family.name} can run (`rave-deploy check` says what it lacks)")
     if int(module.forward_params[0]) != 1:
-        p.error(f"{args.model.name} takes {int(module.forward_params[0])} channels; the RAVE "
-                "UGen feeds one")
+        p.error(f"{args.model.name} takes {int(module.forward_params[0])} channels; "
+                + ("this script plays mono files (NN.ar passes every channel: try it in "
+                   "your own patch)" if family is NN_AR else "the RAVE UGen feeds one"))
     ratio, latent_size = int(module.decode_params[1]), int(module.decode_params[0])
+    buffer = nn_ar_buffer(module, args.buffer_size)  # NN.ar's; the RAVE UGens ignore it
     if args.ugen == "encoder-decoder" and args.server_block > ratio:
         p.error(f"--ugen encoder-decoder: --server-block {args.server_block} is above the "
                 f"model's ratio ({ratio}); use {ratio} or less")
-    if family is NN_AR and args.server_block > nn_ar_buffer(module, args.buffer_size):
-        buffer = nn_ar_buffer(module, args.buffer_size)
+    if family is NN_AR and args.server_block > buffer:
         p.error(f"--ugen {args.ugen}: --server-block {args.server_block} is above NN.ar's buffer "
                 f"({buffer}), where NN.ar disables itself; pass --buffer-size "
                 f"{args.server_block} or more")
@@ -541,9 +542,8 @@ def main(argv=None) -> int:
                                     second, args.buffer_size)
     through = {"forward": "RAVE.new (forward",
                "encoder-decoder": "RAVEEncoder into RAVEDecoder (encode, decode",
-               "nn-ar": f"NN.ar (forward, buffer {nn_ar_buffer(module, args.buffer_size)}",
-               "nn-ar-encode-decode": "NN.ar's encode into its decode (buffer "
-                                      f"{nn_ar_buffer(module, args.buffer_size)}"
+               "nn-ar": f"NN.ar (forward, buffer {buffer}",
+               "nn-ar-encode-decode": f"NN.ar's encode into its decode (buffer {buffer}"
                }[args.ugen]
     print(f"{args.model.name} in scsynth through {through}, server block "
           f"{args.server_block}, {sr} Hz{', deterministic' if deterministic else ''}):")
