@@ -9,6 +9,9 @@ conventions):
   variance (rounded up to a power of two, as RAVE does).
 * ``decode``: the inverse: fill the dimensions beyond the cut (noise, or zeros when
   ``deterministic``, i.e. the learned mean), rotate back, add the mean, decode.
+* discrete (RVQ) models: ``encode`` returns one code index per quantiser (as floats),
+  ``decode`` sums the codes of the indices it is given (:mod:`rave_deploy.codebooks`),
+  as acids-rave exports them; ``fidelity`` does not apply.
 * weight norm folded, noise branches off when ``deterministic``, streaming layers set up
   for exact block-by-block processing (their state owned by each layer).
 
@@ -31,6 +34,7 @@ from rave_core.nn.conv import Conv1d, ConvTranspose1d
 from rave_core.nn.streaming import set_matmul_streaming, set_streaming, streaming_layers
 from rave_core.nn.weight_norm import copy_model, remove_weight_norm
 
+from .codebooks import ResidualCodebooks
 from .latent_folding import decoder_input_conv, encoder_output_conv, fold_latent_path
 
 
@@ -99,10 +103,11 @@ class DeployModel(nn.Module):
             (:mod:`rave_deploy.latent_folding`): fewer weights to read per call, same
             output up to float rounding. ``decode`` then appends a channel of ones to its
             input itself. Ignored (``latent_folded`` stays False) where the model's
-            layers do not have that shape.
+            layers do not have that shape, and for discrete models.
         cpu_kernels: with ``matmul_streaming``, one of :data:`CPU_KERNELS`.
 
-    Shapes: ``encode``: ``(batch, channels, N) -> (batch, latent_size, N / ratio)``;
+    Shapes (``latent_size``: the kept dimensions, or the quantiser count of a discrete
+    model): ``encode``: ``(batch, channels, N) -> (batch, latent_size, N / ratio)``;
     ``decode``: ``(batch, latent_size, T) -> (batch, channels, T * ratio)``;
     ``forward``: ``(batch, channels, N) -> (batch, channels, N)``.
     """
@@ -124,7 +129,13 @@ class DeployModel(nn.Module):
         delays = model.streaming_delays()
 
         self.pqmf = model.pqmf
-        self.encoder = model.encoder
+        self.variational = isinstance(model.encoder, VariationalEncoder)
+        self.discrete = isinstance(model.encoder, DiscreteEncoder)
+        # discrete: the convolutional encoder, then the codebooks (the quantiser's
+        # training machinery stays behind)
+        self.encoder = model.encoder.encoder if self.discrete else model.encoder
+        self.codebooks: Optional[ResidualCodebooks] = (
+            ResidualCodebooks(model.encoder.rvq) if self.discrete else None)
         self.decoder = model.decoder
         self.register_buffer("latent_pca", model.latent_pca.clone())
         self.register_buffer("latent_mean", model.latent_mean.clone())
@@ -137,10 +148,10 @@ class DeployModel(nn.Module):
         self.decoder_latent_size = int(model.decoder_latent_size)
         self.noise_augmentation = self.decoder_latent_size - self.full_latent_size
         self.deterministic = deterministic
-        self.variational = isinstance(model.encoder, VariationalEncoder)
-        if isinstance(model.encoder, DiscreteEncoder):
-            raise DeployError("discrete (RVQ) models cannot be exported yet: export a "
-                              "variational model (v1, v2, v3, BRAVE)")
+        if self.codebooks is not None:
+            # hosts see one code index per quantiser, none cut (the RAVE VST sizes its
+            # latent by full_latent_size)
+            self.full_latent_size = self.codebooks.num_quantizers
         self.latent_size = self.full_latent_size
         self.latent_statistics_trained = True
         if self.variational:
@@ -154,7 +165,12 @@ class DeployModel(nn.Module):
                     f"{self.full_latent_size} dimensions.", stacklevel=2)
                 if fidelity >= 1:
                     self.latent_size = self.full_latent_size
-        self.latent_size = min(self.latent_size, self.full_latent_size)
+            self.latent_size = min(self.latent_size, self.full_latent_size)
+        if self.codebooks is not None and not self.codebooks.initialised:
+            warnings.warn(
+                "this checkpoint's codebooks were never initialised (they are set by k-means "
+                "on the first training batch): every latent maps to code 0 and decode plays "
+                "one sound. Export a checkpoint saved after training started.", stacklevel=2)
         self.fidelity_threshold = float(fidelity)
         self.latent_folded = False
         if fold_latent:
@@ -199,6 +215,8 @@ class DeployModel(nn.Module):
                 m.forget_packed_weight()
 
     def _fold_latent(self) -> bool:
+        if self.discrete:
+            return False  # the nearest-code search is not linear: nothing to fold
         if not (self.deterministic and self.variational):
             raise DeployError("fold_latent needs a deterministic variational model: a sampled "
                               "latent or noise fill cannot be folded into the convolutions")
@@ -219,6 +237,8 @@ class DeployModel(nn.Module):
         z = self.encoder(self._analysis(x.contiguous()))
         if self.latent_folded:
             return z  # already the kept PCA coordinates of the posterior mean
+        if self.codebooks is not None:
+            return self.codebooks.encode(z)
         if self.variational:
             mean, scale = z.chunk(2, 1)
             if self.deterministic:
@@ -241,6 +261,8 @@ class DeployModel(nn.Module):
             # the decoder's first convolution reads the coordinates and a ones channel
             # that carries the latent mean (zero in padding, as a zero latent would be)
             z = torch.cat([z, torch.ones_like(z[:, :1])], 1)
+        elif self.codebooks is not None:
+            z = self.codebooks.decode(z)
         elif self.variational:
             missing = self.full_latent_size - z.shape[1]
             if missing > 0:

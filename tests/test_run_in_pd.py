@@ -136,6 +136,17 @@ def test_comparison_passes_the_emulated_output_and_fails_others(module):
     assert not silent.agrees(1.0)  # even where any difference would be tolerated
 
 
+def test_comparison_stores_what_tabwrite_stores():
+    """Pd's [tabwrite~] stores values of tiny or huge exponent (PD_BIGORSMALL) as 0: a
+    discrete model's output held 9.98e-20 at one sample, which Pd recorded as 0."""
+    x = np.array([0.0, 9.98e-20, -2.0**-64, 2.0**-63, -2.0**-63, 0.5, -3.0, 1e-30,
+                  2.0**64, 2.0**65, np.inf, np.nan], np.float32)
+    stored = run_in_pd.as_tabwrite_stores(x)
+    kept = np.array([1, 0, 0, 1, 1, 1, 1, 0, 1, 0, 0, 0], bool)
+    assert np.array_equal(stored[kept], x[kept])
+    assert not stored[~kept].any()
+
+
 def test_encode_decode_comparison_chains_two_copies_of_the_file(exported):
     """With a second copy as the decoder: the emulation encodes with one nn~ and decodes
     its held latent signals with the other (from zero states each), its latency the sum

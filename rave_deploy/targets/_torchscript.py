@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from rave_core.models.encoders import DiscreteEncoder
 from rave_core.models.rave import RAVE
 
 from ..nn_tilde_emulation import PD_VECTOR, NnTildeHost
@@ -247,9 +246,6 @@ class TorchScriptTarget(Target):
 
     # ------------------------------------------------------------------ export
     def unsupported_reason(self, model: RAVE, options: ExportOptions) -> Optional[str]:
-        if isinstance(model.encoder, DiscreteEncoder):
-            return ("discrete (RVQ) models cannot be exported yet: export a variational "
-                    "model (v1, v2, v3, BRAVE)")
         if not options.streaming:
             return (f"{self.host} calls the model block by block: only streaming exports are "
                     "supported (drop --no-streaming)")

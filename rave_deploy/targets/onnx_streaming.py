@@ -13,7 +13,6 @@ import warnings
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from rave_core.models.encoders import DiscreteEncoder
 from rave_core.models.rave import RAVE
 
 from .. import onnx_graphs as og
@@ -25,9 +24,6 @@ from .base import CheckOptions, ExportOptions, Target, register
 def onnx_unsupported_reason(model: RAVE, options: ExportOptions) -> Optional[str]:
     """Why the ONNX targets cannot serve ``model`` with ``options`` (``None`` if they can)."""
     problems = []
-    if isinstance(model.encoder, DiscreteEncoder):
-        problems.append("discrete (RVQ) models are not exported yet: export a variational "
-                        "model (v1, v2, v3, BRAVE)")
     if options.sr is not None and int(options.sr) != int(model.sr):
         problems.append(f"--sr {options.sr}: the graphs run at the model's rate ({model.sr} Hz); "
                         "resample in the host instead")

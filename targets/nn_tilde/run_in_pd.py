@@ -7,7 +7,8 @@ what Pd recorded with rave-deploy's emulation of nn~ (the one `rave-deploy check
 Pd runs in batch mode (``pd -nogui -nosound -batch``; tested with Pd 0.53.1): a generated
 patch reads a test signal into an array, plays it through ``[nn~ FILE forward N]`` (with
 ``bufsize N`` and ``set deterministic 1`` sent on load, as ``example.pd`` does) and records
-the output with ``[tabwrite~]``. The same file is then run through
+the output with ``[tabwrite~]`` (which stores values under 2**-63 as 0: so does the
+comparison). The same file is then run through
 :class:`rave_deploy.nn_tilde_emulation.NnTildeHost` in this process, and the two outputs
 are compared sample by sample over the recorded span. Exit code 0 when they agree (to
 ``--tolerance`` of the peak; the default, 0, asks for identical samples) and the output
@@ -45,6 +46,14 @@ PD_VECTOR = 64
 
 #: What a run plays: one ``forward`` object, or an ``encode`` object into a ``decode`` one.
 METHODS = ("forward", "encode-decode")
+
+
+def as_tabwrite_stores(signal: np.ndarray) -> np.ndarray:
+    """``signal`` (float32) as Pd's ``[tabwrite~]`` stores it: values whose exponent is
+    tiny or huge (Pd's ``PD_BIGORSMALL``: below 2**-63, about 1.1e-19, or at least 2**65,
+    and inf or NaN) become 0."""
+    bits = np.ascontiguousarray(signal, np.float32).view(np.uint32) & 0x60000000
+    return np.where((bits == 0) | (bits == 0x60000000), np.float32(0), signal)
 
 
 def batch_patch(model: str, block: int, n_samples: int, record_ms: float,
@@ -169,7 +178,7 @@ def compare_with_emulation(module, block: int, signal: np.ndarray, recorded: np.
     with torch.inference_mode():
         for host in hosts:
             y = host.run(y)
-    emulated = y[0, 0, :len(recorded)]
+    emulated = as_tabwrite_stores(y[0, 0, :len(recorded)])
     return compare_recording(recorded, emulated, "Pd", "emulation",
                              sum(h.latency for h in hosts), "nn~")
 
