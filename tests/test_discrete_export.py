@@ -7,6 +7,7 @@ import json
 import warnings
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 
@@ -134,6 +135,13 @@ def test_discrete_run_exports_and_passes_its_checks(tmp_path):
         sidecar = json.loads(Path(f"{paths[target]}.json").read_text())
         assert sidecar["latent_size"] == 16
         assert sidecar["latent_kind"] == "discrete" and sidecar["codebook_size"] == 1024
+
+    # the codebooks are saved once (the exporter's folding had added transposed copies)
+    graph = onnx.load(str(paths["onnx_streaming"])).graph
+    shapes = [tuple(i.dims) for i in graph.initializer]
+    assert shapes.count((1024, 8)) == 16 and (8, 1024) not in shapes
+    assert sum(n.op_type == "Transpose" and n.input[0] in {i.name for i in graph.initializer}
+               for n in graph.node) == 16
 
     ts = torch.jit.load(str(paths["nn_tilde"]))
     assert ts.full_latent_size == 16
