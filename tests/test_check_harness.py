@@ -308,6 +308,19 @@ def test_text_table_and_json(perfect_report, shifted):
     assert data["passed"] is False and len(data["reports"]) == 2
 
 
+def test_table_gives_sizes_in_the_units_export_prints(tmp_path):
+    """Decimal megabytes, as `rave-deploy export` prints them (the table once showed
+    127.6 MB for a file the export called 133.8 MB)."""
+    artifact = tmp_path / "model.ts"
+    artifact.write_bytes(b"\0" * 13_006_383)
+    folder = tmp_path / "model.anira"
+    folder.mkdir()
+    (folder / "a.onnx").write_bytes(b"\0" * 1500)
+    table = format_table([CheckReport(artifact, "nn_tilde"), CheckReport(folder, "anira")])
+    assert "model.ts     13.0 MB" in table, table
+    assert "model.anira  1.5 KB" in table, table
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 

@@ -37,12 +37,13 @@ def _size_of(path: Path) -> Optional[int]:
 
 
 def _fmt_size(n: Optional[int]) -> str:
+    """Decimal units, as `rave-deploy export` prints sizes."""
     if n is None:
         return "-"
     for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
+        if n < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
+        n /= 1000
     return "-"
 
 
