@@ -119,7 +119,9 @@ def _target_names() -> List[str]:
 @click.option("--streaming/--no-streaming", default=True, show_default=True,
               help="Block-by-block model with streaming state (what live hosts need).")
 @click.option("--fidelity", type=click.FloatRange(0, 1, min_open=True), default=0.95,
-              show_default=True, help="Share of latent variance kept: sets the latent size.")
+              show_default=True,
+              help="Share of latent variance kept: sets the latent size (a discrete model "
+                   "keeps one code index per quantiser, whatever this says).")
 @click.option("--deterministic", is_flag=True,
               help="Posterior mean, zero fill, no noise: same input, same output.")
 @click.option("--sr", type=click.IntRange(1, MAX_SR), default=None,
