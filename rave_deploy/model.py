@@ -130,12 +130,12 @@ class DeployModel(nn.Module):
 
         self.pqmf = model.pqmf
         self.variational = isinstance(model.encoder, VariationalEncoder)
-        self.discrete = isinstance(model.encoder, DiscreteEncoder)
+        discrete = isinstance(model.encoder, DiscreteEncoder)
         # discrete: the convolutional encoder, then the codebooks (the quantiser's
-        # training machinery stays behind)
-        self.encoder = model.encoder.encoder if self.discrete else model.encoder
+        # training machinery stays behind); None for every other model
+        self.encoder = model.encoder.encoder if discrete else model.encoder
         self.codebooks: Optional[ResidualCodebooks] = (
-            ResidualCodebooks(model.encoder.rvq) if self.discrete else None)
+            ResidualCodebooks(model.encoder.rvq) if discrete else None)
         self.decoder = model.decoder
         self.register_buffer("latent_pca", model.latent_pca.clone())
         self.register_buffer("latent_mean", model.latent_mean.clone())
@@ -150,7 +150,8 @@ class DeployModel(nn.Module):
         self.deterministic = deterministic
         if self.codebooks is not None:
             # hosts see one code index per quantiser, none cut (the RAVE VST sizes its
-            # latent by full_latent_size)
+            # latent by full_latent_size); noise_augmentation above counts the codes'
+            # dimensions, which decode feeds the decoder
             self.full_latent_size = self.codebooks.num_quantizers
         self.latent_size = self.full_latent_size
         self.latent_statistics_trained = True
@@ -215,7 +216,7 @@ class DeployModel(nn.Module):
                 m.forget_packed_weight()
 
     def _fold_latent(self) -> bool:
-        if self.discrete:
+        if self.codebooks is not None:
             return False  # the nearest-code search is not linear: nothing to fold
         if not (self.deterministic and self.variational):
             raise DeployError("fold_latent needs a deterministic variational model: a sampled "

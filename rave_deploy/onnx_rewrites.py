@@ -52,7 +52,8 @@ def transposed_copies_as_transposes(model: onnx.ModelProto) -> onnx.ModelProto:
     when it loads the graph, so the graph runs as before; only the file is smaller. Exact.
     """
     graph = model.graph
-    matrices = [i for i in graph.initializer if len(i.dims) == 2]
+    fed = {i.name for i in graph.input}  # an initializer listed as an input can be fed
+    matrices = [i for i in graph.initializer if len(i.dims) == 2 and i.name not in fed]
     by_shape: Dict[tuple, List[onnx.TensorProto]] = {}
     for init in matrices:
         by_shape.setdefault(tuple(init.dims), []).append(init)
