@@ -98,6 +98,27 @@ def test_encode_decode_patch_joins_every_latent_outlet_to_the_decoder():
         run_in_pd.batch_patch("model.ts", 128, 1000, 22.6, "decode")
 
 
+def test_stereo_patch_plays_each_channel_through_its_own_inlet_and_outlet():
+    """Channel k: array in<k> -> tabplay~ -> nn~ inlet k; nn~ outlet k -> tabwrite~ ->
+    array out<k>; in.wav is read into every input array and out.wav written from every
+    output array; every player and recorder starts with the first channel's."""
+    for methods, latent in (("forward", 0), ("encode-decode", 4)):
+        text = run_in_pd.batch_patch("model.ts", 256, 1000, 22.6, methods, latent, channels=2)
+        objects, edges = _objects_and_edges(text)
+        find = lambda s: next(i for i, line in enumerate(objects) if line.endswith(s))
+        play = [find("tabplay~ in;"), find("tabplay~ in1;")]
+        write = [find("tabwrite~ out;"), find("tabwrite~ out1;")]
+        first = find(f"nn~ model.ts {'forward' if latent == 0 else 'encode'} 256;")
+        last = first if latent == 0 else find("nn~ model.ts decode 256;")
+        for k in range(2):
+            assert (play[k], 0, first, k) in edges and (last, k, write[k], 0) in edges
+        start = next(a for a, _, b, _ in edges if b == play[0])
+        assert {b for a, o, b, _ in edges if a == start and o == 1} == set(play + write)
+        assert find("read -resize in.wav in in1;") >= 0
+        assert find("write -wave -bytes 4 out.wav out out1;") >= 0
+        assert find("array define in1;") >= 0 and find("array define out1 1000;") >= 0
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("pd")
@@ -172,3 +193,22 @@ def test_encode_decode_comparison_chains_two_copies_of_the_file(exported):
     late = np.concatenate([np.zeros(64, np.float32), chained[:-64]])
     assert not run_in_pd.compare_with_emulation(enc, block, signal, late,
                                                 decoder=dec).agrees(1e-3)
+
+
+def test_stereo_comparison_keeps_the_channels_apart(tmp_path):
+    """A stereo file's emulated output, channel by channel, agrees with itself; the same
+    recording with its channels swapped does not."""
+    run = make_run(tmp_path, ("brave",), extra=["rave.model.RAVE.n_channels = 2"],
+                   unit_gains=True)
+    module = torch.jit.load(str(export_quietly(run, ["nn_tilde"], tmp_path / "out")["nn_tilde"]))
+    block = 256
+    signal = musical_signal(44100, 64 * 200, 2, seed=1)
+    module.set_deterministic(True)
+    module.reset()
+    with torch.inference_mode():
+        emulated = NnTildeHost(module, "forward", block).run(signal[None])[0]
+    assert emulated.shape == signal.shape and np.abs(emulated[0] - emulated[1]).max() > 0
+    same = run_in_pd.compare_with_emulation(module, block, signal, emulated)
+    assert same.agrees(0.0) and same.max_error == 0
+    swapped = run_in_pd.compare_with_emulation(module, block, signal, emulated[::-1].copy())
+    assert not swapped.agrees(1e-3)

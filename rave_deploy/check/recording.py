@@ -44,21 +44,23 @@ class RecordingComparison:
 
 
 def first_sound(y: np.ndarray) -> Optional[int]:
-    """Index of the first non-zero sample of ``y`` ``(T,)``, ``None`` if all are zero."""
-    idx = np.flatnonzero(y)
+    """Index of the first sample of ``y`` ``(T,)`` or ``(channels, T)`` that is not zero
+    (in any channel), ``None`` if all are zero."""
+    idx = np.flatnonzero(np.atleast_2d(y).any(0))
     return int(idx[0]) if idx.size else None
 
 
 def compare_recording(recorded: np.ndarray, expected: np.ndarray, host: str,
                       expected_name: str, host_delay: int,
                       delayed_by: str) -> RecordingComparison:
-    """Compare ``recorded`` ``(T,)`` with ``expected`` ``(T,)`` sample by sample."""
+    """Compare ``recorded`` with ``expected`` sample by sample, both ``(T,)`` or both
+    ``(channels, T)``: one peak and one maximum error over every channel."""
     if recorded.shape != expected.shape:
         raise ValueError(f"recorded {recorded.shape} and expected {expected.shape} "
                          "must have the same shape")
-    empty = len(expected) == 0
+    empty = expected.size == 0
     return RecordingComparison(
-        host=host, expected_name=expected_name, samples=len(recorded),
+        host=host, expected_name=expected_name, samples=int(recorded.shape[-1]),
         peak=0.0 if empty else float(np.abs(expected).max()),
         host_peak=0.0 if empty else float(np.abs(recorded).max()),
         max_error=0.0 if empty else float(np.abs(recorded - expected).max()),

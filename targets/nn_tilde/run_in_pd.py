@@ -20,7 +20,8 @@ patch that plays with the latent between the two) and compares with the emulatio
 same two objects.
 
 ``--nn-tilde`` is the folder holding ``nn~.pd_linux`` (``.pd_darwin``, ``.dll``), as nn~'s
-release unpacks it. Mono files only.
+release unpacks it. Files with several channels (a model trained with `--channels 2`)
+play one array per channel (needs as many outputs as inputs).
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Tuple
+from typing import List, Tuple
 
 import numpy as np
 
@@ -56,8 +57,13 @@ def as_tabwrite_stores(signal: np.ndarray) -> np.ndarray:
     return np.where((bits == 0) | (bits == 0x60000000), np.float32(0), signal)
 
 
+def _arrays(name: str, channels: int) -> List[str]:
+    """Pd arrays holding a file's channels: ``in``, ``in1``, ``in2``..."""
+    return [name] + [f"{name}{k}" for k in range(1, channels)]
+
+
 def batch_patch(model: str, block: int, n_samples: int, record_ms: float,
-                methods: str = "forward", latent_size: int = 0) -> str:
+                methods: str = "forward", latent_size: int = 0, channels: int = 1) -> str:
     """A Pd patch that plays array ``in`` (read from ``in.wav``) through
     ``[nn~ model forward block]`` into array ``out`` and writes ``out.wav`` after
     ``record_ms`` of logical time, then quits. On load, in this order: read the signal,
@@ -66,6 +72,10 @@ def batch_patch(model: str, block: int, n_samples: int, record_ms: float,
     ``methods="encode-decode"``: ``[nn~ model encode block]`` instead, its
     ``latent_size`` outlets joined to the inlets of a ``[nn~ model decode block]`` that
     feeds ``out``; both objects get the two set-up messages.
+
+    ``channels`` > 1: one array, ``[tabplay~]`` and ``[tabwrite~]`` per channel (``in``,
+    ``in1``...; ``out``, ``out1``...), channel k into nn~'s inlet k and from its outlet k;
+    ``in.wav`` and ``out.wav`` hold every channel.
 
     Once ``out.wav`` is written, every nn~ gets ``reload`` before Pd quits: nn~ reloads
     under the lock its compute thread holds while it runs the model, so Pd does not exit
@@ -76,12 +86,15 @@ def batch_patch(model: str, block: int, n_samples: int, record_ms: float,
         raise ValueError(f"methods {methods!r}: one of {', '.join(METHODS)}")
     if methods == "encode-decode" and latent_size < 1:
         raise ValueError("encode-decode needs the latent size (the encoder's outlets)")
+    if channels < 1:
+        raise ValueError(f"channels {channels}: at least 1")
     first = "forward" if methods == "forward" else "encode"
+    ins, outs = _arrays("in", channels), _arrays("out", channels)
     lines = [
         "#N canvas 0 0 640 480 12;",
         "#X obj 20 20 loadbang;",                                   # 0
         "#X obj 20 50 t b b b b b;",                                # 1
-        "#X msg 300 80 read -resize in.wav in;",                    # 2
+        f"#X msg 300 80 read -resize in.wav {' '.join(ins)};",      # 2
         "#X obj 300 110 soundfiler;",                               # 3
         "#X obj 20 240 tabplay~ in;",                               # 4
         f"#X obj 20 280 nn~ {model} {first} {block};",              # 5
@@ -89,7 +102,7 @@ def batch_patch(model: str, block: int, n_samples: int, record_ms: float,
         f"#X msg 160 80 bufsize {block};",                          # 7
         "#X msg 160 110 set deterministic 1;",                      # 8
         f"#X obj 20 400 delay {record_ms:g};",                      # 9
-        "#X msg 20 430 write -wave -bytes 4 out.wav out;",          # 10
+        f"#X msg 20 430 write -wave -bytes 4 out.wav {' '.join(outs)};",  # 10
         "#X obj 20 460 soundfiler;",                                # 11
         "#X msg 250 520 \\; pd quit;",                              # 12
         "#X obj 20 370 t b b;",                                     # 13
@@ -102,14 +115,26 @@ def batch_patch(model: str, block: int, n_samples: int, record_ms: float,
              (1, 1, 14, 0), (1, 0, 13, 0), (7, 0, 5, 0), (8, 0, 5, 0), (13, 1, 4, 0),
              (13, 1, 6, 0), (4, 0, 5, 0), (13, 0, 9, 0), (9, 0, 10, 0),
              (10, 0, 11, 0)]
-    nn_objects = [5]
+    nn_objects, plays, writes = [5], [4], [6]
+    for k in range(1, channels):  # the other channels' arrays, players and recorders
+        x = 400 + 80 * k
+        lines += [f"#X obj {x} 260 array define {ins[k]};",
+                  f"#X obj {x} 290 array define {outs[k]} {n_samples};",
+                  f"#X obj {x} 240 tabplay~ {ins[k]};",
+                  f"#X obj {x} 320 tabwrite~ {outs[k]};"]
+        play, write = len(lines) - 3, len(lines) - 2
+        plays.append(play)
+        writes.append(write)
+        edges += [(13, 1, play, 0), (13, 1, write, 0), (play, 0, 5, k)]
     if methods == "forward":
-        edges.append((5, 0, 6, 0))
+        last = 5
     else:
-        lines.append(f"#X obj 20 340 nn~ {model} decode {block};")  # 17
-        nn_objects.append(17)
-        edges += [(5, k, 17, k) for k in range(latent_size)]
-        edges += [(7, 0, 17, 0), (8, 0, 17, 0), (17, 0, 6, 0)]
+        lines.append(f"#X obj 20 340 nn~ {model} decode {block};")
+        last = len(lines) - 2
+        nn_objects.append(last)
+        edges += [(5, k, last, k) for k in range(latent_size)]
+        edges += [(7, 0, last, 0), (8, 0, last, 0)]
+    edges += [(last, k, writes[k], 0) for k in range(channels)]
     # written: reload every nn~ (right outlet first), then quit
     finish, reload = len(lines) - 1, len(lines)
     lines += ["#X obj 250 460 t b b;", "#X msg 330 490 reload;"]
@@ -122,21 +147,21 @@ def batch_patch(model: str, block: int, n_samples: int, record_ms: float,
 def record_in_pd(model: Path, nn_tilde: Path, signal: np.ndarray, sr: int, block: int,
                  pd: str = "pd", timeout: float = 600.0, methods: str = "forward",
                  latent_size: int = 0) -> Tuple[np.ndarray, str]:
-    """Play ``signal`` ``(T,)`` through nn~ in a batch-mode Pd (the patch of
-    :func:`batch_patch`); returns what ``[tabwrite~]`` recorded, ``(T',)`` with ``T'`` the
-    whole vectors Pd computed before writing (the rest of the array stays zero, and is
-    cut), and Pd's log. Raises ``RuntimeError`` when Pd wrote nothing or could not create
-    ``[nn~]``."""
+    """Play ``signal`` ``(T,)`` or ``(channels, T)`` through nn~ in a batch-mode Pd (the
+    patch of :func:`batch_patch`); returns what ``[tabwrite~]`` recorded, ``(T',)`` or
+    ``(channels, T')`` with ``T'`` the whole vectors Pd computed before writing (the rest
+    of the array stays zero, and is cut), and Pd's log. Raises ``RuntimeError`` when Pd
+    wrote nothing or could not create ``[nn~]``."""
     import soundfile as sf
 
-    n = len(signal)
+    channels, n = (1, len(signal)) if signal.ndim == 1 else signal.shape
     record_ms = 1000.0 * n / sr
     with tempfile.TemporaryDirectory(prefix="rave_pd_") as tmp:
         work = Path(tmp)
         shutil.copyfile(model, work / "model.ts")
-        sf.write(work / "in.wav", signal.astype(np.float32), sr, subtype="FLOAT")
+        sf.write(work / "in.wav", signal.T.astype(np.float32), sr, subtype="FLOAT")
         (work / "run.pd").write_text(batch_patch("model.ts", block, n, record_ms,
-                                                 methods, latent_size))
+                                                 methods, latent_size, channels))
         cmd = [pd, "-nogui", "-nosound", "-batch", "-r", str(sr), "-stderr",
                "-path", str(nn_tilde), "-open", "run.pd"]
         done = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=timeout)
@@ -147,15 +172,17 @@ def record_in_pd(model: Path, nn_tilde: Path, signal: np.ndarray, sr: int, block
         if "couldn't create" in log:
             raise RuntimeError("Pd could not create an object (is --nn-tilde an nn~ built for "
                                f"this Pd and its libtorch found?); its log:\n{log}")
-        recorded, _ = sf.read(work / "out.wav", dtype="float32")
+        recorded, _ = sf.read(work / "out.wav", dtype="float32", always_2d=True)
     # the delay fires on the vector where record_ms falls: that vector is not recorded
-    return recorded[:int(record_ms * sr / 1000.0) // PD_VECTOR * PD_VECTOR], log
+    recorded = recorded[:int(record_ms * sr / 1000.0) // PD_VECTOR * PD_VECTOR].T
+    return (recorded[0] if signal.ndim == 1 else recorded), log
 
 
 def compare_with_emulation(module, block: int, signal: np.ndarray, recorded: np.ndarray,
                            decoder=None) -> RecordingComparison:
     """Run ``signal`` through :class:`NnTildeHost` (``forward``, deterministic, buffer
-    ``block``, from zero states) and compare with ``recorded`` over its length.
+    ``block``, from zero states) and compare with ``recorded`` over its length (both
+    ``(T,)``, or both ``(channels, T)``).
 
     ``decoder``: a second copy of the file (Pd loads one per ``[nn~]``) for encode-decode:
     ``module`` encodes, its latent signals go through ``decoder``'s ``decode``, and the
@@ -172,13 +199,16 @@ def compare_with_emulation(module, block: int, signal: np.ndarray, recorded: np.
             copy.reset()
     hosts = ([NnTildeHost(module, "forward", block)] if decoder is None else
              [NnTildeHost(module, "encode", block), NnTildeHost(decoder, "decode", block)])
-    n = -(-len(recorded) // PD_VECTOR) * PD_VECTOR
-    y = np.zeros((1, 1, n), np.float32)
-    y[0, 0, :min(n, len(signal))] = signal[:n]
+    signal = np.atleast_2d(signal)
+    length = recorded.shape[-1]
+    n = -(-length // PD_VECTOR) * PD_VECTOR
+    y = np.zeros((1, signal.shape[0], n), np.float32)
+    y[0, :, :min(n, signal.shape[-1])] = signal[:, :n]
     with torch.inference_mode():
         for host in hosts:
             y = host.run(y)
-    emulated = as_tabwrite_stores(y[0, 0, :len(recorded)])
+    emulated = as_tabwrite_stores(y[0, :, :length])
+    emulated = emulated.reshape(recorded.shape)
     return compare_recording(recorded, emulated, "Pd", "emulation",
                              sum(h.latency for h in hosts), "nn~")
 
@@ -230,11 +260,14 @@ def main(argv=None) -> int:
     else:
         channels, out_channels = (int(module.forward_params[0]),
                                   int(module.forward_params[2]))
-    if channels != 1 or out_channels != 1:
+    if channels != out_channels:
         p.error(f"{args.model.name} takes {channels} and gives {out_channels} channels; "
-                "this script plays mono files")
+                "this script plays files with as many outputs as inputs (export with "
+                "--channels left at the model's)")
     latent_size = int(module.encode_params[2]) if encode_decode else 0
-    signal = musical_signal(sr, int(args.seconds * sr), 1, seed=1)[0]
+    signal = musical_signal(sr, int(args.seconds * sr), channels, seed=1)
+    if channels == 1:
+        signal = signal[0]
     try:
         recorded, log = record_in_pd(args.model, args.nn_tilde, signal, sr, args.block,
                                      pd=args.pd, methods=args.methods,
