@@ -365,3 +365,43 @@ def test_nn_ar_encode_decode_output_decodes_a_shifted_latent(module, tmp_path):
             ".ar(SoundIn.ar(0), 256), 256));") in text
     with pytest.raises(ValueError, match="unknown NN.ar synth"):
         run_in_scsynth.nn_ar_score_script("/m.ts", "/i.yaml", "/s.osc", 1.0, 256, "prior")
+
+
+def test_nn_ar_plays_every_channel_of_a_stereo_file(tmp_path, nn_ar, ugens):
+    """NN.ar feeds a stereo file one input bus per channel (SoundIn.ar((0..1))), the
+    server runs with two input and output channels, and the render comes back channel by
+    channel; the expected output is forward on two-channel buffers, which the comparison
+    keeps apart (swapped channels fail). The RAVE UGens feed one channel: refused."""
+    text = run_in_scsynth.nn_ar_score_script("/m/a.ts", "/w/i.yaml", "/w/s.osc", 1.0, 512,
+                                             "nn-ar-encode-decode", channels=2)
+    assert ("NN(\\raveDeploy, \\decode).ar(NN(\\raveDeploy, \\encode)"
+            ".ar(SoundIn.ar((0..1)), 512), 512)") in text
+
+    calls = tmp_path / "calls.jsonl"
+    sclang = _stand_in(tmp_path / "sclang", SCLANG_NN)
+    scsynth = _scsynth_nn(tmp_path / "scsynth", calls)
+    signal = musical_signal(44100, 4410, 2, seed=3)
+    out, _ = run_in_scsynth.render_in_scsynth(tmp_path / "m.ts", nn_ar, signal, 44100, 64,
+                                              sclang=sclang, scsynth=scsynth, ugen="nn-ar",
+                                              buffer_size=256)
+    np.testing.assert_allclose(out, 0.5 * signal, rtol=1e-6)
+    render = json.loads(calls.read_text().splitlines()[-1])
+    assert render[render.index("-i") + 1] == render[render.index("-o") + 1] == "2"
+    with pytest.raises(ValueError, match="feeds one channel"):
+        run_in_scsynth.render_in_scsynth(tmp_path / "m.ts", ugens, signal, 44100, 64,
+                                         sclang=sclang, scsynth=scsynth)
+
+    run = make_run(tmp_path, ("brave",), extra=["rave.model.RAVE.n_channels = 2"],
+                   name="stereo", unit_gains=True)
+    stereo = torch.jit.load(str(export_quietly(run, ["nn_tilde"], tmp_path / "out")["nn_tilde"]))
+    stereo.set_deterministic(True)
+    ratio = int(stereo.decode_params[1])
+    signal = musical_signal(44100, 40 * ratio, 2, seed=2)
+    stereo.reset()
+    expected, delay = run_in_scsynth.nn_ar_output(stereo, signal, signal.shape[-1], 64, 256)
+    assert expected.shape == signal.shape and delay == 256 - 64
+    assert np.abs(expected[0] - expected[1]).max() > 0
+    assert run_in_scsynth.compare_with_ugen_code(stereo, signal, expected, 64, "nn-ar",
+                                                 buffer_size=256).agrees(0)
+    assert not run_in_scsynth.compare_with_ugen_code(stereo, signal, expected[::-1].copy(), 64,
+                                                     "nn-ar", buffer_size=256).agrees(1e-3)

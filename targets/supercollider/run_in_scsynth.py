@@ -36,7 +36,8 @@ server, NN.ar runs the model in the audio thread: it gathers ``B`` samples, call
 ``forward`` on them and plays the result from the server block in which the gathering
 ended, a delay of ``B - z`` samples (server blocks above ``B`` are refused: NN.ar
 disables itself). That is what is computed here, under the default graph executor
-(NN.ar does not switch it).
+(NN.ar does not switch it). NN.ar also plays files with several channels (a model
+trained with ``--channels 2``): one input and one output bus per channel.
 
 The UGen cannot switch a file's ``deterministic`` attribute, so the server plays a copy of
 the file saved with it on (same weights, same code): a file without the switch (acids-rave's
@@ -105,13 +106,17 @@ def family_of(ugen: str) -> UGenFamily:
     return NN_AR if ugen.startswith("nn-ar") else RAVE_UGENS
 
 
-def _nn_ar_synth(ugen: str, buffer_size: int) -> str:
-    b = int(buffer_size)
+def _sound_in(channels: int) -> str:
+    return "SoundIn.ar(0)" if channels == 1 else f"SoundIn.ar((0..{channels - 1}))"
+
+
+def _nn_ar_synth(ugen: str, buffer_size: int, channels: int = 1) -> str:
+    b, inputs = int(buffer_size), _sound_in(channels)
     if ugen == "nn-ar":
-        return f"NN(\\raveDeploy, \\forward).ar(SoundIn.ar(0), {b})"
+        return f"NN(\\raveDeploy, \\forward).ar({inputs}, {b})"
     if ugen == "nn-ar-encode-decode":
         return (f"NN(\\raveDeploy, \\decode).ar(NN(\\raveDeploy, \\encode)"
-                f".ar(SoundIn.ar(0), {b}), {b})")
+                f".ar({inputs}, {b}), {b})")
     raise ValueError(f"unknown NN.ar synth {ugen!r}: nn-ar or nn-ar-encode-decode")
 
 
@@ -177,12 +182,13 @@ def nn_ar_info_script(model: str, info: str, score: str) -> str:
 
 
 def nn_ar_score_script(model: str, info: str, score: str, seconds: float,
-                       buffer_size: int, ugen: str = "nn-ar") -> str:
+                       buffer_size: int, ugen: str = "nn-ar", channels: int = 1) -> str:
     """An sclang program that writes the NRT score ``score``: NN.ar loads ``model`` (as
     model 0, described by ``info``, from :func:`nn_ar_info_script`'s run) and one synth
-    plays input bus 0 through ``forward`` (``ugen`` "nn-ar"), or through ``encode`` into
-    ``decode`` ("nn-ar-encode-decode", each UGen its own instance of the model), with
-    ``buffer_size`` into output bus 0 for ``seconds``.
+    plays input bus 0 (buses 0 to ``channels - 1``) through ``forward`` (``ugen``
+    "nn-ar"), or through ``encode`` into ``decode`` ("nn-ar-encode-decode", each UGen its
+    own instance of the model), with ``buffer_size`` into output bus 0 (and up) for
+    ``seconds``.
 
     NN.ar's own ``NN.nrt`` / ``NN.load`` fail in NRT (nn.ar eb36a3a: the load message asks
     a nil info path for ``standardizePath``), so this does what they mean to do: read the
@@ -195,7 +201,7 @@ def nn_ar_score_script(model: str, info: str, score: str, seconds: float,
         f"    NN.prReadInfoFile({i});",
         f"    NN.prPut(\\raveDeploy, NNModel.fromInfo(NN.prGetCachedInfo({m}), 0));",
         "    def = SynthDef(\\raveDeployCheck, {",
-        f"        Out.ar(0, {_nn_ar_synth(ugen, buffer_size)});",
+        f"        Out.ar(0, {_nn_ar_synth(ugen, buffer_size, channels)});",
         "    });",
         "    Score([",
         f"        [0.0, NN.loadMsg(0, {m}, {i})],",
@@ -218,8 +224,9 @@ def render_in_scsynth(model: Path, ugens: Path, signal: np.ndarray, sr: int,
                       ) -> Tuple[Optional[np.ndarray], str]:
     """Render ``signal`` ``(T,)`` through the synth of ``ugen`` (:data:`UGENS`) in
     ``scsynth -N``; returns the output (``None`` when the UGen could not load ``model``) and
-    the log of every program run. ``buffer_size``: NN.ar's (``ugen="nn-ar"``). Raises
-    ``RuntimeError`` when sclang or scsynth cannot run."""
+    the log of every program run. ``buffer_size``: NN.ar's (``ugen="nn-ar"``). NN.ar also
+    plays ``(channels, T)`` signals, one input and output bus per channel, and then returns
+    ``(channels, T)``. Raises ``RuntimeError`` when sclang or scsynth cannot run."""
     import soundfile as sf
 
     family = family_of(ugen)
@@ -229,7 +236,10 @@ def render_in_scsynth(model: Path, ugens: Path, signal: np.ndarray, sr: int,
         raise RuntimeError(f"{ugens}: {family.name} is not there (expected "
                            f"{family.binaries[0].replace('*', '_scsynth')} or .scx and "
                            f"Classes/{family.class_file}, as its build installs them)")
-    seconds = len(signal) / sr
+    channels = 1 if signal.ndim == 1 else signal.shape[0]
+    if channels > 1 and family is not NN_AR:
+        raise ValueError(f"{family.name} feeds one channel: play a mono signal")
+    seconds = signal.shape[-1] / sr
     # -U replaces scsynth's plugin path: SuperCollider's own UGens, then the plugin's
     plugins = os.pathsep.join(([sc_plugins] if sc_plugins else []) + [str(binary.parent)])
     # headless sclang: no display; Qt's web engine refuses its sandbox as root
@@ -254,14 +264,15 @@ def render_in_scsynth(model: Path, ugens: Path, signal: np.ndarray, sr: int,
             nonlocal log
             server = subprocess.run(
                 [scsynth, "-N", score, inputs, output, str(sr), "WAV", "float",
-                 "-i", "1", "-o", "1", "-z", str(server_block), "-U", plugins],
+                 "-i", str(channels), "-o", str(channels), "-z", str(server_block),
+                 "-U", plugins],
                 cwd=work, capture_output=True, text=True, timeout=timeout)
             log += "scsynth:\n" + (server.stdout + server.stderr).strip() + "\n"
             if not (work / output).exists():
                 raise RuntimeError(f"scsynth wrote no output (exit code {server.returncode})"
                                    f": check --sc-plugins and the log; {log}")
 
-        sf.write(work / "in.wav", signal.astype(np.float32), sr, subtype="FLOAT")
+        sf.write(work / "in.wav", signal.T.astype(np.float32), sr, subtype="FLOAT")
         (work / "sclang.yaml").write_text(
             f"includePaths:\n  - {json.dumps(str(classes.parent))}\n"
             "excludePaths: []\npostInlineWarnings: false\n")
@@ -277,7 +288,7 @@ def render_in_scsynth(model: Path, ugens: Path, signal: np.ndarray, sr: int,
                                    "for this SuperCollider and libtorch, and pass its folder "
                                    f"as --ugens; {log}")
             program = nn_ar_score_script(str(model), info, str(work / "score.osc"), seconds,
-                                         buffer_size, ugen)
+                                         buffer_size, ugen, channels)
         else:
             program = score_script(str(model), str(work / "score.osc"), seconds, ugen,
                                    latent_size)
@@ -290,33 +301,37 @@ def render_in_scsynth(model: Path, ugens: Path, signal: np.ndarray, sr: int,
             raise RuntimeError(f"scsynth never created {family.name}: build it for this "
                                "SuperCollider and libtorch, and pass its folder as --ugens; "
                                f"{log}")
-        rendered, _ = sf.read(work / "out.wav", dtype="float32")
-    return rendered.reshape(len(rendered), -1)[:, 0], log
+        rendered, _ = sf.read(work / "out.wav", dtype="float32", always_2d=True)
+    return (rendered[:, 0] if channels == 1 else rendered[:, :channels].T.copy()), log
 
 
 def _forward_in_blocks(module, signal: np.ndarray, n: int, block: int,
                        legacy: bool) -> np.ndarray:
-    """``forward`` on one ``(1, 1, block)`` call after another over ``signal`` (zeros past
-    its end), at least ``n`` samples; under the legacy graph executor if ``legacy``."""
+    """``forward`` on one ``(1, C, block)`` call after another over ``signal`` ``(T,)`` or
+    ``(C, T)`` (zeros past its end), at least ``n`` samples, shaped as ``signal``; under
+    the legacy graph executor if ``legacy``."""
     import contextlib
 
     import torch
 
     from rave_deploy.targets.supercollider import legacy_graph_executor
 
-    x = np.zeros(-(-n // block) * block, np.float32)
-    x[:min(len(x), len(signal))] = signal[:len(x)]
+    channels = np.atleast_2d(signal)
+    x = np.zeros((channels.shape[0], -(-n // block) * block), np.float32)
+    x[:, :min(x.shape[1], channels.shape[1])] = channels[:, :x.shape[1]]
     with (legacy_graph_executor() if legacy else contextlib.nullcontext()), \
             torch.inference_mode():
-        blocks = [module.forward(torch.from_numpy(x[i:i + block]).reshape(1, 1, block))
-                  for i in range(0, len(x), block)]
-    return torch.cat(blocks, -1).reshape(-1).numpy()
+        blocks = [module.forward(torch.from_numpy(x[:, i:i + block])[None])
+                  for i in range(0, x.shape[1], block)]
+    played = torch.cat(blocks, -1)[0].numpy()
+    return played[0] if signal.ndim == 1 else played
 
 
 def _delayed(played: np.ndarray, n: int, delay: int) -> np.ndarray:
-    out = np.zeros(n, np.float32)
+    """``played`` ``(..., T)`` delayed by ``delay`` samples, ``n`` long."""
+    out = np.zeros(played.shape[:-1] + (n,), np.float32)
     if n > delay:
-        out[delay:] = played[:n - delay]
+        out[..., delay:] = played[..., :n - delay]
     return out
 
 
@@ -350,9 +365,10 @@ def _nn_ar_block(module, server_block: int, buffer_size: int) -> int:
 def nn_ar_output(module, signal: np.ndarray, n: int, server_block: int,
                  buffer_size: int = -1) -> Tuple[np.ndarray, int]:
     """What NN.ar's ``forward`` UGen plays in NRT for ``signal`` over ``n`` samples:
-    ``forward`` on one ``(1, 1, B)`` block after another from zero states (``B`` from
+    ``forward`` on one ``(1, C, B)`` block after another from zero states (``B`` from
     :func:`nn_ar_buffer`), under the default graph executor, delayed by
-    ``B - server_block``. Returns the output ``(n,)`` and that delay."""
+    ``B - server_block``. Returns the output (``(n,)``, or ``(C, n)`` for a ``(C, T)``
+    signal) and that delay."""
     block = _nn_ar_block(module, server_block, buffer_size)
     delay = block - server_block
     return _delayed(_forward_in_blocks(module, signal, n, block, False), n, delay), delay
@@ -366,7 +382,8 @@ def nn_ar_encode_decode_output(encoder, decoder, signal: np.ndarray, n: int,
     samples, read back as the last sample of each group) computed at once for each full
     buffer, ``B - server_block`` samples per UGen; ``encoder`` and ``decoder`` two copies
     of the file (each UGen has its own instance), from zero states, under the default
-    graph executor. Returns the output ``(n,)`` and the delay of the pair."""
+    graph executor. Returns the output (``(n,)``, or ``(C, n)`` for a ``(C, T)`` signal)
+    and the delay of the pair."""
     import torch
 
     from rave_deploy.nn_tilde_emulation import NnTildeHost
@@ -374,12 +391,14 @@ def nn_ar_encode_decode_output(encoder, decoder, signal: np.ndarray, n: int,
     block = _nn_ar_block(encoder, server_block, buffer_size)
     hosts = [NnTildeHost(encoder, "encode", block, vector=server_block, threaded=False),
              NnTildeHost(decoder, "decode", block, vector=server_block, threaded=False)]
-    y = np.zeros((1, 1, -(-n // server_block) * server_block), np.float32)
-    y[0, 0, :min(n, len(signal))] = signal[:n]
+    channels = np.atleast_2d(signal)
+    y = np.zeros((1, channels.shape[0], -(-n // server_block) * server_block), np.float32)
+    y[0, :, :min(n, channels.shape[1])] = channels[:, :n]
     with torch.inference_mode():
         for host in hosts:
             y = host.run(y)
-    return y[0, 0, :n], sum(h.latency for h in hosts)
+    played = y[0, :, :n]
+    return (played[0] if signal.ndim == 1 else played), sum(h.latency for h in hosts)
 
 
 def encoder_decoder_output(encoder, decoder, signal: np.ndarray, n: int,
@@ -421,25 +440,26 @@ def compare_with_ugen_code(module, signal: np.ndarray, rendered: np.ndarray,
     with :func:`encoder_decoder_output` of ``module`` and ``second`` (a second copy of
     the file), with :func:`nn_ar_output` ("nn-ar", its ``buffer_size``) or with
     :func:`nn_ar_encode_decode_output` ("nn-ar-encode-decode", ``module`` and
-    ``second``), from zero states."""
+    ``second``), from zero states. NN.ar's: ``signal`` and ``rendered`` both ``(T,)`` or
+    both ``(channels, T)``."""
     for m in (module, second):
         if m is not None and hasattr(m, "reset"):  # scsynth loads afresh: from silence too
             m.reset()
     if ugen == "nn-ar":
-        expected, delay = nn_ar_output(module, signal, len(rendered), server_block,
+        expected, delay = nn_ar_output(module, signal, rendered.shape[-1], server_block,
                                        buffer_size)
         return compare_recording(rendered, expected, "scsynth", "expected", delay, "NN.ar")
     if ugen == "nn-ar-encode-decode":
-        expected, delay = nn_ar_encode_decode_output(module, second, signal, len(rendered),
+        expected, delay = nn_ar_encode_decode_output(module, second, signal, rendered.shape[-1],
                                                      server_block, buffer_size)
         return compare_recording(rendered, expected, "scsynth", "expected", delay,
                                  "the NN.ar pair")
     if ugen == "encoder-decoder":
-        expected, delay = encoder_decoder_output(module, second, signal, len(rendered),
+        expected, delay = encoder_decoder_output(module, second, signal, rendered.shape[-1],
                                                  server_block)
         return compare_recording(rendered, expected, "scsynth", "expected", delay,
                                  "the UGen pair")
-    expected, delay = ugen_output(module, signal, len(rendered), server_block)
+    expected, delay = ugen_output(module, signal, rendered.shape[-1], server_block)
     return compare_recording(rendered, expected, "scsynth", "expected", delay, "the UGen")
 
 
@@ -494,10 +514,14 @@ def main(argv=None) -> int:
     if not hasattr(module, "decode_params") or not hasattr(module, "forward_params"):
         p.error(f"{args.model.name} has no decode_params / forward_params: not a file "
                 f"{family.name} can run (`rave-deploy check` says what it lacks)")
-    if int(module.forward_params[0]) != 1:
-        p.error(f"{args.model.name} takes {int(module.forward_params[0])} channels; "
-                + ("this script plays mono files (NN.ar passes every channel: try it in "
-                   "your own patch)" if family is NN_AR else "the RAVE UGen feeds one"))
+    channels, out_channels = int(module.forward_params[0]), int(module.forward_params[2])
+    if channels != 1 and family is not NN_AR:
+        p.error(f"{args.model.name} takes {channels} channels; the RAVE UGens feed one: "
+                "play it with --ugen nn-ar (NN.ar passes every channel)")
+    if channels != out_channels:
+        p.error(f"{args.model.name} takes {channels} and gives {out_channels} channels; "
+                "this script plays files with as many outputs as inputs (export with "
+                "--channels left at the model's)")
     ratio, latent_size = int(module.decode_params[1]), int(module.decode_params[0])
     buffer = nn_ar_buffer(module, args.buffer_size)  # NN.ar's; the RAVE UGens ignore it
     if args.ugen == "encoder-decoder" and args.server_block > ratio:
@@ -510,7 +534,9 @@ def main(argv=None) -> int:
     sidecar = Path(str(args.model) + ".json")
     sr = args.sr or (int(json.loads(sidecar.read_text())["sample_rate"])
                      if sidecar.is_file() else 44100)
-    signal = musical_signal(sr, int(args.seconds * sr), 1, seed=1)[0]
+    signal = musical_signal(sr, int(args.seconds * sr), channels, seed=1)
+    if channels == 1:
+        signal = signal[0]
     deterministic = hasattr(module, "set_deterministic")
     if deterministic:
         module.set_deterministic(True)
