@@ -104,10 +104,15 @@ WEIGHT_G_RANGE_DEFAULT = (0.75, 1.5)
 STREAM_FLUSH_SAMPLES = {
     "v1": 18432, "v2": 16384, "v3": 16384, "v2_small": 6144, "v2_causal": 4096,
     "discrete": 10240, "brave": 1024, "c128_r10": 1024,
+    "v2_wasserstein": 16384, "v2_spherical": 16384,
 }
 SKIP_PREFIXES = ("discriminator.", "audio_distance.", "multiband_audio_distance.")
 
-CONFIGS = ["v1", "v2", "v2_small", "v3", "v2_causal", "discrete", "brave", "c128_r10"]
+CONFIGS = ["v1", "v2", "v2_small", "v3", "v2_causal", "discrete", "brave", "c128_r10",
+           "v2_wasserstein", "v2_spherical"]
+# Configs with no reference run: acids-rave's own config files, composed as
+# `rave train --config v2 --config wasserstein` composes them.
+COMPOSED = {"v2_wasserstein": ("v2", "wasserstein"), "v2_spherical": ("v2", "spherical")}
 
 # Lines appended verbatim to each config.gin (later bindings win in gin).
 OVERRIDES = {
@@ -125,11 +130,17 @@ OVERRIDES = {
     ],
     "brave": ["CAPACITY = 4", "LATENT_SIZE = 8"],
     "c128_r10": ["CAPACITY = 4", "LATENT_SIZE = 8"],
+    "v2_wasserstein": ["CAPACITY = 4", "LATENT_SIZE = 8", "NOISE_AUGMENTATION = 4"],
+    "v2_spherical": ["CAPACITY = 4", "LATENT_SIZE = 8"],
 }
 
 
 def parse_config(gin, cfg_path: str, overrides: list[str]) -> None:
     gin.clear_config()
+    cfg = os.path.basename(os.path.dirname(cfg_path))
+    if cfg in COMPOSED:  # acids-rave's shipped files (on gin's search path once rave is imported)
+        gin.parse_config_files_and_bindings([f"{name}.gin" for name in COMPOSED[cfg]], overrides)
+        return
     with open(cfg_path) as f:
         text = f.read()
     text = text.rstrip("\n") + "\n\n# fixture overrides\n" + "\n".join(overrides) + "\n"
@@ -267,6 +278,12 @@ def make_one(cfg: str, runs: str, out_dir: str, gin, rave, cc, verbose=True):
             idx = model.encoder.rvq.encode(enc)
             res["rvq_indices"] = c(idx)
             res["rvq_quantized"] = c(model.encoder.rvq.decode(idx))
+        if isinstance(model.encoder, rave.blocks.SphericalEncoder):
+            sphere = model.encoder.reparametrize(enc)[0]
+            angles = rave.blocks.unit_norm_vector_to_angles(sphere.clone())
+            res["sphere"] = c(sphere)
+            res["sphere_angles"] = c(angles)
+            res["sphere_from_angles"] = c(rave.blocks.angles_to_unit_norm_vector(angles.clone()))
 
     sd = {k: c(v) for k, v in model.state_dict().items() if not k.startswith(SKIP_PREFIXES)}
 

@@ -2,8 +2,10 @@
 
 * :class:`Encoder`: RAVE v1 / BRAVE (strided convolutions with BatchNorm).
 * :class:`EncoderV2`: RAVE v2 / v3 (residual dilated units, strided downsampling).
-* :class:`VariationalEncoder`, :class:`DiscreteEncoder`: the latent regularisation around
-  them (Gaussian posterior with KL; residual vector quantisation).
+* :class:`VariationalEncoder`, :class:`DiscreteEncoder`, :class:`WasserteinEncoder`,
+  :class:`SphericalEncoder`: the latent regularisation around them (Gaussian posterior
+  with KL; residual vector quantisation; MMD to a standard normal; the unit sphere).
+  ``WasserteinEncoder`` keeps acids-rave's spelling: it is the gin name run configs use.
 """
 from __future__ import annotations
 
@@ -180,3 +182,66 @@ class DiscreteEncoder(nn.Module):
 
     def set_warmed_up(self, state: bool) -> None:
         self.warmed_up = torch.tensor(int(state), device=self.warmed_up.device)
+
+
+@gin.configurable(module="rave.blocks")
+class WasserteinEncoder(nn.Module):
+    """Deterministic latent pulled towards a standard normal by maximum mean discrepancy
+    (acids-rave's ``wasserstein`` config; the class name keeps its spelling).
+
+    ``reparametrize`` returns the latent (plus ``noise_augmentation`` noise channels) and
+    the MMD between its frames and as many standard normal draws, under a Gaussian
+    kernel ``exp(-mean((x - y)^2) / dim)``.
+    """
+
+    def __init__(self, encoder_cls: Callable[..., nn.Module], noise_augmentation: int = 0,
+                 n_channels: int = 1) -> None:
+        super().__init__()
+        self.encoder = encoder_cls(n_channels=n_channels)
+        self.register_buffer("warmed_up", torch.tensor(0))
+        self.noise_augmentation = noise_augmentation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.encoder(x)
+        if bool(self.warmed_up):
+            z = z.detach()
+        return z
+
+    @staticmethod
+    def _mean_kernel(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean Gaussian kernel between the rows of ``x`` ``(n, dim)`` and ``y``."""
+        return torch.exp(-(x[:, None] - y[None]).pow(2).mean(2) / x.shape[-1]).mean()
+
+    def mmd(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self._mean_kernel(x, x) + self._mean_kernel(y, y) - 2 * self._mean_kernel(x, y)
+
+    def reparametrize(self, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        frames = z.permute(0, 2, 1).reshape(-1, z.shape[1])
+        reg = self.mmd(frames, torch.randn_like(frames))
+        if self.noise_augmentation:
+            noise = torch.randn(z.shape[0], self.noise_augmentation, z.shape[-1]).type_as(z)
+            z = torch.cat([z, noise], 1)
+        return z, reg.mean()
+
+    def set_warmed_up(self, state: bool) -> None:
+        self.warmed_up = torch.tensor(int(state), device=self.warmed_up.device)
+
+
+@gin.configurable(module="rave.blocks")
+class SphericalEncoder(nn.Module):
+    """Latent projected on the unit sphere (acids-rave's ``spherical`` config): each
+    frame is divided by its L2 norm; no regularisation term. The encoder is never frozen
+    (``set_warmed_up`` does nothing, and there is no ``warmed_up`` buffer)."""
+
+    def __init__(self, encoder_cls: Callable[..., nn.Module], n_channels: int = 1) -> None:
+        super().__init__()
+        self.encoder = encoder_cls(n_channels=n_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def reparametrize(self, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        return z / torch.norm(z, p=2, dim=1, keepdim=True), torch.zeros_like(z).mean()
+
+    def set_warmed_up(self, state: bool) -> None:
+        pass
