@@ -114,8 +114,27 @@ class EncoderV2(nn.Module):
         return self.net(x)
 
 
+class FreezableEncoder(nn.Module):
+    """An encoder behind a latent regularisation that phase 2 freezes: once
+    ``warmed_up`` (a buffer, saved in checkpoints) is set, its output is detached."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.register_buffer("warmed_up", torch.tensor(0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.encoder(x)
+        if bool(self.warmed_up):
+            z = z.detach()
+        return z
+
+    def set_warmed_up(self, state: bool) -> None:
+        self.warmed_up = torch.tensor(int(state), device=self.warmed_up.device)
+
+
 @gin.configurable(module="rave.blocks")
-class VariationalEncoder(nn.Module):
+class VariationalEncoder(FreezableEncoder):
     """Gaussian posterior: the encoder outputs ``(mean, scale)`` stacked on channels.
 
     ``std = softplus(scale) + 1e-4``; ``reparametrize`` samples ``mean + std * eps`` and
@@ -124,16 +143,8 @@ class VariationalEncoder(nn.Module):
 
     def __init__(self, encoder: Callable[..., nn.Module], beta: float = 1.0,
                  n_channels: int = 1) -> None:
-        super().__init__()
-        self.encoder = encoder(n_channels=n_channels)
+        super().__init__(encoder(n_channels=n_channels))
         self.beta = beta
-        self.register_buffer("warmed_up", torch.tensor(0))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.encoder(x)
-        if bool(self.warmed_up):
-            z = z.detach()
-        return z
 
     @staticmethod
     def split(z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -147,9 +158,6 @@ class VariationalEncoder(nn.Module):
         sample = torch.randn_like(mean) * std + mean
         kl = (mean * mean + var - torch.log(var) - 1).sum(1).mean()
         return sample, self.beta * kl
-
-    def set_warmed_up(self, state: bool) -> None:
-        self.warmed_up = torch.tensor(int(state), device=self.warmed_up.device)
 
 
 @gin.configurable(module="rave.blocks")
@@ -185,7 +193,7 @@ class DiscreteEncoder(nn.Module):
 
 
 @gin.configurable(module="rave.blocks")
-class WasserteinEncoder(nn.Module):
+class WasserteinEncoder(FreezableEncoder):
     """Deterministic latent pulled towards a standard normal by maximum mean discrepancy
     (acids-rave's ``wasserstein`` config; the class name keeps its spelling).
 
@@ -196,16 +204,8 @@ class WasserteinEncoder(nn.Module):
 
     def __init__(self, encoder_cls: Callable[..., nn.Module], noise_augmentation: int = 0,
                  n_channels: int = 1) -> None:
-        super().__init__()
-        self.encoder = encoder_cls(n_channels=n_channels)
-        self.register_buffer("warmed_up", torch.tensor(0))
+        super().__init__(encoder_cls(n_channels=n_channels))
         self.noise_augmentation = noise_augmentation
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.encoder(x)
-        if bool(self.warmed_up):
-            z = z.detach()
-        return z
 
     @staticmethod
     def _mean_kernel(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -222,9 +222,6 @@ class WasserteinEncoder(nn.Module):
             noise = torch.randn(z.shape[0], self.noise_augmentation, z.shape[-1]).type_as(z)
             z = torch.cat([z, noise], 1)
         return z, reg.mean()
-
-    def set_warmed_up(self, state: bool) -> None:
-        self.warmed_up = torch.tensor(int(state), device=self.warmed_up.device)
 
 
 @gin.configurable(module="rave.blocks")
