@@ -11,7 +11,9 @@ conventions):
   ``deterministic``, i.e. the learned mean), rotate back, add the mean, decode.
 * discrete (RVQ) models: ``encode`` returns one code index per quantiser (as floats),
   ``decode`` sums the codes of the indices it is given (:mod:`rave_deploy.codebooks`),
-  as acids-rave exports them; ``fidelity`` does not apply.
+  as acids-rave exports them; ``fidelity`` does not apply. So for the other latents
+  acids-rave trains: a ``wasserstein`` model's latent as it is, a ``spherical`` one's as
+  its ``D - 1`` angles (:mod:`rave_deploy.spherical_latent`).
 * weight norm folded, noise branches off when ``deterministic``, streaming layers set up
   for exact block-by-block processing (their state owned by each layer).
 
@@ -28,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from rave_core.models.encoders import DiscreteEncoder, VariationalEncoder
+from rave_core.models.encoders import DiscreteEncoder, SphericalEncoder, VariationalEncoder
 from rave_core.models.rave import RAVE
 from rave_core.nn.conv import Conv1d, ConvTranspose1d
 from rave_core.nn.streaming import set_matmul_streaming, set_streaming, streaming_layers
@@ -36,6 +38,7 @@ from rave_core.nn.weight_norm import copy_model, remove_weight_norm
 
 from .codebooks import ResidualCodebooks
 from .latent_folding import decoder_input_conv, encoder_output_conv, fold_latent_path
+from .spherical_latent import from_angles, to_angles
 
 
 class DeployError(ValueError):
@@ -103,7 +106,7 @@ class DeployModel(nn.Module):
             (:mod:`rave_deploy.latent_folding`): fewer weights to read per call, same
             output up to float rounding. ``decode`` then appends a channel of ones to its
             input itself. Ignored (``latent_folded`` stays False) where the model's
-            layers do not have that shape, and for discrete models.
+            layers do not have that shape, and for models that are not variational.
         cpu_kernels: with ``matmul_streaming``, one of :data:`CPU_KERNELS`.
 
     Shapes (``latent_size``: the kept dimensions, or the quantiser count of a discrete
@@ -130,6 +133,7 @@ class DeployModel(nn.Module):
 
         self.pqmf = model.pqmf
         self.variational = isinstance(model.encoder, VariationalEncoder)
+        self.spherical = isinstance(model.encoder, SphericalEncoder)
         discrete = isinstance(model.encoder, DiscreteEncoder)
         # discrete: the convolutional encoder, then the codebooks (the quantiser's
         # training machinery stays behind); None for every other model
@@ -153,6 +157,8 @@ class DeployModel(nn.Module):
             # latent by full_latent_size); noise_augmentation above counts the codes'
             # dimensions, which decode feeds the decoder
             self.full_latent_size = self.codebooks.num_quantizers
+        if self.spherical:
+            self.full_latent_size -= 1  # the angles of a direction: one fewer, none cut
         self.latent_size = self.full_latent_size
         self.latent_statistics_trained = True
         if self.variational:
@@ -208,6 +214,17 @@ class DeployModel(nn.Module):
         its weight, else ``portable``."""
         return "onednn" if self.packed_layers else "portable"
 
+    @property
+    def latent_kind(self) -> str:
+        """What the exported latent channels hold: ``variational`` (PCA coordinates of the
+        posterior), ``discrete`` (code indices), ``spherical`` (angles) or
+        ``wasserstein`` (the latent as it is)."""
+        if self.variational:
+            return "variational"
+        if self.codebooks is not None:
+            return "discrete"
+        return "spherical" if self.spherical else "wasserstein"
+
     def forget_packed_weights(self) -> None:
         """Drop every packed weight (they cannot be saved; each layer packs again at its
         next product). Done before scripting."""
@@ -216,9 +233,9 @@ class DeployModel(nn.Module):
                 m.forget_packed_weight()
 
     def _fold_latent(self) -> bool:
-        if self.codebooks is not None:
-            return False  # the nearest-code search is not linear: nothing to fold
-        if not (self.deterministic and self.variational):
+        if not self.variational:
+            return False  # no posterior, PCA or cut: codes, angles or the latent as it is
+        if not self.deterministic:
             raise DeployError("fold_latent needs a deterministic variational model: a sampled "
                               "latent or noise fill cannot be folded into the convolutions")
         enc = encoder_output_conv(self.encoder)
@@ -238,23 +255,31 @@ class DeployModel(nn.Module):
         z = self.encoder(self._analysis(x.contiguous()))
         if self.latent_folded:
             return z  # already the kept PCA coordinates of the posterior mean
+        if not self.variational:
+            return self.latent_of(z)
+        mean, scale = z.chunk(2, 1)
+        if self.deterministic:
+            z = mean
+        else:
+            std = nn.functional.softplus(scale) + 1e-4
+            # a contiguous draw: `mean` is a strided view when streaming time-major,
+            # and filling a strided tensor draws one value at a time (BRAVE at 2048:
+            # 59 us against 10)
+            z = mean + std * torch.randn_like(mean, memory_format=torch.contiguous_format)
+        z = z - self.latent_mean.unsqueeze(-1)
+        # (L, L) x (batch, L, T): a matrix product, not a 1x1 convolution kernel call
+        z = torch.matmul(self.latent_pca, z)
+        return z[:, :self.latent_size]
+
+    def latent_of(self, z: torch.Tensor) -> torch.Tensor:
+        """The exported latent of a model that is not variational, from its encoder's
+        output ``(batch, D, frames)``: code indices (discrete), angles (spherical, ``D -
+        1`` of them) or the output itself (wasserstein)."""
         if self.codebooks is not None:
             return self.codebooks.encode(z)
-        if self.variational:
-            mean, scale = z.chunk(2, 1)
-            if self.deterministic:
-                z = mean
-            else:
-                std = nn.functional.softplus(scale) + 1e-4
-                # a contiguous draw: `mean` is a strided view when streaming time-major,
-                # and filling a strided tensor draws one value at a time (BRAVE at 2048:
-                # 59 us against 10)
-                z = mean + std * torch.randn_like(mean, memory_format=torch.contiguous_format)
-            z = z - self.latent_mean.unsqueeze(-1)
-            # (L, L) x (batch, L, T): a matrix product, not a 1x1 convolution kernel call
-            z = torch.matmul(self.latent_pca, z)
-            z = z[:, :self.latent_size]
-        return z
+        if self.spherical:
+            return to_angles(z)
+        return z.contiguous()
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         z = z.contiguous()
@@ -264,6 +289,8 @@ class DeployModel(nn.Module):
             z = torch.cat([z, torch.ones_like(z[:, :1])], 1)
         elif self.codebooks is not None:
             z = self.codebooks.decode(z)
+        elif self.spherical:
+            z = from_angles(z)
         elif self.variational:
             missing = self.full_latent_size - z.shape[1]
             if missing > 0:

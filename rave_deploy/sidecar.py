@@ -55,7 +55,7 @@ def build_sidecar(target: str, artifact: Path, run: Run, core: DeployModel,
         "full_latent_size": core.full_latent_size,
         "fidelity": core.fidelity_threshold,
         # discrete: the latent channels carry code indices, 0..codebook_size - 1
-        "latent_kind": "discrete" if core.codebooks is not None else "variational",
+        "latent_kind": core.latent_kind,
         **({"codebook_size": core.codebooks.codebook_size} if core.codebooks is not None else {}),
         "deterministic": bool(core.deterministic),
         "latency_samples": core.latency_samples,

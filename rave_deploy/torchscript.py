@@ -276,16 +276,14 @@ class ScriptedRAVE(nn_tilde.Module):
         """Posterior ``(mean, std)`` in the exported latent space, each ``(batch, L, N / R)``.
 
         ``mean`` is what ``encode`` returns when deterministic; ``std`` is the posterior
-        std rotated by the PCA (zeros when deterministic); a discrete model's: the code
-        indices and zeros. Shares ``encode``'s state.
+        std rotated by the PCA (zeros when deterministic); another model's: its latent
+        (codes, angles) and zeros. Shares ``encode``'s state.
         """
         x = self._host_input(x)
         z = self.core.encoder(self.core._analysis(x))
-        if self.core.codebooks is not None:
-            codes = self.core.codebooks.encode(z)
-            return codes, torch.zeros_like(codes)
         if not self.core.variational:
-            return z.contiguous(), torch.zeros_like(z)
+            latent = self.core.latent_of(z)
+            return latent, torch.zeros_like(latent)
         mean, scale = z.chunk(2, 1)
         std = nn.functional.softplus(scale) + 1e-4
         pca = self.core.latent_pca.unsqueeze(-1)

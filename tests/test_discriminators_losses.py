@@ -461,3 +461,29 @@ def test_rvq_training_updates_codebook_by_ema_and_kmeans_init():
     # with projections (codebook_dim != dim), keys gain project_in / project_out
     keys = Q.ResidualVectorQuantization(1, dim=8, codebook_size=4, codebook_dim=2).state_dict()
     assert "layers.0.project_in.weight" in keys and "layers.0.project_out.bias" in keys
+
+
+def test_wasserstein_and_spherical_regularisations():
+    """WasserteinEncoder: MMD near 0 for standard normal frames, large for shifted ones;
+    noise channels appended. SphericalEncoder: unit frames, finite where a frame is all
+    zeros (acids-rave's division gives NaN there, which ended a CAPACITY 8 run by step 4),
+    no regularisation term."""
+    from rave_core.models.encoders import SphericalEncoder, WasserteinEncoder
+
+    g = torch.Generator().manual_seed(0)
+    wass = WasserteinEncoder(lambda n_channels: torch.nn.Identity(), noise_augmentation=3)
+    normal = torch.randn(4, 8, 64, generator=g)
+    z, reg = wass.reparametrize(normal)
+    assert z.shape == (4, 11, 64) and torch.equal(z[:, :8], normal)
+    _, far = wass.reparametrize(normal + 3)
+    assert float(reg) < 0.05 < float(far)
+
+    sphere = SphericalEncoder(lambda n_channels: torch.nn.Identity())
+    z = torch.randn(2, 8, 16, generator=g)
+    z[1, :, 5] = 0
+    unit, reg = sphere.reparametrize(z)
+    assert torch.isfinite(unit).all() and float(reg) == 0
+    norms = unit.norm(dim=1)
+    assert float(norms[1, 5]) == 0
+    norms[1, 5] = 1
+    torch.testing.assert_close(norms, torch.ones(2, 16))

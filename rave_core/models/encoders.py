@@ -238,7 +238,10 @@ class SphericalEncoder(nn.Module):
         return self.encoder(x)
 
     def reparametrize(self, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        return z / torch.norm(z, p=2, dim=1, keepdim=True), torch.zeros_like(z).mean()
+        # nothing holds the norm up: a frame's can reach 0 (seen at CAPACITY 8 by step 4),
+        # where acids-rave's plain division gives NaN and training diverges
+        norm = torch.norm(z, p=2, dim=1, keepdim=True).clamp_min(1e-12)
+        return z / norm, torch.zeros_like(z).mean()
 
     def set_warmed_up(self, state: bool) -> None:
         pass
