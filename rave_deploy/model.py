@@ -11,9 +11,9 @@ conventions):
   ``deterministic``, i.e. the learned mean), rotate back, add the mean, decode.
 * discrete (RVQ) models: ``encode`` returns one code index per quantiser (as floats),
   ``decode`` sums the codes of the indices it is given (:mod:`rave_deploy.codebooks`),
-  as acids-rave exports them; ``fidelity`` does not apply. So for the other latents
-  acids-rave trains: a ``wasserstein`` model's latent as it is, a ``spherical`` one's as
-  its ``D - 1`` angles (:mod:`rave_deploy.spherical_latent`).
+  as acids-rave exports them; ``fidelity`` does not apply. Likewise for the other
+  latents acids-rave trains: a ``wasserstein`` model's latent as it is, a ``spherical``
+  one's as its ``D - 1`` angles (:mod:`rave_deploy.spherical_latent`).
 * weight norm folded, noise branches off when ``deterministic``, streaming layers set up
   for exact block-by-block processing (their state owned by each layer).
 
@@ -109,8 +109,8 @@ class DeployModel(nn.Module):
             layers do not have that shape, and for models that are not variational.
         cpu_kernels: with ``matmul_streaming``, one of :data:`CPU_KERNELS`.
 
-    Shapes (``latent_size``: the kept dimensions, or the quantiser count of a discrete
-    model): ``encode``: ``(batch, channels, N) -> (batch, latent_size, N / ratio)``;
+    Shapes (``latent_size``: the kept dimensions; a discrete model's quantiser count, a
+    spherical model's ``D - 1`` angles): ``encode``: ``(batch, channels, N) -> (batch, latent_size, N / ratio)``;
     ``decode``: ``(batch, latent_size, T) -> (batch, channels, T * ratio)``;
     ``forward``: ``(batch, channels, N) -> (batch, channels, N)``.
     """
