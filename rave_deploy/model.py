@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 
 from rave_core.models.encoders import DiscreteEncoder, SphericalEncoder, VariationalEncoder
+from rave_core.models.layers import AdaptiveInstanceNormalization
 from rave_core.models.rave import RAVE
 from rave_core.nn.conv import Conv1d, ConvTranspose1d
 from rave_core.nn.streaming import set_matmul_streaming, set_streaming, streaming_layers
@@ -74,6 +75,38 @@ def fold_batch_norms(module: nn.Module) -> int:
             seq[i] = nn.Identity()
             folded += 1
     return folded
+
+
+class LearnedAdaIN(nn.Module):
+    """What an :class:`~rave_core.models.layers.AdaptiveInstanceNormalization` does in an
+    export: the style transfer its checkpoint learned (statistics of a source and a
+    target, per batch row), with nothing left to learn. ``(batch, channels, time)``, batch
+    up to 64 (the statistics' rows)."""
+
+    def __init__(self, adain: nn.Module) -> None:
+        super().__init__()
+        for name in ("mean_x", "std_x", "mean_y", "std_y"):
+            self.register_buffer(name, getattr(adain, name).detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bs = x.shape[0]
+        x = (x - self.mean_x[:bs]) / (self.std_x[:bs] + 1e-5)
+        return x * self.std_y[:bs] + self.mean_y[:bs]
+
+
+def freeze_adain(module: nn.Module) -> int:
+    """Replace every AdaIN (v3) by what it computes at export: :class:`LearnedAdaIN` when
+    its checkpoint learned both statistics, else nothing (``nn.Identity``). Its learning
+    branches write its buffers in place, which made TorchScript's freezing fold a
+    different set of weights from one run to the next. Returns how many were replaced."""
+    found = [(name, m) for name, m in module.named_modules()
+             if isinstance(m, AdaptiveInstanceNormalization)]
+    for name, adain in found:
+        parent, _, child = name.rpartition(".")
+        learned = bool(adain.num_update_x) and bool(adain.num_update_y)
+        setattr(module.get_submodule(parent) if parent else module, child,
+                LearnedAdaIN(adain) if learned else nn.Identity())
+    return len(found)
 
 
 # Host block the TorchScript weight layout is tuned for unless told (`--block-size`): the
@@ -128,6 +161,7 @@ class DeployModel(nn.Module):
         model = copy_model(model).eval()
         remove_weight_norm(model)
         fold_batch_norms(model)  # fewer ops per streaming call, same function
+        freeze_adain(model)
         model.set_noise(not deterministic)
         delays = model.streaming_delays()
 
