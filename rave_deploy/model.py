@@ -143,8 +143,9 @@ class DeployModel(nn.Module):
         cpu_kernels: with ``matmul_streaming``, one of :data:`CPU_KERNELS`.
 
     Shapes (``latent_size``: the kept dimensions; a discrete model's quantiser count, a
-    spherical model's ``D - 1`` angles): ``encode``: ``(batch, channels, N) -> (batch, latent_size, N / ratio)``;
-    ``decode``: ``(batch, latent_size, T) -> (batch, channels, T * ratio)``;
+    spherical model's ``D - 1`` angles): ``encode``: ``(batch, channels, N) -> (batch,
+    latent_size, N / ratio)``; ``decode``: ``(batch, latent_size, T) -> (batch, channels,
+    T * ratio)``;
     ``forward``: ``(batch, channels, N) -> (batch, channels, N)``.
     """
 

@@ -45,6 +45,37 @@ def small_model(configs, extra=(), seed: int = 0):
     return randomize(model, seed).eval()
 
 
+def run_in_blocks(fn, x: torch.Tensor, block: int) -> torch.Tensor:
+    """``fn`` on consecutive ``block``-step slices of ``x``'s last axis, joined."""
+    return torch.cat([fn(x[..., i:i + block]) for i in range(0, x.shape[-1], block)], -1)
+
+
+# Oracle configs with no reference run: acids-rave composed its own config files (`--config
+# v2 --config wasserstein`); ours are composed the same way.
+COMPOSED = {"v2_wasserstein": ["v2", "wasserstein"], "v2_spherical": ["v2", "spherical"]}
+
+
+def oracle_model(cfg: str):
+    """``(model, fixture)``: our eval-mode model of oracle config ``cfg`` with the weights
+    of acids-rave 2.3.1's fixture (``tests/fixtures/oracle/<cfg>.pt``), built from the
+    reference run's config.gin (or our configs, for :data:`COMPOSED`) and the fixture's
+    override lines; the state dict is loaded strictly."""
+    import json
+
+    from rave_core.config import build_model
+    from rave_core.run import load_weights
+
+    fixture = torch.load(ORACLE / f"{cfg}.pt", weights_only=True)
+    overrides = json.loads((ORACLE / "overrides.json").read_text())[cfg]
+    if cfg in COMPOSED:
+        model = build_model(COMPOSED[cfg], overrides=overrides, build_discriminator=False)
+    else:
+        text = (reference_dir() / "acids_rave_runs" / cfg / "config.gin").read_text()
+        model = build_model(text=text, overrides=overrides, build_discriminator=False)
+    load_weights(model, fixture["state_dict"], source=f"oracle fixture {cfg}")
+    return model.eval(), fixture
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for a module's tests: the two cores are shared with other test

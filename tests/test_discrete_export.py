@@ -11,13 +11,12 @@ import onnx
 import pytest
 import torch
 
-from rave_core.config import build_model
 from rave_core.run import load_weights
 from rave_deploy.check import check_artifact
 from rave_deploy.model import DeployModel
 from rave_deploy.targets import CheckOptions
 
-from .conftest import ORACLE, reference_dir, small_model
+from .conftest import oracle_model, run_in_blocks, small_model
 from .runs import export_quietly, make_run
 
 FAST = dict(seconds=2.0, rtf_seconds=0.2)
@@ -49,14 +48,10 @@ def discrete():
 def test_export_encodes_and_decodes_as_acids_rave():
     """The oracle fixture (acids-rave 2.3.1's weights and RVQ outputs): the export's
     encode is acids-rave's code indices, its decode of them acids-rave's quantised latent."""
-    fixture = torch.load(ORACLE / "discrete.pt", weights_only=True)
-    overrides = json.loads((ORACLE / "overrides.json").read_text())["discrete"]
-    text = (reference_dir() / "acids_rave_runs" / "discrete" / "config.gin").read_text()
-    model = build_model(text=text, overrides=overrides, build_discriminator=False)
-    load_weights(model, fixture["state_dict"], source="oracle fixture discrete")
+    model, fixture = oracle_model("discrete")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the fixture's latent statistics are untrained
-        core = DeployModel(model.eval(), deterministic=True, streaming=False)
+        core = DeployModel(model, deterministic=True, streaming=False)
     indices = fixture["rvq_indices"]
     assert core.latent_size == core.full_latent_size == indices.shape[1]
     assert indices.unique().numel() > 1  # not a degenerate fixture
@@ -77,8 +72,7 @@ def test_streaming_equals_offline(discrete):
     x = torch.randn(1, 1, frames * ratio) * 0.5
     with torch.no_grad():
         codes = offline.encode(x)
-        streamed = torch.cat([streaming.encode(x[..., i:i + block])
-                              for i in range(0, x.shape[-1], block)], -1)
+        streamed = run_in_blocks(streaming.encode, x, block)
         delay = streaming.encode_delay // ratio
         assert codes.shape == (1, offline.latent_size, frames)
         assert codes.unique().numel() > 100  # the comparison covers many codes
@@ -87,7 +81,7 @@ def test_streaming_equals_offline(discrete):
 
         y = offline.decode(codes)
         streaming.reset()
-        ys = torch.cat([streaming.decode(codes[..., i:i + 2]) for i in range(0, frames, 2)], -1)
+        ys = run_in_blocks(streaming.decode, codes, 2)
         d, n = streaming.decode_delay, y.shape[-1] // 2
         err = (ys[..., d + n:] - y[..., n:y.shape[-1] - d]).abs().max()
         assert float(err / y.abs().max()) < 1e-5

@@ -5,21 +5,13 @@ reduced-capacity models built from the reference run configs, with their outputs
 """
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
-from rave_core.config import build_model
-from rave_core.run import load_weights
-
-from .conftest import ORACLE, reference_dir
+from .conftest import oracle_model
 
 CONFIGS = ["v1", "v2", "v2_small", "v3", "v2_causal", "discrete", "brave", "c128_r10",
            "v2_wasserstein", "v2_spherical"]
-# No reference run for these: acids-rave composed its own config files (`--config v2
-# --config wasserstein`); ours are composed the same way, so this also checks our configs.
-COMPOSED = {"v2_wasserstein": ["v2", "wasserstein"], "v2_spherical": ["v2", "spherical"]}
 TOLERANCE = 1e-4  # of the reference's peak
 
 
@@ -30,16 +22,7 @@ def _close(ours: torch.Tensor, ref: torch.Tensor) -> float:
 
 @pytest.fixture(scope="module", params=CONFIGS)
 def pair(request):
-    cfg = request.param
-    fixture = torch.load(ORACLE / f"{cfg}.pt", weights_only=True)
-    overrides = json.loads((ORACLE / "overrides.json").read_text())[cfg]
-    if cfg in COMPOSED:
-        model = build_model(COMPOSED[cfg], overrides=overrides, build_discriminator=False)
-    else:
-        text = (reference_dir() / "acids_rave_runs" / cfg / "config.gin").read_text()
-        model = build_model(text=text, overrides=overrides, build_discriminator=False)
-    load_weights(model, fixture["state_dict"], source=f"oracle fixture {cfg}")
-    return cfg, model.eval(), fixture
+    return (request.param, *oracle_model(request.param))
 
 
 def test_pqmf(pair):

@@ -9,27 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from rave_core.config import build_model
-from rave_core.run import load_weights
 from rave_deploy.check import check_artifact
 from rave_deploy.model import DeployModel
 from rave_deploy.spherical_latent import from_angles, to_angles
 from rave_deploy.targets import CheckOptions
 
-from .conftest import ORACLE
+from .conftest import ORACLE, oracle_model, run_in_blocks
 from .runs import export_quietly, make_run
 
 FAST = dict(seconds=2.0, rtf_seconds=0.2)
 REGULARISATIONS = ["wasserstein", "spherical"]
-
-
-def _oracle_model(reg: str):
-    """Our model with the weights of acids-rave 2.3.1's fixture, and the fixture."""
-    fixture = torch.load(ORACLE / f"v2_{reg}.pt", weights_only=True)
-    overrides = json.loads((ORACLE / "overrides.json").read_text())[f"v2_{reg}"]
-    model = build_model(["v2", reg], overrides=overrides, build_discriminator=False)
-    load_weights(model, fixture["state_dict"], source=f"oracle fixture v2_{reg}")
-    return model.eval(), fixture
 
 
 def test_angle_conversions_are_acids_raves():
@@ -50,7 +39,7 @@ def test_export_encodes_and_decodes_as_acids_rave(reg):
     """The exported latent of acids-rave's weights: the encoder's output (wasserstein) or
     its angles (spherical, one channel fewer); decode feeds the decoder what acids-rave's
     export feeds it (zero noise channels when deterministic; the unit vector)."""
-    model, fixture = _oracle_model(reg)
+    model, fixture = oracle_model(f"v2_{reg}")
     core = DeployModel(model, deterministic=True, streaming=False)
     latent = fixture["latent_size"] - (reg == "spherical")
     assert core.latent_size == core.full_latent_size == latent
@@ -74,7 +63,7 @@ def test_export_encodes_and_decodes_as_acids_rave(reg):
 @pytest.mark.parametrize("reg", REGULARISATIONS)
 def test_streaming_equals_offline(reg):
     """Block by block (the TorchScript path): the offline latent, delayed."""
-    model, _ = _oracle_model(reg)
+    model, _ = oracle_model(f"v2_{reg}")
     streaming = DeployModel(model, deterministic=True, matmul_streaming=True)
     offline = DeployModel(model, deterministic=True, streaming=False)
     ratio, frames = offline.ratio, 60
@@ -82,8 +71,7 @@ def test_streaming_equals_offline(reg):
     x = torch.randn(1, 1, frames * ratio) * 0.5
     with torch.no_grad():
         z = offline.encode(x)
-        zs = torch.cat([streaming.encode(x[..., i:i + ratio])
-                        for i in range(0, x.shape[-1], ratio)], -1)
+        zs = run_in_blocks(streaming.encode, x, ratio)
         d = streaming.encode_delay // ratio
         settled = slice(frames // 2, frames - d)
         torch.testing.assert_close(zs[..., d:][..., settled], z[..., settled],

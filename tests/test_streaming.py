@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from .conftest import small_model
+from .conftest import run_in_blocks, small_model
 
 EXACT = 1e-5  # of the offline peak
 
@@ -23,10 +23,6 @@ CASES = [
 
 # Streaming delays of the full-size models at 44.1 kHz (same strides as the small ones).
 EXPECTED_LATENCY = {("brave",): 112, ("c128_r10",): 112, ("v2", "causal"): 1696}
-
-
-def _run_blocks(fn, x, block):
-    return torch.cat([fn(x[..., i:i + block]) for i in range(0, x.shape[-1], block)], -1)
 
 
 def _error(stream, offline, delay, skip):
@@ -67,14 +63,14 @@ def _check_streaming(model, blocks):
             # encode and decode alone at the larger blocks; forward (both) at every block
             if block != min(blocks) or len(blocks) == 1:
                 model.set_streaming(True)
-                es = _run_blocks(model.encode, x, block)
+                es = run_in_blocks(model.encode, x, block)
                 model.set_streaming(True)
-                ys = _run_blocks(model.decode, z, block // ratio)
+                ys = run_in_blocks(model.decode, z, block // ratio)
                 assert _error(es, e, delays.encode // ratio, skip // ratio) < EXACT, f"encode @ {block}"
                 assert _error(ys, y, delays.decode, skip) < EXACT, f"decode @ {block}"
             if yf is not None:  # forward through the latent mean
                 model.set_streaming(True)
-                fs = _run_blocks(lambda b: model.decode(model.latent_mean_of(model.encode(b))), x, block)
+                fs = run_in_blocks(lambda b: model.decode(model.latent_mean_of(model.encode(b))), x, block)
                 assert _error(fs, yf, delays.forward, skip) < EXACT, f"forward @ {block}"
         model.set_streaming(False)
 
