@@ -448,17 +448,35 @@ def script(module: ScriptedRAVE) -> torch.jit.ScriptModule:
     module.core.forget_packed_weights()  # opaque oneDNN tensors: the host packs its own
     with _deterministic_scripting():
         n_tensors = len(_distinct_tensor_constants(_freeze(module)))
-    names = [f"{FROZEN_TENSOR_PREFIX}{i}" for i in range(n_tensors)]
-    for name in names:  # placeholders, so that the type declares them as buffers
+    # Freezing does not always fold the same set of tensors (seen once in a few hundred
+    # exports of a small BRAVE, and in most exports of v3 before its AdaIN layers were
+    # replaced): freeze again with as many placeholders as the last freeze gave.
+    for _ in range(FREEZE_ATTEMPTS):
+        names = [f"{FROZEN_TENSOR_PREFIX}{i}" for i in range(n_tensors)]
+        frozen = _freeze_with_placeholders(module, names)
+        n_tensors = len(_distinct_tensor_constants(frozen))
+        if n_tensors == len(names):
+            _tensor_constants_to_buffers(frozen, names)
+            return frozen
+    raise DeployError(f"freezing folded a different number of weight tensors in each of "
+                      f"{FREEZE_ATTEMPTS} attempts: export again, and report it if it persists")
+
+
+#: Freezes :func:`script` tries before it gives up on a stable set of folded tensors.
+FREEZE_ATTEMPTS = 4
+
+
+def _freeze_with_placeholders(module: ScriptedRAVE, names: List[str]) -> torch.jit.ScriptModule:
+    """:func:`_freeze` with an empty top-level buffer per name, so that the frozen type
+    declares them as buffers (``Module.to`` moves buffers, not plain attributes)."""
+    for name in names:
         module.register_buffer(name, torch.zeros(0))
     try:
         with _deterministic_scripting():
-            frozen = _freeze(module)
+            return _freeze(module)
     finally:
         for name in names:
             del module._buffers[name]
-    _tensor_constants_to_buffers(frozen, names)
-    return frozen
 
 
 def _freeze(module: ScriptedRAVE) -> torch.jit.ScriptModule:
@@ -492,9 +510,6 @@ def _tensor_constants_to_buffers(frozen: torch.jit.ScriptModule, names: List[str
     """Replace each tensor constant of ``frozen``'s methods with a ``GetAttr`` of the
     top-level buffer in ``names`` that now holds it."""
     distinct = _distinct_tensor_constants(frozen)
-    if len(distinct) != len(names):  # both freezes script the same code
-        raise DeployError(f"freezing gave {len(names)} weight tensors, then "
-                          f"{len(distinct)}: export again, and report it if it persists")
     buffer_of = {}
     for key, name in zip(distinct, names):
         frozen._c.setattr(name, distinct[key])

@@ -853,3 +853,37 @@ def test_learned_adain_computes_what_adain_computes():
     assert freeze_adain(holder) == 1 and isinstance(holder[1], LearnedAdaIN)
     with torch.no_grad():
         torch.testing.assert_close(holder(x), adain(x))
+
+
+def test_freezing_that_folds_another_set_is_frozen_again(runs, monkeypatch):
+    """Freezing does not always fold the same tensors (a CI run of a small BRAVE once
+    got 76, then 77): `script` freezes again with as many placeholders as the last freeze
+    gave, and the file keeps every weight as a buffer; if no two freezes agree, the
+    export stops with a message that says what to do."""
+    import rave_deploy.torchscript as ts
+
+    _, model, _ = runs["brave"]
+    real = ts._distinct_tensor_constants
+    calls = []
+
+    def one_more_on_the_second_freeze(frozen):
+        found = real(frozen)
+        calls.append(len(found))
+        if len(calls) == 2:  # the first freeze with placeholders sees one tensor more
+            found = dict(found, extra=torch.zeros(1))
+        return found
+
+    monkeypatch.setattr(ts, "_distinct_tensor_constants", one_more_on_the_second_freeze)
+    scripted = script(build_scripted_rave(model, FIDELITY))
+    assert len(calls) >= 3
+    frozen = [n for n, _ in scripted.named_buffers() if n.startswith(ts.FROZEN_TENSOR_PREFIX)]
+    assert len(frozen) == calls[-1] and all(b.numel() for n, b in scripted.named_buffers()
+                                            if n in frozen)
+
+    def one_more_each_freeze(frozen):
+        calls.append(0)
+        return dict(real(frozen), **{f"extra{i}": torch.zeros(1) for i in range(len(calls))})
+
+    monkeypatch.setattr(ts, "_distinct_tensor_constants", one_more_each_freeze)
+    with pytest.raises(ts.DeployError, match="different number of weight tensors.*export again"):
+        script(build_scripted_rave(model, FIDELITY))
