@@ -31,7 +31,6 @@ import torch
 import torch.nn as nn
 
 from rave_core.models.encoders import DiscreteEncoder, SphericalEncoder, VariationalEncoder
-from rave_core.models.layers import AdaptiveInstanceNormalization
 from rave_core.models.rave import RAVE
 from rave_core.nn.conv import Conv1d, ConvTranspose1d
 from rave_core.nn.streaming import set_matmul_streaming, set_streaming, streaming_layers
@@ -40,6 +39,7 @@ from rave_core.nn.weight_norm import copy_model, remove_weight_norm
 from .codebooks import ResidualCodebooks
 from .latent_folding import decoder_input_conv, encoder_output_conv, fold_latent_path
 from .spherical_latent import from_angles, to_angles
+from .style_transfer import freeze_adain, make_style_learnable
 
 
 class DeployError(ValueError):
@@ -77,38 +77,6 @@ def fold_batch_norms(module: nn.Module) -> int:
     return folded
 
 
-class LearnedAdaIN(nn.Module):
-    """What an :class:`~rave_core.models.layers.AdaptiveInstanceNormalization` does in an
-    export: the style transfer its checkpoint learned (statistics of a source and a
-    target, per batch row), with nothing left to learn. ``(batch, channels, time)``, batch
-    up to 64 (the statistics' rows)."""
-
-    def __init__(self, adain: nn.Module) -> None:
-        super().__init__()
-        for name in ("mean_x", "std_x", "mean_y", "std_y"):
-            self.register_buffer(name, getattr(adain, name).detach().clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bs = x.shape[0]
-        x = (x - self.mean_x[:bs]) / (self.std_x[:bs] + 1e-5)
-        return x * self.std_y[:bs] + self.mean_y[:bs]
-
-
-def freeze_adain(module: nn.Module) -> int:
-    """Replace every AdaIN (v3) by what it computes at export: :class:`LearnedAdaIN` when
-    its checkpoint learned both statistics, else nothing (``nn.Identity``). Its learning
-    branches write its buffers in place, which made TorchScript's freezing fold a
-    different set of weights from one run to the next. Returns how many were replaced."""
-    found = [(name, m) for name, m in module.named_modules()
-             if isinstance(m, AdaptiveInstanceNormalization)]
-    for name, adain in found:
-        parent, _, child = name.rpartition(".")
-        learned = bool(adain.num_update_x) and bool(adain.num_update_y)
-        setattr(module.get_submodule(parent) if parent else module, child,
-                LearnedAdaIN(adain) if learned else nn.Identity())
-    return len(found)
-
-
 # Host block the TorchScript weight layout is tuned for unless told (`--block-size`): the
 # block RAVE models most often run at (v2's ratio). BRAVE tuned for its ratio (128) ran
 # no faster at 128 and 3-15 % slower at 512-2048 (its weights stay in the CPU cache).
@@ -141,6 +109,10 @@ class DeployModel(nn.Module):
             input itself. Ignored (``latent_folded`` stays False) where the model's
             layers do not have that shape, and for models that are not variational.
         cpu_kernels: with ``matmul_streaming``, one of :data:`CPU_KERNELS`.
+        learnable_style: v3's AdaIN layers become
+            :class:`~rave_deploy.style_transfer.StyleTransfer` layers a host can teach
+            (TorchScript files); otherwise they apply what the checkpoint learned and
+            nothing more (ONNX, the eager reference).
 
     Shapes (``latent_size``: the kept dimensions; a discrete model's quantiser count, a
     spherical model's ``D - 1`` angles): ``encode``: ``(batch, channels, N) -> (batch,
@@ -152,7 +124,7 @@ class DeployModel(nn.Module):
     def __init__(self, model: RAVE, fidelity: float = 0.95, deterministic: bool = False,
                  streaming: bool = True, matmul_streaming: bool = False,
                  tuned_block: Optional[int] = None, fold_latent: bool = False,
-                 cpu_kernels: str = "portable") -> None:
+                 cpu_kernels: str = "portable", learnable_style: bool = False) -> None:
         super().__init__()
         if not 0 < fidelity <= 1:
             raise DeployError(f"--fidelity must be in (0, 1], got {fidelity}")
@@ -162,7 +134,12 @@ class DeployModel(nn.Module):
         model = copy_model(model).eval()
         remove_weight_norm(model)
         fold_batch_norms(model)  # fewer ops per streaming call, same function
-        freeze_adain(model)
+        # host-teachable AdaIN layers (v3), 0 when they were frozen or there are none
+        self.style_layers = 0
+        if learnable_style:
+            self.style_layers = make_style_learnable(model)
+        else:
+            freeze_adain(model)
         model.set_noise(not deterministic)
         delays = model.streaming_delays()
 

@@ -10,7 +10,10 @@
 * top-level ``int`` attributes ``sr``, ``sampling_rate`` and ``full_latent_size`` and a
   ``bool`` ``stereo`` (the RAVE VST and the SuperCollider UGens read them with
   ``toInt()`` / ``toBool()``), ``set_stereo_mode(Tensor)`` and ``encode_amortized``;
-* ``reset()``: every streaming state back to silence.
+* ``reset()``: every streaming state back to silence;
+* v3 (AdaIN layers): acids-rave's style-transfer attributes ``learn_target``,
+  ``learn_source``, ``reset_target`` and ``reset_source``
+  (:mod:`rave_deploy.style_transfer`), applied at the start of the next call.
 
 Streaming states are those of the rave_core layers (one ``state`` buffer per layer),
 allocated for batch 1 before scripting, so a host's first call neither allocates nor
@@ -53,11 +56,14 @@ from rave_core.nn.conv import Conv1d, ConvTranspose1d
 from rave_core.nn.streaming import configure_delay, set_streaming, streaming_layers
 
 from .model import DeployError, DeployModel
+from .style_transfer import style_layers
 
 #: Names a host redirects on (host contract 5): never a top-level child or attribute.
 FORBIDDEN_NAMES = ("model", "_rave", "_prior")
 #: nn~ attribute type codes (host contract 10).
 TYPE_CODES = {bool: 0, int: 1, float: 2, str: 3, torch.Tensor: 4}
+#: acids-rave's v3 attributes (nn~ messages such as ``set learn_target 1``), in its order.
+STYLE_ATTRIBUTES = ("learn_target", "reset_target", "learn_source", "reset_source")
 
 
 # --------------------------------------------------------------------------- resampling
@@ -217,8 +223,39 @@ class ScriptedRAVE(nn_tilde.Module):
                                  input_labels=audio_in, output_labels=audio_out,
                                  test_method=False)
         self._register_nn_attribute("deterministic", (self.deterministic, ))
+        self._add_style_attributes()
 
         self.prepare_streaming()
+
+    def _add_style_attributes(self) -> None:
+        """acids-rave's v3 attributes, for a core with style-transfer layers: the flags
+        (top-level bools), their nn~ getters and setters, and ``_update_style``, which
+        hands the flags to every layer at the start of a call (generated: TorchScript
+        cannot walk submodules generically)."""
+        layers = [name for name, _ in style_layers(self.core)]
+        if not layers:
+            return
+        lines = ["def _update_style(self) -> None:"]
+        for i, name in enumerate(layers):
+            lines.append(f"    m{i} = {_getattr_chain('self.core', name)}")
+            lines.append(f"    m{i}.learn_target = self.learn_target")
+            lines.append(f"    m{i}.learn_source = self.learn_source")
+            lines.append(f"    if self.reset_target:\n        m{i}.reset_target()")
+            lines.append(f"    if self.reset_source:\n        m{i}.reset_source()")
+        lines += ["    self.reset_target = False", "    self.reset_source = False",
+                  "    return None"]
+        self._update_style = types.MethodType(_compile_method("\n".join(lines) + "\n"), self)
+        for flag in STYLE_ATTRIBUTES:
+            setattr(self, flag, False)
+            self._register_nn_attribute(flag, (False, ))
+            getter = (f"def get_{flag}(self) -> List[bool]:\n"
+                      f"    return [self.{flag}]\n")
+            setter = (f"def set_{flag}(self, {flag}: bool) -> int:\n"
+                      f"    self.{flag} = {flag}\n"
+                      f"    return 0\n")
+            for source in (getter, setter):
+                method = _compile_method(source)
+                setattr(self, method.__name__, types.MethodType(method, self))
 
     def prepare_streaming(self) -> None:
         """Allocate every streaming state (zeros) and build ``reset()``.
@@ -305,12 +342,29 @@ class ScriptedRAVE(nn_tilde.Module):
             x = self.resampler.down(x)
         return x
 
+    def _update_style(self) -> None:
+        """Hand the style-transfer flags to the layers (replaced per instance for v3;
+        nothing otherwise, which freezing removes)."""
+        return None
+
     @torch.jit.export
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.core.encode(self._host_input(x)).contiguous()
+        self._update_style()
+        return self._encode(x)
 
     @torch.jit.export
     def decode(self, z: torch.Tensor) -> torch.Tensor:
+        self._update_style()
+        return self._decode(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._update_style()
+        return self._decode(self._encode(x))
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.core.encode(self._host_input(x)).contiguous()
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
         fold = self.stereo and z.shape[0] == 2
         z = z.contiguous()
         if self.copies > 1:
@@ -326,9 +380,6 @@ class ScriptedRAVE(nn_tilde.Module):
             y = y.reshape(1, -1, y.shape[-1])
         return y.contiguous()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))
-
 
 @contextlib.contextmanager
 def _quiet_nn_tilde() -> Iterator[None]:
@@ -343,31 +394,41 @@ def _quiet_nn_tilde() -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------- reset()
+def _getattr_chain(root: str, path: str) -> str:
+    """TorchScript source reaching submodule ``path`` of ``root`` (Sequential children
+    included)."""
+    expr = root
+    for part in path.split("."):
+        expr = f'getattr({expr}, "{part}")'
+    return expr
+
+
+def _compile_method(source: str):
+    """Compile the generated method ``source`` (one ``def``) so that TorchScript can
+    script it: its text is registered in :mod:`linecache` under a name derived from the
+    text, where TorchScript reads the source (deterministic debug info)."""
+    name = source.split("(", 1)[0].split()[-1]
+    filename = (f"<rave_deploy.torchscript {name} "
+                f"{hashlib.sha1(source.encode()).hexdigest()[:12]}>")
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    namespace = {"torch": torch, "List": List, "__name__": __name__}
+    exec(compile(source, filename, "exec"), namespace)
+    return torch.jit.export(namespace[name])
+
+
 def _compile_reset(module: nn.Module, batches: Optional[Dict[str, int]] = None):
     """A scriptable ``reset()`` for ``module``: every streaming state back to zeros, batch 1
-    (or ``batches[layer name]``).
-
-    TorchScript cannot walk submodules generically, so the method is generated from the
-    layer paths (``getattr`` chains) and registered in :mod:`linecache` under a name
-    derived from its text, where TorchScript reads the source (deterministic debug info).
-    """
+    (or ``batches[layer name]``). Style-transfer statistics stay (they are not streaming
+    state: ``reset_target`` / ``reset_source`` forget them)."""
     lines = ["def reset(self) -> None:",
              '    """Every streaming state back to silence."""']
     for i, (name, _) in enumerate(streaming_layers(module)):
-        expr = "self"
-        for part in name.split("."):
-            expr = f'getattr({expr}, "{part}")'
-        lines.append(f"    m{i} = {expr}")
+        lines.append(f"    m{i} = {_getattr_chain('self', name)}")
         batch = (batches or {}).get(name, 1)
         repeat = f".repeat({batch}, 1, 1)" if batch != 1 else ""
         lines.append(f"    m{i}.state = torch.zeros_like(m{i}.state[:1]){repeat}")
     lines.append("    return None")
-    source = "\n".join(lines) + "\n"
-    filename = f"<rave_deploy.torchscript reset {hashlib.sha1(source.encode()).hexdigest()[:12]}>"
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    namespace = {"torch": torch, "__name__": __name__}
-    exec(compile(source, filename, "exec"), namespace)
-    return torch.jit.export(namespace["reset"])
+    return _compile_method("\n".join(lines) + "\n")
 
 
 # --------------------------------------------------------------------------- scripting
@@ -616,7 +677,7 @@ def build_scripted_rave(model: RAVE, fidelity: float = 0.95, deterministic: bool
     core = DeployModel(model, fidelity=fidelity, deterministic=deterministic, streaming=True,
                        matmul_streaming=True,
                        tuned_block=int(tuned_block) // factor if tuned_block else None,
-                       cpu_kernels=cpu_kernels)
+                       cpu_kernels=cpu_kernels, learnable_style=True)
     return ScriptedRAVE(core, channels=channels, host_sr=host_sr, stereo=stereo)
 
 

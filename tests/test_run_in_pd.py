@@ -212,3 +212,27 @@ def test_stereo_comparison_keeps_the_channels_apart(tmp_path):
     assert same.agrees(0.0) and same.max_error == 0
     swapped = run_in_pd.compare_with_emulation(module, block, signal, emulated[::-1].copy())
     assert not swapped.agrees(1e-3)
+
+
+def test_settings_reach_every_nn_tilde_after_deterministic():
+    """`--set NAME VALUE` messages go in the set-up box after `set deterministic 1`
+    (Pd's escaped comma between messages), so they reach each nn~ object it feeds."""
+    settings = [("learn_source", "1"), ("reset_target", "0")]
+    for methods in ("forward", "encode-decode"):
+        text = run_in_pd.batch_patch("model.ts", 2048, 1000, 50.0, methods, latent_size=2,
+                                     settings=settings)
+        objects, edges = _objects_and_edges(text)
+        box = next(i for i, line in enumerate(objects) if "set deterministic" in line)
+        assert objects[box].endswith(
+            "set deterministic 1 \\, set learn_source 1 \\, set reset_target 0;")
+        nn = [i for i, line in enumerate(objects) if " nn~ " in line]
+        assert {b for a, _, b, _ in edges if a == box} == set(nn)
+
+
+def test_settings_are_typed_as_the_file_declares_them(module):
+    """A bool attribute takes Pd's 0 / 1; a name the file lacks is refused with the
+    names it has."""
+    assert run_in_pd.attribute_value(module, "deterministic", "1") is True
+    assert run_in_pd.attribute_value(module, "deterministic", "0") is False
+    with pytest.raises(ValueError, match="no attribute 'learn_source'.*deterministic"):
+        run_in_pd.attribute_value(module, "learn_source", "1")

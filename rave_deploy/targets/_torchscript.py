@@ -37,7 +37,8 @@ from rave_core.models.rave import RAVE
 
 from ..nn_tilde_emulation import PD_VECTOR, NnTildeHost
 from ..sidecar import host_block_sizes
-from ..torchscript import FORBIDDEN_NAMES, StreamingResampler, export_torchscript, file_format_version
+from ..torchscript import (FORBIDDEN_NAMES, STYLE_ATTRIBUTES, StreamingResampler,
+                           export_torchscript, file_format_version)
 from .base import CheckOptions, ExportOptions, Target
 
 if TYPE_CHECKING:  # rave_deploy.check imports the targets: import it lazily at run time
@@ -339,7 +340,8 @@ class TorchScriptTarget(Target):
             self._check_methods, self._check_ratios, self._check_forbidden_names,
             self._check_no_lazy_state, self._check_shapes, self._check_attributes,
             self._check_streaming, self._check_batches, self._check_noncontiguous,
-            self._check_moves_with_module, self._check_nn_tilde_host]
+            self._check_moves_with_module, self._check_nn_tilde_host,
+            self._check_style_transfer]
         checks += self.host_checks()
         # Contract checks make few calls, each with new shapes: the JIT's profiling runs
         # and re-optimisation would dominate their cost (seconds per method). They check
@@ -658,6 +660,56 @@ class TorchScriptTarget(Target):
         report.add_contract("contract.10_attributes", problems,
                             f"attributes {[a for a in attrs if a != 'none']}: "
                             "typed params, getters return lists, setters return 0")
+
+    @_named("style.transfer")
+    def _check_style_transfer(self, report, module, ctx: _Ctx) -> None:
+        """v3 files (acids-rave's style attributes): learning the target leaves the output
+        as it is, learning a source then transfers (the output changes, stays finite, and
+        the statistics survive ``reset()``), and the two resets give the plain output back.
+        acids-rave 2.3.1's own v3 files have no ``reset()`` to compare runs with (and
+        their attributes reach no layer: see the README)."""
+        attrs = module.get_attributes() if module._c._has_method("get_attributes") else []
+        if not set(STYLE_ATTRIBUTES) <= set(attrs):
+            return  # no AdaIN layers: nothing to teach
+        if not (module._c._has_method("reset") and self._set_deterministic(module)):
+            report.add("style.transfer", False, "style transfer: the file has no reset() or "
+                       "set_deterministic, so its runs cannot be compared")
+            return
+        block = ctx.blocks[0]
+        source = _input_for(module, "forward", 6 * block, seed=0)
+        target = 3.0 * _input_for(module, "forward", 6 * block, seed=7)
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            self._reset(module)
+            return torch.cat([_call(module, "forward", x[..., i:i + block])
+                              for i in range(0, x.shape[-1], block)], -1)
+
+        plain_source, plain_target = run(source), run(target)
+        problems = []
+        module.set_learn_target(True)
+        if not torch.equal(run(target), plain_target):
+            problems.append("learning the target changed the output (it must pass through)")
+        module.set_learn_target(False)
+        module.set_learn_source(True)
+        run(source)
+        module.set_learn_source(False)
+        styled = run(source)
+        change = float((styled - plain_source).abs().max() / plain_source.abs().max().clamp(min=1e-12))
+        if not bool(torch.isfinite(styled).all()):
+            problems.append("the transferred output is not finite")
+        elif change < 1e-3:
+            problems.append(f"after learning a target and a source the output changed by "
+                            f"{change:.1e} of its peak: the attributes reach no layer")
+        module.set_reset_target(True)
+        module.set_reset_source(True)
+        if not torch.equal(run(source), plain_source):
+            problems.append("reset_target and reset_source do not give the plain output back")
+        self._reset(module)
+        detail = "; ".join(problems) if problems else (
+            f"learn_target passes audio through, learn_source then transfers (output changed "
+            f"by {change:.2f} of its peak at block {block}), reset_target / reset_source "
+            "undo it")
+        report.add("style.transfer", not problems, f"style transfer: {detail}")
 
     @_named("contract.4_streaming")
     def _check_streaming(self, report, module, ctx: _Ctx) -> None:

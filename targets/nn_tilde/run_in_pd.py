@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Sequence, Tuple
 
 import numpy as np
 
@@ -57,13 +57,21 @@ def as_tabwrite_stores(signal: np.ndarray) -> np.ndarray:
     return np.where((bits == 0) | (bits == 0x60000000), np.float32(0), signal)
 
 
+def _set_messages(settings: Sequence[Tuple[str, str]]) -> str:
+    """One Pd message box sending ``set deterministic 1``, then each ``set NAME VALUE``
+    (a comma separates messages in a box; ``\\,`` in the file)."""
+    messages = ["set deterministic 1"] + [f"set {name} {value}" for name, value in settings]
+    return " \\, ".join(messages)
+
+
 def _arrays(name: str, channels: int) -> List[str]:
     """Pd arrays holding a file's channels: ``in``, ``in1``, ``in2``..."""
     return [name] + [f"{name}{k}" for k in range(1, channels)]
 
 
 def batch_patch(model: str, block: int, n_samples: int, record_ms: float,
-                methods: str = "forward", latent_size: int = 0, channels: int = 1) -> str:
+                methods: str = "forward", latent_size: int = 0, channels: int = 1,
+                settings: Sequence[Tuple[str, str]] = ()) -> str:
     """A Pd patch that plays array ``in`` (read from ``in.wav``) through
     ``[nn~ model forward block]`` into array ``out`` and writes ``out.wav`` after
     ``record_ms`` of logical time, then quits. On load, in this order: read the signal,
@@ -76,6 +84,9 @@ def batch_patch(model: str, block: int, n_samples: int, record_ms: float,
     ``channels`` > 1: one array, ``[tabplay~]`` and ``[tabwrite~]`` per channel (``in``,
     ``in1``...; ``out``, ``out1``...), channel k into nn~'s inlet k and from its outlet k;
     ``in.wav`` and ``out.wav`` hold every channel.
+
+    ``settings``: more ``set NAME VALUE`` messages, sent after ``set deterministic 1``
+    (e.g. ``("learn_source", "1")`` for a v3 file's style transfer).
 
     Once ``out.wav`` is written, every nn~ gets ``reload`` before Pd quits: nn~ reloads
     under the lock its compute thread holds while it runs the model, so Pd does not exit
@@ -100,7 +111,7 @@ def batch_patch(model: str, block: int, n_samples: int, record_ms: float,
         f"#X obj 20 280 nn~ {model} {first} {block};",              # 5
         "#X obj 20 320 tabwrite~ out;",                             # 6
         f"#X msg 160 80 bufsize {block};",                          # 7
-        "#X msg 160 110 set deterministic 1;",                      # 8
+        f"#X msg 160 110 {_set_messages(settings)};",               # 8
         f"#X obj 20 400 delay {record_ms:g};",                      # 9
         f"#X msg 20 430 write -wave -bytes 4 out.wav {' '.join(outs)};",  # 10
         "#X obj 20 460 soundfiler;",                                # 11
@@ -146,7 +157,8 @@ def batch_patch(model: str, block: int, n_samples: int, record_ms: float,
 
 def record_in_pd(model: Path, nn_tilde: Path, signal: np.ndarray, sr: int, block: int,
                  pd: str = "pd", timeout: float = 600.0, methods: str = "forward",
-                 latent_size: int = 0) -> Tuple[np.ndarray, str]:
+                 latent_size: int = 0, settings: Sequence[Tuple[str, str]] = ()
+                 ) -> Tuple[np.ndarray, str]:
     """Play ``signal`` ``(T,)`` or ``(channels, T)`` through nn~ in a batch-mode Pd (the
     patch of :func:`batch_patch`); returns what ``[tabwrite~]`` recorded, ``(T',)`` or
     ``(channels, T')`` with ``T'`` the whole vectors Pd computed before writing (the rest
@@ -161,7 +173,8 @@ def record_in_pd(model: Path, nn_tilde: Path, signal: np.ndarray, sr: int, block
         shutil.copyfile(model, work / "model.ts")
         sf.write(work / "in.wav", signal.T.astype(np.float32), sr, subtype="FLOAT")
         (work / "run.pd").write_text(batch_patch("model.ts", block, n, record_ms,
-                                                 methods, latent_size, channels))
+                                                 methods, latent_size, channels,
+                                                 settings))
         cmd = [pd, "-nogui", "-nosound", "-batch", "-r", str(sr), "-stderr",
                "-path", str(nn_tilde), "-open", "run.pd"]
         done = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=timeout)
@@ -178,15 +191,31 @@ def record_in_pd(model: Path, nn_tilde: Path, signal: np.ndarray, sr: int, block
     return (recorded[0] if signal.ndim == 1 else recorded), log
 
 
+def attribute_value(module, name: str, value: str):
+    """``value`` (as typed in a Pd message) as the type nn~ gives attribute ``name``
+    (its ``NAME_params`` type code: 0 bool, 1 int, 2 float, 3 str)."""
+    if name not in module.get_attributes():
+        raise ValueError(f"the file has no attribute {name!r} (it has "
+                         f"{', '.join(a for a in module.get_attributes() if a != 'none')})")
+    code = int(getattr(module, f"{name}_params")[0])
+    if code == 0:
+        return float(value) != 0
+    return {1: lambda v: int(float(v)), 2: float, 3: str}[code](value)
+
+
 def compare_with_emulation(module, block: int, signal: np.ndarray, recorded: np.ndarray,
-                           decoder=None) -> RecordingComparison:
+                           decoder=None, settings: Sequence[Tuple[str, str]] = ()
+                           ) -> RecordingComparison:
     """Run ``signal`` through :class:`NnTildeHost` (``forward``, deterministic, buffer
     ``block``, from zero states) and compare with ``recorded`` over its length (both
     ``(T,)``, or both ``(channels, T)``).
 
     ``decoder``: a second copy of the file (Pd loads one per ``[nn~]``) for encode-decode:
     ``module`` encodes, its latent signals go through ``decoder``'s ``decode``, and the
-    latency is the sum of the two objects'."""
+    latency is the sum of the two objects'.
+
+    ``settings``: the ``set NAME VALUE`` messages Pd sent, applied to each copy through
+    its setter, the value read as the attribute's type (``NAME_params``)."""
     import torch
 
     from rave_deploy.nn_tilde_emulation import NnTildeHost
@@ -195,6 +224,8 @@ def compare_with_emulation(module, block: int, signal: np.ndarray, recorded: np.
     for copy in copies:
         if hasattr(copy, "set_deterministic"):
             copy.set_deterministic(True)
+        for name, value in settings:
+            getattr(copy, f"set_{name}")(attribute_value(copy, name, value))
         if hasattr(copy, "reset"):  # Pd loads the file afresh: start from silence too
             copy.reset()
     hosts = ([NnTildeHost(module, "forward", block)] if decoder is None else
@@ -228,6 +259,9 @@ def main(argv=None) -> int:
     p.add_argument("--methods", choices=METHODS, default="forward",
                    help="forward: one [nn~ FILE forward N]; encode-decode: [nn~ FILE encode "
                         "N] into [nn~ FILE decode N] (default forward)")
+    p.add_argument("--set", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                   help="also send `set NAME VALUE` to nn~ on load (repeatable), e.g. "
+                        "--set learn_source 1 for a v3 file's style transfer")
     args = p.parse_args(argv)
 
     if not args.model.is_file():
@@ -265,24 +299,31 @@ def main(argv=None) -> int:
                 "this script plays files with as many outputs as inputs (export with "
                 "--channels left at the model's)")
     latent_size = int(module.encode_params[2]) if encode_decode else 0
+    settings = [tuple(pair) for pair in args.set]
+    for name, value in settings:
+        try:
+            attribute_value(module, name, value)
+        except ValueError as err:
+            p.error(f"--set {name} {value}: {err}")
     signal = musical_signal(sr, int(args.seconds * sr), channels, seed=1)
     if channels == 1:
         signal = signal[0]
     try:
         recorded, log = record_in_pd(args.model, args.nn_tilde, signal, sr, args.block,
                                      pd=args.pd, methods=args.methods,
-                                     latent_size=latent_size)
+                                     latent_size=latent_size, settings=settings)
     except (RuntimeError, subprocess.TimeoutExpired, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     decoder = torch.jit.load(str(args.model)).eval() if encode_decode else None
-    result = compare_with_emulation(module, args.block, signal, recorded, decoder)
+    result = compare_with_emulation(module, args.block, signal, recorded, decoder, settings)
     if not hasattr(module, "set_deterministic"):
         print("note: this file has no `deterministic` attribute: it draws noise, so Pd's "
               "output and the emulation's cannot agree exactly", file=sys.stderr)
     print(f"Pd's log:\n  " + "\n  ".join(log.splitlines()))
+    extra = "".join(f", {name} {value}" for name, value in settings)
     print(f"{args.model.name} in Pd through nn~ ({args.methods}, N = {args.block}, "
-          "deterministic):")
+          f"deterministic{extra}):")
     for line in result.lines():
         print("  " + line)
     ok = result.agrees(args.tolerance)
