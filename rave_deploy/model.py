@@ -134,10 +134,8 @@ class DeployModel(nn.Module):
         model = copy_model(model).eval()
         remove_weight_norm(model)
         fold_batch_norms(model)  # fewer ops per streaming call, same function
-        # host-teachable AdaIN layers (v3), 0 when they were frozen or there are none
-        self.style_layers = 0
         if learnable_style:
-            self.style_layers = make_style_learnable(model)
+            make_style_learnable(model)  # found again by style_transfer.style_layers
         else:
             freeze_adain(model)
         model.set_noise(not deterministic)
