@@ -145,12 +145,21 @@ def _target_names() -> List[str]:
                    "packs at its first call (faster at large blocks: BRAVE about 15% at 2048); "
                    "such a file loads only in a libtorch built with oneDNN, as PyTorch's "
                    "x86-64 builds are. `rave-deploy check` lists the ops a file needs.")
+@click.option("--style-target", "style_target", default=None,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="v3 only: audio in the style to transfer to, taught before the file ships "
+                   "as nn~'s learn_target would teach it (for hosts that send no attributes: "
+                   "the RAVE VST, the RAVE UGens, ONNX hosts).")
+@click.option("--style-source", "style_source", default=None,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="v3 only: audio like what will be played into the file (learn_source). "
+                   "With --style-target, every file transfers from this style to that one.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
 def export(obj: _Context, run: Path, targets, output: Path, streaming: bool, fidelity: float,
            deterministic: bool, sr: Optional[int], channels: Optional[int], ema_weights: bool,
            name: Optional[str], block_size: Optional[int], engine: str, cpu_kernels: str,
-           as_json: bool) -> None:
+           style_target: Optional[Path], style_source: Optional[Path], as_json: bool) -> None:
     """Export RUN (a run directory or checkpoint from `rave-core train` or acids-rave's
     `rave train`) to the files each host loads, with a JSON sidecar beside each."""
     from .export import export_run
@@ -161,7 +170,8 @@ def export(obj: _Context, run: Path, targets, output: Path, streaming: bool, fid
                "e.g. --name my_model; --output sets the folder")
     options = ExportOptions(streaming=streaming, fidelity=fidelity, deterministic=deterministic,
                             sr=sr, channels=channels, ema_weights=ema_weights, name=name,
-                            block_size=block_size, engine=engine, cpu_kernels=cpu_kernels)
+                            block_size=block_size, engine=engine, cpu_kernels=cpu_kernels,
+                            style_target=style_target, style_source=style_source)
     results = _guard(obj, export_run, run, list(targets), output, options)
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in results], indent=2))

@@ -1,6 +1,7 @@
 """``rave-deploy export``: a run -> the files each host loads, atomically, with sidecars."""
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Dict, List, Optional, Sequence
 from rave_core.run import Run, open_run
 
 from .io import OutputError, atomic_outputs, describe_os_error, dump_json, ensure_dir
-from .model import DeployError, DeployModel
+from .model import DEFAULT_TUNED_BLOCK, DeployError, DeployModel
 from .sidecar import FOLDER_SIDECAR, build_sidecar, sidecar_path
 from .targets import ExportOptions, Target, TargetUnsupported, registry
 
@@ -62,7 +63,8 @@ def _size(path: Path) -> int:
     return path.stat().st_size
 
 
-def _write_artifact(target: Target, run: Run, options: ExportOptions, path: Path) -> Path:
+def _write_artifact(target: Target, run: Run, options: ExportOptions, path: Path,
+                    sidecar_extra: Dict[str, object]) -> Path:
     """Export to temporaries, then rename the artefact and its sidecar into place together:
     on any failure (full disk, Ctrl-C, a target error) the earlier pair stays as it was."""
     folder = target.kind == "folder"
@@ -71,7 +73,7 @@ def _write_artifact(target: Target, run: Run, options: ExportOptions, path: Path
         with atomic_outputs(finals, folder=folder) as temps:
             extra = target.export(run.model, options, temps[0])
             core: DeployModel = extra.pop("_core")
-            sidecar = build_sidecar(target.name, path, run, core, extra)
+            sidecar = build_sidecar(target.name, path, run, core, {**extra, **sidecar_extra})
             dump_json(temps[0] / FOLDER_SIDECAR if folder else temps[1], sidecar)
     except (OutputError, TargetUnsupported, DeployError):
         raise
@@ -118,6 +120,7 @@ def export_run(run_path, target_names: Sequence[str], output: Path,
         raise TargetUnsupported("no target can serve this model; " + "; ".join(
             f"{', '.join(names)}: {r}" for r, names in by_reason.items()))
 
+    run, sidecar_extra = _taught(run, options)
     results = []
     for target in targets:
         if reasons[target.name]:
@@ -128,9 +131,35 @@ def export_run(run_path, target_names: Sequence[str], output: Path,
         t0 = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            sc = _write_artifact(target, run, options, path)
+            _warn_untaught_side(target, options)
+            sc = _write_artifact(target, run, options, path, sidecar_extra)
         results.append(ExportResult(target.name, path=path, sidecar=sc, size_bytes=_size(path),
                                     seconds=time.perf_counter() - t0,
                                     warnings=sorted({str(w.message) for w in caught
                                                      if issubclass(w.category, UserWarning)})))
     return results
+
+
+def _taught(run: Run, options: ExportOptions):
+    """``run`` with its model taught ``--style-target`` / ``--style-source``, and the
+    sidecar field naming them (``{}`` when neither is given)."""
+    if options.style_target is None and options.style_source is None:
+        return run, {}
+    from .style_teaching import StyleAudio, teach_style
+
+    sr = int(run.model.sr)
+    factor = max(int(options.sr) // sr, 1) if options.sr else 1  # --block-size: host samples
+    style = StyleAudio(target=options.style_target, source=options.style_source,
+                       block_size=(options.block_size or DEFAULT_TUNED_BLOCK * factor) // factor,
+                       fidelity=options.fidelity)
+    model = teach_style(run.model, style, progress=True)
+    return dataclasses.replace(run, model=model), {"style": style.as_sidecar()}
+
+
+def _warn_untaught_side(target: Target, options: ExportOptions) -> None:
+    given = [s for s in ("target", "source") if getattr(options, f"style_{s}") is not None]
+    if len(given) == 1 and target.style_learning:
+        missing = "source" if given == ["target"] else "target"
+        warnings.warn(f"only --style-{given[0]} was given, and {target.name} cannot learn the "
+                      f"style {missing} ({target.style_learning}): this file will not "
+                      f"transfer a style; give --style-{missing} too", stacklevel=2)

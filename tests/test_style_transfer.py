@@ -8,20 +8,28 @@ and the file what its eager module computes.
 """
 from __future__ import annotations
 
+import json
+import shutil
 import types
 import warnings
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 import torch.nn as nn
+from click.testing import CliRunner
 
+from rave_core.data.preprocess import read_audio
 from rave_core.models.layers import AdaptiveInstanceNormalization
 from rave_core.run import open_run
-from rave_deploy.check import check_artifact
+from rave_deploy.check import CheckUsageError, check_artifact
+from rave_deploy.cli import main as deploy_cli
+from rave_deploy.export import _warn_untaught_side
 from rave_deploy.sidecar import read_sidecar
 from rave_deploy.style_transfer import (LearnedAdaIN, StyleTransfer, freeze_adain,
                                         make_style_learnable)
-from rave_deploy.targets import CheckOptions
+from rave_deploy.targets import CheckOptions, ExportOptions, registry
 from rave_deploy.torchscript import (STYLE_ATTRIBUTES, ScriptedRAVE, build_scripted_rave,
                                      script, torchscript_bytes)
 from tests.runs import export_quietly, make_run
@@ -193,3 +201,118 @@ def test_a_file_whose_attributes_reach_no_layer_fails_the_check(v3, tmp_path):
         block_sizes=[model.ratio], seconds=1.0, rtf_seconds=0.1))
     style = next(r for r in report.results if r.name == "style.transfer")
     assert not style.passed and "reach no layer" in style.message
+
+
+# ------------------------------------------------------------------ export --style-*
+@pytest.fixture(scope="module")
+def style_audio(v3, tmp_path_factory):
+    """A target at 48 kHz (resampled on reading) and a stereo source (mixed to the
+    model's mono), a few blocks each."""
+    _, model, _ = v3
+    root = tmp_path_factory.mktemp("style_audio")
+    rng = np.random.default_rng(0)
+    t = np.arange(int(1.5 * 48000)) / 48000
+    target = 0.5 * np.sin(2 * np.pi * 220 * t) * (1 + 0.3 * np.sin(2 * np.pi * 3 * t))
+    sf.write(root / "target.wav", target.astype(np.float32), 48000)
+    n = int(1.5 * model.sr)
+    source = np.stack([0.2 * rng.standard_normal(n), 0.1 * np.sin(np.arange(n) * 0.06)], 1)
+    sf.write(root / "source.wav", source.astype(np.float32), int(model.sr))
+    return root / "target.wav", root / "source.wav"
+
+
+def _play(module, x: torch.Tensor, block: int, learn: str = "") -> torch.Tensor:
+    """``x`` through ``forward`` block by block from silence; ``learn``: the side the file
+    learns meanwhile (what it had learned of that side forgotten first), as a host does."""
+    module.reset()
+    if learn:
+        getattr(module, f"set_reset_{learn}")(True)
+        getattr(module, f"set_learn_{learn}")(True)
+    with torch.inference_mode():
+        y = torch.cat([module.forward(x[..., i:i + block])
+                       for i in range(0, x.shape[-1] // block * block, block)], -1)
+    if learn:
+        getattr(module, f"set_learn_{learn}")(False)
+    return y
+
+
+def test_export_teaches_a_style_as_nn_tilde_would(v3, style_audio, tmp_path):
+    """``--style-target`` / ``--style-source``: the file ships with the statistics nn~
+    would learn from those files at the sidecar's block, to the bit; every batch row
+    transfers; the ONNX graph applies the same style and its check teaches the reference
+    again (without that, parity fails); a style file gone since the export is a usage
+    error."""
+    run, model, plain_path = v3
+    target, source = style_audio
+    files = export_quietly(run, ["nn_tilde", "onnx"], tmp_path / "taught", ExportOptions(
+        style_target=target, style_source=source))
+    style = read_sidecar(files["onnx"])["style"]
+    assert style["target"]["path"] == str(target.resolve()) and style["block_size"] == 2048
+    block = style["block_size"]
+
+    taught = torch.jit.load(str(files["nn_tilde"]))
+    by_host = torch.jit.load(str(plain_path))
+    untaught = torch.jit.load(str(plain_path))
+    for m in (taught, by_host, untaught):
+        m.set_deterministic(True)
+    for side, path in (("target", target), ("source", source)):
+        audio = torch.from_numpy(read_audio(path, int(model.sr), 1))[None]
+        _play(by_host, audio, block, learn=side)
+    x = 0.3 * torch.randn(1, 1, 6 * block, generator=torch.Generator().manual_seed(5))
+    y = _play(taught, x, block)
+    assert torch.equal(y, _play(by_host, x, block))
+    assert float((y - _play(untaught, x, block)).abs().max()) > 1e-2 * float(y.abs().max())
+    rows = _play(taught, x.repeat(2, 1, 1), block)
+    torch.testing.assert_close(rows[1:], rows[:1], rtol=0, atol=1e-6 * float(y.abs().max()))
+
+    options = CheckOptions(block_sizes=[model.ratio], seconds=1.0, rtf_seconds=0.1)
+    report = check_artifact(files["onnx"], options=options)
+    assert report.passed, [r.message for r in report.failures()]
+    forgotten = tmp_path / "forgotten"
+    forgotten.mkdir()
+    shutil.copy(files["onnx"], forgotten)
+    sidecar = read_sidecar(files["onnx"])
+    del sidecar["style"]
+    (forgotten / (files["onnx"].name + ".json")).write_text(json.dumps(sidecar))
+    report = check_artifact(forgotten / files["onnx"].name, options=options)
+    assert "parity.forward" in [r.name for r in report.failures()]
+
+    moved = target.with_name("moved.wav")
+    target.rename(moved)
+    try:
+        with pytest.raises(CheckUsageError, match="is gone: put it back, or export again"):
+            check_artifact(files["onnx"], options=options)
+    finally:
+        moved.rename(target)
+
+
+def test_style_options_refused_or_warned(v3, style_audio, tmp_path):
+    """A model without AdaIN, a file shorter than one block, a file that is not audio:
+    exit 2, nothing written. One side only: a warning for hosts that cannot learn the
+    other (ONNX), none for nn~, which can."""
+    run, _, _ = v3
+    target, source = style_audio
+    short = tmp_path / "short.wav"
+    sf.write(short, np.zeros(1000, np.float32), 44100)
+    text = tmp_path / "notes.wav"
+    text.write_text("not audio")
+    plain = make_run(tmp_path, ("v2_small",), name="v2_small")
+    for args, expect in (
+            ([plain, "--style-target", target], "this model has no AdaIN layers"),
+            ([run, "--style-source", short], "shorter than one block"),
+            ([run, "--style-target", text], "notes.wav: unreadable or not audio")):
+        result = CliRunner().invoke(deploy_cli, ["export", *map(str, args), "-t", "onnx",
+                                                 "-o", str(tmp_path / "out")])
+        assert result.exit_code == 2 and expect in result.output, result.output
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+    result = CliRunner().invoke(deploy_cli, ["export", str(run), "--style-target", str(target),
+                                             "-t", "onnx", "-o", str(tmp_path / "half")])
+    assert result.exit_code == 0, result.output
+    assert "onnx cannot learn the style source" in result.output
+    options = ExportOptions(style_target=target)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _warn_untaught_side(registry()["nn_tilde"], options)
+        _warn_untaught_side(registry()["vst"], options)
+    assert len(caught) == 1 and "vst cannot learn the style source" in str(caught[0].message)

@@ -294,6 +294,22 @@ def _resampled_blocks(audio: sf.SoundFile, channels: int, sr: int) -> Iterator[n
             yield tail
 
 
+def read_audio(path: Path, sr: int, channels: int) -> np.ndarray:
+    """One audio file as ``(channels, time)`` float32 at ``sr``, converted as the dataset
+    converts it (:func:`convert_channels`, the same resampler). Raises
+    :class:`~rave_core.data.DataError` naming the file when it cannot be decoded."""
+    path = Path(path)
+    try:
+        with _open_audio(path) as audio:
+            blocks = list(_resampled_blocks(audio, channels, sr))
+    except _SkipFile as err:
+        raise DataError(f"{path}: {err}; give a .wav, .flac, .aiff, .ogg or .mp3 file "
+                        "soundfile can decode") from None
+    if not blocks:
+        return np.zeros((channels, 0), np.float32)
+    return np.ascontiguousarray(np.concatenate(blocks).T)
+
+
 def convert_channels(block: np.ndarray, channels: int) -> np.ndarray:
     """Map a ``(time, source_channels)`` block to ``(time, channels)``.
 

@@ -69,7 +69,21 @@ def check_artifact(artifact, run: Optional[str] = None,
         # The checkpoint named in the sidecar moved or changed since the export.
         raise RunError(f"{err} (the run named in {sidecar_path(artifact)}); pass --run RUN "
                        "to check against the run it was exported from") from None
+    if isinstance(sidecar.get("style"), dict):
+        model = _taught_as_exported(model, sidecar)
     return get_target(target_name).check(artifact, sidecar, model, options)
+
+
+def _taught_as_exported(model, sidecar):
+    """The run's model taught the style the sidecar names (``export --style-*``), so the
+    reference computes what the file was taught."""
+    from ..style_teaching import StyleAudio, StyleAudioError, teach_style
+
+    try:
+        style = StyleAudio.from_sidecar(sidecar["style"])
+        return teach_style(model, style)
+    except StyleAudioError as err:
+        raise CheckUsageError(f"{err}") from None
 
 
 __all__ = ["CheckReport", "CheckResult", "CheckUsageError", "check_artifact", "identify"]

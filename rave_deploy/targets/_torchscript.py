@@ -675,6 +675,14 @@ class TorchScriptTarget(Target):
             report.add("style.transfer", False, "style transfer: the file has no reset() or "
                        "set_deterministic, so its runs cannot be compared")
             return
+        # a copy of the file, untaught (a file exported with --style-* starts taught): the
+        # other checks see the file as it ships
+        module = torch.jit.load(str(ctx.artifact), map_location="cpu")
+        self._set_deterministic(module)
+        if self._attr(module, "stereo") is True and module._c._has_method("set_stereo_mode"):
+            module.set_stereo_mode(torch.tensor([[False]]))   # as for the other checks
+        module.set_reset_target(True)
+        module.set_reset_source(True)  # both applied by the first call below
         block = ctx.blocks[0]
         source = _input_for(module, "forward", 6 * block, seed=0)
         target = 3.0 * _input_for(module, "forward", 6 * block, seed=7)

@@ -31,6 +31,8 @@ class ExportOptions:
     block_size: Optional[int] = None  # anira: the fixed block; TorchScript: tuned for it
     engine: str = "onnx"
     cpu_kernels: str = "portable"     # TorchScript: see rave_deploy.model.CPU_KERNELS
+    style_target: Optional[Path] = None  # v3: audio to teach the style (style_teaching)
+    style_source: Optional[Path] = None
 
 
 @dataclass
@@ -55,6 +57,9 @@ class Target:
     description: str = ""
     #: ``"file"`` or ``"folder"``: what :meth:`export` writes at ``path``.
     kind: str = "file"
+    #: why the host cannot teach a v3 file a style itself (None: it can, through the
+    #: file's attributes); export then warns when ``--style-*`` leaves a side untaught
+    style_learning: Optional[str] = "its host sends no attributes"
 
     def unsupported_reason(self, model: RAVE, options: ExportOptions) -> Optional[str]:
         """Why this model cannot be served (``None`` if it can)."""

@@ -15,3 +15,4 @@ class NnTildeTarget(TorchScriptTarget):
     name = "nn_tilde"
     description = "TorchScript for nn~ (Max/MSP, PureData): streaming encode/decode/forward"
     host = "nn~"
+    style_learning = None  # learn_target / learn_source messages

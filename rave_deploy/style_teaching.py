@@ -1,0 +1,149 @@
+"""Teach a v3 export its style at export time, from audio files.
+
+nn~ users teach a v3 file a style live, through its attributes (see
+:mod:`rave_deploy.style_transfer`). Hosts that send no attributes cannot: the RAVE VST,
+the SuperCollider RAVE UGens, every ONNX host. ``rave-deploy export --style-target
+T.wav --style-source S.wav`` teaches the model before it ships, exactly as nn~ would learn
+it: each file is played through ``forward`` block by block (deterministic, streaming
+state from silence), the target with ``learn_target`` on, then the source with
+``learn_source`` on. The statistics learned by the first batch row are then given to
+every row, so batched hosts (Max's ``mc.nn~``) transfer on every row too.
+
+Every target exports the taught model: TorchScript files start from those statistics
+(the host can still learn, or reset either side), ONNX graphs apply them. The sidecar
+names the two files with their SHA-256, and ``rave-deploy check`` teaches its reference
+again from them.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+from tqdm import tqdm
+
+from rave_core.data import DataError
+from rave_core.data.preprocess import read_audio
+from rave_core.run import sha256_of
+
+from rave_core.nn.weight_norm import copy_model
+
+from .model import DeployError
+from .style_transfer import _adain_layers, style_layers
+
+SIDES = ("target", "source")
+
+
+@dataclass
+class StyleAudio:
+    """The audio files a model is taught from, the host block it learns at (samples at
+    the model's rate) and the export's ``--fidelity`` (the decoder's layers learn from the
+    latent the file decodes)."""
+
+    target: Optional[Path] = None
+    source: Optional[Path] = None
+    block_size: int = 2048
+    fidelity: float = 0.95
+
+    def as_sidecar(self) -> Dict[str, object]:
+        """The sidecar's ``style`` field: each file's absolute path and SHA-256."""
+        files = {side: {"path": str(Path(p).resolve()), "sha256": sha256_of(Path(p))}
+                 for side in SIDES if (p := getattr(self, side)) is not None}
+        return {**files, "block_size": self.block_size, "fidelity": self.fidelity}
+
+    @classmethod
+    def from_sidecar(cls, style: Dict[str, object]) -> "StyleAudio":
+        """The files named in a sidecar's ``style`` field; a file that is missing or has
+        changed since the export raises :class:`StyleAudioError`."""
+        paths = {}
+        for side in SIDES:
+            entry = style.get(side)
+            if not entry:
+                continue
+            path = Path(entry["path"])
+            if not path.is_file():
+                raise StyleAudioError(f"the style {side} {path}, which the file was taught "
+                                      "from, is gone: put it back, or export again")
+            if sha256_of(path) != entry.get("sha256"):
+                raise StyleAudioError(f"the style {side} {path} changed since the export "
+                                      "(SHA-256 differs): put the original back, or export "
+                                      "again")
+            paths[side] = path
+        return cls(block_size=int(style.get("block_size", 2048)),
+                   fidelity=float(style.get("fidelity", 0.95)), **paths)
+
+
+class StyleAudioError(DeployError):
+    """A style file cannot be used (unreadable, too short, or not the one exported with)."""
+
+
+def has_style_layers(model: torch.nn.Module) -> bool:
+    """Whether ``model`` has AdaIN layers (v3) that can learn a style."""
+    return bool(_adain_layers(model))
+
+
+def teach_style(model: torch.nn.Module, style: StyleAudio,
+                progress: bool = False) -> torch.nn.Module:
+    """A copy of ``model`` whose AdaIN layers learned ``style`` as nn~ would learn it
+    (module docstring). ``model`` is left as it is.
+
+    Raises :class:`StyleAudioError` for a model without AdaIN layers, an unreadable file,
+    or a file shorter than one block.
+    """
+    from .torchscript import build_scripted_rave  # torchscript imports this package's model
+
+    if not has_style_layers(model):
+        raise StyleAudioError("--style-target / --style-source: this model has no AdaIN "
+                              "layers; only v3 models (config v3) learn a style")
+    ratio = int(model.ratio)
+    block = max(ratio, -(-int(style.block_size) // ratio) * ratio)  # a multiple of the ratio
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the run's warnings are the export's to give
+        host = build_scripted_rave(model, fidelity=style.fidelity, deterministic=True,
+                                   tuned_block=block).eval()
+    for side in SIDES:
+        path = getattr(style, side)
+        if path is None:
+            continue
+        audio = _read(Path(path), side, int(model.sr), int(model.n_channels), block)
+        host.reset()
+        getattr(host, f"set_reset_{side}")(True)  # what the checkpoint learned: forgotten
+        getattr(host, f"set_learn_{side}")(True)
+        with torch.inference_mode():
+            starts = range(0, audio.shape[-1] - block + 1, block)  # whole blocks only
+            for start in tqdm(starts, unit="block", desc=f"style {side}", leave=False,
+                              disable=None if progress else True):  # None: off if no TTY
+                host.forward(audio[..., start:start + block])
+        getattr(host, f"set_learn_{side}")(False)
+
+    taught = copy_model(model)
+    learned = style_layers(host)
+    adains = _adain_layers(taught)
+    if len(learned) != len(adains):  # the export's layers are the model's, in its order
+        raise DeployError(f"teaching found {len(learned)} style layers for the model's "
+                          f"{len(adains)} AdaIN layers: report this")
+    with torch.no_grad():
+        for (_, layer), (_, adain) in zip(learned, adains):
+            for name in ("mean_x", "std_x", "mean_y", "std_y"):
+                # row 0 learned (batch 1): every batch row gets it
+                getattr(adain, name).copy_(getattr(layer, name)[:1].expand_as(getattr(adain, name)))
+            for name in ("num_update_x", "num_update_y"):
+                getattr(adain, name).copy_(getattr(layer, name))
+    return taught
+
+
+def _read(path: Path, side: str, sr: int, channels: int, block: int) -> torch.Tensor:
+    """``(1, channels, time)`` at the model's rate."""
+    try:
+        audio = read_audio(path, sr, channels)
+    except DataError as err:
+        raise StyleAudioError(f"--style-{side} {err}") from None
+    if audio.shape[-1] < block:
+        raise StyleAudioError(
+            f"--style-{side} {path}: {audio.shape[-1] / sr:.2f} s is shorter than one block "
+            f"({block} samples, {1000 * block / sr:.0f} ms at {sr} Hz): give a few seconds "
+            "of the sound")
+    return torch.from_numpy(audio)[None]
+
