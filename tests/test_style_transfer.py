@@ -23,6 +23,7 @@ from click.testing import CliRunner
 from rave_core.data.preprocess import read_audio
 from rave_core.models.layers import AdaptiveInstanceNormalization
 from rave_core.run import open_run
+from rave_deploy import style_teaching
 from rave_deploy.check import CheckUsageError, check_artifact
 from rave_deploy.cli import main as deploy_cli
 from rave_deploy.export import _warn_untaught_side
@@ -235,12 +236,12 @@ def _play(module, x: torch.Tensor, block: int, learn: str = "") -> torch.Tensor:
     return y
 
 
-def test_export_teaches_a_style_as_nn_tilde_would(v3, style_audio, tmp_path):
+def test_export_teaches_a_style_as_nn_tilde_would(v3, style_audio, tmp_path, monkeypatch):
     """``--style-target`` / ``--style-source``: the file ships with the statistics nn~
     would learn from those files at the sidecar's block, to the bit; every batch row
     transfers; the ONNX graph applies the same style and its check teaches the reference
     again (without that, parity fails); a style file gone since the export is a usage
-    error."""
+    error. ``check`` of several files of one export teaches once."""
     run, model, plain_path = v3
     target, source = style_audio
     files = export_quietly(run, ["nn_tilde", "onnx"], tmp_path / "taught", ExportOptions(
@@ -265,8 +266,14 @@ def test_export_teaches_a_style_as_nn_tilde_would(v3, style_audio, tmp_path):
     torch.testing.assert_close(rows[1:], rows[:1], rtol=0, atol=1e-6 * float(y.abs().max()))
 
     options = CheckOptions(block_sizes=[model.ratio], seconds=1.0, rtf_seconds=0.1)
-    report = check_artifact(files["onnx"], options=options)
-    assert report.passed, [r.message for r in report.failures()]
+    taught_by_check = []
+    teach = style_teaching.teach_style
+    monkeypatch.setattr(style_teaching, "teach_style",
+                        lambda *a, **k: taught_by_check.append(1) or teach(*a, **k))
+    for _ in range(2):  # `check exports/*`: one export's files are taught once
+        report = check_artifact(files["onnx"], options=options)
+        assert report.passed, [r.message for r in report.failures()]
+    assert len(taught_by_check) <= 1
     forgotten = tmp_path / "forgotten"
     forgotten.mkdir()
     shutil.copy(files["onnx"], forgotten)
