@@ -31,7 +31,7 @@ from rave_core.run import sha256_of
 from rave_core.nn.weight_norm import copy_model
 
 from .model import DeployError
-from .style_transfer import _adain_layers, style_layers
+from .style_transfer import adain_layers, style_layers
 
 SIDES = ("target", "source")
 
@@ -81,7 +81,7 @@ class StyleAudioError(DeployError):
 
 def has_style_layers(model: torch.nn.Module) -> bool:
     """Whether ``model`` has AdaIN layers (v3) that can learn a style."""
-    return bool(_adain_layers(model))
+    return bool(adain_layers(model))
 
 
 def teach_style(model: torch.nn.Module, style: StyleAudio,
@@ -120,7 +120,7 @@ def teach_style(model: torch.nn.Module, style: StyleAudio,
 
     taught = copy_model(model)
     learned = style_layers(host)
-    adains = _adain_layers(taught)
+    adains = adain_layers(taught)
     if len(learned) != len(adains):  # the export's layers are the model's, in its order
         raise DeployError(f"teaching found {len(learned)} style layers for the model's "
                           f"{len(adains)} AdaIN layers: report this")

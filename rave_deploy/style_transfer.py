@@ -42,7 +42,8 @@ def _transfer(x: torch.Tensor, mean_x: torch.Tensor, std_x: torch.Tensor,
     return x * std_y[:bs] + mean_y[:bs]
 
 
-def _adain_layers(module: nn.Module) -> List[Tuple[str, nn.Module]]:
+def adain_layers(module: nn.Module) -> List[Tuple[str, nn.Module]]:
+    """``(path, layer)`` of every AdaIN of ``module`` (a run's model), in module order."""
     return [(name, m) for name, m in module.named_modules()
             if isinstance(m, AdaptiveInstanceNormalization)]
 
@@ -69,7 +70,7 @@ class LearnedAdaIN(nn.Module):
 def freeze_adain(module: nn.Module) -> int:
     """Replace every AdaIN by what it computes at export: :class:`LearnedAdaIN` when its
     checkpoint learned both statistics, else nothing (``nn.Identity``). Returns how many."""
-    found = _adain_layers(module)
+    found = adain_layers(module)
     for name, adain in found:
         learned = bool(adain.num_update_x) and bool(adain.num_update_y)
         _replace(module, name, LearnedAdaIN(adain) if learned else nn.Identity())
@@ -153,7 +154,7 @@ class StyleTransfer(nn.Module):
 def make_style_learnable(module: nn.Module) -> int:
     """Replace every AdaIN of ``module`` by a :class:`StyleTransfer` that starts from its
     checkpoint's statistics. Returns how many."""
-    found = _adain_layers(module)
+    found = adain_layers(module)
     for name, adain in found:
         _replace(module, name, StyleTransfer(adain))
     return len(found)
