@@ -50,6 +50,20 @@ def _power_ceil(x: int) -> int:
     return 1 if x <= 1 else 1 << (int(x) - 1).bit_length()
 
 
+def attribute_value(module, name: str, value: str):
+    """``value`` (as typed in a host message: Pd's ``set NAME VALUE``, NN.ar's
+    ``attributes:``) as the type nn~'s backend gives attribute ``name`` (its
+    ``NAME_params`` type code: 0 bool, 1 int, 2 float, 3 str). Raises ``ValueError`` for a
+    name the file lacks, listing those it has."""
+    if name not in module.get_attributes():
+        raise ValueError(f"the file has no attribute {name!r} (it has "
+                         f"{', '.join(a for a in module.get_attributes() if a != 'none')})")
+    code = int(getattr(module, f"{name}_params")[0])
+    if code == 0:
+        return float(value) != 0
+    return {1: lambda v: int(float(v)), 2: float, 3: str}[code](value)
+
+
 def nn_tilde_buffer(module, buffer_size: int) -> int:
     """The buffer nn~ runs ``module`` with for its buffer argument ``buffer_size``: the
     largest ratio of *all* the model's methods for 0 (unthreaded) or anything below it,

@@ -405,3 +405,32 @@ def test_nn_ar_plays_every_channel_of_a_stereo_file(tmp_path, nn_ar, ugens):
                                                  buffer_size=256).agrees(0)
     assert not run_in_scsynth.compare_with_ugen_code(stereo, signal, expected[::-1].copy(), 64,
                                                      "nn-ar", buffer_size=256).agrees(1e-3)
+
+
+def test_nn_ar_settings_go_in_every_ugens_attributes(tmp_path, module, nn_ar, ugens, capsys):
+    """``--set NAME VALUE``: each NN.ar UGen of the synth passes the pairs in its
+    ``attributes:`` argument (as numbers); the RAVE UGens set no attributes, and a name
+    the file lacks is refused with the names it has (exit 2 both)."""
+    attrs = ", attributes: [\\learn_source, 1, \\reset_target, 0]"
+    settings = [("learn_source", "1"), ("reset_target", "0.0")]
+    text = run_in_scsynth.nn_ar_score_script("/m/a.ts", "/w/i.yaml", "/w/s.osc", 1.0, 512,
+                                             "nn-ar-encode-decode", settings=settings)
+    assert (f"NN(\\raveDeploy, \\decode).ar(NN(\\raveDeploy, \\encode)"
+            f".ar(SoundIn.ar(0), 512{attrs}), 512{attrs})") in text
+    text = run_in_scsynth.nn_ar_score_script("/m/a.ts", "/w/i.yaml", "/w/s.osc", 1.0, 512,
+                                             settings=settings)
+    assert f"NN(\\raveDeploy, \\forward).ar(SoundIn.ar(0), 512{attrs})" in text
+
+    model = tmp_path / "m.ts"
+    module.save(str(model))
+    tools = ["--sclang", _stand_in(tmp_path / "sclang", SCLANG_NN),
+             "--scsynth", _stand_in(tmp_path / "scsynth", "")]
+    for args, expect in (
+            (["--ugens", str(ugens), "--set", "deterministic", "1"],
+             "the RAVE UGens set no attributes"),
+            (["--ugens", str(nn_ar), "--ugen", "nn-ar", "--set", "learn_source", "1"],
+             "no attribute 'learn_source' (it has deterministic)")):
+        with pytest.raises(SystemExit) as exited:
+            run_in_scsynth.main([str(model), *tools, *args])
+        assert exited.value.code == 2
+        assert expect in capsys.readouterr().err

@@ -56,7 +56,7 @@ class SuperColliderTarget(TorchScriptTarget):
     description = "TorchScript for SuperCollider (RAVE UGens, NN.ar)"
     host = "SuperCollider"
     load_failure = " (the RAVE UGens then play their input through)"
-    style_learning = "the RAVE UGens send no attributes (NN.ar can set them)"
+    style_learning = "the RAVE UGens send no attributes; NN.ar can set them"
 
     def unsupported_reason(self, model: RAVE, options: ExportOptions) -> Optional[str]:
         reason = super().unsupported_reason(model, options)

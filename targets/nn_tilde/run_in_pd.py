@@ -41,6 +41,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from rave_deploy.check.recording import RecordingComparison, compare_recording  # noqa: E402
+from rave_deploy.nn_tilde_emulation import attribute_value  # noqa: E402
 
 #: Pd's signal vector: the recording stops on a vector boundary.
 PD_VECTOR = 64
@@ -189,18 +190,6 @@ def record_in_pd(model: Path, nn_tilde: Path, signal: np.ndarray, sr: int, block
     # the delay fires on the vector where record_ms falls: that vector is not recorded
     recorded = recorded[:int(record_ms * sr / 1000.0) // PD_VECTOR * PD_VECTOR].T
     return (recorded[0] if signal.ndim == 1 else recorded), log
-
-
-def attribute_value(module, name: str, value: str):
-    """``value`` (as typed in a Pd message) as the type nn~ gives attribute ``name``
-    (its ``NAME_params`` type code: 0 bool, 1 int, 2 float, 3 str)."""
-    if name not in module.get_attributes():
-        raise ValueError(f"the file has no attribute {name!r} (it has "
-                         f"{', '.join(a for a in module.get_attributes() if a != 'none')})")
-    code = int(getattr(module, f"{name}_params")[0])
-    if code == 0:
-        return float(value) != 0
-    return {1: lambda v: int(float(v)), 2: float, 3: str}[code](value)
 
 
 def compare_with_emulation(module, block: int, signal: np.ndarray, recorded: np.ndarray,

@@ -37,7 +37,9 @@ server, NN.ar runs the model in the audio thread: it gathers ``B`` samples, call
 ended, a delay of ``B - z`` samples (server blocks above ``B`` are refused: NN.ar
 disables itself). That is what is computed here, under the default graph executor
 (NN.ar does not switch it). NN.ar also plays files with several channels (a model
-trained with ``--channels 2``): one input and one output bus per channel.
+trained with ``--channels 2``): one input and one output bus per channel. ``--set NAME VALUE``
+puts the pair in NN.ar's ``attributes:`` argument (set before its first call; a v3
+file's ``learn_source``, for one) and on the copies the expected output is computed with.
 
 The UGen cannot switch a file's ``deterministic`` attribute, so the server plays a copy of
 the file saved with it on (same weights, same code): a file without the switch (acids-rave's
@@ -56,7 +58,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -65,6 +67,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from rave_deploy.check.recording import RecordingComparison, compare_recording  # noqa: E402
+from rave_deploy.nn_tilde_emulation import attribute_value  # noqa: E402
 
 #: Where Debian's and SuperCollider's Linux packages put the core UGens (In, Out).
 DEFAULT_SC_PLUGINS = "/usr/lib/SuperCollider/plugins"
@@ -110,13 +113,20 @@ def _sound_in(channels: int) -> str:
     return "SoundIn.ar(0)" if channels == 1 else f"SoundIn.ar((0..{channels - 1}))"
 
 
-def _nn_ar_synth(ugen: str, buffer_size: int, channels: int = 1) -> str:
+def _nn_ar_synth(ugen: str, buffer_size: int, channels: int = 1,
+                 settings: Sequence[Tuple[str, str]] = ()) -> str:
+    """``settings``: ``(NAME, VALUE)`` pairs every NN.ar UGen of the synth passes in its
+    ``attributes:`` argument (numbers; NN.ar sets them before its first call)."""
     b, inputs = int(buffer_size), _sound_in(channels)
+    attrs = ""
+    if settings:
+        pairs = ", ".join(f"\\{name}, {float(value):g}" for name, value in settings)
+        attrs = f", attributes: [{pairs}]"
     if ugen == "nn-ar":
-        return f"NN(\\raveDeploy, \\forward).ar({inputs}, {b})"
+        return f"NN(\\raveDeploy, \\forward).ar({inputs}, {b}{attrs})"
     if ugen == "nn-ar-encode-decode":
         return (f"NN(\\raveDeploy, \\decode).ar(NN(\\raveDeploy, \\encode)"
-                f".ar({inputs}, {b}), {b})")
+                f".ar({inputs}, {b}{attrs}), {b}{attrs})")
     raise ValueError(f"unknown NN.ar synth {ugen!r}: nn-ar or nn-ar-encode-decode")
 
 
@@ -182,13 +192,14 @@ def nn_ar_info_script(model: str, info: str, score: str) -> str:
 
 
 def nn_ar_score_script(model: str, info: str, score: str, seconds: float,
-                       buffer_size: int, ugen: str = "nn-ar", channels: int = 1) -> str:
+                       buffer_size: int, ugen: str = "nn-ar", channels: int = 1,
+                       settings: Sequence[Tuple[str, str]] = ()) -> str:
     """An sclang program that writes the NRT score ``score``: NN.ar loads ``model`` (as
     model 0, described by ``info``, from :func:`nn_ar_info_script`'s run) and one synth
     plays input bus 0 (buses 0 to ``channels - 1``) through ``forward`` (``ugen``
     "nn-ar"), or through ``encode`` into ``decode`` ("nn-ar-encode-decode", each UGen its
     own instance of the model), with ``buffer_size`` into output bus 0 (and up) for
-    ``seconds``.
+    ``seconds``; each UGen sets the ``settings`` attributes (``(NAME, VALUE)`` pairs).
 
     NN.ar's own ``NN.nrt`` / ``NN.load`` fail in NRT (nn.ar eb36a3a: the load message asks
     a nil info path for ``standardizePath``), so this does what they mean to do: read the
@@ -201,7 +212,7 @@ def nn_ar_score_script(model: str, info: str, score: str, seconds: float,
         f"    NN.prReadInfoFile({i});",
         f"    NN.prPut(\\raveDeploy, NNModel.fromInfo(NN.prGetCachedInfo({m}), 0));",
         "    def = SynthDef(\\raveDeployCheck, {",
-        f"        Out.ar(0, {_nn_ar_synth(ugen, buffer_size, channels)});",
+        f"        Out.ar(0, {_nn_ar_synth(ugen, buffer_size, channels, settings)});",
         "    });",
         "    Score([",
         f"        [0.0, NN.loadMsg(0, {m}, {i})],",
@@ -220,13 +231,15 @@ def nn_ar_score_script(model: str, info: str, score: str, seconds: float,
 def render_in_scsynth(model: Path, ugens: Path, signal: np.ndarray, sr: int,
                       server_block: int, sclang: str = "sclang", scsynth: str = "scsynth",
                       sc_plugins: str = DEFAULT_SC_PLUGINS, timeout: float = 600.0,
-                      ugen: str = "forward", latent_size: int = 0, buffer_size: int = -1
+                      ugen: str = "forward", latent_size: int = 0, buffer_size: int = -1,
+                      settings: Sequence[Tuple[str, str]] = ()
                       ) -> Tuple[Optional[np.ndarray], str]:
     """Render ``signal`` ``(T,)`` through the synth of ``ugen`` (:data:`UGENS`) in
     ``scsynth -N``; returns the output (``None`` when the UGen could not load ``model``) and
     the log of every program run. ``buffer_size``: NN.ar's (``ugen="nn-ar"``). NN.ar also
     plays ``(channels, T)`` signals, one input and output bus per channel, and then returns
-    ``(channels, T)``. Raises ``RuntimeError`` when sclang or scsynth cannot run."""
+    ``(channels, T)``. ``settings``: attributes NN.ar's UGens set (``(NAME, VALUE)``
+    pairs). Raises ``RuntimeError`` when sclang or scsynth cannot run."""
     import soundfile as sf
 
     family = family_of(ugen)
@@ -288,7 +301,7 @@ def render_in_scsynth(model: Path, ugens: Path, signal: np.ndarray, sr: int,
                                    "for this SuperCollider and libtorch, and pass its folder "
                                    f"as --ugens; {log}")
             program = nn_ar_score_script(str(model), info, str(work / "score.osc"), seconds,
-                                         buffer_size, ugen, channels)
+                                         buffer_size, ugen, channels, settings)
         else:
             program = score_script(str(model), str(work / "score.osc"), seconds, ugen,
                                    latent_size)
@@ -489,6 +502,10 @@ def main(argv=None) -> int:
     p.add_argument("--buffer-size", type=int, default=-1,
                    help="with --ugen nn-ar: its bufferSize argument (default -1: the "
                         "model's largest ratio)")
+    p.add_argument("--set", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                   help="with --ugen nn-ar or nn-ar-encode-decode: also pass NAME VALUE in "
+                        "NN.ar's attributes: argument (repeatable, numbers), e.g. --set "
+                        "learn_source 1 for a v3 file's style transfer")
     args = p.parse_args(argv)
 
     if not args.model.is_file():
@@ -522,6 +539,17 @@ def main(argv=None) -> int:
         p.error(f"{args.model.name} takes {channels} and gives {out_channels} channels; "
                 "this script plays files with as many outputs as inputs (export with "
                 "--channels left at the model's)")
+    settings = [tuple(pair) for pair in args.set]
+    if settings and family is not NN_AR:
+        p.error("--set: the RAVE UGens set no attributes; use --ugen nn-ar or "
+                "nn-ar-encode-decode (NN.ar's attributes: argument)")
+    for name, value in settings:
+        try:
+            float(value)
+            if isinstance(attribute_value(module, name, value), str):
+                raise ValueError("a text attribute, which NN.ar's attributes: cannot set")
+        except ValueError as err:
+            p.error(f"--set {name} {value}: {err}")
     ratio, latent_size = int(module.decode_params[1]), int(module.decode_params[0])
     buffer = nn_ar_buffer(module, args.buffer_size)  # NN.ar's; the RAVE UGens ignore it
     if args.ugen == "encoder-decoder" and args.server_block > ratio:
@@ -553,7 +581,8 @@ def main(argv=None) -> int:
                                               args.server_block, args.sclang, args.scsynth,
                                               args.sc_plugins, ugen=args.ugen,
                                               latent_size=latent_size,
-                                              buffer_size=args.buffer_size)
+                                              buffer_size=args.buffer_size,
+                                              settings=settings)
             second = (torch.jit.load(str(played))
                       if args.ugen in ("encoder-decoder", "nn-ar-encode-decode") else None)
         except (RuntimeError, subprocess.TimeoutExpired, OSError) as err:
@@ -564,6 +593,10 @@ def main(argv=None) -> int:
         print(f"FAIL: {family.name} could not load {args.model.name} (its error is in the "
               "log above); scsynth played its input (or nothing) instead")
         return 1
+    for copy in (module, second):  # what NN.ar set before its first call
+        for name, value in settings:
+            if copy is not None:
+                getattr(copy, f"set_{name}")(attribute_value(copy, name, value))
     result = compare_with_ugen_code(module, signal, rendered, args.server_block, args.ugen,
                                     second, args.buffer_size)
     through = {"forward": "RAVE.new (forward",
