@@ -146,14 +146,16 @@ def _target_names() -> List[str]:
                    "such a file loads only in a libtorch built with oneDNN, as PyTorch's "
                    "x86-64 builds are. `rave-deploy check` lists the ops a file needs.")
 @click.option("--style-target", "style_target", default=None,
-              type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="v3 only: audio in the style to transfer to, taught before the file ships "
-                   "as nn~'s learn_target would teach it (for hosts that send no attributes: "
-                   "the RAVE VST, the RAVE UGens, ONNX hosts).")
+              type=click.Path(exists=True, path_type=Path),
+              help="v3 only: audio in the style to transfer to (a file, or a folder of "
+                   "them), taught before the file ships as nn~'s learn_target would teach "
+                   "it (for hosts that send no attributes: the RAVE VST, the RAVE UGens, "
+                   "ONNX hosts).")
 @click.option("--style-source", "style_source", default=None,
-              type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="v3 only: audio like what will be played into the file (learn_source). "
-                   "With --style-target, every file transfers from this style to that one.")
+              type=click.Path(exists=True, path_type=Path),
+              help="v3 only: audio like what will be played into the file (a file or a "
+                   "folder; learn_source). With --style-target, every file transfers from "
+                   "this style to that one.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
 def export(obj: _Context, run: Path, targets, output: Path, streaming: bool, fidelity: float,

@@ -6,29 +6,32 @@ the SuperCollider RAVE UGens, every ONNX host. ``rave-deploy export --style-targ
 T.wav --style-source S.wav`` teaches the model before it ships, exactly as nn~ would learn
 it: each file is played through ``forward`` block by block (deterministic, streaming
 state from silence), the target with ``learn_target`` on, then the source with
-``learn_source`` on. The statistics learned by the first batch row are then given to
-every row, so batched hosts (Max's ``mc.nn~``) transfer on every row too.
+``learn_source`` on. A folder stands for every audio file under it, played one after
+the other (each from silence, the running averages going on: longer files weigh more;
+files shorter than one block are skipped). The statistics learned by the first batch row
+are then given to every row, so batched hosts (Max's ``mc.nn~``) transfer on every row
+too.
 
 Every target exports the taught model: TorchScript files start from those statistics
 (the host can still learn, or reset either side), ONNX graphs apply them. The sidecar
-names the two files with their SHA-256, and ``rave-deploy check`` teaches its reference
-again from them.
+names the two files (or folders) with their SHA-256, and ``rave-deploy check`` teaches
+its reference again from them.
 """
 from __future__ import annotations
 
+import hashlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 from tqdm import tqdm
 
 from rave_core.data import DataError
-from rave_core.data.preprocess import read_audio
-from rave_core.run import sha256_of
-
+from rave_core.data.preprocess import find_audio_files, read_audio
 from rave_core.nn.weight_norm import copy_model
+from rave_core.run import sha256_of
 
 from .model import DeployError
 from .style_transfer import adain_layers, style_layers
@@ -38,9 +41,9 @@ SIDES = ("target", "source")
 
 @dataclass
 class StyleAudio:
-    """The audio files a model is taught from, the host block it learns at (samples at
-    the model's rate) and the export's ``--fidelity`` (the decoder's layers learn from the
-    latent the file decodes)."""
+    """The audio a model is taught from (a file or a folder per side), the host block it
+    learns at (samples at the model's rate) and the export's ``--fidelity`` (the decoder's
+    layers learn from the latent the file decodes)."""
 
     target: Optional[Path] = None
     source: Optional[Path] = None
@@ -48,8 +51,9 @@ class StyleAudio:
     fidelity: float = 0.95
 
     def as_sidecar(self) -> Dict[str, object]:
-        """The sidecar's ``style`` field: each file's absolute path and SHA-256."""
-        files = {side: {"path": str(Path(p).resolve()), "sha256": sha256_of(Path(p))}
+        """The sidecar's ``style`` field: each side's absolute path and SHA-256 (a
+        folder's: of its files' names and SHA-256s, see :func:`fingerprint`)."""
+        files = {side: {"path": str(Path(p).resolve()), "sha256": fingerprint(Path(p))}
                  for side in SIDES if (p := getattr(self, side)) is not None}
         return {**files, "block_size": self.block_size, "fidelity": self.fidelity}
 
@@ -63,10 +67,10 @@ class StyleAudio:
             if not entry:
                 continue
             path = Path(entry["path"])
-            if not path.is_file():
+            if not path.exists():
                 raise StyleAudioError(f"the style {side} {path}, which the file was taught "
                                       "from, is gone: put it back, or export again")
-            if sha256_of(path) != entry.get("sha256"):
+            if fingerprint(path) != entry.get("sha256"):
                 raise StyleAudioError(f"the style {side} {path} changed since the export "
                                       "(SHA-256 differs): put the original back, or export "
                                       "again")
@@ -77,6 +81,27 @@ class StyleAudio:
 
 class StyleAudioError(DeployError):
     """A style file cannot be used (unreadable, too short, or not the one exported with)."""
+
+
+def style_files(path: Path) -> List[Path]:
+    """``path`` itself, or the audio files under the folder ``path`` (sorted, as
+    ``rave-core preprocess`` finds them)."""
+    try:
+        return find_audio_files([str(path)])
+    except DataError:
+        raise StyleAudioError(f"no audio files (.wav, .flac, .aiff, .ogg, .mp3) in {path}: "
+                              "give an audio file, or a folder of them") from None
+
+
+def fingerprint(path: Path) -> str:
+    """SHA-256 of a file; of a folder, over each audio file's relative path and SHA-256
+    (a file added, removed, renamed or changed changes it)."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_of(path)
+    listing = "".join(f"{f.relative_to(path).as_posix()}\t{sha256_of(f)}\n"
+                      for f in style_files(path))
+    return hashlib.sha256(listing.encode()).hexdigest()
 
 
 def has_style_layers(model: torch.nn.Module) -> bool:
@@ -107,16 +132,25 @@ def teach_style(model: torch.nn.Module, style: StyleAudio,
         path = getattr(style, side)
         if path is None:
             continue
-        audio = _read(Path(path), side, int(model.sr), int(model.n_channels), block)
-        host.reset()
         getattr(host, f"set_reset_{side}")(True)  # what the checkpoint learned: forgotten
         getattr(host, f"set_learn_{side}")(True)
-        with torch.inference_mode():
+        taught_blocks = 0
+        for file in style_files(Path(path)):
+            audio = _read(file, side, int(model.sr), int(model.n_channels))
             starts = range(0, audio.shape[-1] - block + 1, block)  # whole blocks only
-            for start in tqdm(starts, unit="block", desc=f"style {side}", leave=False,
-                              disable=None if progress else True):  # None: off if no TTY
-                host.forward(audio[..., start:start + block])
+            host.reset()  # each file from silence
+            with torch.inference_mode():
+                for start in tqdm(starts, unit="block", desc=f"style {side}", leave=False,
+                                  disable=None if progress else True):  # None: off if no TTY
+                    host.forward(audio[..., start:start + block])
+            taught_blocks += len(starts)
         getattr(host, f"set_learn_{side}")(False)
+        if not taught_blocks:
+            raise StyleAudioError(
+                f"--style-{side} {path}: shorter than one block ({block} samples, "
+                f"{1000 * block / int(model.sr):.0f} ms at {int(model.sr)} Hz)"
+                f"{'' if Path(path).is_file() else ', every file of it'}: give a few seconds "
+                "of the sound")
 
     taught = copy_model(model)
     learned = style_layers(host)
@@ -134,16 +168,10 @@ def teach_style(model: torch.nn.Module, style: StyleAudio,
     return taught
 
 
-def _read(path: Path, side: str, sr: int, channels: int, block: int) -> torch.Tensor:
+def _read(path: Path, side: str, sr: int, channels: int) -> torch.Tensor:
     """``(1, channels, time)`` at the model's rate."""
     try:
         audio = read_audio(path, sr, channels)
     except DataError as err:
         raise StyleAudioError(f"--style-{side} {err}") from None
-    if audio.shape[-1] < block:
-        raise StyleAudioError(
-            f"--style-{side} {path}: {audio.shape[-1] / sr:.2f} s is shorter than one block "
-            f"({block} samples, {1000 * block / sr:.0f} ms at {sr} Hz): give a few seconds "
-            "of the sound")
     return torch.from_numpy(audio)[None]
-

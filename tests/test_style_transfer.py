@@ -28,8 +28,8 @@ from rave_deploy.check import CheckUsageError, check_artifact
 from rave_deploy.cli import main as deploy_cli
 from rave_deploy.export import _warn_untaught_side
 from rave_deploy.sidecar import read_sidecar
-from rave_deploy.style_transfer import (LearnedAdaIN, StyleTransfer, freeze_adain,
-                                        make_style_learnable)
+from rave_deploy.style_transfer import (LearnedAdaIN, StyleTransfer, adain_layers,
+                                        freeze_adain, make_style_learnable, style_layers)
 from rave_deploy.targets import CheckOptions, ExportOptions, registry
 from rave_deploy.torchscript import (STYLE_ATTRIBUTES, ScriptedRAVE, build_scripted_rave,
                                      script, torchscript_bytes)
@@ -323,3 +323,40 @@ def test_style_options_refused_or_warned(v3, style_audio, tmp_path):
         _warn_untaught_side(registry()["nn_tilde"], options)
         _warn_untaught_side(registry()["vst"], options)
     assert len(caught) == 1 and "vst cannot learn the style source" in str(caught[0].message)
+
+
+def test_a_folder_teaches_its_audio_files_one_after_the_other(v3, style_audio, tmp_path):
+    """A folder stands for its audio files in order (subfolders too), each played from
+    silence while the running averages go on, as a host playing them one after the other
+    would learn them; a file shorter than one block teaches nothing, other files are not
+    read. The folder's fingerprint changes when a file is added."""
+    _, model, _ = v3
+    target, source = style_audio
+    folder = tmp_path / "styles"
+    (folder / "sub").mkdir(parents=True)
+    shutil.copy(target, folder / "a.wav")
+    shutil.copy(source, folder / "sub" / "b.wav")
+    sf.write(folder / "c.wav", np.zeros(100, np.float32), int(model.sr))
+    (folder / "notes.txt").write_text("not audio")
+    taught = style_teaching.teach_style(model, style_teaching.StyleAudio(target=folder))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        host = build_scripted_rave(model, deterministic=True).eval()
+    host.set_learn_target(True)
+    for file in (folder / "a.wav", folder / "sub" / "b.wav"):
+        audio = torch.from_numpy(read_audio(file, int(model.sr), 1))[None]
+        host.reset()
+        with torch.inference_mode():
+            for i in range(0, audio.shape[-1] - 2048 + 1, 2048):
+                host.forward(audio[..., i:i + 2048])
+    pairs = list(zip(style_layers(host), adain_layers(taught)))
+    assert pairs and all(int(adain.num_update_y) > 0 for _, (_, adain) in pairs)
+    for (_, layer), (_, adain) in pairs:
+        assert torch.equal(adain.num_update_y, layer.num_update_y)
+        assert torch.equal(adain.mean_y, layer.mean_y[:1].expand_as(adain.mean_y))
+        assert torch.equal(adain.std_y, layer.std_y[:1].expand_as(adain.std_y))
+
+    before = style_teaching.fingerprint(folder)
+    shutil.copy(target, folder / "sub" / "d.wav")
+    assert style_teaching.fingerprint(folder) != before
