@@ -7,6 +7,7 @@ import json
 import warnings
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -36,6 +37,19 @@ def spread_codebooks(model, seed: int = 0) -> torch.Tensor:
             book.embed_avg.copy_(book.embed)
             book.inited.fill_(1.0)
     return model.state_dict()
+
+
+def discrete_run(root: Path):
+    """A small discrete run whose checkpoint has codebooks spread as
+    :func:`spread_codebooks` spreads them, and its model."""
+    run = make_run(root, ("discrete",), name="discrete", unit_gains=True)
+    ckpt = run / "version_0" / "checkpoints" / "best.ckpt"
+    saved = torch.load(ckpt, weights_only=True)
+    model = small_model(["discrete"])
+    load_weights(model, saved["state_dict"], source="test run")
+    saved["state_dict"] = spread_codebooks(model)
+    torch.save(saved, ckpt)
+    return run, model
 
 
 @pytest.fixture(scope="module")
@@ -114,13 +128,7 @@ def test_uninitialised_codebooks_warn():
 def test_discrete_run_exports_and_passes_its_checks(tmp_path):
     """nn~'s file and the streaming ONNX graph of a discrete run pass `rave-deploy check`;
     the TorchScript file reports one latent channel per quantiser to every host."""
-    run = make_run(tmp_path, ("discrete",), name="discrete", unit_gains=True)
-    ckpt = run / "version_0" / "checkpoints" / "best.ckpt"
-    saved = torch.load(ckpt, weights_only=True)
-    model = small_model(["discrete"])
-    load_weights(model, saved["state_dict"], source="test run")
-    saved["state_dict"] = spread_codebooks(model)
-    torch.save(saved, ckpt)
+    run, model = discrete_run(tmp_path)
 
     paths = export_quietly(run, ["nn_tilde", "onnx_streaming"], tmp_path / "out")
     for target in ("nn_tilde", "onnx_streaming"):
@@ -148,3 +156,82 @@ def test_discrete_run_exports_and_passes_its_checks(tmp_path):
     mean, std = ts.encode_amortized(x)
     assert torch.equal(mean, codes) and not std.any()
     assert torch.equal(codes, codes.round()) and codes.min() >= 0 and codes.max() <= 1023
+
+
+def test_check_takes_a_near_tie_either_way(tmp_path, monkeypatch):
+    """Where two codes are almost equally near, float rounding lets a correct file pick
+    either. Made to happen here: the file's output is replaced, at one near-tie of the
+    eager encoding (ties counted up to 1e-3 of the distance scale), by the eager output
+    with the other pick. The check maps it back and
+    passes, saying so; without that mapping it fails; a pick that is no near-tie (code + 1
+    at a frame without one) still fails."""
+    from rave_deploy.check import near_ties
+    from rave_deploy.check.harness import impulse_span
+    from rave_deploy.check.runner import EagerReference, TorchScriptRunner
+
+    run, model = discrete_run(tmp_path)
+    path = export_quietly(run, ["nn_tilde"], tmp_path / "out")["nn_tilde"]
+    eager = EagerReference(model, 0.95)
+    lookahead, memory = impulse_span(eager, "decode")
+    context = -(-(lookahead + memory) // eager.ratio) + 1
+    delays = {"encode": eager.delay_of("encode"), "forward": eager.delay_of("forward")}
+    chosen = {}  # method -> frame of the near-tie the "file" takes the other way
+
+    def other_pick(original):
+        def run_(self, signal, block_size):
+            y = original(self, signal, block_size)
+            if self.method not in chosen:
+                return y
+            x = torch.from_numpy(np.ascontiguousarray(signal, dtype=np.float32))
+            ties = near_ties.tie_alternatives(eager.core, x)
+            with torch.inference_mode():
+                base = eager(self.method, signal)
+            frames = [t.frame for t in ties]
+            if chosen[self.method] is None:
+                # the tie whose other pick changes most, past the check's warm-up
+                segments = near_ties.tie_segments(eager.core, x, self.method, context)
+                late = x.shape[-1] // eager.ratio // 2
+                gains = [np.abs(v - base[0, :, s:s + v.shape[-1]]).max() * (f >= late)
+                         for f, (s, v) in zip(frames, segments)]
+                assert max(gains) > 0, "no near-tie past the warm-up to take"
+                chosen[self.method] = frames[int(np.argmax(gains))]
+            if chosen[self.method] == "no tie":  # code + 1 where no tie is
+                y = y.copy()
+                free = next(f for f in range(x.shape[-1] // eager.ratio // 2, 10_000)
+                            if f not in frames)
+                y[0, 0, free + delays["encode"]] += 1
+                return y
+            if chosen[self.method] in frames:  # the same frame in a perturbed run
+                start, values = near_ties.tie_segments(eager.core, x, self.method, context)[
+                    frames.index(chosen[self.method])]
+                y = y.copy()
+                d, n = delays[self.method], values.shape[-1]
+                stop = min(y.shape[-1], start + d + n)
+                y[0, :, start + d:stop] += (values - base[0, :, start:start + n])[:, :stop - start - d]
+            return y
+        return run_
+
+    # this small model's encoding has few ties within rounding: widen what counts as
+    # one, so that there are some to take the other way (the mechanism is the same)
+    monkeypatch.setattr(near_ties, "TIE_TOLERANCE", 1e-3)
+    monkeypatch.setattr(TorchScriptRunner, "run", other_pick(TorchScriptRunner.run))
+    options = CheckOptions(block_sizes=[1024, 2048], **FAST)
+    chosen.update(encode=None, forward=None)
+    report = check_artifact(path, options=options)
+    assert report.passed, [(r.name, r.message) for r in report.failures()]
+    for method in ("encode", "forward"):
+        parity = next(r for r in report.results if r.name == f"parity.{method}")
+        assert "1 near-tie(s) between codes taken the other way" in parity.message
+
+    monkeypatch.setattr(EagerReference, "near_tie_outputs", lambda *a, **k: [])
+    chosen.update(encode=None, forward=None)
+    failed = {r.name for r in check_artifact(path, options=options).failures()}
+    assert {"parity.encode", "parity.forward"} <= failed, failed
+    monkeypatch.undo()
+
+    monkeypatch.setattr(near_ties, "TIE_TOLERANCE", 1e-3)
+    monkeypatch.setattr(TorchScriptRunner, "run", other_pick(TorchScriptRunner.run))
+    chosen.clear()
+    chosen.update(encode="no tie")
+    failed = {r.name for r in check_artifact(path, options=options).failures()}
+    assert "parity.encode" in failed

@@ -479,16 +479,48 @@ def _method_checks(report, runner, reference, method, block_sizes, options, tol)
             report.add(name, False, f"{method} failed at block {n0}: {errors[n0]}")
         return
 
-    _parity(report, plan, x, eager, outputs[n0], tol)
-    _blocks(report, plan, outputs, errors, tol)
+    # a discrete model's near-ties: outputs mapped back onto the eager model's picks
+    # (causality compares the artefact's raw runs with each other: it keeps them raw)
+    compared, taken = _on_eager_choices(reference, plan, x, eager, outputs)
+    _parity(report, plan, x, eager, compared[n0], tol, near_ties=taken.get(n0, 0))
+    _blocks(report, plan, compared, errors, tol)
     if method in ("forward", "encode"):
         _causality(report, runner, reference, plan, x, eager, outputs, tol)
     if method == "forward":
-        _latency(report, plan, eager, outputs[n0], events, tol)
+        _latency(report, plan, eager, compared[n0], events, tol)
+
+
+def _on_eager_choices(reference: EagerReference, plan: _Plan, x, eager, outputs):
+    """``outputs`` of a discrete model mapped back onto the eager model's picks at the
+    near-ties of its encoding (:mod:`rave_deploy.check.near_ties`), and how many near-ties
+    each block size took the other way; ``outputs`` as they are for other models."""
+    method = plan.units.method
+    if not getattr(reference, "discrete", False) or method not in ("encode", "forward"):
+        return outputs, {}
+    context = 0
+    if method == "forward":  # the decoder's receptive field, in latent frames
+        lookahead, memory = impulse_span(reference, "decode")
+        context = -(-(lookahead + memory) // plan.ratio) + 1
+    segments = reference.near_tie_outputs(method, x, context)
+    if not segments:
+        return outputs, {}
+    from .near_ties import to_eager_choices
+
+    d, n = plan.delay, plan.n_out
+    base = _aligned(eager[0], d, n)
+    # only where parity compares: in the warm-up the states differ from the eager
+    # model's padding anyway, and other picks there are no near-ties
+    shifted = [(start + d, values) for start, values in segments if start + d >= plan.warmup]
+    compared, taken = {}, {}
+    for block, y in outputs.items():
+        mapped, taken[block] = to_eager_choices(y[0], base, shifted)
+        compared[block] = mapped[None]
+    return compared, taken
 
 
 # --------------------------------------------------------------------------- parity
-def _parity(report, plan: _Plan, x, eager, exported, tol: Tolerances) -> None:
+def _parity(report, plan: _Plan, x, eager, exported, tol: Tolerances,
+            near_ties: int = 0) -> None:
     method, d, w = plan.units.method, plan.delay, plan.warmup
     y, e = exported[0], eager[0]
     aligned = _aligned(e, d, plan.n_out)
@@ -516,6 +548,10 @@ def _parity(report, plan: _Plan, x, eager, exported, tol: Tolerances) -> None:
         return
     passed = rel <= tol.parity_max_rel and snr >= tol.parity_min_snr_db
     where = f"at block {plan.host_block}, {plan.units.unit} {w}..{plan.n_out} vs eager delayed by {d}"
+    if near_ties:
+        details["near_ties_taken_the_other_way"] = near_ties
+        where += (f"; {near_ties} near-tie(s) between codes taken the other way, compared "
+                  "as the eager model's pick")
     if passed:
         msg = f"SNR {_fmt_db(snr)}, max error {rel:.2g} of peak ({where})"
     else:

@@ -8,7 +8,7 @@ reference, so every target is judged the same way.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict
+from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -90,6 +90,24 @@ class EagerReference:
                                    "forward": self.core.forward}
         with torch.inference_mode():
             return fn[method](torch.from_numpy(np.ascontiguousarray(signal, dtype=np.float32))).numpy()
+
+    @property
+    def discrete(self) -> bool:
+        """Whether the latent is code indices (a residual vector quantiser)."""
+        return self.core.codebooks is not None
+
+    def near_tie_outputs(self, method: str, signal: np.ndarray, context: int = 0
+                         ) -> List[Tuple[int, np.ndarray]]:
+        """For a discrete model, ``method``'s eager output of ``signal`` ``(1, channels,
+        time)`` around each near-tie of its encoding, with the other code there:
+        ``(start, values)`` segments (:func:`rave_deploy.check.near_ties.tie_segments`;
+        ``context``: the decoder's receptive field in frames). ``[]`` otherwise."""
+        if not self.discrete or method not in ("encode", "forward"):
+            return []
+        from .near_ties import tie_segments
+
+        x = torch.from_numpy(np.ascontiguousarray(signal, dtype=np.float32))
+        return tie_segments(self.core, x, method, context)
 
     def delay_of(self, method: str) -> int:
         """Delay in output samples of ``method`` (latent frames for encode)."""

@@ -76,15 +76,30 @@ class HostReference:
         self.sr = self.base.sr * self.factor
         self.latent_size = self.base.latent_size
         self.n_channels = self.base.n_channels
+        self.discrete = self.base.discrete
         self.delays = dict(delays)
         self.mix = None if mix is None else np.asarray(mix, np.float32)
 
     def __call__(self, method: str, signal: np.ndarray) -> np.ndarray:
+        return self._to_host(method, self.base(method, self._from_host(method, signal)))
+
+    def near_tie_outputs(self, method: str, signal: np.ndarray, context: int = 0
+                         ) -> List[Tuple[int, np.ndarray]]:
+        """The base reference's near-tie segments (a discrete model), as the host sees
+        them; none through the resampler (a segment cannot be resampled alone)."""
+        if self.resampler is not None:
+            return []
+        return [(start, self._to_host(method, values[None])[0]) for start, values in
+                self.base.near_tie_outputs(method, signal, context)]
+
+    def _from_host(self, method: str, signal: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(signal, dtype=np.float32)
         if self.resampler is not None and method in ("encode", "forward"):
             with torch.inference_mode():
                 x = self.resampler.down(torch.from_numpy(x)).numpy()
-        y = self.base(method, x)
+        return x
+
+    def _to_host(self, method: str, y: np.ndarray) -> np.ndarray:
         if self.resampler is not None and method in ("decode", "forward"):
             with torch.inference_mode():
                 y = self.resampler.up(torch.from_numpy(y)).numpy()

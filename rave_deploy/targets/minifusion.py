@@ -317,6 +317,10 @@ class PosteriorMeanReference:
                 return m.decode(x).numpy()
             return m.decode(m.latent_mean_of(m.encode(x))).numpy()
 
+    def near_tie_outputs(self, method: str, signal: np.ndarray, context: int = 0) -> list:
+        """None: BRAVE's latent is continuous (no codes to tie)."""
+        return []
+
     def delay_of(self, method: str) -> int:
         if method == "encode":
             return self.delays.encode // self.ratio
