@@ -64,6 +64,13 @@ def attribute_value(module, name: str, value: str):
     return {1: lambda v: int(float(v)), 2: float, 3: str}[code](value)
 
 
+def apply_attributes(module, settings) -> None:
+    """Set each ``(NAME, VALUE)`` of ``settings`` on ``module`` through its setter, the
+    value read as :func:`attribute_value` reads it: what a host's messages do."""
+    for name, value in settings:
+        getattr(module, f"set_{name}")(attribute_value(module, name, value))
+
+
 def nn_tilde_buffer(module, buffer_size: int) -> int:
     """The buffer nn~ runs ``module`` with for its buffer argument ``buffer_size``: the
     largest ratio of *all* the model's methods for 0 (unthreaded) or anything below it,

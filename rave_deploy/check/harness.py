@@ -495,7 +495,7 @@ def _on_eager_choices(reference: EagerReference, plan: _Plan, x, eager, outputs)
     near-ties of its encoding (:mod:`rave_deploy.check.near_ties`), and how many near-ties
     each block size took the other way; ``outputs`` as they are for other models."""
     method = plan.units.method
-    if not getattr(reference, "discrete", False) or method not in ("encode", "forward"):
+    if not reference.discrete or method not in ("encode", "forward"):
         return outputs, {}
     context = 0
     if method == "forward":  # the decoder's receptive field, in latent frames

@@ -5,13 +5,15 @@ artefact computes the encoder's output in another order of float operations than
 eager model (about 1e-6 of its size apart), so where the two nearest codes of a frame are
 within that of each other, the artefact may pick the other one, and the later
 quantisers of the frame then quantise another residual. Both picks are right; a check
-that compared them with the eager pick alone would fail a correct file (measured on
-acids-rave's full-size discrete checkpoint: about one frame in 1000-2500).
+that compared them with the eager pick alone would fail a correct file. (On acids-rave's
+full-size discrete checkpoint, 19 of 41344 frame-quantiser pairs of 60 s of test signal
+were within 1e-6 of a tie; no file was seen to take one the other way past the warm-up.)
 
 :func:`tie_alternatives` finds those near-ties in the eager encoding of a signal and
 returns, for each, the codes the eager model gives when it takes the other code there;
-:func:`tie_segments` the outputs around them. :func:`to_eager_choices` then maps an artefact's output back onto the eager model's
-choices wherever it is nearer the other pick's output than the eager one's: the harness
+:func:`tie_segments` the outputs around them. :func:`to_eager_choices` then maps an
+artefact's output back onto the eager model's choices wherever it is nearer the other
+pick's output than the eager one's: the harness
 compares that with the eager output, and reports how many near-ties the artefact took
 the other way. An artefact that is wrong is not nearer any alternative, so nothing is
 hidden: alternatives exist only at genuine near-ties of the eager encoder.

@@ -98,12 +98,11 @@ class EagerReference:
 
     def near_tie_outputs(self, method: str, signal: np.ndarray, context: int = 0
                          ) -> List[Tuple[int, np.ndarray]]:
-        """For a discrete model, ``method``'s eager output of ``signal`` ``(1, channels,
-        time)`` around each near-tie of its encoding, with the other code there:
-        ``(start, values)`` segments (:func:`rave_deploy.check.near_ties.tie_segments`;
-        ``context``: the decoder's receptive field in frames). ``[]`` otherwise."""
-        if not self.discrete or method not in ("encode", "forward"):
-            return []
+        """For a :attr:`discrete` model, ``method``'s (``encode`` or ``forward``) eager
+        output of ``signal`` ``(1, channels, time)`` around each near-tie of its encoding,
+        with the other code there: ``(start, values)`` segments
+        (:func:`rave_deploy.check.near_ties.tie_segments`; ``context``: the decoder's
+        receptive field in frames)."""
         from .near_ties import tie_segments
 
         x = torch.from_numpy(np.ascontiguousarray(signal, dtype=np.float32))

@@ -297,6 +297,9 @@ class PosteriorMeanReference:
     then differs from a right reading of the file by rounding only (~1e-13).
     """
 
+    #: BRAVE's latent is continuous: no codes, no near-ties (see check.near_ties)
+    discrete = False
+
     def __init__(self, model: RAVE, dtype: torch.dtype = torch.float32) -> None:
         self.model = remove_weight_norm(copy_model(model)).eval().set_noise(False).to(dtype)
         set_streaming(self.model, False)
@@ -316,10 +319,6 @@ class PosteriorMeanReference:
             if method == "decode":
                 return m.decode(x).numpy()
             return m.decode(m.latent_mean_of(m.encode(x))).numpy()
-
-    def near_tie_outputs(self, method: str, signal: np.ndarray, context: int = 0) -> list:
-        """None: BRAVE's latent is continuous (no codes to tie)."""
-        return []
 
     def delay_of(self, method: str) -> int:
         if method == "encode":

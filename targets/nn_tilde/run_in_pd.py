@@ -41,7 +41,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from rave_deploy.check.recording import RecordingComparison, compare_recording  # noqa: E402
-from rave_deploy.nn_tilde_emulation import attribute_value  # noqa: E402
+from rave_deploy.nn_tilde_emulation import apply_attributes, attribute_value  # noqa: E402
 
 #: Pd's signal vector: the recording stops on a vector boundary.
 PD_VECTOR = 64
@@ -213,8 +213,7 @@ def compare_with_emulation(module, block: int, signal: np.ndarray, recorded: np.
     for copy in copies:
         if hasattr(copy, "set_deterministic"):
             copy.set_deterministic(True)
-        for name, value in settings:
-            getattr(copy, f"set_{name}")(attribute_value(copy, name, value))
+        apply_attributes(copy, settings)
         if hasattr(copy, "reset"):  # Pd loads the file afresh: start from silence too
             copy.reset()
     hosts = ([NnTildeHost(module, "forward", block)] if decoder is None else

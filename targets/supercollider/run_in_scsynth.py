@@ -67,7 +67,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from rave_deploy.check.recording import RecordingComparison, compare_recording  # noqa: E402
-from rave_deploy.nn_tilde_emulation import attribute_value  # noqa: E402
+from rave_deploy.nn_tilde_emulation import apply_attributes, attribute_value  # noqa: E402
 
 #: Where Debian's and SuperCollider's Linux packages put the core UGens (In, Out).
 DEFAULT_SC_PLUGINS = "/usr/lib/SuperCollider/plugins"
@@ -448,14 +448,18 @@ def encoder_decoder_output(encoder, decoder, signal: np.ndarray, n: int,
 
 def compare_with_ugen_code(module, signal: np.ndarray, rendered: np.ndarray,
                            server_block: int, ugen: str = "forward",
-                           second=None, buffer_size: int = -1) -> RecordingComparison:
+                           second=None, buffer_size: int = -1,
+                           settings: Sequence[Tuple[str, str]] = ()) -> RecordingComparison:
     """Compare ``rendered`` with :func:`ugen_output` of ``module`` (``ugen`` "forward"),
     with :func:`encoder_decoder_output` of ``module`` and ``second`` (a second copy of
     the file), with :func:`nn_ar_output` ("nn-ar", its ``buffer_size``) or with
     :func:`nn_ar_encode_decode_output` ("nn-ar-encode-decode", ``module`` and
     ``second``), from zero states. NN.ar's: ``signal`` and ``rendered`` both ``(T,)`` or
-    both ``(channels, T)``."""
+    both ``(channels, T)``; ``settings``: the attributes NN.ar set before its first call
+    (``(NAME, VALUE)`` pairs), set on both copies the same way."""
     for m in (module, second):
+        if m is not None:
+            apply_attributes(m, settings)
         if m is not None and hasattr(m, "reset"):  # scsynth loads afresh: from silence too
             m.reset()
     if ugen == "nn-ar":
@@ -545,7 +549,11 @@ def main(argv=None) -> int:
                 "nn-ar-encode-decode (NN.ar's attributes: argument)")
     for name, value in settings:
         try:
-            float(value)
+            try:
+                float(value)
+            except ValueError:
+                raise ValueError("NN.ar's attributes: take numbers; give one (1 or 0 for "
+                                 "on or off)") from None
             if isinstance(attribute_value(module, name, value), str):
                 raise ValueError("a text attribute, which NN.ar's attributes: cannot set")
         except ValueError as err:
@@ -593,12 +601,8 @@ def main(argv=None) -> int:
         print(f"FAIL: {family.name} could not load {args.model.name} (its error is in the "
               "log above); scsynth played its input (or nothing) instead")
         return 1
-    for copy in (module, second):  # what NN.ar set before its first call
-        for name, value in settings:
-            if copy is not None:
-                getattr(copy, f"set_{name}")(attribute_value(copy, name, value))
     result = compare_with_ugen_code(module, signal, rendered, args.server_block, args.ugen,
-                                    second, args.buffer_size)
+                                    second, args.buffer_size, settings)
     through = {"forward": "RAVE.new (forward",
                "encoder-decoder": "RAVEEncoder into RAVEDecoder (encode, decode",
                "nn-ar": f"NN.ar (forward, buffer {buffer}",
