@@ -25,6 +25,7 @@ from rave_core.models.layers import AdaptiveInstanceNormalization
 from rave_core.run import open_run
 from rave_deploy import style_teaching
 from rave_deploy.check import CheckUsageError, check_artifact
+from rave_deploy.check.report import reports_to_json, write_html_report
 from rave_deploy.cli import main as deploy_cli
 from rave_deploy.export import _warn_untaught_side
 from rave_deploy.sidecar import read_sidecar
@@ -274,6 +275,12 @@ def test_export_teaches_a_style_as_nn_tilde_would(v3, style_audio, tmp_path, mon
         report = check_artifact(files["onnx"], options=options)
         assert report.passed, [r.message for r in report.failures()]
     assert len(taught_by_check) <= 1
+    # the report says which audio: in --json, and in the HTML facts
+    assert report.summary["style"] == {"target": str(target.resolve()),
+                                       "source": str(source.resolve())}
+    page = write_html_report([report], tmp_path / "report.html").read_text()
+    assert f"<dt>style source</dt><dd>{source.resolve()}</dd>" in page
+    assert reports_to_json([report])["reports"][0]["summary"]["style"] == report.summary["style"]
     forgotten = tmp_path / "forgotten"
     forgotten.mkdir()
     shutil.copy(files["onnx"], forgotten)

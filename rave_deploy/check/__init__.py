@@ -71,9 +71,14 @@ def check_artifact(artifact, run: Optional[str] = None,
         # The checkpoint named in the sidecar moved or changed since the export.
         raise RunError(f"{err} (the run named in {sidecar_path(artifact)}); pass --run RUN "
                        "to check against the run it was exported from") from None
-    if isinstance(sidecar.get("style"), dict):
+    style = sidecar.get("style") if isinstance(sidecar.get("style"), dict) else None
+    if style:
         model = _taught_as_exported(model, sidecar, loaded.checkpoint_sha256)
-    return get_target(target_name).check(artifact, sidecar, model, options)
+    report = get_target(target_name).check(artifact, sidecar, model, options)
+    if style:  # which audio the file, and so its reference, was taught from
+        report.summary["style"] = {side: style[side]["path"] for side in ("target", "source")
+                                   if isinstance(style.get(side), dict)}
+    return report
 
 
 #: the last model taught by ``_taught_as_exported``: ``rave-deploy check exports/*``

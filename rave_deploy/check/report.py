@@ -461,6 +461,8 @@ def _facts(report: CheckReport) -> str:
     m = s.get("latency_measured")
     if m:
         facts.append(("measured latency", f"{m['mean']:.0f} samples, jitter {m['jitter']}"))
+    for side, path in (s.get("style") or {}).items():
+        facts.append((f"style {side}", path))
     facts += [("RTF at host block", row["rtf"]), ("parity SNR (worst)", row["snr"]),
               ("checks", f"{sum(r.passed for r in report.results)}/{len(report.results)} passed")]
     cells = "".join(f"<div><dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd></div>" for k, v in facts)
