@@ -509,9 +509,11 @@ def script(module: ScriptedRAVE) -> torch.jit.ScriptModule:
     module.core.forget_packed_weights()  # opaque oneDNN tensors: the host packs its own
     with _deterministic_scripting():
         n_tensors = len(_distinct_tensor_constants(_freeze(module)))
-    # Freezing does not always fold the same set of tensors (seen once in a few hundred
-    # exports of a small BRAVE, and in most exports of v3 before its AdaIN layers were
-    # replaced): freeze again with as many placeholders as the last freeze gave.
+    # Freezing does not always fold the same set of tensors: the first freeze in a process
+    # of a small BRAVE kept one reshape unfolded in `_decode` (65 tensors, 64 after; four
+    # processes of four), a later freeze did so about once in 40, and most exports of v3
+    # did before its AdaIN layers were replaced. So freeze again with as many placeholders
+    # as the last freeze gave, until two agree.
     for _ in range(FREEZE_ATTEMPTS):
         names = [f"{FROZEN_TENSOR_PREFIX}{i}" for i in range(n_tensors)]
         frozen = _freeze_with_placeholders(module, names)
@@ -542,7 +544,9 @@ def _freeze_with_placeholders(module: ScriptedRAVE, names: List[str]) -> torch.j
 
 def _freeze(module: ScriptedRAVE) -> torch.jit.ScriptModule:
     scripted = torch.jit.script(module)
-    keep = list(scripted._c._method_names())
+    # Hosts call public methods only; the private ones are inlined into them, and a kept
+    # copy would be more code for every host to compile at load.
+    keep = [n for n in scripted._c._method_names() if not n.startswith("_")]
     keep += [n for n in vars(module) if not n.startswith("_") and n != "training"]
     keep += list(module._buffers)
     return torch.jit.freeze(scripted, preserved_attrs=keep)
