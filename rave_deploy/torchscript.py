@@ -549,7 +549,37 @@ def _freeze(module: ScriptedRAVE) -> torch.jit.ScriptModule:
     keep = [n for n in scripted._c._method_names() if not n.startswith("_")]
     keep += [n for n in vars(module) if not n.startswith("_") and n != "training"]
     keep += list(module._buffers)
-    return torch.jit.freeze(scripted, preserved_attrs=keep)
+    frozen = torch.jit.freeze(scripted, preserved_attrs=keep)
+    _forward_through_encode_and_decode(frozen)
+    return frozen
+
+
+def _forward_through_encode_and_decode(frozen: torch.jit.ScriptModule) -> None:
+    """Make the frozen ``forward`` call ``encode`` then ``decode`` instead of holding a
+    third inlined copy of the model.
+
+    Freezing inlines every call, so ``forward`` repeated all of ``encode``'s and
+    ``decode``'s code, which every host compiles when it loads the file (BRAVE: 90 of
+    230 KB of code; ``torch.jit.load`` 0.43 s instead of 0.77 s). ``forward`` is
+    ``decode(encode(x))`` by definition (:meth:`ScriptedRAVE.forward`); the one
+    difference: v3's style flags are handed to the layers before each half, not once,
+    which hands the same flags again (a reset is applied once: the first clears it).
+    """
+    graph = frozen._c._get_method("forward").graph
+    me, x = list(graph.inputs())
+    ret = graph.return_node()
+    z = graph.create("prim::CallMethod", [me, x], 1)
+    z.s_("name", "encode")
+    z.output().setType(torch._C.TensorType.get())
+    y = graph.create("prim::CallMethod", [me, z.output()], 1)
+    y.s_("name", "decode")
+    y.output().setType(torch._C.TensorType.get())
+    z.insertBefore(ret)
+    y.insertAfter(z)
+    ret.replaceInput(0, y.output())
+    for node in reversed(list(graph.nodes())):
+        if node is not z and node is not y:
+            node.destroy()  # later nodes first, so every use is gone before its value
 
 
 def _tensor_key(t: torch.Tensor) -> Tuple:

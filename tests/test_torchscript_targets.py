@@ -289,6 +289,12 @@ def test_block_size_tunes_weight_layout_not_output(runs, tmp_path):
         assert np.abs(other - outs[0]).max() <= 1e-5 * peak
 
 
+def _graphs(module) -> str:
+    """Every method's graph of a loaded file, as text (``forward`` only calls
+    ``encode`` and ``decode``)."""
+    return "\n".join(str(module._c._get_method(m).graph) for m in module._c._method_names())
+
+
 def test_weighted_sum_rows_in_the_exported_file(runs, tmp_path, monkeypatch):
     """Layers with large weights compute 1-4 rows as weighted sums of the weight's rows
     (embedding_bag) when the block is on the CPU. The small test model's weights are
@@ -301,7 +307,7 @@ def test_weighted_sum_rows_in_the_exported_file(runs, tmp_path, monkeypatch):
     run, model, _ = runs["brave"]
     res = export_run(run, ["nn_tilde"], tmp_path / "ws.ts", ExportOptions(fidelity=FIDELITY))[0]
     module = torch.jit.load(str(res.path))
-    graph = str(module.forward.graph)
+    graph = _graphs(module)
     assert "aten::_embedding_bag_forward_only" in graph
     # on the CPU only, decided at run time (freezing would fold a weight's device)
     assert "prim::is_cpu" in graph
@@ -324,7 +330,7 @@ def test_read_ahead_in_the_exported_file(runs, tmp_path, monkeypatch):
     monkeypatch.setattr(conv_module, "MIN_WEIGHTS_READ_AHEAD", 0)
     run, model, _ = runs["brave"]
     res = export_run(run, ["nn_tilde"], tmp_path / "ra.ts", ExportOptions(fidelity=FIDELITY))[0]
-    graph = str(torch.jit.load(str(res.path)).forward.graph)
+    graph = _graphs(torch.jit.load(str(res.path)))
     assert "aten::sum" in graph and "aten::nan_to_num" in graph
     report = _check("nn_tilde", res.path, read_sidecar(res.path), model, model.ratio, True,
                     monkeypatch)
@@ -355,9 +361,9 @@ def test_onednn_kernels_in_the_exported_file(runs, tmp_path, monkeypatch):
     portable_path = results["nn_tilde"].path
     assert read_sidecar(portable_path)["cpu_kernels"] == "portable"
     packed, portable = torch.jit.load(str(res.path)), torch.jit.load(str(portable_path))
-    graph = str(packed.forward.graph)
+    graph = _graphs(packed)
     assert "mkldnn::_linear_pointwise" in graph and "prim::is_cpu" in graph
-    assert "mkldnn" not in str(portable.forward.graph)
+    assert "mkldnn" not in _graphs(portable)
 
     block = read_sidecar(portable_path)["tuned_block_size"]
     x = torch.from_numpy(musical_signal(model.sr, 2 * block)[None])
@@ -592,6 +598,26 @@ def test_frozen_constants_do_not_move_and_the_check_says_so(runs, tmp_path, monk
     hit = _result(report, "device.moves_with_module")
     assert not hit.passed, hit
     assert "gpu" in hit.message and "float64" in hit.message
+
+
+def test_a_file_holds_one_copy_of_the_model_code(runs):
+    """Freezing inlines every call: the file keeps only the methods hosts call, and its
+    ``forward`` calls ``encode`` then ``decode`` instead of holding a third copy of
+    their code, which every host would compile when it loads the file."""
+    _, model, results = runs["brave"]
+    path = str(results["nn_tilde"].path)
+    module, copy = torch.jit.load(path), torch.jit.load(path)
+    names = set(module._c._method_names())
+    assert {"forward", "encode", "decode", "reset"} <= names, names
+    assert not [n for n in names if n.startswith("_")], names
+    calls = list(module._c._get_method("forward").graph.nodes())
+    assert [(n.kind(), n.s("name")) for n in calls] == [("prim::CallMethod", "encode"),
+                                                        ("prim::CallMethod", "decode")]
+    for m in (module, copy):
+        m.set_deterministic(True)
+    x = torch.from_numpy(musical_signal(model.sr, 4 * 2048)[None])
+    for block in x.split(2048, -1):
+        assert torch.equal(module.forward(block), copy.decode(copy.encode(block)))
 
 
 def test_a_sampling_file_is_checked_for_moving_without_comparing(runs, monkeypatch):
