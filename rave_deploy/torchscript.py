@@ -358,6 +358,8 @@ class ScriptedRAVE(nn_tilde.Module):
         return self._decode(z)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # A frozen file's forward may become decode(encode(x)) (see
+        # `_forward_through_encode_and_decode`): keep it that.
         self._update_style()
         return self._decode(self._encode(x))
 
@@ -496,7 +498,8 @@ def script(module: ScriptedRAVE) -> torch.jit.ScriptModule:
     Freezing inlines the weights and every attribute no method changes as constants and
     folds the branches they decide (streaming flags, kernel sizes, paddings), which
     removes thousands of interpreter instructions per host call. What hosts read stays
-    an attribute: every method, every top-level attribute and buffer (``sr``,
+    an attribute: every public method (the private ones are inlined, and ``forward``
+    calls ``encode`` and ``decode`` but in v3), every top-level attribute and buffer (``sr``,
     ``*_params``, ...), and the streaming states (methods change them).
 
     Graph constants do not move with ``Module.to``: a host that moves the model (nn~'s
@@ -550,7 +553,10 @@ def _freeze(module: ScriptedRAVE) -> torch.jit.ScriptModule:
     keep += [n for n in vars(module) if not n.startswith("_") and n != "training"]
     keep += list(module._buffers)
     frozen = torch.jit.freeze(scripted, preserved_attrs=keep)
-    _forward_through_encode_and_decode(frozen)
+    # Not for v3: its style code, compiled inside forward's compilation when a host loads
+    # the file, made torch.jit.load 5x slower (3.3 s instead of 0.64 for full-size v3).
+    if not hasattr(module, STYLE_ATTRIBUTES[0]):
+        _forward_through_encode_and_decode(frozen)
     return frozen
 
 
@@ -559,12 +565,12 @@ def _forward_through_encode_and_decode(frozen: torch.jit.ScriptModule) -> None:
     third inlined copy of the model.
 
     Freezing inlines every call, so ``forward`` repeated all of ``encode``'s and
-    ``decode``'s code, which every host compiles when it loads the file (BRAVE: 90 of
-    230 KB of code; ``torch.jit.load`` 0.43 s instead of 0.77 s). ``forward`` is
-    ``decode(encode(x))`` by definition (:meth:`ScriptedRAVE.forward`); the one
-    difference: v3's style flags are handed to the layers before each half, not once,
-    which hands the same flags again (a reset is applied once: the first clears it).
+    ``decode``'s code, which every host compiles when it loads the file (BRAVE: 115
+    instead of 230 KB of code; ``torch.jit.load`` about 0.35 s instead of 0.8). ``forward`` is
+    ``decode(encode(x))`` by definition (:meth:`ScriptedRAVE.forward`).
     """
+    if not (frozen._c._has_method("encode") and frozen._c._has_method("decode")):
+        return
     graph = frozen._c._get_method("forward").graph
     me, x = list(graph.inputs())
     ret = graph.return_node()
