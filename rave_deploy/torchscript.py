@@ -553,9 +553,9 @@ def _freeze(module: ScriptedRAVE) -> torch.jit.ScriptModule:
     keep += [n for n in vars(module) if not n.startswith("_") and n != "training"]
     keep += list(module._buffers)
     frozen = torch.jit.freeze(scripted, preserved_attrs=keep)
-    # Not for v3: its style code, compiled inside forward's compilation when a host loads
-    # the file, made torch.jit.load 5x slower (3.3 s instead of 0.64 for full-size v3).
-    if not hasattr(module, STYLE_ATTRIBUTES[0]):
+    # Not with style layers (v3): their code, compiled inside forward's compilation when a
+    # host loads the file, made torch.jit.load 5x slower (3.3 s instead of 0.64 s).
+    if not style_layers(module.core):
         _forward_through_encode_and_decode(frozen)
     return frozen
 
@@ -569,8 +569,6 @@ def _forward_through_encode_and_decode(frozen: torch.jit.ScriptModule) -> None:
     instead of 230 KB of code; ``torch.jit.load`` about 0.35 s instead of 0.8). ``forward`` is
     ``decode(encode(x))`` by definition (:meth:`ScriptedRAVE.forward`).
     """
-    if not (frozen._c._has_method("encode") and frozen._c._has_method("decode")):
-        return
     graph = frozen._c._get_method("forward").graph
     me, x = list(graph.inputs())
     ret = graph.return_node()

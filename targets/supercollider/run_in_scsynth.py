@@ -458,9 +458,10 @@ def compare_with_ugen_code(module, signal: np.ndarray, rendered: np.ndarray,
     both ``(channels, T)``; ``settings``: the attributes NN.ar set before its first call
     (``(NAME, VALUE)`` pairs), set on both copies the same way."""
     for m in (module, second):
-        if m is not None:
-            apply_attributes(m, settings)
-        if m is not None and hasattr(m, "reset"):  # scsynth loads afresh: from silence too
+        if m is None:
+            continue
+        apply_attributes(m, settings)
+        if hasattr(m, "reset"):  # scsynth loads afresh: from silence too
             m.reset()
     if ugen == "nn-ar":
         expected, delay = nn_ar_output(module, signal, rendered.shape[-1], server_block,
