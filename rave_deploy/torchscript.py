@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import io
 import linecache
 import logging
@@ -454,6 +455,11 @@ def _deterministic_scripting() -> Iterator[None]:
     * torch iterates a ``set`` of module constant names (``__constants__``, ``Final``)
       when it builds a module type, so their order in the saved code follows Python's
       per-process string hashing: that module gets an insertion-ordered set meanwhile.
+    * The file's debug records name the source file of every compiled function: torch
+      writes its absolute path (``/home/<user>/...``, the virtualenv's), so a file
+      depended on where rave-deploy was installed and told whoever it is shared with
+      the exporter's user name. Each source is named by its module instead
+      (``rave_core/nn/conv.py``, ``torch/nn/functional.py``; :func:`_portable_sources`).
     """
     import torch.jit._recursive as recursive
     import torch.jit._state as state
@@ -477,7 +483,8 @@ def _deterministic_scripting() -> Iterator[None]:
     state._jit_function_overload_caching = weakref.WeakKeyDictionary()
     recursive.set = _InsertionOrderedSet
     try:
-        yield
+        with _portable_sources():
+            yield
     finally:
         for (mod, name), value in saved.items():
             setattr(mod, name, value)
@@ -485,6 +492,38 @@ def _deterministic_scripting() -> Iterator[None]:
             recursive.set = previous_set
         else:
             del recursive.set
+
+
+@contextlib.contextmanager
+def _portable_sources() -> Iterator[None]:
+    """Meanwhile, torch's compiler reads each function's source file under a name made
+    from its module (``rave_core.nn.conv`` -> ``rave_core/nn/conv.py``), not its absolute
+    path. torch imports the reader by name into several modules: each is patched."""
+    import importlib
+
+    import torch._sources as sources
+
+    original = sources.get_source_lines_and_file
+
+    def portable(obj, error_msg=None):
+        lines, first_line, filename = original(obj, error_msg)
+        module = inspect.getmodule(obj)
+        if filename and module is not None and getattr(module, "__name__", None):
+            stem = module.__name__.replace(".", "/")
+            filename = stem + ("/__init__.py" if Path(filename).name == "__init__.py"
+                               else ".py")
+        return lines, first_line, filename
+
+    users = [sources] + [importlib.import_module(m) for m in (
+        "torch.jit.frontend", "torch._jit_internal", "torch.jit.annotations")]
+    users = [m for m in users if getattr(m, "get_source_lines_and_file", None) is original]
+    for m in users:
+        m.get_source_lines_and_file = portable
+    try:
+        yield
+    finally:
+        for m in users:
+            m.get_source_lines_and_file = original
 
 
 # Top-level buffers that hold what freezing made graph constants (see :func:`script`).

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +146,21 @@ def test_reexport_is_byte_identical(runs, tmp_path):
     env = dict(os.environ, PYTHONHASHSEED=_other_set_order_seed())
     subprocess.run([sys.executable, "-c", code, str(out)], check=True, cwd=ROOT, env=env)
     assert out.read_bytes() == first
+
+
+def test_file_names_its_sources_by_module_not_by_path(runs):
+    """The debug records name each compiled function's source file: by its module
+    (``rave_core/nn/conv.py``), never by the absolute path of this checkout or of the
+    virtualenv's torch, which would make the file depend on where rave-deploy was
+    installed and show the exporter's home folder to whoever the file is shared with."""
+    _, _, results = runs["brave"]
+    with zipfile.ZipFile(results["nn_tilde"].path) as archive:
+        records = {n: archive.read(n) for n in archive.namelist()}
+    debug = b"".join(d for n, d in records.items() if n.endswith(".debug_pkl"))
+    assert b"rave_core/nn/conv.py" in debug and b"torch/nn/functional.py" in debug
+    for root in {str(ROOT), sys.prefix, str(Path(torch.__file__).parent)}:
+        hits = [n for n, d in records.items() if root.encode() in d]
+        assert not hits, (root, hits)
 
 
 def test_file_is_small(runs):

@@ -225,9 +225,11 @@ class _WeightedRowSums(StreamingModule):
         # in torch 2.5, nn~ 1.6's libtorch, and 2.13): `F.embedding_bag`'s argument checks
         # are ~15 interpreter nodes per call, and the public op one more dispatch, on a
         # path that runs at every small host block. Mode 0 is "sum"; the offsets include
-        # the last one; no padding index.
+        # the last one; no padding index. `a` is flattened by `reshape(-1)`: a length computed
+        # from `w.size(0)` (a constant once frozen) was folded by some freezes and not by
+        # others, so two exports of one checkpoint could differ in that line of code.
         return torch._embedding_bag_forward_only(w, index, offsets, False, 0, False,
-                                                 a.reshape(m * w.size(0)), True, -1)[0]
+                                                 a.reshape(-1), True, -1)[0]
 
 
 class Conv1d(_WeightedRowSums):

@@ -14,8 +14,9 @@ method, driven block by block as its host drives it) and calls
   - ``latency.forward``: structural latency, what nn~ adds at each host block, and the
     latency measured on clicks and note onsets placed at 16 positions inside a block;
 
-* :func:`run_forward_timing`, which adds ``rtf.forward@<N>``: can one CPU thread keep
-  up with the host at block size ``N``.
+* :func:`run_forward_timing`, which adds ``rtf.forward``: the smallest block size ``N``
+  at which one CPU thread keeps up with the host (each ``N``'s figures in
+  ``summary["rtf"]``).
 
 Units: audio signals are ``(batch, channels, time)`` float32; latents are
 ``(batch, latent_size, frames)``. Delays and latencies are in *output* units of the method

@@ -6,7 +6,7 @@ what Pd recorded with rave-deploy's emulation of nn~ (the one `rave-deploy check
 
 Pd runs in batch mode (``pd -nogui -nosound -batch``; tested with Pd 0.53.1): a generated
 patch reads a test signal into an array, plays it through ``[nn~ FILE forward N]`` (with
-``bufsize N`` and ``set deterministic 1`` sent on load, as ``example.pd`` does) and records
+``bufsize N`` sent on load, as ``example.pd`` does, and ``set deterministic 1``) and records
 the output with ``[tabwrite~]`` (which stores values under 2**-63 as 0: so does the
 comparison). The same file is then run through
 :class:`rave_deploy.nn_tilde_emulation.NnTildeHost` in this process, and the two outputs
@@ -20,7 +20,7 @@ patch that plays with the latent between the two) and compares with the emulatio
 same two objects.
 
 ``--nn-tilde`` is the folder holding ``nn~.pd_linux`` (``.pd_darwin``, ``.dll``), as nn~'s
-release unpacks it. Files with several channels (a model trained with `--channels 2`)
+release unpacks it. Files with several channels (a model trained on a stereo dataset)
 play one array per channel (needs as many outputs as inputs).
 """
 from __future__ import annotations

@@ -37,7 +37,7 @@ server, NN.ar runs the model in the audio thread: it gathers ``B`` samples, call
 ended, a delay of ``B - z`` samples (server blocks above ``B`` are refused: NN.ar
 disables itself). That is what is computed here, under the default graph executor
 (NN.ar does not switch it). NN.ar also plays files with several channels (a model
-trained with ``--channels 2``): one input and one output bus per channel. ``--set NAME VALUE``
+trained on a stereo dataset): one input and one output bus per channel. ``--set NAME VALUE``
 puts the pair in NN.ar's ``attributes:`` argument (set before its first call; a v3
 file's ``learn_source``, for one) and on the copies the expected output is computed with.
 
