@@ -551,11 +551,11 @@ def script(module: ScriptedRAVE) -> torch.jit.ScriptModule:
     module.core.forget_packed_weights()  # opaque oneDNN tensors: the host packs its own
     with _deterministic_scripting():
         n_tensors = len(_distinct_tensor_constants(_freeze(module)))
-    # Freezing does not always fold the same set of tensors: the first freeze in a process
-    # of a small BRAVE kept one reshape unfolded in `_decode` (65 tensors, 64 after; four
-    # processes of four), a later freeze did so about once in 40, and most exports of v3
-    # did before its AdaIN layers were replaced. So freeze again with as many placeholders
-    # as the last freeze gave, until two agree.
+    # Freezing has not always folded the same set of tensors: a reshape whose length was
+    # read off a weight stayed unfolded in some freezes, rarely (the row sums now use
+    # `reshape(-1)`), and most exports of v3 differed before its AdaIN layers were
+    # replaced. So freeze again with as many placeholders as the last freeze gave, until
+    # two agree.
     for _ in range(FREEZE_ATTEMPTS):
         names = [f"{FROZEN_TENSOR_PREFIX}{i}" for i in range(n_tensors)]
         frozen = _freeze_with_placeholders(module, names)
