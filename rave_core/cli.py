@@ -6,18 +6,21 @@
     rave-core train --config v2_small --db_path data/db --name my_run
     rave-core configs
 
-Exit codes: 0 success, 1 a failed operation, 2 bad usage, 130 interrupted (Ctrl-C).
+Exit codes: 0 success, 1 a failed operation, 2 bad usage, 130 interrupted (Ctrl-C; SIGTERM
+for train), 143 preprocess stopped by SIGTERM (cleaned up as for Ctrl-C).
 Errors print one or two lines naming the problem and the fix; ``--debug`` shows tracebacks.
 Output folders are created as needed. docs/bad-input.md lists every case and its message.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Callable, List, Optional
@@ -26,10 +29,11 @@ import click
 
 from .config import CONFIG_DIR, ConfigError, available_configs
 from .data import DataError
+from .data.preprocess import DataInputError
 from .run import RunError
 
 # Unusable input (exit 2) versus a failed operation (exit 1).
-USAGE_ERRORS = (ConfigError, RunError)
+USAGE_ERRORS = (ConfigError, RunError, DataInputError)
 OPERATION_ERRORS = (DataError, OSError)
 
 DEFAULTS = dict(out_path="runs", max_steps=6_000_000, batch=8, n_signal=131072, val_every=10_000,
@@ -38,6 +42,30 @@ DEFAULTS = dict(out_path="runs", max_steps=6_000_000, batch=8, n_signal=131072, 
 
 class _Settings:
     debug = False
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, Docker, Slurm), handled as Ctrl-C is: temporaries
+    removed, earlier outputs kept; exit code 143."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """While inside, SIGTERM raises :class:`Terminated` (a KeyboardInterrupt), so the
+    clean-up that Ctrl-C runs runs for it too. Only in the main thread (elsewhere Python
+    cannot set handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _rank_prefix() -> str:
@@ -143,7 +171,7 @@ def _guard(settings: _Settings, fn: Callable, *args, interrupted: str = "Interru
         if settings.debug:
             traceback.print_exception(err)
         click.echo(f"{_rank_prefix()}{interrupted}", err=True)
-        sys.exit(130)
+        sys.exit(143 if isinstance(err, Terminated) else 130)
     except (*USAGE_ERRORS, TrainingArgumentError) as err:
         _fail(settings, err, 2)
     except (*OPERATION_ERRORS, TrainingError) as err:
@@ -198,7 +226,8 @@ def main(ctx: click.Context, debug: bool) -> None:
               help="Folder of audio files (searched recursively) or one audio file; repeat "
                    "for several. wav, flac, aiff, ogg, mp3.")
 @click.option("--output_path", required=True, metavar="DB",
-              help="Dataset folder to write (replaced atomically if it is a dataset already).")
+              help="Dataset folder to write (replaced atomically if it is a dataset already; a "
+                   "folder holding other files is refused).")
 @click.option("--channels", type=click.IntRange(min=1), default=1, show_default=True,
               help="Audio channels of the dataset (sources are mixed down or duplicated).")
 @click.option("--sampling_rate", type=click.IntRange(min=1), default=44100, show_default=True,
@@ -213,10 +242,12 @@ def preprocess(settings: _Settings, input_paths, output_path, channels, sampling
     if missing:
         _usage(f"--input_path {missing[0]} does not exist; give a folder of audio files")
     _check_output_location("--output_path", output_path)
-    report = _guard(settings, run_preprocess, list(input_paths), output_path, channels=channels,
-                    sampling_rate=sampling_rate, progress=progress,
-                    writing=f"the dataset at {output_path}",
-                    interrupted=f"Interrupted: {output_path} is as it was (nothing was written).")
+    with sigterm_as_interrupt():
+        report = _guard(settings, run_preprocess, list(input_paths), output_path, channels=channels,
+                        sampling_rate=sampling_rate, progress=progress,
+                        writing=f"the dataset at {output_path}",
+                        interrupted=f"Interrupted: {output_path} is as it was (nothing was "
+                                    "written).")
     click.echo(str(report))
 
 

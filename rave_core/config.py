@@ -29,6 +29,26 @@ class ConfigError(ValueError):
         self.line = line
 
 
+def read_text_file(path) -> str:
+    """A config file's text: UTF-8, with a leading byte-order mark dropped. Anything else
+    (Latin-1, a binary file) is a :class:`ConfigError` naming the line to fix."""
+    path = Path(path)
+    data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ConfigError(f"{path} is not UTF-8 text (line {line}, byte "
+                          f"0x{data[err.start]:02x}): save it as UTF-8") from None
+    if "\x00" in text:
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise ConfigError(f"{path} is not a text file (a NUL byte on line {line}): give a gin "
+                          "config saved as UTF-8 text")
+    return text
+
+
 def _register_externals() -> None:
     for obj, module in ((torch.nn.Conv1d, "torch.nn"), (torch.nn.Conv2d, "torch.nn")):
         try:
@@ -130,8 +150,11 @@ def _read_config(name_or_path: str) -> List[_Line]:
             hint = f" Did you mean {', '.join(close)}?" if close else ""
             raise ConfigError(f"unknown config {name_or_path!r}: not a shipped config "
                               f"({', '.join(available_configs())}) nor a file.{hint}")
-        return _expand_includes(path.read_text(), path.parent, name_or_path)
-    return _expand_includes(path.read_text(), path.parent, f"shipped config {path.name}")
+        if path.is_dir():
+            raise ConfigError(f"config {name_or_path} is a folder: give a .gin file or a "
+                              "shipped config name (rave-core configs)")
+        return _expand_includes(read_text_file(path), path.parent, name_or_path)
+    return _expand_includes(read_text_file(path), path.parent, f"shipped config {path.name}")
 
 
 def _expand_includes(text: str, folder: Path, source: str) -> List[_Line]:
@@ -144,7 +167,7 @@ def _expand_includes(text: str, folder: Path, source: str) -> List[_Line]:
             found = next((c for c in candidates if c.exists()), None)
             if found is None:
                 raise ConfigError(f"config include {target!r} not found ({source}, line {number})")
-            out += _expand_includes(found.read_text(), found.parent, found.name)
+            out += _expand_includes(read_text_file(found), found.parent, found.name)
         else:
             out.append((line, source, number))
     return out

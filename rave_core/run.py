@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from .config import ConfigError, build_model
+from .config import ConfigError, build_model, read_text_file
 
 # Keys of the training-only modules: not needed (nor built) to run the model.
 TRAINING_ONLY_PREFIXES = ("discriminator.", "audio_distance.", "multiband_audio_distance.")
@@ -72,8 +73,44 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
+def _damaged(path: Path, detail: str) -> RunError:
+    return RunError(f"cannot read checkpoint {path}: the file is truncated or corrupted "
+                    f"({detail}). Use another checkpoint of the run (e.g. last.ckpt)")
+
+
+def _check_crc(path: Path) -> None:
+    """A checkpoint is a zip archive whose entries carry CRCs that ``torch.load`` does not
+    check: flipped bits in the weights would load silently. One pass over the file."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return  # a legacy (pre-1.6) checkpoint, or not one at all: torch.load decides
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError,
+            NotImplementedError) as err:
+        raise _damaged(path, str(err).strip() or type(err).__name__) from None
+    if bad is not None:
+        raise _damaged(path, f"CRC mismatch in {bad}")
+
+
+def check_finite(state_dict: Dict[str, object], path) -> None:
+    """Refuse weights holding NaN or infinity: a model from a diverged run plays noise or
+    silence, and training resumed from it diverges again."""
+    bad = [k for k, v in state_dict.items() if isinstance(v, torch.Tensor)
+           and (v.is_floating_point() or v.is_complex()) and v.numel()
+           and not bool(torch.isfinite(v).all())]
+    if bad:
+        names = ", ".join(repr(k) for k in bad[:3]) + (f" and {len(bad) - 3} more"
+                                                         if len(bad) > 3 else "")
+        raise RunError(f"{path} holds NaN or infinite weights ({names}): the training diverged "
+                       "before this checkpoint was saved; pick an earlier checkpoint of the run "
+                       "(e.g. an epoch_<step>.ckpt)")
+
+
 def read_checkpoint(path: Path) -> Dict[str, object]:
-    """Read a checkpoint without executing any pickled code."""
+    """Read a checkpoint without executing any pickled code. Corrupted bytes (a CRC
+    mismatch) and non-finite weights are refused (:class:`RunError`)."""
+    _check_crc(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -83,11 +120,23 @@ def read_checkpoint(path: Path) -> Dict[str, object]:
                        "as a plain state dict with torch.save(model.state_dict(), ...)") from None
     except Exception as err:  # noqa: BLE001 - any parse failure means a damaged file
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise RunError(f"cannot read checkpoint {path}: the file is truncated or corrupted "
-                       f"({first}). Use another checkpoint of the run (e.g. last.ckpt)") from None
+        raise _damaged(path, first) from None
     if not isinstance(ckpt, dict):
         raise RunError(f"{path} is not a checkpoint: expected a dict with a 'state_dict'")
+    sd = ckpt.get("state_dict", ckpt)
+    if isinstance(sd, dict):
+        check_finite(sd, path)
     return ckpt
+
+
+def _looks_like_checkpoint(path: Path) -> bool:
+    """A zip archive (torch >= 1.6) or a pickle (older torch) by its first bytes."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return True  # let the loader report it
+    return head.startswith(b"PK") or head[:1] == b"\x80"
 
 
 def extract_state_dict(ckpt: Dict[str, object], ema: bool = False) -> Tuple[Dict[str, torch.Tensor], bool]:
@@ -149,15 +198,23 @@ def open_run(path, streaming: bool = False, ema: bool = False,
     path = Path(path)
     if not path.exists():
         raise RunError(f"{path} does not exist: give a run directory (with config.gin) or a .ckpt file")
+    if path.is_file() and not _looks_like_checkpoint(path):
+        raise RunError(f"{path} is not a checkpoint (nor a run directory): RUN must be a run "
+                       "directory (the folder holding config.gin) or a checkpoint file (.ckpt)")
     checkpoint = path if path.is_file() else find_checkpoint(path)
     config_path = find_config(path)
-    text = config_path.read_text()
+    try:
+        text = read_text_file(config_path)
+    except ConfigError as err:
+        raise RunError(str(err)) from None
     try:
         model = build_model(text=text, overrides=overrides or [], build_discriminator=False)
     except ConfigError as err:
         raise RunError(f"{config_path}: {err}") from None
     ckpt = read_checkpoint(checkpoint)
     sd, used_ema = extract_state_dict(ckpt, ema=ema)
+    if used_ema:
+        check_finite(sd, f"{checkpoint} (EMA weights)")
     load_weights(model, sd, source=str(checkpoint))
     model.eval()
     if streaming:

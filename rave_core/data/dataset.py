@@ -11,7 +11,8 @@ import yaml
 from torch.utils.data import Dataset
 
 from . import DataError
-from .preprocess import AUDIO_FILE, FORMAT, INDEX_FILE, METADATA_FILE
+from .preprocess import AUDIO_FILE, FORMAT, INDEX_FILE, METADATA_FILE, DataInputError
+
 _REQUIRED_KEYS = ("channels", "n_seconds", "sr", "format")
 _FIX = "re-run `rave-core preprocess` to rebuild it"
 
@@ -23,15 +24,29 @@ def load_metadata(db_path: str | Path) -> dict:
         raise DataError(f"dataset not found: {db}; run `rave-core preprocess` to create it")
     meta_path = db / METADATA_FILE
     if not meta_path.is_file():
-        raise DataError(f"dataset {db} is incomplete (no {METADATA_FILE}); {_FIX}")
-    with open(meta_path) as f:
-        meta = yaml.safe_load(f)
+        raise DataInputError(f"dataset {db} is incomplete (no {METADATA_FILE}); {_FIX}")
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = yaml.safe_load(f)
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise _damaged(db, METADATA_FILE, err) from None
     missing = [k for k in _REQUIRED_KEYS if not isinstance(meta, dict) or k not in meta]
     if missing:
-        raise DataError(f"dataset {db}: {METADATA_FILE} lacks {', '.join(missing)}; {_FIX}")
+        raise DataInputError(f"dataset {db} is damaged: {METADATA_FILE} lacks "
+                             f"{', '.join(missing)}; {_FIX}")
     if meta["format"] != FORMAT:
-        raise DataError(f"dataset {db}: unsupported format {meta['format']!r}; {_FIX}")
+        raise DataInputError(f"dataset {db}: unsupported format {meta['format']!r}; {_FIX}")
+    for key in ("channels", "sr"):
+        if isinstance(meta[key], bool) or not isinstance(meta[key], int) or meta[key] < 1:
+            raise DataInputError(f"dataset {db} is damaged: {METADATA_FILE} has {key} "
+                                 f"{meta[key]!r}, not a positive integer; {_FIX}")
     return meta
+
+
+def _damaged(db: Path, name: str, err: BaseException) -> DataInputError:
+    """A dataset file that cannot be parsed: bad input (exit 2), with its first line."""
+    first = " ".join(str(err).split())[:160] or type(err).__name__
+    return DataInputError(f"dataset {db} is damaged: {name} is unreadable ({first}); {_FIX}")
 
 
 class AudioDataset(Dataset):
@@ -89,15 +104,19 @@ class AudioDataset(Dataset):
         """Frames in audio.bin, checked against index.json so a damaged dataset fails early."""
         audio_path = self.db_path / AUDIO_FILE
         if not audio_path.is_file():
-            raise DataError(f"dataset {self.db_path} has no {AUDIO_FILE}; {_FIX}")
+            raise DataInputError(f"dataset {self.db_path} is damaged: it has no {AUDIO_FILE}; "
+                                 f"{_FIX}")
         frame_bytes = 4 * self.channels
         n_frames, remainder = divmod(audio_path.stat().st_size, frame_bytes)
         index_path = self.db_path / INDEX_FILE
         if index_path.is_file():
-            with open(index_path) as f:
-                indexed = sum(entry["length"] for entry in json.load(f)["files"])
+            try:
+                with open(index_path, encoding="utf-8") as f:
+                    indexed = sum(int(entry["length"]) for entry in json.load(f)["files"])
+            except (ValueError, KeyError, TypeError) as err:  # JSONDecodeError is a ValueError
+                raise _damaged(self.db_path, INDEX_FILE, err) from None
             if indexed != n_frames or remainder:
-                raise DataError(
+                raise DataInputError(
                     f"dataset {self.db_path}: {AUDIO_FILE} holds {n_frames} frames but "
                     f"{INDEX_FILE} lists {indexed}; {_FIX}"
                 )

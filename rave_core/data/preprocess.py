@@ -61,6 +61,11 @@ class PreprocessReport:
         return "\n".join(lines)
 
 
+class DataInputError(DataError):
+    """Unusable input given by the user (a bad usage: exit code 2), e.g. an output folder
+    that holds other files, or a dataset that is damaged."""
+
+
 class _SkipFile(Exception):
     """Internal: this file is not usable; the message is the reason."""
 
@@ -84,7 +89,8 @@ def preprocess(
 
     Raises:
         DataError: bad arguments, a missing input path, no audio found, every file
-            skipped, or an ``output_path`` that exists and is not a dataset.
+            skipped. DataInputError: an ``output_path`` that exists and is not a dataset
+            (it holds other files), or an input inside ``output_path``.
     """
     if channels < 1:
         raise DataError(f"channels must be >= 1, got {channels}")
@@ -92,6 +98,7 @@ def preprocess(
         raise DataError(f"sampling_rate must be > 0, got {sampling_rate}")
     files = find_audio_files(input_paths)
     output = Path(output_path)
+    _check_input_outside_output(input_paths, output)
     _check_output_replaceable(output)
     _remove_stale_partials(output)
 
@@ -143,19 +150,36 @@ def _walk_audio(root: Path) -> Iterator[Path]:
                 yield Path(dirpath) / name
 
 
+def _check_input_outside_output(input_paths, output: Path) -> None:
+    """Replacing ``output`` deletes what is in it: refuse when an input lies there."""
+    if isinstance(input_paths, (str, os.PathLike)):
+        input_paths = [input_paths]
+    target = output.resolve()
+    for raw in input_paths:
+        source = Path(raw).resolve()
+        if source == target or target in source.parents:
+            raise DataInputError(
+                f"--input_path {raw} is inside --output_path {output}: writing the dataset "
+                "there would delete the input audio; choose an output folder that does not hold it")
+
+
 def _check_output_replaceable(output: Path) -> None:
-    """Refuse to overwrite anything that is not (an earlier attempt at) one of our datasets."""
+    """Refuse to overwrite anything that is not (an earlier attempt at) one of our datasets:
+    an existing folder is replaced only when it holds nothing but the files preprocess
+    writes (audio.bin, index.json, skipped.txt, metadata.yaml)."""
     if not output.exists():
         return
     if not output.is_dir():
         raise DataError(f"output path {output} is a file; choose a folder path for the dataset")
-    contents = {p.name for p in output.iterdir()}
-    if METADATA_FILE in contents or contents <= _OWN_FILES:
+    extra = sorted(p.name + ("/" if p.is_dir() else "") for p in output.iterdir()
+                   if p.name not in _OWN_FILES or not p.is_file())
+    if not extra:
         return
-    raise DataError(
-        f"output path {output} exists and is not a dataset (no {METADATA_FILE}); "
-        "choose a new or empty folder"
-    )
+    shown = ", ".join(extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
+    raise DataInputError(
+        f"output path {output} exists and is not a dataset written by preprocess: it also "
+        f"holds {shown}, which replacing it would delete; choose a new or empty folder for "
+        "--output_path, or remove them")
 
 
 def _remove_stale_partials(output: Path) -> None:
@@ -283,7 +307,12 @@ def _resampled_blocks(audio: sf.SoundFile, channels: int, sr: int) -> Iterator[n
         block = _read_block(audio)
         if len(block) == 0:
             break
-        block = convert_channels(np.nan_to_num(block, copy=False), channels)
+        if not np.isfinite(block).all():
+            bad = int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
+            at = (audio.tell() - len(block) + bad) / audio.samplerate
+            raise _SkipFile(f"non-finite samples (NaN or infinity) at {at:.2f} s: the file is "
+                            "damaged; fix or remove it")
+        block = convert_channels(block, channels)
         if resampler is not None:
             block = resampler.resample_chunk(block)
         if len(block):

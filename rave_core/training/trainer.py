@@ -43,9 +43,9 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from ..config import ConfigError, parse_config
+from ..config import ConfigError, parse_config, read_text_file
 from ..data import AudioDataset, DataError, load_metadata
-from ..run import RunError, find_config
+from ..run import RunError, extract_state_dict, find_config
 from .analysis import cropped_length, fidelity_dimensions, latent_statistics, receptive_field
 from .checkpoint import (capture_rng, copy_checkpoint, load_checkpoint, restore_rng, save_checkpoint,
                          write_text_atomically)
@@ -233,8 +233,10 @@ def _load_model_weights(model: nn.Module, state_dict: Dict[str, torch.Tensor], p
                             "config the run was trained with (leave out --config)")
     for k, v in state_dict.items():
         if tuple(v.shape) != tuple(expected[k].shape):
+            note = _channels_note(path, int(getattr(model, "n_channels", 0) or 0))
             raise TrainingError(f"{path} does not fit the config: {k!r} has shape {tuple(v.shape)} "
-                                f"in the checkpoint but {tuple(expected[k].shape)} in the model")
+                                f"in the checkpoint but {tuple(expected[k].shape)} in the model"
+                                f"{note}")
     if missing:
         warnings.warn(f"{path} has no discriminator weights: the discriminator starts from scratch")
     # `warmed_up` / `enabled` are replaced (not written in place) by set_warmed_up: copy
@@ -333,17 +335,20 @@ def _train(ctx: DistContext, configs, db_path: Path, name: str, out_path: Path, 
         raise TrainingArgumentError(f"--ckpt {resume_path}: no such checkpoint file")
 
     # ---- config and model
-    stored = (run_dir / "config.gin").read_text() if (run_dir / "config.gin").exists() else None
+    stored = read_text_file(run_dir / "config.gin") if (run_dir / "config.gin").exists() else None
     text = None
     if not configs:
         if resume_path is None:
             raise TrainingArgumentError("no --config given: choose one or more of "
                                         "`rave-core configs` (e.g. --config v2_small)")
         try:
-            text = find_config(resume_path).read_text()
+            text = read_text_file(find_config(resume_path))
         except RunError as err:
             raise TrainingError(str(err)) from None
+    if text is not None:
+        _check_channels(text, channels, db_path, resume_path)
     model, beta, operative = _build(configs, overrides, text, channels, seed)
+    _check_signal_multiple(model, n_signal)
     if by_name and configs and stored is not None and operative != stored:
         raise TrainingArgumentError(
             f"run {run_dir} exists and was trained with another config "
@@ -364,10 +369,24 @@ def _train(ctx: DistContext, configs, db_path: Path, name: str, out_path: Path, 
     start_step, best, rng_state = 0, None, None
     if resume_path is not None:
         state = load_checkpoint(resume_path)
-        _load_model_weights(model, state["state_dict"], resume_path)
+        if "state_dict" in state:
+            weights = state["state_dict"]
+        else:  # a plain state dict (torch.save(model.state_dict(), ...)): weights only
+            try:
+                weights, _ = extract_state_dict(state)
+            except RunError as err:
+                raise TrainingArgumentError(f"--ckpt {resume_path}: {err}") from None
+            state = {}
+        if not isinstance(weights, dict):
+            raise TrainingArgumentError(f"--ckpt {resume_path}: its 'state_dict' is not a dict "
+                                        "of tensors; give a checkpoint written by training")
+        _load_model_weights(model, weights, resume_path)
         start_step = int(state.get("global_step", 0) or 0)
         best = state.get("best_validation")
-        if not trainer.load_state_dict(state):
+        if not state:
+            warnings.warn(f"{resume_path} holds weights only (a plain state dict): training "
+                          "starts from them at step 0, with fresh optimisers")
+        elif not trainer.load_state_dict(state):
             warnings.warn(f"{resume_path}: no usable optimiser state; optimisers start afresh")
         rngs = state.get("rng_states") or []
         if len(rngs) == ctx.world_size:
@@ -552,6 +571,48 @@ def _divergence_message(err: TrainingError, last_saved: Optional[Tuple[Path, int
         keep = f"the last good checkpoint is {last_saved[0]} (step {last_saved[1]})"
     return (f"training diverged: {err}.\n{keep}; re-run to resume from it (another --seed "
             "changes the data order), or check the dataset for clipped or corrupt audio")
+
+
+def _check_signal_multiple(model: nn.Module, n_signal: int) -> None:
+    """A window is encoded into whole latent frames: ``n_signal`` must be a multiple of the
+    model's ratio (PQMF bands times the encoder's strides)."""
+    ratio = int(model.ratio)
+    if n_signal % ratio:
+        lower = n_signal // ratio * ratio
+        examples = " or ".join(str(v) for v in (lower, lower + ratio) if v > 0)
+        raise TrainingArgumentError(f"--n_signal must be a multiple of {ratio} (the model's "
+                                    f"samples per latent frame), got {n_signal}: use e.g. "
+                                    f"{examples}")
+
+
+_CHANNELS_BINDING = re.compile(r"^\s*(?:[\w.]*\.)?RAVE\.n_channels\s*=\s*(\d+)\s*$", re.MULTILINE)
+
+
+def _check_channels(config_text: str, channels: int, db_path: Path,
+                    resume_path: Optional[Path]) -> None:
+    """A run trained on N channels resumes on a dataset of N channels only."""
+    found = _CHANNELS_BINDING.findall(config_text)
+    if not found or int(found[-1]) == channels:
+        return
+    trained = int(found[-1])
+    what = f"the checkpoint {resume_path}" if resume_path else "the run"
+    raise TrainingArgumentError(
+        f"dataset {db_path} has {channels} channel(s) but {what} was trained on {trained}: "
+        f"preprocess the audio with --channels {trained} to resume it, or start a new run "
+        "(another --name, with --config)")
+
+
+def _channels_note(path: Path, channels: int) -> str:
+    """`` (the dataset has 2 channels, the checkpoint's run 1)`` when that explains a
+    checkpoint that does not fit; else empty."""
+    try:
+        found = _CHANNELS_BINDING.findall(read_text_file(find_config(Path(path))))
+    except (RunError, ConfigError, OSError):
+        return ""
+    if not found or int(found[-1]) == channels:
+        return ""
+    return (f" (the dataset has {channels} channel(s), the checkpoint's run {found[-1]}: "
+            f"preprocess with --channels {found[-1]} to resume it)")
 
 
 def _check_signal_length(model: nn.Module, n_signal: int) -> None:

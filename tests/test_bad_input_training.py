@@ -1,0 +1,285 @@
+"""Bad input to `rave-core preprocess`, `rave-core train` and the checkpoint loader
+(`rave-deploy export`): each case answers with a short error and the documented exit
+code, and deletes nothing of the user's (docs/bad-input.md)."""
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+from typing import Iterable, List
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from click.testing import CliRunner
+
+from rave_core.cli import main as core_cli
+from rave_core.data import preprocess
+from rave_deploy.cli import main as deploy_cli
+
+from .runs import make_run
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["CAPACITY=4", "LATENT_SIZE=8", "rave.core.MultiScaleSTFT.scales = [512, 256, 128]"]
+CKPT = Path("version_0") / "checkpoints" / "best.ckpt"
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def run_cli(cli, args: Iterable, code: int, expect: Iterable[str] = ()) -> str:
+    """Invoke ``cli``; check the exit code, the key words, and that the error is clean:
+    no escaped exception, no traceback, the error the last one or two lines."""
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
+        repr(result.exception), result.output)
+    assert "Traceback" not in result.output, result.output
+    assert "unexpected" not in result.output, result.output
+    assert result.exit_code == code, (result.exit_code, result.output)
+    if code in (1, 2):
+        lines = result.stderr.strip().splitlines()
+        errors = [i for i, line in enumerate(lines) if line.startswith("Error:")]
+        assert errors and len(lines) - errors[-1] <= 2, result.stderr
+    for word in expect:
+        assert word in result.output, result.output
+    return result.output
+
+
+def tone(path: Path, seconds: float = 1.0, sr: int = 44100, channels: int = 1) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(seconds * sr)) / sr
+    x = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    sf.write(str(path), np.stack([x] * channels, 1), sr, subtype="FLOAT")
+    return path
+
+
+def tree(folder: Path) -> List[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def leftovers(folder: Path) -> List[str]:
+    return [p.name for p in folder.iterdir() if ".partial-" in p.name or ".old-" in p.name]
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory) -> Path:
+    """A mono dataset of 3 s (enough windows of 8192 samples for a batch of 2)."""
+    root = tmp_path_factory.mktemp("data")
+    tone(root / "wav" / "a.wav", seconds=3)
+    preprocess([str(root / "wav")], str(root / "db"), progress=False)
+    return root / "db"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    return make_run(tmp_path_factory.mktemp("runs"), ("brave",), name="brave")
+
+
+def train_args(db: Path, out: Path, name: str, *extra) -> List[str]:
+    args = ["train", "--db_path", db, "--name", name, "--out_path", out, "--batch", "2",
+            "--n_signal", "8192", "--device", "cpu", "--workers", "0", "--no-progress",
+            "--max_steps", "1", "--val_every", "1"]
+    for o in TINY:
+        args += ["--override", o]
+    return [str(a) for a in args + list(extra)]
+
+
+# ============================================================================ preprocess
+def test_preprocess_refuses_a_folder_holding_other_files(tmp_path):
+    """A folder with a metadata.yaml of its own (a project) is not a dataset: nothing in
+    it is deleted."""
+    wav = tone(tmp_path / "wav" / "a.wav").parent
+    proj = tmp_path / "proj"
+    (proj / "src").mkdir(parents=True)
+    (proj / "metadata.yaml").write_text("name: x\n")
+    (proj / "src" / "main.py").write_text("code\n")
+    before = tree(proj)
+    run_cli(core_cli, ["preprocess", "--input_path", wav, "--output_path", proj,
+                       "--no-progress"], 2, ["not a dataset", "src/", "remove them"])
+    assert tree(proj) == before and (proj / "src" / "main.py").read_text() == "code\n"
+    assert leftovers(tmp_path) == []
+
+
+def test_preprocess_still_replaces_its_own_dataset(tmp_path):
+    wav = tone(tmp_path / "wav" / "a.wav").parent
+    out = tmp_path / "db"
+    preprocess([str(wav)], str(out), progress=False)
+    tone(wav / "b.wav")
+    run_cli(core_cli, ["preprocess", "--input_path", wav, "--output_path", out,
+                       "--no-progress"], 0, ["2 files"])
+
+
+def test_preprocess_refuses_an_input_inside_the_output(tmp_path):
+    ds = tmp_path / "w" / "ds"
+    tone(ds / "audio" / "a.wav")
+    preprocess([str(ds / "audio")], str(tmp_path / "x"), progress=False)
+    for name in ("audio.bin", "index.json", "skipped.txt", "metadata.yaml"):
+        shutil.copy(tmp_path / "x" / name, ds / name)  # ds looks like a dataset, plus audio/
+    for output in (ds, ds / "audio"):
+        run_cli(core_cli, ["preprocess", "--input_path", ds / "audio", "--output_path", output,
+                           "--no-progress"], 2, ["is inside --output_path", "delete the input"])
+    assert (ds / "audio" / "a.wav").is_file()
+    assert leftovers(ds.parent) == [] and leftovers(ds) == []
+
+
+def test_preprocess_skips_files_with_non_finite_samples(tmp_path):
+    wav = tmp_path / "wav"
+    tone(wav / "good.wav")
+    for name, value in (("inf.wav", np.inf), ("nan.wav", np.nan)):
+        x = sf.read(str(tone(wav / name)), dtype="float32")[0]
+        x[1000] = value
+        sf.write(str(wav / name), x, 44100, subtype="FLOAT")
+    out = run_cli(core_cli, ["preprocess", "--input_path", wav, "--output_path",
+                             tmp_path / "db", "--no-progress"], 0, ["1 files"])
+    for name in ("inf.wav", "nan.wav"):
+        assert f"skipped {wav / name}: non-finite samples" in out, out
+    audio = np.fromfile(tmp_path / "db" / "audio.bin", dtype="<f4")
+    assert np.isfinite(audio).all() and np.abs(audio).max() < 1
+
+
+_SLOW_PREPROCESS = """
+import pathlib, sys, time
+import rave_core.data.preprocess
+pp = sys.modules["rave_core.data.preprocess"]
+write = pp._write_block
+def slow(fh, block):
+    write(fh, block)
+    pathlib.Path(sys.argv[1]).touch()
+    time.sleep(0.5)
+pp._write_block = slow
+from rave_core.cli import main
+main(sys.argv[2:], prog_name="rave-core")
+"""
+
+
+def test_sigterm_during_preprocess_cleans_up_like_ctrl_c(tmp_path):
+    wav = tone(tmp_path / "wav" / "a.wav", seconds=8).parent
+    out, marker = tmp_path / "db", tmp_path / "writing"
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_PREPROCESS, str(marker), "preprocess",
+                             "--input_path", str(wav), "--output_path", str(out), "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    deadline = time.time() + 60
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, (proc.returncode, err)
+    assert f"Interrupted: {out} is as it was" in err and "Traceback" not in err, err
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+# ============================================================================ train: dataset
+@pytest.mark.parametrize("damage", ["index", "metadata"])
+def test_train_on_a_damaged_dataset(db, tmp_path, damage):
+    bad = Path(shutil.copytree(db, tmp_path / "db"))
+    if damage == "index":
+        (bad / "index.json").write_text("{\n")
+    else:
+        (bad / "metadata.yaml").write_text("sr: [\n")
+    name = "index.json" if damage == "index" else "metadata.yaml"
+    run_cli(core_cli, train_args(bad, tmp_path / "runs", "r", "--config", "brave"), 2,
+            [f"dataset {bad} is damaged: {name} is unreadable", "re-run `rave-core preprocess`"])
+    assert not (tmp_path / "runs").exists()
+
+
+def test_train_refuses_n_signal_not_a_multiple_of_the_ratio(db, tmp_path):
+    args = train_args(db, tmp_path / "runs", "r", "--config", "brave")
+    args[args.index("--n_signal") + 1] = "8193"
+    run_cli(core_cli, args, 2, ["--n_signal must be a multiple of 128", "8192"])
+    assert not (tmp_path / "runs").exists()
+
+
+def test_train_from_a_plain_state_dict(db, tmp_path):
+    first = tmp_path / "runs"
+    run_cli(core_cli, train_args(db, first, "a", "--config", "brave"), 0, ["trained"])
+    ckpt = torch.load(first / "a" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    plain = tmp_path / "plain.ckpt"
+    torch.save(ckpt["state_dict"], plain)
+    out = run_cli(core_cli, train_args(db, first, "b", "--config", "brave", "--ckpt", plain), 0,
+                  ["trained"])
+    assert "KeyError" not in out
+    assert (first / "b" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_resuming_a_mono_run_on_a_stereo_dataset_names_the_channels(db, tmp_path):
+    runs = tmp_path / "runs"
+    run_cli(core_cli, train_args(db, runs, "mono", "--config", "brave"), 0, ["trained"])
+    tone(tmp_path / "st" / "a.wav", seconds=3, channels=2)
+    stereo = tmp_path / "db2"
+    preprocess([str(tmp_path / "st")], str(stereo), channels=2, progress=False)
+    before = tree(runs)
+    run_cli(core_cli, train_args(stereo, runs, "mono"), 2,
+            ["has 2 channel(s)", "trained on 1", "--channels 1"])
+    ckpt = runs / "mono" / "version_0" / "checkpoints" / "last.ckpt"
+    run_cli(core_cli, train_args(stereo, runs, "new", "--config", "brave", "--ckpt", ckpt), 1,
+            ["does not fit", "the dataset has 2 channel(s), the checkpoint's run 1"])
+    assert tree(runs) == before
+
+
+# ============================================================================ configs
+@pytest.mark.parametrize("content", [b"# caf\xe9\n", b"\x00\xbb\xff\xfe binary"])
+def test_non_utf8_config_gin(run, db, tmp_path, content):
+    bad = Path(shutil.copytree(run, tmp_path / "bad"))
+    (bad / "config.gin").write_bytes(content + (run / "config.gin").read_bytes())
+    run_cli(deploy_cli, ["export", bad, "-t", "onnx", "-o", tmp_path / "ex"], 2,
+            [f"{bad / 'config.gin'} is not UTF-8 text (line 1", "save it as UTF-8"])
+    gin = tmp_path / "my.gin"
+    gin.write_bytes(content + b"include 'brave.gin'\n")
+    run_cli(core_cli, train_args(db, tmp_path / "runs", "r", "--config", gin), 2,
+            [f"{gin} is not UTF-8 text (line 1", "save it as UTF-8"])
+    assert not (tmp_path / "ex").exists() and not (tmp_path / "runs").exists()
+
+
+def test_config_gin_with_a_utf8_bom_is_read(run, tmp_path):
+    bom = Path(shutil.copytree(run, tmp_path / "bom"))
+    (bom / "config.gin").write_bytes(b"\xef\xbb\xbf" + (run / "config.gin").read_bytes())
+    from rave_core.run import open_run
+    assert open_run(bom).model is not None
+
+
+def test_a_text_file_given_as_run(run, tmp_path):
+    run_cli(deploy_cli, ["export", run / "config.gin", "-t", "onnx", "-o", tmp_path / "ex"], 2,
+            ["is not a checkpoint", "RUN must be a run directory", "or a checkpoint file"])
+
+
+# ============================================================================ checkpoints
+def _flip_weight_byte(ckpt: Path) -> str:
+    with zipfile.ZipFile(ckpt) as archive:
+        info = max((i for i in archive.infolist() if "/data/" in i.filename),
+                   key=lambda i: i.file_size)
+    data = bytearray(ckpt.read_bytes())
+    with open(ckpt, "rb") as f:  # the local header's extra field may differ from the central one
+        f.seek(info.header_offset + 26)
+        name_len, extra_len = (int.from_bytes(f.read(2), "little") for _ in range(2))
+    start = info.header_offset + 30 + name_len + extra_len
+    data[start + 16] ^= 0xFF
+    ckpt.write_bytes(bytes(data))
+    return info.filename
+
+
+def test_corrupted_checkpoint_bytes_are_refused(run, db, tmp_path):
+    bad = Path(shutil.copytree(run, tmp_path / "bad"))
+    entry = _flip_weight_byte(bad / CKPT)
+    assert zipfile.ZipFile(bad / CKPT).testzip() == entry
+    run_cli(deploy_cli, ["export", bad, "-t", "onnx", "-o", tmp_path / "ex"], 2,
+            ["truncated or corrupted", "CRC mismatch", "Use another checkpoint"])
+    run_cli(core_cli, train_args(db, tmp_path / "runs", "r", "--ckpt", bad / CKPT), 2,
+            ["truncated or corrupted", "CRC mismatch"])
+    assert not (tmp_path / "ex").exists() and not (tmp_path / "runs").exists()
+
+
+def test_non_finite_weights_are_refused(run, db, tmp_path):
+    bad = Path(shutil.copytree(run, tmp_path / "bad"))
+    ckpt = torch.load(bad / CKPT, weights_only=True)
+    key = next(k for k, v in ckpt["state_dict"].items() if v.is_floating_point() and v.numel() > 1)
+    ckpt["state_dict"][key][(0,) * ckpt["state_dict"][key].dim()] = float("inf")
+    torch.save(ckpt, bad / CKPT)
+    run_cli(deploy_cli, ["export", bad, "-t", "onnx", "-o", tmp_path / "ex"], 2,
+            ["NaN or infinite weights", repr(key), "diverged", "earlier checkpoint"])
+    run_cli(core_cli, train_args(db, tmp_path / "runs", "r", "--ckpt", bad / CKPT), 2,
+            ["NaN or infinite weights", repr(key)])
+    assert not (tmp_path / "ex").exists() and not (tmp_path / "runs").exists()
