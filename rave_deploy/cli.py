@@ -7,10 +7,12 @@ Exit codes: 0 success, 1 a failed operation or check, 2 bad usage (click's conve
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
 import traceback
+import unicodedata
 from pathlib import Path
 from typing import List, Optional
 
@@ -21,13 +23,15 @@ from rave_core.config import ConfigError
 from rave_core.run import RunError
 
 from .export import ExportError
-from .io import OutputError, describe_os_error
+from .io import OutputError, OutputInTheWay, describe_os_error
 from .model import CPU_KERNELS, DeployError
 from .targets import CheckOptions, ExportOptions, TargetUnsupported, registry
 
 # Failures of an operation (exit 1) versus unusable input (exit 2).
 OPERATION_ERRORS = (TargetUnsupported, OutputError, OSError, ExportError)
-USAGE_ERRORS = (RunError, ConfigError, DeployError)
+# OutputInTheWay: something of the user's stands where an output goes (an OutputError,
+# listed here first so that it is bad usage: nothing was attempted).
+USAGE_ERRORS = (RunError, ConfigError, DeployError, OutputInTheWay)
 
 # Bounds of the numeric flags: beyond them no host runs, and the export or check would
 # only exhaust memory before failing.
@@ -170,13 +174,17 @@ def export(obj: _Context, run: Path, targets, output: Path, streaming: bool, fid
                              or any(sep in name for sep in ("/", "\\"))):
         _usage(f"--name {name!r}: give a plain file name (no folders, not starting with '.'), "
                "e.g. --name my_model; --output sets the folder")
+    if name is not None and any(unicodedata.category(c) == "Cc" for c in name):
+        _usage(f"--name {name!r}: control characters (newlines, tabs, ...) cannot be in a "
+               "file name hosts and scripts handle; give a plain name, e.g. --name my_model")
     options = ExportOptions(streaming=streaming, fidelity=fidelity, deterministic=deterministic,
                             sr=sr, channels=channels, ema_weights=ema_weights, name=name,
                             block_size=block_size, engine=engine, cpu_kernels=cpu_kernels,
                             style_target=style_target, style_source=style_source)
     results = _guard(obj, export_run, run, list(targets), output, options)
     if as_json:
-        click.echo(json.dumps([r.as_dict() for r in results], indent=2))
+        click.echo(json.dumps(_jsonable([r.as_dict() for r in results]), indent=2,
+                              allow_nan=False))
         return
     shown = set()  # a warning about the run itself comes with every target: say it once
     for r in results:
@@ -197,27 +205,31 @@ def export(obj: _Context, run: Path, targets, output: Path, streaming: bool, fid
 @click.option("--block-size", "block_sizes", multiple=True, type=click.IntRange(1, MAX_BLOCK),
               help="Host block size to test (repeat; default: 64 or the ratio, up to 4096).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-@click.option("--report", type=click.Path(path_type=Path), default=None,
-              help="Write a self-contained HTML report (plots, audio players) here.")
+@click.option("--report", "report_arg", type=click.Path(), default=None,
+              help="Write a self-contained HTML report (plots, audio players) to this file.")
 @click.pass_obj
 def check(obj: _Context, artifacts, run: Optional[str], block_sizes, as_json: bool,
-          report: Optional[Path]) -> None:
+          report_arg: Optional[str]) -> None:
     """Check exported ARTIFACTS: host contract, parity with the eager model, causality,
     block-size invariance, latency and jitter, real-time factor. Exit 0 only if every
     check passes."""
-    from .check import CheckUsageError, check_artifact
+    from .check import CheckUsageError, check_artifact, prepare_check
     from .check.report import format_table, write_html_report
+    report = _report_path(obj, report_arg)  # refused now, not after the checks
+    # Every artefact is refused or accepted before any is checked (checks take a while).
+    for artifact in artifacts:
+        _guard(obj, prepare_check, artifact, run, usage_errors=(CheckUsageError,))
     options = CheckOptions(block_sizes=list(block_sizes), report=report)
-    if report is not None:  # a report that cannot be written fails now, not after the checks
-        from .io import ensure_dir
-        _guard(obj, ensure_dir, report.parent, "--report")
     reports = [_guard(obj, check_artifact, artifact, run, options, usage_errors=(CheckUsageError,))
                for artifact in artifacts]
     if report is not None:
         _guard(obj, write_html_report, reports, report)
     if as_json:
-        click.echo(json.dumps({"passed": all(r.passed for r in reports),
-                               "artifacts": [r.as_dict() for r in reports]}, indent=2))
+        # NaN and infinities as strings ("nan", "inf", as CheckResult.as_dict writes a
+        # value): strict JSON that every parser reads
+        click.echo(json.dumps(_jsonable({"passed": all(r.passed for r in reports),
+                                         "artifacts": [r.as_dict() for r in reports]}),
+                              indent=2, allow_nan=False))
     else:
         for r in reports:
             for c in r.results:
@@ -234,6 +246,28 @@ def check(obj: _Context, artifacts, run: Optional[str], block_sizes, as_json: bo
             click.echo(f"\nError: {len(failed)} check(s) failed: {', '.join(failed[:8])}{more}; "
                        "see the FAIL lines above", err=True)
         sys.exit(1)
+
+
+def _jsonable(data):
+    from .check.report import jsonable
+    return jsonable(data)
+
+
+def _report_path(obj: _Context, given: Optional[str]) -> Optional[Path]:
+    """``--report``'s file, or a usage error before any check runs: the report is one
+    HTML file, so a folder (one that exists, or a path ending in a separator) is refused
+    with the file name to give; a missing parent folder is created."""
+    if given is None:
+        return None
+    path = Path(given)
+    seps = (os.sep, os.altsep) if os.altsep else (os.sep,)
+    if given.endswith(seps) or path.is_dir():
+        _usage(f"--report {given}: {'that is a folder' if path.is_dir() else 'a folder path'}; "
+               f"the report is one HTML file: give its name, e.g. --report "
+               f"{path / 'report.html'}")
+    from .io import ensure_dir
+    _guard(obj, ensure_dir, path.parent, "--report")
+    return path
 
 
 @main.command("targets")

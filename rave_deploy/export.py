@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,7 +10,8 @@ from typing import Dict, List, Optional, Sequence
 
 from rave_core.run import Run, open_run
 
-from .io import OutputError, atomic_outputs, describe_os_error, dump_json, ensure_dir
+from .io import (OutputError, OutputInTheWay, atomic_outputs, check_replaceable,
+                 describe_os_error, dump_json, ensure_dir)
 from .model import DEFAULT_TUNED_BLOCK, DeployError, DeployModel
 from .sidecar import FOLDER_SIDECAR, build_sidecar, sidecar_path
 from .targets import ExportOptions, Target, TargetUnsupported, registry
@@ -63,18 +65,70 @@ def _size(path: Path) -> int:
     return path.stat().st_size
 
 
+#: how many names of what is in the way a message lists
+_LISTED = 5
+
+
+def _listed(names: List[str]) -> str:
+    more = f" and {len(names) - _LISTED} more" if len(names) > _LISTED else ""
+    return ", ".join(names[:_LISTED]) + more
+
+
+def check_outputs_replaceable(target: Target, path: Path) -> None:
+    """Raise :class:`OutputInTheWay` unless a new export of ``target`` at ``path`` replaces
+    nothing but an earlier export: the artefact and its sidecar must each be absent or of
+    the kind written there (file or folder), and a folder there must be empty or an earlier
+    export of this target holding nothing else (its sidecar, :meth:`Target.folder_files`)."""
+    path = Path(path)
+    if target.kind != "folder":
+        for final in (path, sidecar_path(path, folder=False)):
+            check_replaceable(final, flag="--output or --name")
+        return
+    check_replaceable(path, folder=True, flag="--output or --name")
+    if not path.is_dir():
+        return
+    try:
+        entries = sorted(path.iterdir())
+    except OSError as err:
+        raise OutputError(f"cannot read {path}, where the {target.name} export goes: "
+                          f"{describe_os_error(err, '')}") from None
+    if not entries:
+        return  # an empty folder: nothing to lose
+    try:
+        sidecar = json.loads((path / FOLDER_SIDECAR).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):  # missing, a folder, not JSON
+        sidecar = None
+    names = {e.name: e.name + ("/" if e.is_dir() else "") for e in entries}
+    if not (isinstance(sidecar, dict) and sidecar.get("target") == target.name):
+        raise OutputInTheWay(f"{path} is a folder holding {_listed(list(names.values()))}, not "
+                             f"an earlier {target.name} export (it has no {FOLDER_SIDECAR} of "
+                             "one), and an export would replace it: move it away, or choose "
+                             "another --output or --name")
+    allowed = {FOLDER_SIDECAR} | target.folder_files(sidecar)
+    others = [names[e.name] for e in entries
+              if e.name not in allowed or e.is_symlink() or not e.is_file()]
+    if others:
+        raise OutputInTheWay(f"{path} holds an earlier {target.name} export and also "
+                             f"{_listed(others)}, which a new export would delete: move "
+                             f"{'it' if len(others) == 1 else 'them'} out of the folder, or "
+                             "choose another --output or --name")
+
+
 def _write_artifact(target: Target, run: Run, options: ExportOptions, path: Path,
                     sidecar_extra: Dict[str, object]) -> Path:
     """Export to temporaries, then rename the artefact and its sidecar into place together:
     on any failure (full disk, Ctrl-C, a target error) the earlier pair stays as it was."""
     folder = target.kind == "folder"
-    finals = [path] if folder else [path, sidecar_path(path)]
+    finals = [path] if folder else [path, sidecar_path(path, folder=False)]
     try:
+        check_outputs_replaceable(target, path)
         with atomic_outputs(finals, folder=folder) as temps:
             extra = target.export(run.model, options, temps[0])
             core: DeployModel = extra.pop("_core")
             sidecar = build_sidecar(target.name, path, run, core, {**extra, **sidecar_extra})
             dump_json(temps[0] / FOLDER_SIDECAR if folder else temps[1], sidecar)
+            # What stands there may have changed during the export: look again (cheap).
+            check_outputs_replaceable(target, path)
     except (OutputError, TargetUnsupported, DeployError):
         raise
     except OSError as err:
@@ -119,6 +173,11 @@ def export_run(run_path, target_names: Sequence[str], output: Path,
             by_reason.setdefault(r, []).append(n)
         raise TargetUnsupported("no target can serve this model; " + "; ".join(
             f"{', '.join(names)}: {r}" for r, names in by_reason.items()))
+
+    # Refuse before writing anything: a folder or a file of the user's where an output goes.
+    for target in targets:
+        if not reasons[target.name]:
+            check_outputs_replaceable(target, artifact_path(output, name, target, as_file))
 
     run, sidecar_extra = _taught(run, options)
     results = []

@@ -30,6 +30,12 @@ class OutputError(OSError):
     """An output location that cannot be written; the message says what to do."""
 
 
+class OutputInTheWay(OutputError):
+    """Something that is not an earlier output stands at an output path (a folder where a
+    file goes, a file where a folder goes, a folder of the user's): refused before
+    anything is written, and it is left as it is. Bad usage (exit code 2)."""
+
+
 # ------------------------------------------------------------------------ messages
 def describe_os_error(err: OSError, path: Optional[Path] = None) -> str:
     """One line for ``err``: the path concerned (``path``, else the error's) and what to do,
@@ -77,6 +83,20 @@ def check_writable_dir(folder: Path, flag: str = "--output") -> None:
         raise OutputError(f"{folder} is a file, not a folder: choose another {flag}")
     if not os.access(folder, os.W_OK):
         raise OutputError(f"output folder {folder} is not writable: choose another {flag}")
+
+
+def check_replaceable(path: Path, folder: bool = False, flag: str = "--output") -> None:
+    """Raise :class:`OutputInTheWay` when ``path`` cannot simply be replaced by a new
+    output: a folder where a file goes, or a file where a folder goes (``folder``).
+    Whether an existing folder may be replaced is the caller's decision."""
+    path = Path(path)
+    if folder:
+        if (path.exists() or path.is_symlink()) and not path.is_dir():
+            raise OutputInTheWay(f"{path} is a file, not a folder: it stands where a folder "
+                                 f"output goes; move it away, or choose another {flag}")
+    elif path.is_dir():
+        raise OutputInTheWay(f"{path} is a folder, not a file: it stands where a file output "
+                             f"goes; move it away, or choose another {flag}")
 
 
 # ------------------------------------------------------------------------ temporaries
@@ -202,6 +222,8 @@ def _fsync(path: Path) -> None:
 def _commit(pairs: Sequence[tuple]) -> None:
     """Rename each ``(tmp, final)`` into place, held together against Ctrl-C. A folder
     already at ``final`` is moved aside first and put back if the rename fails."""
+    for tmp, final in pairs:  # all or none: never the artefact renamed, then no sidecar
+        check_replaceable(final, folder=tmp.is_dir())
     with _interrupts_held():
         done = []
         try:
@@ -232,8 +254,12 @@ def atomic_outputs(paths: Sequence[Path], folder: bool = False) -> Iterator[List
 
     Raises:
         OutputError: the output folder is missing or cannot be written.
+        OutputInTheWay: a folder stands where a file goes, or a file where the folder
+            goes (checked for every path before anything is written).
     """
     paths = [Path(p) for p in paths]
+    for i, path in enumerate(paths):
+        check_replaceable(path, folder=folder and i == 0)
     temps: List[Path] = []
     try:
         for i, path in enumerate(paths):

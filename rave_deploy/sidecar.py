@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import platform
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 
@@ -18,10 +18,11 @@ FORMAT = "rave-deploy-sidecar/1"
 FOLDER_SIDECAR = "rave-deploy.json"
 
 
-def sidecar_path(artifact: Path) -> Path:
-    """``model.ts`` -> ``model.ts.json``; a folder artefact keeps it inside."""
+def sidecar_path(artifact: Path, folder: Optional[bool] = None) -> Path:
+    """``model.ts`` -> ``model.ts.json``; a folder artefact keeps it inside. ``folder``:
+    whether the artefact is a folder (default: whether one is there now)."""
     artifact = Path(artifact)
-    if artifact.is_dir():
+    if artifact.is_dir() if folder is None else folder:
         return artifact / FOLDER_SIDECAR
     return artifact.with_name(artifact.name + ".json")
 

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
-from rave_core.run import RunError, open_run
+from rave_core.run import RunError, find_checkpoint, open_run, sha256_of
 
 from ..sidecar import read_sidecar, sidecar_path
 from ..targets import CheckOptions, get_target, registry
@@ -45,25 +46,130 @@ def identify(artifact: Path):
     return {}, name
 
 
-def check_artifact(artifact, run: Optional[str] = None,
-                   options: Optional[CheckOptions] = None) -> CheckReport:
-    """Check ``artifact`` against the eager model of its run (``run``, else the
-    checkpoint named in its sidecar)."""
+@dataclass
+class CheckPlan:
+    """What checking an artefact needs, validated before any check runs
+    (:func:`prepare_check`)."""
+
+    artifact: Path
+    sidecar: Dict[str, object]
+    target: str
+    source: str                   # the run or checkpoint to load
+    ema_weights: bool
+
+
+_MISSING = object()
+
+
+def _damaged_sidecar(artifact: Path, field: str, value: object) -> CheckUsageError:
+    shown = "missing" if value is _MISSING else f"{json.dumps(value)[:60]}"
+    return CheckUsageError(f"{sidecar_path(artifact)} is damaged: its {field!r} field is "
+                           f"{shown}, not what rave-deploy writes there; re-export, or pass "
+                           "--run RUN (the run directory or checkpoint it was exported from)")
+
+
+def prepare_check(artifact, run: Optional[str] = None) -> CheckPlan:
+    """Everything about checking ``artifact`` that can be refused without running a check:
+    it exists, its sidecar is readable and names a known target, the run to check against
+    is there and (when the sidecar records its SHA-256) is the checkpoint the file was
+    exported from. ``rave-deploy check`` prepares every artefact before checking any.
+
+    Raises:
+        CheckUsageError, RunError: bad usage (exit code 2), the message says what to do.
+    """
     artifact = Path(artifact)
     if not artifact.exists():
         raise CheckUsageError(f"{artifact} does not exist")
-    options = options or CheckOptions()
     sidecar, target_name = identify(artifact)
     if target_name not in registry():
         raise CheckUsageError(f"{artifact}: target {target_name!r} is not known to this version "
                               f"(known: {', '.join(sorted(registry()))})")
-    origin = sidecar.get("source") if isinstance(sidecar.get("source"), dict) else {}
+    origin: Dict[str, object] = {}
+    if sidecar:
+        value = sidecar.get("source", _MISSING)
+        if isinstance(value, dict):
+            origin = value
+            checkpoint = origin.get("checkpoint", _MISSING)
+            if not run and not (isinstance(checkpoint, str) and checkpoint):
+                raise _damaged_sidecar(artifact, "source.checkpoint", checkpoint)
+        elif not run:
+            raise _damaged_sidecar(artifact, "source", value)
     source = run or origin.get("checkpoint")
     if not source:
         raise CheckUsageError(f"{artifact} has no rave-deploy sidecar naming its run: pass "
                               "--run RUN (the run directory or checkpoint it was exported from)")
+    _same_checkpoint(artifact, str(source), origin, explicit=bool(run))
+    return CheckPlan(artifact, sidecar, target_name, str(source),
+                     bool(origin.get("ema_weights")))
+
+
+def _same_checkpoint(artifact: Path, source: str, origin: Dict[str, object],
+                     explicit: bool) -> None:
+    """Refuse a checkpoint that is not the one the artefact was exported from (its SHA-256
+    differs from the sidecar's ``source.checkpoint_sha256``): its parity checks would fail
+    for a reason that is not the export's (e.g. training continued and overwrote it)."""
+    path = Path(source)
+    if not path.exists():
+        # RunError as open_run words it, with where the path came from
+        where = "" if explicit else (f" (the run named in {sidecar_path(artifact)}); pass "
+                                     "--run RUN to check against the run it was exported from")
+        raise RunError(f"{path} does not exist: give a run directory (with config.gin) or a "
+                       f".ckpt file{where}")
+    expected = origin.get("checkpoint_sha256")
+    if not isinstance(expected, str) or not expected:
+        return  # an older sidecar, or none: nothing to compare with
     try:
-        loaded = open_run(source, ema=bool(origin.get("ema_weights")))
+        checkpoint = path if path.is_file() else find_checkpoint(path)
+        digest = checkpoint_sha256(checkpoint)
+    except (RunError, OSError):
+        return  # loading it reports the problem, in its own words
+    if digest == expected.lower():
+        return
+    named = origin.get("checkpoint")
+    if not explicit or (isinstance(named, str) and _same_file(checkpoint, Path(named))):
+        raise CheckUsageError(f"the checkpoint {checkpoint} changed since the export (SHA-256 "
+                              "differs): export again, or pass --run with the checkpoint it was "
+                              "exported from")
+    which = f"--run {source}" + ("" if _same_file(checkpoint, path) else f" (its {checkpoint.name})")
+    raise CheckUsageError(f"{which} is not the checkpoint {artifact} was exported from (SHA-256 "
+                          f"differs from the one in {sidecar_path(artifact)}): pass --run with "
+                          "that checkpoint, or export again from this one")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or a.samefile(b)
+    except OSError:
+        return False
+
+
+#: SHA-256 of checkpoints by (path, size, mtime): ``rave-deploy check exports/*`` checks
+#: every target of one export against one checkpoint, read once
+_SHA256: Dict[Tuple[str, int, int], str] = {}
+_SHA256_KEPT = 16
+
+
+def checkpoint_sha256(path: Path) -> str:
+    """SHA-256 of ``path``, cached per path, size and modification time (a checkpoint
+    rewritten since changes one or the other)."""
+    st = Path(path).stat()
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA256:
+        if len(_SHA256) >= _SHA256_KEPT:
+            _SHA256.pop(next(iter(_SHA256)))
+        _SHA256[key] = sha256_of(Path(path))
+    return _SHA256[key]
+
+
+def check_artifact(artifact, run: Optional[str] = None,
+                   options: Optional[CheckOptions] = None) -> CheckReport:
+    """Check ``artifact`` against the eager model of its run (``run``, else the
+    checkpoint named in its sidecar)."""
+    plan = prepare_check(artifact, run)
+    artifact, sidecar = plan.artifact, plan.sidecar
+    options = options or CheckOptions()
+    try:
+        loaded = open_run(plan.source, ema=plan.ema_weights)
         model = loaded.model
     except RunError as err:
         if run:
@@ -74,7 +180,7 @@ def check_artifact(artifact, run: Optional[str] = None,
     style = sidecar.get("style") if isinstance(sidecar.get("style"), dict) else None
     if style:
         model = _taught_as_exported(model, sidecar, loaded.checkpoint_sha256)
-    report = get_target(target_name).check(artifact, sidecar, model, options)
+    report = get_target(plan.target).check(artifact, sidecar, model, options)
     if style:  # which audio the file, and so its reference, was taught from
         report.summary["style"] = {side: style[side]["path"] for side in ("target", "source")
                                    if isinstance(style.get(side), dict)}
@@ -95,11 +201,13 @@ def _taught_as_exported(model, sidecar, checkpoint_sha256: str):
         style = StyleAudio.from_sidecar(sidecar["style"])  # files there and unchanged
     except StyleAudioError as err:
         raise CheckUsageError(f"{err}") from None
-    key = json.dumps([checkpoint_sha256, sidecar.get("source", {}).get("ema_weights"),
+    origin = sidecar.get("source")
+    key = json.dumps([checkpoint_sha256, origin.get("ema_weights") if isinstance(origin, dict) else None,
                       sidecar["style"]], sort_keys=True)
     if _LAST_TAUGHT.get("key") != key:
         _LAST_TAUGHT.update(key=key, model=teach_style(model, style))
     return _LAST_TAUGHT["model"]
 
 
-__all__ = ["CheckReport", "CheckResult", "CheckUsageError", "check_artifact", "identify"]
+__all__ = ["CheckPlan", "CheckReport", "CheckResult", "CheckUsageError", "check_artifact",
+           "identify", "prepare_check"]

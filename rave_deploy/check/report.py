@@ -105,12 +105,21 @@ def format_table(reports: Sequence[CheckReport]) -> str:
     return "\n".join(out)
 
 
+def jsonable(v: Any) -> Any:
+    """``v`` (dicts, lists, NumPy values, paths) as plain JSON values, NaN and infinities
+    as the strings ``"nan"``, ``"inf"``, ``"-inf"`` (as :meth:`CheckResult.as_dict` writes
+    a check's value): ``json.dumps(..., allow_nan=False)`` then always succeeds, and
+    strict parsers (``JSON.parse``) read the result."""
+    return _jsonable(v)
+
+
 def _jsonable(v: Any) -> Any:
     if isinstance(v, dict):
         return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
+    if isinstance(v, (list, tuple, set, frozenset)):
         return [_jsonable(x) for x in v]
-    if isinstance(v, np.ndarray):
+    if isinstance(v, np.ndarray) or (callable(getattr(v, "tolist", None))
+                                     and type(v).__module__.startswith("torch")):
         return _jsonable(v.tolist())
     if isinstance(v, (np.integer,)):
         return int(v)
@@ -544,4 +553,4 @@ def write_html_report(reports: Sequence[CheckReport], path) -> Path:
     return path
 
 
-__all__ = ["format_table", "reports_to_json", "write_html_report"]
+__all__ = ["format_table", "jsonable", "reports_to_json", "write_html_report"]

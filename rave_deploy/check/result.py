@@ -9,8 +9,8 @@ from typing import Any, Dict, List, Optional
 
 @dataclass
 class CheckResult:
-    """One check. ``name`` is dotted: ``contract.decode_params``, ``parity.decode``,
-    ``causality.forward``, ``blocks.forward``, ``latency.forward``, ``rtf.forward@128``."""
+    """One check. ``name`` is dotted: ``contract.17_decode_params``, ``parity.decode``,
+    ``causality.forward``, ``blocks.forward``, ``latency.forward``, ``rtf.forward``."""
 
     name: str
     passed: bool

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 from rave_core.models.rave import RAVE
 
@@ -95,6 +95,19 @@ class AniraTarget(Target):
             reason = (f"--block-size {options.block_size} is not a positive multiple of the "
                       f"model's ratio {model.ratio}: use {model.ratio} or a multiple")
         return reason
+
+    def folder_files(self, sidecar: Dict[str, object]) -> Set[str]:
+        """One ONNX graph and one anira JSON per method (as :meth:`export` writes them),
+        and the files the sidecar's ``anira.graphs`` names (plain names only)."""
+        names = {f"{method}{ext}" for method in og.METHODS for ext in (".onnx", ".json")}
+        anira = sidecar.get("anira") if isinstance(sidecar, dict) else None
+        graphs = anira.get("graphs") if isinstance(anira, dict) else None
+        for entry in (graphs.values() if isinstance(graphs, dict) else ()):
+            for key in ("graph", "config"):
+                name = entry.get(key) if isinstance(entry, dict) else None
+                if isinstance(name, str) and name and Path(name).name == name:
+                    names.add(name)
+        return names
 
     def export(self, model: RAVE, options: ExportOptions, path: Path) -> Dict[str, object]:
         path = Path(path)

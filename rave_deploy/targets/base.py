@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Set
 
 from rave_core.models.rave import RAVE
 
@@ -64,6 +64,13 @@ class Target:
     def unsupported_reason(self, model: RAVE, options: ExportOptions) -> Optional[str]:
         """Why this model cannot be served (``None`` if it can)."""
         return None
+
+    def folder_files(self, sidecar: Dict[str, object]) -> Set[str]:
+        """``kind == "folder"``: the names of the files an export of this target writes in
+        its folder besides the sidecar (``sidecar``: that export's). An existing folder is
+        replaced by a new export only when it holds the sidecar of this target and no
+        other file than these: anything else in it is the user's."""
+        return set()
 
     def export(self, model: RAVE, options: ExportOptions, path: Path) -> Dict[str, object]:
         """Write the artefact at ``path`` (a temporary path; the caller moves it into
