@@ -634,6 +634,17 @@ def test_check_an_artefact_of_unknown_type(runs, tmp_path):
             expect="model.pt: unknown artefact type (no rave-deploy sidecar, suffix .pt): "
                    "expected a .ts, .onnx, .h5 or an anira folder")
     run_cli(deploy_cli, ["check", tmp_path / "gone.ts"], code=2, expect="gone.ts does not exist")
+    # A file whose first bytes say another kind than its suffix (no sidecar to go by):
+    # named, with the name to give it, instead of the wrong loader's parse error.
+    scripted = tmp_path / "linear.onnx"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(4, 4)), str(scripted))
+    run_cli(deploy_cli, ["check", scripted, "--run", runs["brave"]], code=2,
+            expect="linear.onnx is a TorchScript file (a zip archive), not what its suffix "
+                   ".onnx says: rename it to linear.ts")
+    shutil.copy(scripted, odd)
+    run_cli(deploy_cli, ["check", odd, "--run", runs["brave"]], code=2,
+            expect="suffix .pt): expected a .ts, .onnx, .h5 or an anira folder; it is a "
+                   "TorchScript file (a zip archive): rename it to model.ts")
 
 
 def test_check_a_torchscript_file_not_made_by_this_tool(runs, tmp_path):

@@ -19,6 +19,21 @@ class CheckUsageError(ValueError):
 
 SUFFIX_TARGETS = {".ts": "nn_tilde", ".onnx": "onnx", ".h5": "minifusion"}
 
+#: First bytes of the artefacts that have a signature: a TorchScript file is a zip archive,
+#: Minifusion's an HDF5 file (ONNX, a protobuf message, has none).
+SIGNATURES = {b"PK\x03\x04": (".ts", "a TorchScript file (a zip archive)"),
+              b"\x89HDF\r\n\x1a\n": (".h5", "an HDF5 file")}
+
+
+def _signature(artifact: Path):
+    """``(suffix, what)`` of the artefact kind ``artifact``'s first bytes say, or None."""
+    try:
+        with open(artifact, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return None
+    return next((kind for magic, kind in SIGNATURES.items() if head.startswith(magic)), None)
+
 
 def identify(artifact: Path):
     """The sidecar of ``artifact`` (or ``{}``) and the name of its target."""
@@ -39,10 +54,16 @@ def identify(artifact: Path):
     if artifact.is_dir() and any(artifact.glob("*.json")) and any(artifact.glob("*.onnx")):
         return {}, "anira"
     name = SUFFIX_TARGETS.get(artifact.suffix)
+    signed = _signature(artifact) if artifact.is_file() else None
+    if name is not None and signed is not None and signed[0] != artifact.suffix:
+        # e.g. a TorchScript file renamed .onnx: its loader would only say "parsing failed"
+        raise CheckUsageError(f"{artifact} is {signed[1]}, not what its suffix "
+                              f"{artifact.suffix} says: rename it to {artifact.stem}{signed[0]}")
     if name is None:
         raise CheckUsageError(
             f"{artifact}: unknown artefact type (no rave-deploy sidecar, suffix "
-            f"{artifact.suffix or 'none'}): expected a .ts, .onnx, .h5 or an anira folder")
+            f"{artifact.suffix or 'none'}): expected a .ts, .onnx, .h5 or an anira folder"
+            + (f"; it is {signed[1]}: rename it to {artifact.stem}{signed[0]}" if signed else ""))
     return {}, name
 
 
