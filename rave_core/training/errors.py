@@ -6,12 +6,12 @@ from typing import Optional
 
 
 class TrainingError(RuntimeError):
-    """Training could not go on (diverged, checkpoint does not fit); the message says why
-    and what to do."""
+    """Training could not go on (it diverged); the message says why and what to do."""
 
 
 class TrainingArgumentError(ValueError):
-    """An argument of :func:`train` is unusable as given (bad usage)."""
+    """An argument of :func:`train` is unusable as given, or a checkpoint does not fit the
+    config (bad usage, as ``rave-deploy export`` answers weights that do not fit)."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):

@@ -229,12 +229,12 @@ def _load_model_weights(model: nn.Module, state_dict: Dict[str, torch.Tensor], p
     if blocking or unexpected:
         key = (blocking or unexpected)[0]
         why = "is missing" if blocking else "is not in the model"
-        raise TrainingError(f"{path} does not fit the config: key {key!r} {why}; resume with the "
+        raise TrainingArgumentError(f"{path} does not fit the config: key {key!r} {why}; resume with the "
                             "config the run was trained with (leave out --config)")
     for k, v in state_dict.items():
         if tuple(v.shape) != tuple(expected[k].shape):
             note = _channels_note(path, int(getattr(model, "n_channels", 0) or 0))
-            raise TrainingError(f"{path} does not fit the config: {k!r} has shape {tuple(v.shape)} "
+            raise TrainingArgumentError(f"{path} does not fit the config: {k!r} has shape {tuple(v.shape)} "
                                 f"in the checkpoint but {tuple(expected[k].shape)} in the model"
                                 f"{note}")
     if missing:
@@ -279,8 +279,8 @@ def train(configs: Sequence[str], db_path, name: str, out_path="runs", max_steps
 
     Raises:
         ConfigError: unknown config or override. DataError: missing or too short dataset.
-        TrainingArgumentError: unusable argument. TrainingError: diverged (non-finite
-        loss; the last good checkpoint is kept) or a checkpoint that does not fit.
+        TrainingArgumentError: unusable argument, or a checkpoint that does not fit the
+        config. TrainingError: diverged (non-finite loss; the last good checkpoint is kept).
         TrainingInterrupted: Ctrl-C / SIGTERM (``last.ckpt`` saved first).
     """
     _check_arguments(name, max_steps, batch, n_signal, val_every, save_every, workers)
