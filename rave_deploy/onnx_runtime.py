@@ -237,16 +237,22 @@ def runner_classes() -> Dict[str, type]:
 PARITY = 1e-4
 
 
-def check_metadata(report, point: int, meta: Dict[str, object], expected: Dict[str, object]) -> None:
-    """``contract.<point>_metadata``: required keys present, values as expected."""
+def check_metadata(report, point: int, meta: Dict[str, object], expected: Dict[str, object],
+                   sidecar: Optional[Dict[str, object]] = None) -> None:
+    """``contract.<point>_metadata``: required keys present, values as the run gives them
+    (``expected``), and as the sidecar states them where it states them: a host
+    integrator reads the sidecar, so an edited one, or another file's, fails here."""
     missing = [k for k in REQUIRED_METADATA if k not in meta]
     wrong = {k: (meta.get(k), v) for k, v in expected.items()
              if k in meta and str(meta.get(k)) != str(v)}
-    if missing or wrong:
+    stated = {k: sidecar[k] for k in expected if sidecar and k in sidecar
+              and str(sidecar[k]) != str(expected[k])}
+    if missing or wrong or stated:
         parts = []
         if missing:
             parts.append(f"missing keys {missing}")
         parts += [f"{k} is {got} but the run says {want}" for k, (got, want) in wrong.items()]
+        parts += [f"the sidecar says {k} {v}, the run {expected[k]}" for k, v in stated.items()]
         report.add(f"contract.{point}_metadata", False,
                    f"point {point}: metadata_props: {'; '.join(parts)}: re-export the model")
     else:

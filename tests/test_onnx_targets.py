@@ -401,6 +401,23 @@ def test_streaming_graph_missing_a_state_fails(brave, tmp_path):
     assert not report.passed
 
 
+@pytest.mark.parametrize("target", ["onnx", "onnx_streaming"])
+def test_a_sidecar_that_misstates_the_graph_fails(brave, tmp_path, target):
+    """Host integrators read the sidecar: one whose sample rate or ratio is not the
+    graph's and its run's (edited, or another file's) fails the metadata contract."""
+    _, paths = brave
+    graph = tmp_path / paths[target].name
+    shutil.copy(paths[target], graph)
+    sidecar = json.loads(Path(str(paths[target]) + ".json").read_text())
+    sidecar.update(sample_rate=48000, ratio=256)
+    Path(str(graph) + ".json").write_text(json.dumps(sidecar))
+    report = check_artifact(graph, options=CheckOptions(block_sizes=[512], **FAST))
+    failed = _failed(report, "contract.22_metadata")
+    assert failed, [r.name for r in report.results]
+    assert ("the sidecar says sample_rate 48000, the run 44100" in failed[0].message
+            and "the sidecar says ratio 256, the run 128" in failed[0].message), failed[0].message
+
+
 def _broken_anira(paths, tmp_path) -> Path:
     folder = tmp_path / "broken.anira"
     shutil.copytree(paths["anira"], folder)

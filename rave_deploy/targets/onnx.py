@@ -74,7 +74,7 @@ class OnnxTarget(Target):
             "; ".join(problems) if problems else "one graph, audio_in -> audio_out, dynamic length"))
         ort_host.check_metadata(report, 22, meta, {
             "sample_rate": sr, "ratio": ratio, "latent_size": reference.latent_size,
-            "block_multiple": ratio, "latency_samples": 0})
+            "block_multiple": ratio, "latency_samples": 0}, sidecar)
         if problems:
             report.add("parity.forward", False, "not run: the graph fails its contract checks")
             return report
