@@ -593,6 +593,22 @@ def _failed(report, name: str, point: str):
     return hit
 
 
+def test_a_sidecar_that_misstates_the_file_fails(runs, monkeypatch):
+    """Hosts read the file's numbers, integrators its sidecar: a sidecar whose sample rate
+    or latent size is not the file's (edited, or another file's) fails host contract 7."""
+    _, model, results = runs["brave"]
+    path = results["nn_tilde"].path
+    sidecar = read_sidecar(path)
+    assert _result(_check("nn_tilde", path, sidecar, model, 128, False, monkeypatch),
+                   "contract.7_ratios").passed
+    wrong = dict(sidecar, sample_rate=48000, latent_size=int(sidecar["latent_size"]) + 1)
+    hit = _failed(_check("nn_tilde", path, wrong, model, 128, False, monkeypatch),
+                  "contract.7_ratios", "7")
+    latent = int(sidecar["latent_size"])
+    assert f"sample rate {int(model.sr)} in the file (sr), 48000 in its sidecar" in hit.message
+    assert f"latent size {latent} in the file, {latent + 1} in its sidecar" in hit.message
+
+
 def test_frozen_constants_do_not_move_and_the_check_says_so(runs, tmp_path, monkeypatch):
     """Freezing alone leaves the weights as graph constants, which `Module.to` does not
     move (nn~'s gpu message would play silence): the export keeps every tensor as a

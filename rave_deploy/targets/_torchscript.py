@@ -524,6 +524,11 @@ class TorchScriptTarget(Target):
         expect_latent = ctx.sidecar.get("latent_size")
         if expect_latent is not None and enc[2] != int(expect_latent):
             problems.append(f"latent size {enc[2]} in the file, {expect_latent} in its sidecar")
+        # hosts read the file's `sr`, integrators the sidecar: an edited sidecar misleads
+        file_sr, expect_sr = self._attr(module, "sr"), ctx.sidecar.get("sample_rate")
+        if isinstance(file_sr, int) and expect_sr is not None and file_sr != int(expect_sr):
+            problems.append(f"sample rate {file_sr} in the file (sr), {expect_sr} in its "
+                            "sidecar")
         report.add_contract("contract.7_ratios", problems,
                             f"encode {enc}, decode {dec}, forward {fwd}")
         bad = [r for p in (enc, dec, fwd) for r in (p[1], p[3]) if not _is_pow2(r)]
