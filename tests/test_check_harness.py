@@ -321,6 +321,22 @@ def test_table_gives_sizes_in_the_units_export_prints(tmp_path):
     assert "model.anira  1.5 KB" in table, table
 
 
+def test_table_rtf_is_at_the_smallest_block_that_keeps_up(tmp_path):
+    """The RTF column is at the smallest host block whose p99 is under budget, as
+    ``rtf.forward`` says (it showed 0.64x @128 beside PASS when 128 was too small)."""
+    artifact = tmp_path / "model.ts"
+    artifact.write_bytes(b"\0" * 100)
+    report = CheckReport(artifact, "nn_tilde")
+    report.summary["rtf"] = {
+        str(n): {"block": n, "rtf": rtf, "passed": ok}
+        for n, rtf, ok in ((128, 0.64, False), (256, 0.9, False), (1024, 2.69, True),
+                           (2048, 4.1, True))}
+    assert "2.69x @1024" in format_table([report])
+    for row in report.summary["rtf"].values():
+        row["passed"] = False  # nothing keeps up: the smallest block, below real time
+    assert "0.64x @128" in format_table([report])
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 

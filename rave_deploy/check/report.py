@@ -48,11 +48,13 @@ def _fmt_size(n: Optional[int]) -> str:
 
 
 def _host_rtf(report: CheckReport) -> Optional[Dict[str, Any]]:
+    """The timing row of the smallest host block that keeps up (``rtf.forward`` passed
+    there), else of the smallest block timed (then below real time, and the check fails)."""
     table = report.summary.get("rtf") or {}
     if not table:
         return None
-    n = min(table, key=lambda k: int(k))
-    return table[n]
+    keeping_up = [k for k, row in table.items() if isinstance(row, dict) and row.get("passed")]
+    return table[min(keeping_up or table, key=lambda k: int(k))]
 
 
 def _parity_snr(report: CheckReport) -> Optional[float]:
