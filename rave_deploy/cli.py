@@ -212,10 +212,14 @@ def check(obj: _Context, artifacts, run: Optional[str], block_sizes, as_json: bo
           report_arg: Optional[str]) -> None:
     """Check exported ARTIFACTS: host contract, parity with the eager model, causality,
     block-size invariance, latency and jitter, real-time factor. Exit 0 only if every
-    check passes."""
-    from .check import CheckUsageError, check_artifact, prepare_check
+    check passes.
+
+    ARTIFACTS are files or anira folders; an export's --output folder, or `exports/*`
+    (sidecars included), checks every artefact in it."""
+    from .check import CheckUsageError, check_artifact, expand_artifacts, prepare_check
     from .check.report import format_table, write_html_report
     report = _report_path(obj, report_arg)  # refused now, not after the checks
+    artifacts = expand_artifacts(artifacts)  # `check exports/*`, `check exports/`
     # Every artefact is refused or accepted before any is checked (checks take a while).
     for artifact in artifacts:
         _guard(obj, prepare_check, artifact, run, usage_errors=(CheckUsageError,))

@@ -287,3 +287,22 @@ def test_check_names_the_damaged_field_of_a_sidecar(exported, checks_run, source
     cli(["check", exported], code=2,
         expect=[f"{sidecar} is damaged: its {field} field is null", "re-export, or pass --run"])
     assert checks_run == []
+
+
+# ============================================================ 9. a folder or a glob of one
+def test_check_takes_an_export_folder_or_its_glob(run, tmp_path, checks_run,
+                                                  stub_folder_exports):
+    """`check exports/*` (sidecars included, as a shell expands it) and `check exports/`
+    check every artefact once: a sidecar beside its file stands for the file, and an
+    --output folder (not an anira folder) for the artefacts in it."""
+    out = tmp_path / "ex"
+    cli(["export", run, "-t", "minifusion", "-t", "anira", "-o", out], code=0)
+    artefacts = [out / "brave.anira", out / "brave.minifusion.h5"]
+    cli(["check", *sorted(out.iterdir())], code=0)
+    assert sorted(checks_run) == artefacts
+    checks_run.clear()
+    cli(["check", out], code=0)
+    assert sorted(checks_run) == artefacts
+    checks_run.clear()
+    cli(["check", out / "brave.anira"], code=0)  # an anira folder is one artefact
+    assert checks_run == [out / "brave.anira"]

@@ -4,11 +4,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from rave_core.run import RunError, find_checkpoint, open_run, sha256_of
 
-from ..sidecar import read_sidecar, sidecar_path
+from ..sidecar import FOLDER_SIDECAR, read_sidecar, sidecar_path
 from ..targets import CheckOptions, get_target, registry
 from .result import CheckReport, CheckResult
 
@@ -65,6 +65,25 @@ def identify(artifact: Path):
             f"{artifact.suffix or 'none'}): expected a .ts, .onnx, .h5 or an anira folder"
             + (f"; it is {signed[1]}: rename it to {artifact.stem}{signed[0]}" if signed else ""))
     return {}, name
+
+
+def expand_artifacts(paths: Sequence[Path]) -> List[Path]:
+    """The artefacts named by what a user gives ``rave-deploy check``, each once, in the
+    order given: a sidecar beside its artefact (``model.ts.json``) stands for the artefact,
+    so that ``check exports/*`` works; a folder that is not itself an artefact (an
+    ``--output`` folder) stands for the artefacts in it that have sidecars. Anything else
+    is kept as given, for :func:`prepare_check` to accept or refuse."""
+    out: List[Path] = []
+    for given in map(Path, paths):
+        named = [given]
+        if given.suffix == ".json" and given.is_file() and given.with_suffix("").exists():
+            named = [given.with_suffix("")]
+        elif given.is_dir() and not (given / FOLDER_SIDECAR).is_file():
+            inside = [q for q in sorted(given.iterdir())
+                      if not q.name.endswith(".json") and sidecar_path(q).is_file()]
+            named = inside or named
+        out += [p for p in named if p not in out]
+    return out
 
 
 @dataclass
@@ -231,4 +250,4 @@ def _taught_as_exported(model, sidecar, checkpoint_sha256: str):
 
 
 __all__ = ["CheckPlan", "CheckReport", "CheckResult", "CheckUsageError", "check_artifact",
-           "identify", "prepare_check"]
+           "expand_artifacts", "identify", "prepare_check"]
