@@ -13,7 +13,7 @@ from rave_core.run import Run, open_run
 from .io import (OutputError, OutputInTheWay, atomic_outputs, check_replaceable,
                  describe_os_error, dump_json, ensure_dir)
 from .model import DEFAULT_TUNED_BLOCK, DeployError, DeployModel
-from .sidecar import FOLDER_SIDECAR, build_sidecar, sidecar_path
+from .sidecar import FOLDER_SIDECAR, build_sidecar, read_sidecar, sidecar_path
 from .targets import ExportOptions, Target, TargetUnsupported, registry
 
 
@@ -191,6 +191,7 @@ def export_run(run_path, target_names: Sequence[str], output: Path,
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             _warn_untaught_side(target, options)
+            _warn_replacing_another_checkpoint(path, run)
             sc = _write_artifact(target, run, options, path, sidecar_extra)
         results.append(ExportResult(target.name, path=path, sidecar=sc, size_bytes=_size(path),
                                     seconds=time.perf_counter() - t0,
@@ -213,6 +214,22 @@ def _taught(run: Run, options: ExportOptions):
                        fidelity=options.fidelity)
     model = teach_style(run.model, style, progress=True)
     return dataclasses.replace(run, model=model), {"style": style.as_sidecar()}
+
+
+def _warn_replacing_another_checkpoint(path: Path, run: Run) -> None:
+    """Warn when the export at ``path`` that this one replaces came from another
+    checkpoint (two runs of one name exported into one folder): a re-export of the same
+    checkpoint, the usual case, replaces it silently."""
+    try:
+        source = read_sidecar(path).get("source")
+    except (OSError, ValueError, AttributeError):  # none there, or not ours
+        return
+    if not isinstance(source, dict):
+        return
+    before = source.get("checkpoint_sha256")
+    if isinstance(before, str) and before and before != run.checkpoint_sha256:
+        warnings.warn(f"{path} was an export of another checkpoint ({source.get('checkpoint')}) "
+                      "and is replaced; give --name or --output to keep both", stacklevel=2)
 
 
 def _warn_untaught_side(target: Target, options: ExportOptions) -> None:

@@ -306,3 +306,18 @@ def test_check_takes_an_export_folder_or_its_glob(run, tmp_path, checks_run,
     checks_run.clear()
     cli(["check", out / "brave.anira"], code=0)  # an anira folder is one artefact
     assert checks_run == [out / "brave.anira"]
+
+
+def test_export_warns_when_it_replaces_another_checkpoints_export(run, tmp_path):
+    """Two runs exported under one name into one folder: the second replaces the first's
+    file, and says so; a re-export of the same checkpoint replaces it silently."""
+    other = make_run(tmp_path / "runs", ("brave",), name="other", seed=1, unit_gains=True)
+    out = tmp_path / "ex"
+    args = ["-t", "minifusion", "-o", out, "--name", "m"]
+    assert "warning" not in cli(["export", run, *args], code=0).output
+    assert "warning" not in cli(["export", run, *args], code=0).output
+    result = cli(["export", other, *args], code=0)
+    assert "m.minifusion.h5 was an export of another checkpoint" in result.output, result.output
+    assert "give --name or --output to keep both" in result.output
+    assert json.loads((out / "m.minifusion.h5.json").read_text())["source"]["checkpoint"] \
+        .startswith(str(other.resolve()))
