@@ -212,6 +212,7 @@ def test_ctrl_c_saves_and_exits_130(db, tmp_path, monkeypatch):
     args = _cli_train(db, tmp_path, "ctrlc", "--max_steps", "5")
     other = CliRunner().invoke(cli, [a if a != "brave" else "v1" for a in args])
     assert other.exit_code == 2 and "trained with another config" in other.output, other.output
+    assert "leave out --config and --override to resume it" in other.output  # both were given
     i = args.index("--config")
     resumed = CliRunner().invoke(cli, args[:i] + args[i + 2:])
     assert resumed.exit_code == 0, resumed.output

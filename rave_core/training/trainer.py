@@ -352,8 +352,8 @@ def _train(ctx: DistContext, configs, db_path: Path, name: str, out_path: Path, 
     if by_name and configs and stored is not None and operative != stored:
         raise TrainingArgumentError(
             f"run {run_dir} exists and was trained with another config "
-            f"({_first_difference(stored, operative)}); leave out --config to resume it, "
-            "or choose a new --name")
+            f"({_first_difference(stored, operative)}); leave out --config"
+            f"{' and --override' if overrides else ''} to resume it, or choose a new --name")
     if int(model.sr) != int(meta["sr"]):
         raise DataError(f"dataset {db_path} is at {meta['sr']} Hz but the config at {model.sr} Hz; "
                         f"re-run `rave-core preprocess --sampling_rate {model.sr}`, or "
