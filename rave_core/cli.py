@@ -28,8 +28,7 @@ from typing import Callable, List, Optional
 import click
 
 from .config import CONFIG_DIR, ConfigError, available_configs
-from .data import DataError
-from .data.preprocess import DataInputError
+from .data import DataError, DataInputError
 from .run import RunError
 
 # Unusable input (exit 2) versus a failed operation (exit 1).
@@ -56,8 +55,9 @@ def _on_sigterm(signum, frame):
 @contextlib.contextmanager
 def sigterm_as_interrupt():
     """While inside, SIGTERM raises :class:`Terminated` (a KeyboardInterrupt), so the
-    clean-up that Ctrl-C runs runs for it too. Only in the main thread (elsewhere Python
-    cannot set handlers)."""
+    clean-up that Ctrl-C runs runs for it too: `rave-core preprocess`, and every
+    `rave-deploy` command. Only in the main thread (elsewhere Python cannot set
+    handlers)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

@@ -65,7 +65,26 @@ def find_checkpoint(run_dir: Path) -> Path:
     return max(ckpts, key=lambda p: p.stat().st_mtime)
 
 
+#: SHA-256 of files by (path, inode, size, modification time): `rave-deploy check exports/*`
+#: compares every artefact's checkpoint, then loads it, and teaches the style audio, in
+#: one process; each file is read once unless it is rewritten meanwhile
+_SHA256: Dict[Tuple[str, int, int, int], str] = {}
+_SHA256_KEPT = 64
+
+
 def sha256_of(path: Path) -> str:
+    """SHA-256 of the file ``path``, cached per path, inode, size and modification time
+    (a file replaced by a rename, as our checkpoints and exports are, is a new inode)."""
+    st = Path(path).stat()
+    key = (str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _SHA256:
+        if len(_SHA256) >= _SHA256_KEPT:
+            _SHA256.pop(next(iter(_SHA256)))
+        _SHA256[key] = _read_sha256(Path(path))
+    return _SHA256[key]
+
+
+def _read_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
-import threading
 import traceback
 import unicodedata
 from pathlib import Path
@@ -18,7 +16,7 @@ from typing import List, Optional
 
 import click
 
-from rave_core.cli import ShortErrorsGroup, short_message
+from rave_core.cli import ShortErrorsGroup, Terminated, short_message, sigterm_as_interrupt
 from rave_core.config import ConfigError
 from rave_core.run import RunError
 
@@ -42,10 +40,6 @@ MAX_CHANNELS = 64
 
 class _Context:
     debug = False
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled as Ctrl-C is: temporaries removed, earlier outputs kept."""
 
 
 def _fail(ctx: _Context, err: BaseException, code: int, text: Optional[str] = None) -> None:
@@ -88,10 +82,6 @@ def _guard(ctx: _Context, fn, *args, usage_errors=(), **kwargs):
                            "...` for the traceback, and report it)")
 
 
-def _on_sigterm(signum, frame):
-    raise Terminated()
-
-
 @click.group(cls=ShortErrorsGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 @click.version_option(package_name="rave-deploy")
@@ -101,10 +91,8 @@ def main(ctx: click.Context, debug: bool) -> None:
     ONNX hosts, and check every export against the eager model."""
     ctx.obj = _Context()
     ctx.obj.debug = debug
-    if threading.current_thread() is threading.main_thread():
-        # `kill PID` cleans up like Ctrl-C (a temporary file is never left behind).
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
-        ctx.call_on_close(lambda: signal.signal(signal.SIGTERM, previous))
+    # `kill PID` cleans up like Ctrl-C (a temporary file is never left behind).
+    ctx.with_resource(sigterm_as_interrupt())
 
 
 def _target_names() -> List[str]:
@@ -183,7 +171,8 @@ def export(obj: _Context, run: Path, targets, output: Path, streaming: bool, fid
                             style_target=style_target, style_source=style_source)
     results = _guard(obj, export_run, run, list(targets), output, options)
     if as_json:
-        click.echo(json.dumps(_jsonable([r.as_dict() for r in results]), indent=2,
+        from .check.report import jsonable
+        click.echo(json.dumps(jsonable([r.as_dict() for r in results]), indent=2,
                               allow_nan=False))
         return
     shown = set()  # a warning about the run itself comes with every target: say it once
@@ -217,7 +206,7 @@ def check(obj: _Context, artifacts, run: Optional[str], block_sizes, as_json: bo
     ARTIFACTS are files or anira folders; an export's --output folder, or `exports/*`
     (sidecars included), checks every artefact in it."""
     from .check import CheckUsageError, check_artifact, expand_artifacts, prepare_check
-    from .check.report import format_table, write_html_report
+    from .check.report import format_table, jsonable, write_html_report
     report = _report_path(obj, report_arg)  # refused now, not after the checks
     artifacts = expand_artifacts(artifacts)  # `check exports/*`, `check exports/`
     # Every artefact is refused or accepted before any is checked (checks take a while).
@@ -231,7 +220,7 @@ def check(obj: _Context, artifacts, run: Optional[str], block_sizes, as_json: bo
     if as_json:
         # NaN and infinities as strings ("nan", "inf", as CheckResult.as_dict writes a
         # value): strict JSON that every parser reads
-        click.echo(json.dumps(_jsonable({"passed": all(r.passed for r in reports),
+        click.echo(json.dumps(jsonable({"passed": all(r.passed for r in reports),
                                          "artifacts": [r.as_dict() for r in reports]}),
                               indent=2, allow_nan=False))
     else:
@@ -250,11 +239,6 @@ def check(obj: _Context, artifacts, run: Optional[str], block_sizes, as_json: bo
             click.echo(f"\nError: {len(failed)} check(s) failed: {', '.join(failed[:8])}{more}; "
                        "see the FAIL lines above", err=True)
         sys.exit(1)
-
-
-def _jsonable(data):
-    from .check.report import jsonable
-    return jsonable(data)
 
 
 def _report_path(obj: _Context, given: Optional[str]) -> Optional[Path]:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,8 +94,8 @@ def check_outputs_replaceable(target: Target, path: Path) -> None:
     if not entries:
         return  # an empty folder: nothing to lose
     try:
-        sidecar = json.loads((path / FOLDER_SIDECAR).read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):  # missing, a folder, not JSON
+        sidecar = read_sidecar(path)
+    except (OSError, ValueError):  # missing, a folder, not JSON (nor UTF-8)
         sidecar = None
     names = {e.name: e.name + ("/" if e.is_dir() else "") for e in entries}
     if not (isinstance(sidecar, dict) and sidecar.get("target") == target.name):
@@ -120,8 +119,7 @@ def _write_artifact(target: Target, run: Run, options: ExportOptions, path: Path
     on any failure (full disk, Ctrl-C, a target error) the earlier pair stays as it was."""
     folder = target.kind == "folder"
     finals = [path] if folder else [path, sidecar_path(path, folder=False)]
-    try:
-        check_outputs_replaceable(target, path)
+    try:  # (what stands at `path` was checked before any target was written)
         with atomic_outputs(finals, folder=folder) as temps:
             extra = target.export(run.model, options, temps[0])
             core: DeployModel = extra.pop("_core")

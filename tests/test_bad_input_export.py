@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import rave_deploy.check as check_module
 from rave_deploy import io as rio
 from rave_deploy.cli import main as deploy_cli
 from rave_deploy.model import DeployModel
@@ -212,14 +211,16 @@ def test_check_refuses_a_checkpoint_changed_since_the_export(exported, run_copy,
 
 
 def test_the_checkpoint_is_hashed_once_per_path_size_and_mtime(tmp_path, monkeypatch):
+    import rave_core.run as run_module
+
     reads = []
-    monkeypatch.setattr(check_module, "sha256_of", lambda p: reads.append(p) or "ab" * 32)
+    monkeypatch.setattr(run_module, "_read_sha256", lambda p: reads.append(p) or "ab" * 32)
     f = tmp_path / "a.ckpt"
     f.write_bytes(b"x")
-    assert check_module.checkpoint_sha256(f) == check_module.checkpoint_sha256(f) == "ab" * 32
+    assert run_module.sha256_of(f) == run_module.sha256_of(f) == "ab" * 32
     assert len(reads) == 1
     f.write_bytes(b"xy")
-    check_module.checkpoint_sha256(f)
+    run_module.sha256_of(f)
     assert len(reads) == 2
 
 

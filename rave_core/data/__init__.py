@@ -18,6 +18,11 @@ class DataError(ValueError):
     """A problem with input audio or a dataset, with a one-line message saying what to do."""
 
 
+class DataInputError(DataError):
+    """Unusable input given by the user (bad usage: exit code 2), e.g. an output folder
+    that holds other files, or a dataset that is damaged."""
+
+
 # Imported after DataError because both modules import it from this package.
 from .dataset import AudioDataset, load_metadata  # noqa: E402
 from .preprocess import AUDIO_EXTENSIONS, PreprocessReport, preprocess  # noqa: E402
@@ -26,6 +31,7 @@ __all__ = [
     "AUDIO_EXTENSIONS",
     "AudioDataset",
     "DataError",
+    "DataInputError",
     "PreprocessReport",
     "load_metadata",
     "preprocess",

@@ -10,8 +10,8 @@ import torch
 import yaml
 from torch.utils.data import Dataset
 
-from . import DataError
-from .preprocess import AUDIO_FILE, FORMAT, INDEX_FILE, METADATA_FILE, DataInputError
+from . import DataError, DataInputError
+from .preprocess import AUDIO_FILE, FORMAT, INDEX_FILE, METADATA_FILE
 
 _REQUIRED_KEYS = ("channels", "n_seconds", "sr", "format")
 _FIX = "re-run `rave-core preprocess` to rebuild it"

@@ -20,7 +20,7 @@ import soxr
 import yaml
 from tqdm import tqdm
 
-from . import DataError
+from . import DataError, DataInputError
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +59,6 @@ class PreprocessReport:
         ]
         lines += [f"skipped {path}: {reason}" for path, reason in self.skipped]
         return "\n".join(lines)
-
-
-class DataInputError(DataError):
-    """Unusable input given by the user (a bad usage: exit code 2), e.g. an output folder
-    that holds other files, or a dataset that is damaged."""
 
 
 class _SkipFile(Exception):

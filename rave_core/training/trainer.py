@@ -229,14 +229,17 @@ def _load_model_weights(model: nn.Module, state_dict: Dict[str, torch.Tensor], p
     if blocking or unexpected:
         key = (blocking or unexpected)[0]
         why = "is missing" if blocking else "is not in the model"
-        raise TrainingArgumentError(f"{path} does not fit the config: key {key!r} {why}; resume with the "
-                            "config the run was trained with (leave out --config)")
+        raise TrainingArgumentError(f"{path} does not fit the config: key {key!r} {why}; resume "
+                                    "with the config the run was trained with (leave out "
+                                    "--config)")
     for k, v in state_dict.items():
         if tuple(v.shape) != tuple(expected[k].shape):
             note = _channels_note(path, int(getattr(model, "n_channels", 0) or 0))
-            raise TrainingArgumentError(f"{path} does not fit the config: {k!r} has shape {tuple(v.shape)} "
-                                f"in the checkpoint but {tuple(expected[k].shape)} in the model"
-                                f"{note}")
+            raise TrainingArgumentError(f"{path} does not fit the config: {k!r} has shape "
+                                        f"{tuple(v.shape)} in the checkpoint but "
+                                        f"{tuple(expected[k].shape)} in the model"
+                                        + (note or "; resume with the config the run was "
+                                           "trained with (leave out --config)"))
     if missing:
         warnings.warn(f"{path} has no discriminator weights: the discriminator starts from scratch")
     # `warmed_up` / `enabled` are replaced (not written in place) by set_warmed_up: copy

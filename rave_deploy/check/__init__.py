@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 from rave_core.run import RunError, find_checkpoint, open_run, sha256_of
 
@@ -160,7 +160,7 @@ def _same_checkpoint(artifact: Path, source: str, origin: Dict[str, object],
         return  # an older sidecar, or none: nothing to compare with
     try:
         checkpoint = path if path.is_file() else find_checkpoint(path)
-        digest = checkpoint_sha256(checkpoint)
+        digest = sha256_of(checkpoint)  # cached: open_run's hash reads none again
     except (RunError, OSError):
         return  # loading it reports the problem, in its own words
     if digest == expected.lower():
@@ -181,24 +181,6 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve() or a.samefile(b)
     except OSError:
         return False
-
-
-#: SHA-256 of checkpoints by (path, size, mtime): ``rave-deploy check exports/*`` checks
-#: every target of one export against one checkpoint, read once
-_SHA256: Dict[Tuple[str, int, int], str] = {}
-_SHA256_KEPT = 16
-
-
-def checkpoint_sha256(path: Path) -> str:
-    """SHA-256 of ``path``, cached per path, size and modification time (a checkpoint
-    rewritten since changes one or the other)."""
-    st = Path(path).stat()
-    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _SHA256:
-        if len(_SHA256) >= _SHA256_KEPT:
-            _SHA256.pop(next(iter(_SHA256)))
-        _SHA256[key] = sha256_of(Path(path))
-    return _SHA256[key]
 
 
 def check_artifact(artifact, run: Optional[str] = None,

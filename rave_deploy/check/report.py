@@ -112,17 +112,13 @@ def jsonable(v: Any) -> Any:
     as the strings ``"nan"``, ``"inf"``, ``"-inf"`` (as :meth:`CheckResult.as_dict` writes
     a check's value): ``json.dumps(..., allow_nan=False)`` then always succeeds, and
     strict parsers (``JSON.parse``) read the result."""
-    return _jsonable(v)
-
-
-def _jsonable(v: Any) -> Any:
     if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
+        return {str(k): jsonable(x) for k, x in v.items()}
     if isinstance(v, (list, tuple, set, frozenset)):
-        return [_jsonable(x) for x in v]
+        return [jsonable(x) for x in v]
     if isinstance(v, np.ndarray) or (callable(getattr(v, "tolist", None))
                                      and type(v).__module__.startswith("torch")):
-        return _jsonable(v.tolist())
+        return jsonable(v.tolist())
     if isinstance(v, (np.integer,)):
         return int(v)
     if isinstance(v, (np.floating, float)):
@@ -137,7 +133,7 @@ def _jsonable(v: Any) -> Any:
 
 def reports_to_json(reports: Sequence[CheckReport]) -> Dict[str, Any]:
     """All reports as a JSON-ready dict (no NaN/inf: they become strings)."""
-    return _jsonable({"passed": bool(reports) and all(r.passed for r in reports),
+    return jsonable({"passed": bool(reports) and all(r.passed for r in reports),
                       "reports": [r.as_dict() for r in reports]})
 
 
@@ -444,7 +440,7 @@ def _fmt_value(v: Any) -> str:
 
 
 def _details_json(details: Dict[str, Any]) -> str:
-    text = json.dumps(_jsonable(details), indent=1)
+    text = json.dumps(jsonable(details), indent=1)
     if len(text) > 4000:
         text = text[:4000] + "\n…"
     return f"<details><summary>details</summary><pre>{html.escape(text)}</pre></details>" if details else ""
