@@ -551,11 +551,10 @@ def script(module: ScriptedRAVE) -> torch.jit.ScriptModule:
     module.core.forget_packed_weights()  # opaque oneDNN tensors: the host packs its own
     with _deterministic_scripting():
         n_tensors = len(_distinct_tensor_constants(_freeze(module)))
-    # Freezing has not always folded the same set of tensors: a reshape whose length was
-    # read off a weight stayed unfolded in some freezes, rarely (the row sums now use
-    # `reshape(-1)`), and most exports of v3 differed before its AdaIN layers were
-    # replaced. So freeze again with as many placeholders as the last freeze gave, until
-    # two agree.
+    # Freezing has not always folded the same set of tensors (an op on a weight left
+    # unfolded, rarely: `_freeze` now propagates constants once more; most exports of v3
+    # before its AdaIN layers were replaced). So freeze again with as many placeholders
+    # as the last freeze gave, until two agree.
     for _ in range(FREEZE_ATTEMPTS):
         names = [f"{FROZEN_TENSOR_PREFIX}{i}" for i in range(n_tensors)]
         frozen = _freeze_with_placeholders(module, names)
@@ -592,6 +591,12 @@ def _freeze(module: ScriptedRAVE) -> torch.jit.ScriptModule:
     keep += [n for n in vars(module) if not n.startswith("_") and n != "training"]
     keep += list(module._buffers)
     frozen = torch.jit.freeze(scripted, preserved_attrs=keep)
+    # Freezing folds the ops on weights (reshapes, transposes) in most freezes, not all:
+    # one reshape of a weight stayed in about 1 of 40 exports of a small BRAVE, depending
+    # on the process's history. Another constant propagation folds what it left, so
+    # every export of a checkpoint is the same file.
+    for name in frozen._c._method_names():
+        torch._C._jit_pass_constant_propagation(frozen._c._get_method(name).graph)
     # Not with style layers (v3): their code, compiled inside forward's compilation when a
     # host loads the file, made torch.jit.load 5x slower (3.3 s instead of 0.64 s).
     if not style_layers(module.core):
