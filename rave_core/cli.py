@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import traceback
+import warnings
 from pathlib import Path
 from typing import Callable, List, Optional
 
@@ -66,6 +67,26 @@ def sigterm_as_interrupt():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def warnings_as_messages():
+    """While inside, a warning raised by our own code prints as one ``Warning: ...`` line
+    (per rank), not as Python's ``file:line: UserWarning: ...`` with a source line;
+    warnings from libraries keep Python's format, which says where they come from."""
+    previous = warnings.showwarning
+    ours = tuple(str(Path(__file__).resolve().parents[1] / pkg) for pkg in ("rave_core", "rave_deploy"))
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not str(Path(filename).resolve()).startswith(ours):
+            return previous(message, category, filename, lineno, file, line)
+        click.echo(f"{_rank_prefix()}Warning: {message}", err=True)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
 
 
 def _rank_prefix() -> str:
@@ -218,6 +239,7 @@ def main(ctx: click.Context, debug: bool) -> None:
     """Prepare audio datasets and train RAVE-family models (RAVE v1/v2/v3, BRAVE)."""
     ctx.obj = _Settings()
     ctx.obj.debug = debug
+    ctx.with_resource(warnings_as_messages())
 
 
 # ============================================================================ preprocess

@@ -16,7 +16,8 @@ from typing import List, Optional
 
 import click
 
-from rave_core.cli import ShortErrorsGroup, Terminated, short_message, sigterm_as_interrupt
+from rave_core.cli import (ShortErrorsGroup, Terminated, short_message, sigterm_as_interrupt,
+                           warnings_as_messages)
 from rave_core.config import ConfigError
 from rave_core.run import RunError
 
@@ -93,6 +94,7 @@ def main(ctx: click.Context, debug: bool) -> None:
     ctx.obj.debug = debug
     # `kill PID` cleans up like Ctrl-C (a temporary file is never left behind).
     ctx.with_resource(sigterm_as_interrupt())
+    ctx.with_resource(warnings_as_messages())
 
 
 def _target_names() -> List[str]:
@@ -205,13 +207,20 @@ def check(obj: _Context, artifacts, run: Optional[str], block_sizes, as_json: bo
 
     ARTIFACTS are files or anira folders; an export's --output folder, or `exports/*`
     (sidecars included), checks every artefact in it."""
-    from .check import CheckUsageError, check_artifact, expand_artifacts, prepare_check
+    from .check import (CheckUsageError, check_artifact, expand_artifacts, open_reference,
+                        prepare_check)
     from .check.report import format_table, jsonable, write_html_report
     report = _report_path(obj, report_arg)  # refused now, not after the checks
     artifacts = expand_artifacts(artifacts)  # `check exports/*`, `check exports/`
-    # Every artefact is refused or accepted before any is checked (checks take a while).
-    for artifact in artifacts:
-        _guard(obj, prepare_check, artifact, run, usage_errors=(CheckUsageError,))
+    # Every artefact, and every run they check against, is refused or accepted before any
+    # is checked (checks take a while; a later failure would hide the earlier results).
+    plans = [_guard(obj, prepare_check, artifact, run, usage_errors=(CheckUsageError,))
+             for artifact in artifacts]
+    loaded = set()
+    for plan in plans:
+        if (plan.source, plan.ema_weights) not in loaded:
+            _guard(obj, open_reference, plan, run, usage_errors=(CheckUsageError,))
+            loaded.add((plan.source, plan.ema_weights))
     options = CheckOptions(block_sizes=list(block_sizes), report=report)
     reports = [_guard(obj, check_artifact, artifact, run, options, usage_errors=(CheckUsageError,))
                for artifact in artifacts]

@@ -231,6 +231,17 @@ def test_check_refuses_a_missing_file_before_checking_any(exported, tmp_path, ch
     assert checks_run == []
 
 
+def test_check_loads_every_run_before_checking_any(exported, run, tmp_path, checks_run):
+    """A second artefact whose run cannot be loaded (its config.gin broken after the
+    export) is refused before the first artefact's checks run, not after them."""
+    other = Path(shutil.copytree(run, tmp_path / "other"))
+    cli(["export", other, "-t", "minifusion", "-o", tmp_path / "ex2"], code=0)
+    (other / "config.gin").write_text("this is not gin (\n")
+    result = cli(["check", exported, tmp_path / "ex2" / "other.minifusion.h5"], code=2,
+                 expect=[f"{other}", "config"])
+    assert checks_run == [] and "PASS" not in result.output
+
+
 # ============================================================ 4. --report a folder
 def test_check_refuses_a_folder_as_report_before_checking(exported, tmp_path, checks_run):
     folder = tmp_path / "rep"

@@ -218,6 +218,14 @@ def test_ctrl_c_saves_and_exits_130(db, tmp_path, monkeypatch):
     assert resumed.exit_code == 0, resumed.output
     assert "to step 5" in resumed.output
 
+    # Other windows: validation distances are not comparable across the change.
+    longer = args[:i] + args[i + 2:]
+    longer[longer.index("--n_signal") + 1] = "16384"
+    longer[longer.index("--max_steps") + 1] = "6"
+    changed = CliRunner().invoke(cli, longer)
+    assert changed.exit_code == 0, changed.output
+    assert "trained on windows of 8192 samples, this run uses --n_signal 16384" in changed.output
+
 
 # ---------------------------------------------------------------------------- distributed
 def _ddp_worker(rank: int, port: int, db: str, out: str) -> None:
@@ -252,6 +260,39 @@ def test_two_gloo_processes_keep_identical_weights(db, tmp_path):
     ckpt = torch.load(tmp_path / "ddp" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 3 and len(ckpt["rng_states"]) == 2
     assert all(torch.equal(v, ckpt["state_dict"][k]) for k, v in a.items())
+
+
+def _ddp_interrupted_worker(rank: int, port: int, db: str, out: str) -> None:
+    """Ctrl-C reaches every process of the group: each gets SIGINT during step 3."""
+    from rave_core.training.trainer import TrainingInterrupted
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    real_step = RAVETrainer.step
+
+    def interrupted(self, x, step, stop=False):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(self, x, step, stop)
+
+    RAVETrainer.step = interrupted
+    try:
+        train(["brave"], db, "ddp_stop", out_path=out, max_steps=50, val_every=100,
+              save_every=100, overrides=SMALL, **{**FAST, "batch": 2})
+    except TrainingInterrupted as err:
+        Path(out, f"rank{rank}.txt").write_text(err.message)
+
+
+def test_two_gloo_processes_stop_together_on_ctrl_c(db, tmp_path):
+    # Each rank raised TrainingInterrupted (rank 1 used to gather again, alone, after
+    # rank 0 had saved and left: "Connection closed by peer").
+    mp.spawn(_ddp_interrupted_worker, args=(_free_port(), str(db), str(tmp_path)), nprocs=2)
+    for rank in (0, 1):
+        assert "interrupted at step 4" in (tmp_path / f"rank{rank}.txt").read_text()
+    folder = tmp_path / "ddp_stop" / "version_0" / "checkpoints"
+    assert _files(folder) == ["last.ckpt"]
+    ckpt = torch.load(folder / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 4 and len(ckpt["rng_states"]) == 2
 
 
 # ---------------------------------------------------------------------------- CLI

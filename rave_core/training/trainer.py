@@ -402,6 +402,12 @@ def _train(ctx: DistContext, configs, db_path: Path, name: str, out_path: Path, 
         if loader_state and (loader_state.get("batch"), loader_state.get("seed")) != (batch, seed):
             warnings.warn(f"{resume_path} was trained with batch {loader_state.get('batch')} and seed "
                           f"{loader_state.get('seed')}: the data order changes")
+        trained_signal = loader_state.get("n_signal")
+        if trained_signal is not None and int(trained_signal) != n_signal:
+            warnings.warn(f"{resume_path} was trained on windows of {trained_signal} samples, "
+                          f"this run uses --n_signal {n_signal}: validation windows change too, "
+                          "so distances before and after this step are not comparable (best.ckpt "
+                          "is replaced only by a distance lower than the one carried over)")
     if rng_state is not None:
         restore_rng(rng_state)
     else:
@@ -443,6 +449,9 @@ def _train(ctx: DistContext, configs, db_path: Path, name: str, out_path: Path, 
         nonlocal last_saved
         rngs = ctx.gather(capture_rng())  # every rank's RNG, for an exact resume
         if not ctx.is_main:
+            # Every rank records the save: an interrupted rank that thought nothing was
+            # saved would gather again, alone, after rank 0 had left.
+            last_saved = (ckpt_dir / "last.ckpt", step)
             return
         payload = {
             "state_dict": model.state_dict(),
@@ -452,7 +461,8 @@ def _train(ctx: DistContext, configs, db_path: Path, name: str, out_path: Path, 
             "callbacks": {"BetaWarmupCallback": {"training_steps": step}},
             "rng_states": rngs,
             "loader": {"batches_consumed": step, "batch": batch, "world_size": ctx.world_size,
-                       "seed": seed, "batches_per_epoch": sampler.batches_per_epoch},
+                       "seed": seed, "batches_per_epoch": sampler.batches_per_epoch,
+                       "n_signal": n_signal},
             "best_validation": result.best_validation,
         }
         save_checkpoint(ckpt_dir / "last.ckpt", payload)

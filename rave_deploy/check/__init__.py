@@ -183,6 +183,25 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def open_reference(plan: CheckPlan, run: Optional[str] = None):
+    """The run ``plan`` checks against, loaded (:func:`rave_core.run.open_run`).
+    ``rave-deploy check`` loads each run once before any check, so that a run that cannot
+    be loaded (a broken config, a damaged checkpoint) is refused before the checks of the
+    other artefacts have run, not after.
+
+    Raises:
+        RunError: the message names the sidecar the run came from, when it did.
+    """
+    try:
+        return open_run(plan.source, ema=plan.ema_weights)
+    except RunError as err:
+        if run:
+            raise
+        # The checkpoint named in the sidecar moved or changed since the export.
+        raise RunError(f"{err} (the run named in {sidecar_path(plan.artifact)}); pass --run RUN "
+                       "to check against the run it was exported from") from None
+
+
 def check_artifact(artifact, run: Optional[str] = None,
                    options: Optional[CheckOptions] = None) -> CheckReport:
     """Check ``artifact`` against the eager model of its run (``run``, else the
@@ -190,15 +209,8 @@ def check_artifact(artifact, run: Optional[str] = None,
     plan = prepare_check(artifact, run)
     artifact, sidecar = plan.artifact, plan.sidecar
     options = options or CheckOptions()
-    try:
-        loaded = open_run(plan.source, ema=plan.ema_weights)
-        model = loaded.model
-    except RunError as err:
-        if run:
-            raise
-        # The checkpoint named in the sidecar moved or changed since the export.
-        raise RunError(f"{err} (the run named in {sidecar_path(artifact)}); pass --run RUN "
-                       "to check against the run it was exported from") from None
+    loaded = open_reference(plan, run)
+    model = loaded.model
     style = sidecar.get("style") if isinstance(sidecar.get("style"), dict) else None
     if style:
         model = _taught_as_exported(model, sidecar, loaded.checkpoint_sha256)
@@ -232,4 +244,4 @@ def _taught_as_exported(model, sidecar, checkpoint_sha256: str):
 
 
 __all__ = ["CheckPlan", "CheckReport", "CheckResult", "CheckUsageError", "check_artifact",
-           "expand_artifacts", "identify", "prepare_check"]
+           "expand_artifacts", "identify", "open_reference", "prepare_check"]
