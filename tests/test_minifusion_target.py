@@ -132,8 +132,26 @@ def test_check_passes_and_runs_the_generic_harness(exported):
             "precision.forward_float32"} <= names
     assert any(name.startswith("rtf.forward") for name in names)   # NumPy speed, report only
     assert report.summary["latency_samples"] == 112
+    assert "contract.sidecar" in names   # latency, rate and ratio as the sidecar states
     from rave_deploy.targets.minifusion import MinifusionRunner
     assert issubclass(MinifusionRunner, Runner)
+
+
+@pytest.mark.parametrize("exported", [("brave",)], indirect=True, ids=["brave"])
+def test_a_sidecar_that_misstates_the_latency_fails_the_check(exported, tmp_path):
+    """Integrators compensate latency by the sidecar's latency_samples: an edited one
+    (or another export's) fails contract.sidecar, naming what the check found."""
+    _, run, path, _ = exported
+    copy = Path(shutil.copy(path, tmp_path / path.name))
+    sidecar = json.loads(path.with_name(path.name + ".json").read_text())
+    sidecar.update(latency_samples=0, sample_rate=48000)
+    copy.with_name(copy.name + ".json").write_text(json.dumps(sidecar))
+    report = check_artifact(copy, options=CheckOptions(block_sizes=[2048], seconds=1.0,
+                                                       rtf_seconds=0.1))
+    assert [r.name for r in report.failures()] == ["contract.sidecar"]
+    [result] = report.failures()
+    assert "latency_samples 0 (the check found 112)" in result.message
+    assert "sample_rate 48000 (the check found 44100)" in result.message
 
 
 def test_full_size_brave_matches_acids_rave_state_dict(tmp_path):

@@ -283,6 +283,7 @@ def test_check_passes_brave(brave, target):
         assert any(n.startswith("rtf.forward") for n in names)
     if target == "anira":
         assert {"parity.encode", "parity.decode"} <= names
+    assert "contract.sidecar" in names   # the sidecar states the latency the check found
 
 
 def test_stereo_model_graphs_carry_every_state(tmp_path):
@@ -416,6 +417,19 @@ def test_a_sidecar_that_misstates_the_graph_fails(brave, tmp_path, target):
     assert failed, [r.name for r in report.results]
     assert ("the sidecar says sample_rate 48000, the run 44100" in failed[0].message
             and "the sidecar says ratio 256, the run 128" in failed[0].message), failed[0].message
+
+
+def test_anira_sidecar_that_misstates_the_block_fails_the_check(brave, tmp_path):
+    _, paths = brave
+    folder = Path(shutil.copytree(paths["anira"], tmp_path / "edited.anira"))
+    sidecar = json.loads((folder / "rave-deploy.json").read_text())
+    sidecar.update(block_size=128, latency_samples=0)
+    (folder / "rave-deploy.json").write_text(json.dumps(sidecar))
+    report = check_artifact(folder, options=CheckOptions(block_sizes=[512], **FAST))
+    failed = {r.name: r.message for r in report.failures()}
+    assert "contract.sidecar" in failed, failed
+    assert "block_size 128 (the check found 512)" in failed["contract.sidecar"]
+    assert "latency_samples 0 (the check found 112)" in failed["contract.sidecar"]
 
 
 def _broken_anira(paths, tmp_path) -> Path:

@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -225,6 +226,19 @@ def test_ctrl_c_saves_and_exits_130(db, tmp_path, monkeypatch):
     changed = CliRunner().invoke(cli, longer)
     assert changed.exit_code == 0, changed.output
     assert "trained on windows of 8192 samples, this run uses --n_signal 16384" in changed.output
+
+
+def test_a_repeated_signal_is_one_request_unless_it_comes_later():
+    from rave_core.training.trainer import _StopRequest
+    with _StopRequest() as stopper:
+        os.kill(os.getpid(), signal.SIGINT)   # the terminal's Ctrl-C
+        os.kill(os.getpid(), signal.SIGINT)   # torchrun passing it on: same request
+        assert stopper.requested
+        stopper._first -= 2 * stopper.REPEAT_WINDOW
+        with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C, later: stop at once
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(100):
+                time.sleep(0.01)
 
 
 # ---------------------------------------------------------------------------- distributed

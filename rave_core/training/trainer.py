@@ -172,16 +172,24 @@ def _first_difference(a: str, b: str) -> str:
 # ============================================================================ the loop
 class _StopRequest:
     """SIGINT / SIGTERM ask training to stop after the current step (and save); a second
-    signal stops at once."""
+    signal stops at once. One within a second of the first is the same request: torchrun
+    passes the terminal's Ctrl-C on to workers that received it already."""
+
+    #: seconds within which a repeated signal counts as the first one
+    REPEAT_WINDOW = 1.0
 
     def __init__(self) -> None:
         self.requested = False
+        self._first = 0.0
         self._previous: Dict[int, Any] = {}
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
-            raise KeyboardInterrupt
+            if time.monotonic() - self._first > self.REPEAT_WINDOW:
+                raise KeyboardInterrupt
+            return
         self.requested = True
+        self._first = time.monotonic()
 
     def __enter__(self) -> "_StopRequest":
         if threading.current_thread() is threading.main_thread():

@@ -215,10 +215,34 @@ def check_artifact(artifact, run: Optional[str] = None,
     if style:
         model = _taught_as_exported(model, sidecar, loaded.checkpoint_sha256)
     report = get_target(plan.target).check(artifact, sidecar, model, options)
+    if sidecar:
+        check_sidecar_facts(report, sidecar)
     if style:  # which audio the file, and so its reference, was taught from
         report.summary["style"] = {side: style[side]["path"] for side in ("target", "source")
                                    if isinstance(style.get(side), dict)}
     return report
+
+
+#: Sidecar fields a host integrator builds on, which a check also establishes (in
+#: ``report.summary``): the latency to compensate, the rate, the block, the ratio.
+SIDECAR_FACTS = ("latency_samples", "sample_rate", "block_size", "ratio")
+
+
+def check_sidecar_facts(report: CheckReport, sidecar: Dict[str, object]) -> None:
+    """``contract.sidecar``: the sidecar states what the check found, for each of
+    :data:`SIDECAR_FACTS` both give. An edited sidecar, or another export's, misleads the
+    people who compensate latency or set the host's rate from it."""
+    found = {k: report.summary[k] for k in SIDECAR_FACTS
+             if k in sidecar and report.summary.get(k) is not None}
+    if not found:
+        return
+    wrong = [f"{k} {sidecar[k]} (the check found {v})" for k, v in found.items()
+             if str(sidecar[k]) != str(v)]
+    report.add("contract.sidecar", not wrong,
+               f"{sidecar_path(report.artifact).name} states " + "; ".join(wrong)
+               + ": re-export, or mend the sidecar" if wrong else
+               f"the sidecar states what the check found: "
+               + ", ".join(f"{k} {v}" for k, v in found.items()))
 
 
 #: the last model taught by ``_taught_as_exported``: ``rave-deploy check exports/*``
@@ -244,4 +268,5 @@ def _taught_as_exported(model, sidecar, checkpoint_sha256: str):
 
 
 __all__ = ["CheckPlan", "CheckReport", "CheckResult", "CheckUsageError", "check_artifact",
+           "check_sidecar_facts",
            "expand_artifacts", "identify", "open_reference", "prepare_check"]

@@ -155,6 +155,9 @@ class AniraTarget(Target):
             runners[method] = ort_host.runner_classes()["flat"](
                 sess, method, reference.ratio, reference.latent_size, reference.n_channels, pairs)
         block = int(loaded["forward"][0].get_inputs()[0].shape[2])
+        # what the JSON configs and graphs say (checked above), for contract.sidecar
+        report.summary.update({"sample_rate": int(model.sr), "block_size": block,
+                               "ratio": int(model.ratio)})
         blocks = [b for b in options.block_sizes if b > 0 and b % block == 0] or [block, 4 * block]
         ort_host.generic_checks(report, runners, reference, blocks, options)
         return report

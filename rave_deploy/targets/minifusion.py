@@ -485,7 +485,7 @@ def check_streaming(report: "CheckReport", artifact: Path, model: RAVE,
             r.value = rows[0]["rtf"]
             r.message = f"NumPy float32 emulation, report only (the plugin runs C++): {speeds}"
     report.summary.update({"latency_samples": latency, "latency_ms": 1000.0 * latency / sr,
-                           "sample_rate": sr, "float32_error": err})
+                           "sample_rate": sr, "ratio": ratio, "float32_error": err})
 
 
 # ------------------------------------------------------------------ target
