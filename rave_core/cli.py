@@ -30,6 +30,8 @@ import click
 
 from .config import CONFIG_DIR, ConfigError, available_configs
 from .data import DataError, DataInputError
+from .data.preprocess import (MAX_CHANNELS, MAX_SAMPLING_RATE, MIN_CHANNELS,
+                              MIN_SAMPLING_RATE)
 from .run import RunError
 
 # Unusable input (exit 2) versus a failed operation (exit 1).
@@ -250,9 +252,11 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--output_path", required=True, metavar="DB",
               help="Dataset folder to write (replaced atomically if it is a dataset already; a "
                    "folder holding other files is refused).")
-@click.option("--channels", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--channels", type=click.IntRange(MIN_CHANNELS, MAX_CHANNELS), default=1,
+              show_default=True,
               help="Audio channels of the dataset (sources are mixed down or duplicated).")
-@click.option("--sampling_rate", type=click.IntRange(min=1), default=44100, show_default=True,
+@click.option("--sampling_rate", type=click.IntRange(MIN_SAMPLING_RATE, MAX_SAMPLING_RATE),
+              default=44100, show_default=True,
               help="Sampling rate of the dataset in Hz; must match the config's SAMPLING_RATE.")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show a progress bar.")

@@ -19,7 +19,7 @@ import torch
 from click.testing import CliRunner
 
 from rave_core.cli import main as core_cli
-from rave_core.data import preprocess
+from rave_core.data import DataError, preprocess
 from rave_deploy.cli import main as deploy_cli
 
 from .runs import make_run
@@ -124,6 +124,20 @@ def test_preprocess_refuses_an_input_inside_the_output(tmp_path):
                            "--no-progress"], 2, ["is inside --output_path", "delete the input"])
     assert (ds / "audio" / "a.wav").is_file()
     assert leftovers(ds.parent) == [] and leftovers(ds) == []
+
+
+@pytest.mark.parametrize("flag, value, expected", [
+    ("--sampling_rate", "441", "441 is not in the range 8000<=x<=384000"),   # a typo for 44100
+    ("--channels", "100", "100 is not in the range 1<=x<=64"),
+])
+def test_preprocess_refuses_implausible_rates_and_channel_counts(tmp_path, flag, value, expected):
+    tone(tmp_path / "in" / "a.wav")
+    run_cli(core_cli, ["preprocess", "--input_path", tmp_path / "in", "--output_path",
+                       tmp_path / "db", flag, value, "--no-progress"], 2, [expected])
+    assert not (tmp_path / "db").exists()
+    with pytest.raises(DataError, match="must be"):   # the library refuses them too
+        preprocess([str(tmp_path / "in")], str(tmp_path / "db"),
+                   **{flag.lstrip("-"): int(value)}, progress=False)
 
 
 def test_preprocess_skips_files_with_non_finite_samples(tmp_path):

@@ -633,6 +633,7 @@ def test_a_sidecar_that_misstates_the_file_fails(runs, monkeypatch):
     latent = int(sidecar["latent_size"])
     assert f"sample rate {int(model.sr)} in the file (sr), 48000 in its sidecar" in hit.message
     assert f"latent size {latent} in the file, {latent + 1} in its sidecar" in hit.message
+    assert hit.message.endswith("in its sidecar: re-export the model"), hit.message
 
 
 def test_frozen_constants_do_not_move_and_the_check_says_so(runs, tmp_path, monkeypatch):

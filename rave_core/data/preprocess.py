@@ -31,6 +31,10 @@ SKIPPED_FILE = "skipped.txt"
 METADATA_FILE = "metadata.yaml"
 FORMAT = "float32"
 LAYOUT = "(time, channels) interleaved, little-endian float32"
+
+#: Bounds that catch typos (--sampling_rate 441, --channels 100) before an hour of work.
+MIN_CHANNELS, MAX_CHANNELS = 1, 64
+MIN_SAMPLING_RATE, MAX_SAMPLING_RATE = 8000, 384000
 SILENCE_PEAK = 1e-4
 BLOCK_FRAMES = 65536
 # Files an earlier (interrupted) run of ours may leave in an output folder.
@@ -87,10 +91,12 @@ def preprocess(
             skipped. DataInputError: an ``output_path`` that exists and is not a dataset
             (it holds other files), or an input inside ``output_path``.
     """
-    if channels < 1:
-        raise DataError(f"channels must be >= 1, got {channels}")
-    if sampling_rate <= 0:
-        raise DataError(f"sampling_rate must be > 0, got {sampling_rate}")
+    if not MIN_CHANNELS <= channels <= MAX_CHANNELS:
+        raise DataError(f"channels must be {MIN_CHANNELS} to {MAX_CHANNELS} (1 mono, 2 stereo, "
+                        f"more for multichannel or ambisonic audio), got {channels}")
+    if not MIN_SAMPLING_RATE <= sampling_rate <= MAX_SAMPLING_RATE:
+        raise DataError(f"sampling_rate must be {MIN_SAMPLING_RATE} to {MAX_SAMPLING_RATE} Hz "
+                        f"(the config's SAMPLING_RATE, e.g. 44100 or 48000), got {sampling_rate}")
     files = find_audio_files(input_paths)
     output = Path(output_path)
     _check_input_outside_output(input_paths, output)

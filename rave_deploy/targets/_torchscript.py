@@ -529,6 +529,8 @@ class TorchScriptTarget(Target):
         if isinstance(file_sr, int) and expect_sr is not None and file_sr != int(expect_sr):
             problems.append(f"sample rate {file_sr} in the file (sr), {expect_sr} in its "
                             "sidecar")
+        if problems:   # the file or its sidecar was edited, or they belong to two exports
+            problems[-1] += ": re-export the model"
         report.add_contract("contract.7_ratios", problems,
                             f"encode {enc}, decode {dec}, forward {fwd}")
         bad = [r for p in (enc, dec, fwd) for r in (p[1], p[3]) if not _is_pow2(r)]
