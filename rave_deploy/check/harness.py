@@ -72,9 +72,11 @@ class Tolerances:
     parity_max_rel: float = 1e-4
     #: minimum signal-to-error ratio of the exported output, dB.
     parity_min_snr_db: float = 80.0
-    #: max |output at N - output at N0| / peak: blocks must not change the result
-    #: (float32 rounding of differently sized convolutions stays near 1e-6).
-    blocks_max_rel: float = 1e-5
+    #: max |output at N - output at N0| / peak: blocks must not change the result.
+    #: Float32 rounding of differently sized products stays near 1e-6 in small models
+    #: and reaches 5e-5 in a full-size c128_r10 (4.6e-14 in float64): the bound is the
+    #: parity bound; state carried wrongly across calls shows as 1e-3 or more.
+    blocks_max_rel: float = 1e-4
     #: a change smaller than this share of the output peak is "no change"
     #: (streaming is exact: a causal artefact shows exactly 0).
     causality_max_rel: float = 1e-6
@@ -595,8 +597,8 @@ def _blocks(report, plan: _Plan, outputs, errors, tol: Tolerances) -> None:
     bad = [n for n, v in diffs.items() if v / peak > tol.blocks_max_rel]
     if bad:
         msg = (f"the output depends on the block size: block(s) {', '.join(map(str, bad))} differ from "
-               f"block {n0} by up to {worst:.2g} of peak (streaming state not carried exactly "
-               "across calls?)")
+               f"block {n0} by up to {worst:.2g} of peak, more than float32 rounding gives "
+               f"({tol.blocks_max_rel:g}): streaming state is not carried exactly across calls")
     else:
         sizes = ", ".join(map(str, plan.blocks))
         msg = f"blocks {sizes} give the same output (max difference {worst:.2g} of peak)"

@@ -159,7 +159,7 @@ class SuperColliderTarget(TorchScriptTarget):
         optimises), gives the file's output under the default executor."""
         comparable = self._set_deterministic(module)
         calls = 6
-        inputs = {m: _input_for(module, m, calls * ctx.ratio, seed=5) for m in METHODS}
+        inputs = {m: _input_for(module, m, ctx.past_latency(calls), seed=5) for m in METHODS}
 
         def stream(mod, method: str) -> torch.Tensor:
             self._reset(mod)
