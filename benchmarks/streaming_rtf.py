@@ -25,6 +25,12 @@ so both files hold the same weights) instead of random weights. These machines a
 shared: prefer medians of several repetitions. A line above the table gives the
 machine's phase, the read speed of 8-24 MB arrays before and after the run: compare
 tables taken at similar speeds.
+
+Columns: RTF, audio time / compute time (above 1 keeps up); mean ms and p99 ms, time per
+block call; budget, the block's duration in ms (what a call may take); /eager, RTF over
+the eager ceiling's; /acids, RTF over the acids-rave file's in the same run (with
+--reference-ts). Blocks below a model's ratio, or not a multiple of it, are skipped with
+a note: no host calls a model so.
 """
 from __future__ import annotations
 
@@ -129,7 +135,9 @@ def time_blocks(step: Callable[[np.ndarray], None], block: int, seconds: float) 
 
 def eager_ceiling(core, seconds: float) -> float:
     """RTF of the offline eager model on the whole signal (no per-call overhead)."""
-    x = torch.randn(1, 1, int(seconds * SR) // core.ratio * core.ratio) * 0.1
+    # at least 64 frames: a shorter signal than the receptive field is not a measurement
+    n = max(int(seconds * SR) // core.ratio, 64) * core.ratio
+    x = torch.randn(1, 1, n) * 0.1
     with torch.inference_mode():
         core(x[..., :core.ratio * 8])
         t0 = time.perf_counter()
@@ -168,8 +176,46 @@ def read_bandwidth(megabytes=(8, 16, 24), repeats: int = 20) -> str:
     return ", ".join(speeds)
 
 
+def _pairs(p: argparse.ArgumentParser, flag: str, values: List[str], configs: List[str]):
+    """``CONFIG=PATH`` values of ``flag``, each naming a listed config and an existing path."""
+    out = {}
+    for value in values:
+        config, sep, path = value.partition("=")
+        if not sep or not path:
+            p.error(f"{flag} {value!r}: give CONFIG=PATH, e.g. {flag} brave=runs/brave")
+        if config not in configs:
+            p.error(f"{flag} {value!r}: {config} is not among --configs ({' '.join(configs)})")
+        if not Path(path).exists():
+            p.error(f"{flag} {value!r}: {path} does not exist")
+        out[config] = Path(path)
+    return out
+
+
+def _validate(p: argparse.ArgumentParser, args) -> None:
+    """Refuse bad options before any model is built (argparse's exit code 2)."""
+    from rave_core.config import available_configs
+    known = available_configs()
+    for config in args.configs:
+        if config not in known and not Path(config).is_file():
+            p.error(f"--configs {config}: not a config of rave_core nor a gin file (known: "
+                    f"{', '.join(known)})")
+    targets = ["nn_tilde", "onnx_streaming", "nn_tilde" + ONEDNN_SUFFIX]
+    for target in args.targets:
+        if target not in targets:
+            p.error(f"--targets {target}: benchmarked targets are {', '.join(targets)}")
+    if any(b <= 0 for b in args.blocks):
+        p.error(f"--blocks {' '.join(map(str, args.blocks))}: block sizes are positive")
+    if not args.seconds > 0:
+        p.error(f"--seconds {args.seconds}: give the seconds of audio per repetition (> 0)")
+    if args.repeats < 1:
+        p.error(f"--repeats {args.repeats}: give at least 1")
+    args.reference_ts = _pairs(p, "--reference-ts", args.reference_ts, args.configs)
+    args.run = _pairs(p, "--run", args.run, args.configs)
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", nargs="+", default=["brave", "v2_small", "v2"])
     p.add_argument("--blocks", nargs="+", type=int, default=[128, 512, 2048])
     p.add_argument("--targets", nargs="+", default=["nn_tilde", "onnx_streaming"],
@@ -185,12 +231,12 @@ def main(argv=None) -> int:
     p.add_argument("--markdown", action="store_true",
                    help="also print the table in Markdown, as the README keeps it")
     args = p.parse_args(argv)
+    _validate(p, args)
     torch.set_num_threads(1)
     from rave_core import load_run
     from rave_deploy.model import DeployModel
 
-    refs = dict(r.split("=", 1) for r in args.reference_ts)
-    given_runs = {k: Path(v) for k, v in (r.split("=", 1) for r in args.run)}
+    refs, given_runs = args.reference_ts, args.run
     rows: List[Dict[str, object]] = []
     phase_before = read_bandwidth()
     with tempfile.TemporaryDirectory() as tmp:
@@ -213,7 +259,11 @@ def main(argv=None) -> int:
                           for t in args.targets if t in paths}
             if config in refs:
                 candidates["acids-rave .ts"] = torchscript_step(Path(refs[config]))
-            for block in [b for b in args.blocks if b >= ratio]:  # hosts never go below
+            skipped = [b for b in args.blocks if b < ratio or b % ratio]
+            if skipped:  # no host calls a model below its ratio or between frames
+                print(f"{config}: block(s) {', '.join(map(str, skipped))} skipped: not a "
+                      f"multiple of its ratio {ratio}", file=sys.stderr)
+            for block in [b for b in args.blocks if b not in skipped]:
                 per: Dict[str, List[np.ndarray]] = {k: [] for k in candidates}
                 for _ in range(args.repeats):  # alternate targets within each repetition
                     for name, step in candidates.items():

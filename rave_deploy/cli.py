@@ -97,6 +97,10 @@ def main(ctx: click.Context, debug: bool) -> None:
     ctx.with_resource(warnings_as_messages())
 
 
+#: longest --name: with ".onnx_streaming.onnx.json" and a temporary suffix, under 255 bytes
+MAX_NAME_BYTES = 200
+
+
 def _target_names() -> List[str]:
     return sorted(registry()) + ["all"]
 
@@ -167,6 +171,11 @@ def export(obj: _Context, run: Path, targets, output: Path, streaming: bool, fid
     if name is not None and any(unicodedata.category(c) == "Cc" for c in name):
         _usage(f"--name {name!r}: control characters (newlines, tabs, ...) cannot be in a "
                "file name hosts and scripts handle; give a plain name, e.g. --name my_model")
+    if name is not None and len(name.encode()) > MAX_NAME_BYTES:
+        # file systems hold 255 bytes a name; the target's suffix and the sidecar's follow
+        _usage(f"--name: {len(name.encode())} bytes, more than the {MAX_NAME_BYTES} that leave "
+               "room for the target's suffix and the sidecar's (file names hold 255 bytes); "
+               "give a shorter name")
     options = ExportOptions(streaming=streaming, fidelity=fidelity, deterministic=deterministic,
                             sr=sr, channels=channels, ema_weights=ema_weights, name=name,
                             block_size=block_size, engine=engine, cpu_kernels=cpu_kernels,
@@ -222,8 +231,15 @@ def check(obj: _Context, artifacts, run: Optional[str], block_sizes, as_json: bo
             _guard(obj, open_reference, plan, run, usage_errors=(CheckUsageError,))
             loaded.add((plan.source, plan.ema_weights))
     options = CheckOptions(block_sizes=list(block_sizes), report=report)
-    reports = [_guard(obj, check_artifact, artifact, run, options, usage_errors=(CheckUsageError,))
-               for artifact in artifacts]
+    # what is being checked, on stderr (a check of a full-size model takes minutes);
+    # with --json only on a terminal, so a script reading both streams sees JSON alone
+    show_progress = not as_json or sys.stderr.isatty()
+    reports = []
+    for i, artifact in enumerate(artifacts, 1):
+        if show_progress:
+            click.echo(f"checking {artifact} ({i}/{len(artifacts)}) ...", err=True)
+        reports.append(_guard(obj, check_artifact, artifact, run, options,
+                              usage_errors=(CheckUsageError,)))
     if report is not None:
         _guard(obj, write_html_report, reports, report)
     if as_json:

@@ -20,6 +20,7 @@ its reference again from them.
 from __future__ import annotations
 
 import hashlib
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +80,10 @@ class StyleAudio:
                    fidelity=float(style.get("fidelity", 0.95)), **paths)
 
 
+#: below this peak (-80 dBFS) style audio is taken for silence
+SILENT_PEAK = 1e-4
+
+
 class StyleAudioError(DeployError):
     """A style file cannot be used (unreadable, too short, or not the one exported with)."""
 
@@ -134,10 +139,12 @@ def teach_style(model: torch.nn.Module, style: StyleAudio,
             continue
         getattr(host, f"set_reset_{side}")(True)  # what the checkpoint learned: forgotten
         getattr(host, f"set_learn_{side}")(True)
-        taught_blocks = 0
+        taught_blocks, peak = 0, 0.0
         for file in style_files(Path(path)):
             audio = _read(file, side, int(model.sr), int(model.n_channels))
             starts = range(0, audio.shape[-1] - block + 1, block)  # whole blocks only
+            if len(starts):
+                peak = max(peak, float(audio[..., :starts[-1] + block].abs().max()))
             host.reset()  # each file from silence
             with torch.inference_mode():
                 for start in tqdm(starts, unit="block", desc=f"style {side}", leave=False,
@@ -151,6 +158,13 @@ def teach_style(model: torch.nn.Module, style: StyleAudio,
                 f"{1000 * block / int(model.sr):.0f} ms at {int(model.sr)} Hz)"
                 f"{'' if Path(path).is_file() else ', every file of it'}: give a few seconds "
                 "of the sound")
+        if peak < SILENT_PEAK:
+            # AdaIN would divide by the statistics of silence: the file plays silence
+            # (style target) or a blown-up output (style source)
+            level = f"{20 * math.log10(peak):.0f} dBFS" if peak > 0 else "digital silence"
+            raise StyleAudioError(
+                f"--style-{side} {path}: silent (peak {level}): a style is learnt from "
+                "the sound itself; give a recording of it")
 
     taught = copy_model(model)
     learned = style_layers(host)

@@ -180,6 +180,24 @@ def test_export_refuses_control_characters_in_the_name(run, tmp_path, name):
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+def test_export_refuses_a_name_no_file_system_holds(run, tmp_path):
+    cli(["export", run, "-t", "minifusion", "-o", tmp_path / "out", "--name", "x" * 300],
+        code=2, expect=["--name: 300 bytes, more than the 200", "give a shorter name"])
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    cli(["export", run, "-t", "all", "-o", tmp_path / "out", "--name", "é" * 100], code=0)
+
+
+def test_no_streaming_writes_the_offline_graph_only(run, tmp_path):
+    """`-t all --no-streaming`: the streaming-graph targets are skipped with the reason,
+    as the TorchScript targets are (onnx_streaming and anira were written regardless)."""
+    result = cli(["export", run, "-t", "all", "--no-streaming", "-o", tmp_path / "o"], code=0)
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
+        "brave.onnx.onnx", "brave.onnx.onnx.json"], result.output
+    for target in ("onnx_streaming", "anira"):
+        line = next(x for x in result.output.splitlines() if f"skip  {target} " in x)
+        assert "the offline graph is -t onnx (drop --no-streaming)" in line, line
+
+
 def test_export_json_is_strict(run, tmp_path):
     result = cli(["export", run, "-t", "minifusion", "-o", tmp_path / "out", "--json"], code=0)
     _strict(result.stdout)
@@ -313,8 +331,13 @@ def test_check_takes_an_export_folder_or_its_glob(run, tmp_path, checks_run,
     cli(["check", *sorted(out.iterdir())], code=0)
     assert sorted(checks_run) == artefacts
     checks_run.clear()
-    cli(["check", out], code=0)
+    result = cli(["check", out], code=0)
     assert sorted(checks_run) == artefacts
+    # which artefact is being checked, on stderr (full-size checks take minutes)
+    assert f"checking {out / 'brave.anira'} (1/2) ..." in result.stderr
+    assert f"checking {out / 'brave.minifusion.h5'} (2/2) ..." in result.stderr
+    as_json = cli(["check", out, "--json"], code=0)   # not a terminal: JSON alone
+    assert "checking" not in as_json.stderr and json.loads(as_json.stdout)["passed"]
     checks_run.clear()
     cli(["check", out / "brave.anira"], code=0)  # an anira folder is one artefact
     assert checks_run == [out / "brave.anira"]

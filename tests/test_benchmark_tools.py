@@ -44,6 +44,25 @@ def test_profile_refuses_what_it_cannot_read(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("args, expected", [
+    (["--configs", "nosuch"], "--configs nosuch: not a config of rave_core"),
+    (["--seconds", "0"], "--seconds 0.0: give the seconds of audio"),
+    (["--repeats", "0"], "--repeats 0: give at least 1"),
+    (["--targets", "bogus"], "--targets bogus: benchmarked targets are nn_tilde"),
+    (["--blocks", "0"], "block sizes are positive"),
+    (["--configs", "brave", "--reference-ts", "brave=/nonexistent.ts"], "/nonexistent.ts does not exist"),
+    (["--configs", "brave", "--run", "v2=x"], "v2 is not among --configs (brave)"),
+    (["--configs", "brave", "--run", "brave"], "give CONFIG=PATH"),
+])
+def test_streaming_rtf_refuses_bad_options_before_building_anything(args, expected, capsys):
+    import streaming_rtf
+    with pytest.raises(SystemExit) as exit_info:
+        streaming_rtf.main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err, err
+
+
 def test_streaming_rtf_prints_phase_and_table(tmp_path, capsys):
     """benchmarks/streaming_rtf.py end to end on a small run: the machine's phase line,
     then a row per target and floor with a positive real-time factor, and with
@@ -54,10 +73,12 @@ def test_streaming_rtf_prints_phase_and_table(tmp_path, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert streaming_rtf.main(["--configs", "brave", "--run", f"brave={run}",
-                                   "--blocks", "128", "--targets", "nn_tilde",
+                                   "--blocks", "100", "128", "--targets", "nn_tilde",
                                    "onnx_streaming", "--seconds", "0.1",
                                    "--repeats", "1", "--markdown"]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "brave: block(s) 100 skipped: not a multiple of its ratio 128" in captured.err
+    out = captured.out
     table, markdown = out.split("\n\n")
     lines = table.splitlines()
     assert lines[0].startswith("machine phase, one thread reading: 8 MB at ")

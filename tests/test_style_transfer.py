@@ -303,8 +303,8 @@ def test_export_teaches_a_style_as_nn_tilde_would(v3, style_audio, tmp_path, mon
 
 
 def test_style_options_refused_or_warned(v3, style_audio, tmp_path):
-    """A model without AdaIN, a file shorter than one block, a file that is not audio:
-    exit 2, nothing written. One side only: a warning for hosts that cannot learn the
+    """A model without AdaIN, a file shorter than one block, a silent file, a file that
+    is not audio: exit 2, nothing written. One side only: a warning for hosts that cannot learn the
     other (ONNX), none for nn~, which can."""
     run, _, _ = v3
     target, source = style_audio
@@ -312,10 +312,14 @@ def test_style_options_refused_or_warned(v3, style_audio, tmp_path):
     sf.write(short, np.zeros(1000, np.float32), 44100)
     text = tmp_path / "notes.wav"
     text.write_text("not audio")
+    silent = tmp_path / "silent.wav"   # AdaIN would learn the statistics of silence
+    sf.write(silent, np.zeros(44100, np.float32), 44100)
     plain = make_run(tmp_path, ("v2_small",), name="v2_small")
     for args, expect in (
             ([plain, "--style-target", target], "this model has no AdaIN layers"),
             ([run, "--style-source", short], "shorter than one block"),
+            ([run, "--style-target", silent], "silent.wav: silent (peak digital silence)"),
+            ([run, "--style-source", silent], "a style is learnt from the sound itself"),
             ([run, "--style-target", text], "notes.wav: unreadable or not audio")):
         result = CliRunner().invoke(deploy_cli, ["export", *map(str, args), "-t", "onnx",
                                                  "-o", str(tmp_path / "out")])

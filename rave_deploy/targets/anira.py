@@ -27,7 +27,8 @@ from .. import onnx_graphs as og
 from .. import onnx_runtime as ort_host
 from ..model import DeployModel
 from .base import CheckOptions, ExportOptions, Target, register
-from .onnx_streaming import fidelity_of, onnx_unsupported_reason, references
+from .onnx_streaming import (fidelity_of, onnx_unsupported_reason, references,
+                             streaming_only_reason)
 
 ENGINES = ("onnx", )
 EXECUTORCH_REASON = (
@@ -89,7 +90,7 @@ class AniraTarget(Target):
             if options.engine == "executorch":
                 return EXECUTORCH_REASON
             return f"--engine {options.engine}: anira graphs are written for ONNX Runtime (--engine onnx)"
-        reason = onnx_unsupported_reason(model, options)
+        reason = streaming_only_reason(options) or onnx_unsupported_reason(model, options)
         if reason is None and options.block_size is not None and (
                 options.block_size <= 0 or options.block_size % int(model.ratio)):
             reason = (f"--block-size {options.block_size} is not a positive multiple of the "

@@ -498,16 +498,22 @@ class MinifusionTarget(Target):
 
     def unsupported_reason(self, model: RAVE, options: ExportOptions) -> Optional[str]:
         problems, _ = inspect_architecture(model)
-        # a model the plugin cannot run needs another host or a BRAVE training; the
-        # export options below each name their own fix
+        # a model the plugin cannot run needs another host or a (mono) BRAVE training;
+        # the export options below each name their own fix
+        mono_only = int(model.n_channels) != 1 and len(problems) == 1
         remedy = ("" if not problems else
                   ". Play this model with -t nn_tilde or -t onnx_streaming instead, or train "
-                  "one for Minifusion with `rave-core train --config brave`")
+                  "a mono one for Minifusion (rave-core preprocess --channels 1)" if mono_only
+                  else ". Play this model with -t nn_tilde or -t onnx_streaming instead, or "
+                  "train one for Minifusion with `rave-core train --config brave`")
         if options.sr is not None and int(options.sr) != int(model.sr):
             problems.append(f"--sr {options.sr}: the plugin runs the model at its training "
                             f"rate ({model.sr} Hz); set the host to {model.sr} Hz instead")
         if options.channels not in (None, 1):
             problems.append(f"--channels {options.channels}: the plugin is mono")
+        if not options.streaming:
+            problems.append("--no-streaming: the plugin runs the model block by block; the "
+                            "offline graph is -t onnx")
         if not problems:
             return None
         return ("the Minifusion plugin runs BRAVE's causal architecture only: "

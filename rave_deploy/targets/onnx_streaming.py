@@ -21,6 +21,14 @@ from ..model import DeployModel
 from .base import CheckOptions, ExportOptions, Target, register
 
 
+def streaming_only_reason(options: ExportOptions) -> Optional[str]:
+    """Why a streaming-graph target refuses ``--no-streaming`` (None when streaming)."""
+    if options.streaming:
+        return None
+    return ("its graph takes one block and the states of the previous call: it is a "
+            "streaming export; the offline graph is -t onnx (drop --no-streaming)")
+
+
 def onnx_unsupported_reason(model: RAVE, options: ExportOptions) -> Optional[str]:
     """Why the ONNX targets cannot serve ``model`` with ``options`` (``None`` if they can)."""
     problems = []
@@ -67,7 +75,7 @@ class OnnxStreamingTarget(Target):
                    "block and the next states out (any ONNX runtime)")
 
     def unsupported_reason(self, model: RAVE, options: ExportOptions) -> Optional[str]:
-        reason = onnx_unsupported_reason(model, options)
+        reason = streaming_only_reason(options) or onnx_unsupported_reason(model, options)
         if reason is None and options.block_size is not None and options.block_size % int(model.ratio):
             reason = (f"--block-size {options.block_size} is not a multiple of the model's "
                       f"ratio {model.ratio}")

@@ -45,9 +45,12 @@ class VSTTarget(TorchScriptTarget):
             factor = int(options.sr) // int(model.sr)
         ratio = int(model.ratio) * factor
         if ratio < MIN_RATIO:
+            # the RAVE UGens are mono: a multichannel model goes through NN.ar there
+            others = ("nn~ or SuperCollider" if int(model.n_channels) == 1
+                      else "nn~ (or NN.ar in SuperCollider)")
             return (f"ratio {ratio} is below the RAVE VST's minimum of {MIN_RATIO} (its buffer "
-                    f"runs from the ratio up to {MAX_RATIO} samples): use nn~ or SuperCollider "
-                    "for this model")
+                    f"runs from the ratio up to {MAX_RATIO} samples): use {others} for this "
+                    "model")
         if ratio > MAX_RATIO:
             return f"ratio {ratio} is above the RAVE VST's maximum of {MAX_RATIO}"
         if ratio & (ratio - 1):
