@@ -807,6 +807,21 @@ def test_output_one_sample_late_fails_parity_and_latency(runs, tmp_path):
     assert all(r.passed for r in report.results if r.name.startswith("contract."))
 
 
+def test_copies_are_compared_past_the_latency(tmp_path):
+    """A fresh v2_small (unit gains): within its 10656-sample latency the output is the
+    response to silence (about 5e-11), where rounding failed the checks that compare two
+    ways of running the file (device.moves_with_module did, on 1024 samples)."""
+    run = make_run(tmp_path, ("v2_small",), name="fresh", unit_gains=True)
+    path = export_quietly(run, ["supercollider"], tmp_path / "out")["supercollider"]
+    report = get_target("supercollider").check(
+        path, read_sidecar(path), open_run(run).model,
+        CheckOptions(block_sizes=[2048], seconds=1.0, rtf_seconds=0.1))
+    by_name = {r.name: r for r in report.results}
+    for name in ("contract.4_streaming", "contract.11_batch", "contract.25_noncontiguous",
+                 "device.moves_with_module", "executor.legacy"):
+        assert by_name[name].passed, (name, by_name[name].message)
+
+
 # ----------------------------------------------------------------------------- libtorch 2.5
 def test_files_load_and_match_in_torch_2_5(runs, tmp_path):
     """scripts/check_libtorch_compat.py under torch 2.5 (nn~ 1.6's libtorch 2.5.1): every
