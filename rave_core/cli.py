@@ -77,7 +77,8 @@ def warnings_as_messages():
     (per rank), not as Python's ``file:line: UserWarning: ...`` with a source line;
     warnings from libraries keep Python's format, which says where they come from."""
     previous = warnings.showwarning
-    ours = tuple(str(Path(__file__).resolve().parents[1] / pkg) for pkg in ("rave_core", "rave_deploy"))
+    root = Path(__file__).resolve().parents[1]
+    ours = tuple(str(root / package) for package in ("rave_core", "rave_deploy"))
 
     def show(message, category, filename, lineno, file=None, line=None):
         if not str(Path(filename).resolve()).startswith(ours):

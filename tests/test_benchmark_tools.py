@@ -50,7 +50,8 @@ def test_profile_refuses_what_it_cannot_read(tmp_path, capsys):
     (["--repeats", "0"], "--repeats 0: give at least 1"),
     (["--targets", "bogus"], "--targets bogus: benchmarked targets are nn_tilde"),
     (["--blocks", "0"], "block sizes are positive"),
-    (["--configs", "brave", "--reference-ts", "brave=/nonexistent.ts"], "/nonexistent.ts does not exist"),
+    (["--configs", "brave", "--reference-ts", "brave=/nonexistent.ts"],
+     "/nonexistent.ts does not exist"),
     (["--configs", "brave", "--run", "v2=x"], "v2 is not among --configs (brave)"),
     (["--configs", "brave", "--run", "brave"], "give CONFIG=PATH"),
 ])

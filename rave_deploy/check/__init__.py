@@ -238,11 +238,13 @@ def check_sidecar_facts(report: CheckReport, sidecar: Dict[str, object]) -> None
         return
     wrong = [f"{k} {sidecar[k]} (the check found {v})" for k, v in found.items()
              if str(sidecar[k]) != str(v)]
-    report.add("contract.sidecar", not wrong,
-               f"{sidecar_path(report.artifact).name} states " + "; ".join(wrong)
-               + ": re-export, or mend the sidecar" if wrong else
-               f"the sidecar states what the check found: "
-               + ", ".join(f"{k} {v}" for k, v in found.items()))
+    if wrong:
+        message = (f"{sidecar_path(report.artifact).name} states " + "; ".join(wrong)
+                   + ": re-export, or mend the sidecar")
+    else:
+        message = ("the sidecar states what the check found: "
+                   + ", ".join(f"{k} {v}" for k, v in found.items()))
+    report.add("contract.sidecar", not wrong, message)
 
 
 #: the last model taught by ``_taught_as_exported``: ``rave-deploy check exports/*``
