@@ -244,6 +244,8 @@ class _Ctx:
     ratio: int
     latent: int
     blocks: List[int]
+    #: the file's ``latency_samples`` attribute (0 if it has none), for files without sidecar
+    model_latency: int = 0
 
     def past_latency(self, calls: int = 1) -> int:
         """Samples of input, a multiple of ``calls * ratio``, that reach at least two
@@ -253,8 +255,6 @@ class _Ctx:
         latency = int(self.sidecar.get("latency_samples") or self.model_latency or 0)
         step = calls * self.ratio
         return -(-(latency + 2 * self.ratio) // step) * step
-
-    model_latency: int = 0
 
 
 # --------------------------------------------------------------------------- target
@@ -774,8 +774,8 @@ class TorchScriptTarget(Target):
             details[m] = err
             worst = max(worst, err)
         self._reset(module)
-        from ..check.harness import Tolerances
-        tol = Tolerances().blocks_max_rel
+        from ..check.harness import tolerances_of
+        tol = tolerances_of(ctx.options).blocks_max_rel   # the blocks.* checks' bound
         ok = worst <= tol
         report.add("contract.4_streaming", ok,
                    "host contract 4: " + (f"blocks of {ctx.blocks[0]} samples equal one call "

@@ -500,12 +500,13 @@ class MinifusionTarget(Target):
         problems, _ = inspect_architecture(model)
         # a model the plugin cannot run needs another host or a (mono) BRAVE training;
         # the export options below each name their own fix
-        mono_only = int(model.n_channels) != 1 and len(problems) == 1
-        remedy = ("" if not problems else
-                  ". Play this model with -t nn_tilde or -t onnx_streaming instead, or train "
-                  "a mono one for Minifusion (rave-core preprocess --channels 1)" if mono_only
-                  else ". Play this model with -t nn_tilde or -t onnx_streaming instead, or "
-                  "train one for Minifusion with `rave-core train --config brave`")
+        remedy = ""
+        if problems:
+            mono_only = int(model.n_channels) != 1 and len(problems) == 1
+            train = ("a mono one for Minifusion (rave-core preprocess --channels 1)" if mono_only
+                     else "one for Minifusion with `rave-core train --config brave`")
+            remedy = (". Play this model with -t nn_tilde or -t onnx_streaming instead, or "
+                      f"train {train}")
         if options.sr is not None and int(options.sr) != int(model.sr):
             problems.append(f"--sr {options.sr}: the plugin runs the model at its training "
                             f"rate ({model.sr} Hz); set the host to {model.sr} Hz instead")
