@@ -6,11 +6,15 @@ Exit codes: 0 success, 1 a failed operation or check, 2 bad usage (click's conve
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import sys
+import time
 import traceback
 import unicodedata
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
@@ -21,6 +25,7 @@ from rave_core.cli import (ShortErrorsGroup, Terminated, short_message, sigterm_
 from rave_core.config import ConfigError
 from rave_core.run import RunError
 
+from .check.result import on_each_result
 from .export import ExportError
 from .io import OutputError, OutputInTheWay, describe_os_error
 from .model import CPU_KERNELS, DeployError
@@ -44,6 +49,7 @@ class _Context:
 
 
 def _fail(ctx: _Context, err: BaseException, code: int, text: Optional[str] = None) -> None:
+    _CheckProgress.end_open_line()
     if ctx.debug:
         traceback.print_exception(err)
     if text is None and isinstance(err, OSError) and type(err).__module__ == "builtins":
@@ -54,6 +60,7 @@ def _fail(ctx: _Context, err: BaseException, code: int, text: Optional[str] = No
 
 
 def _usage(message: str) -> None:
+    _CheckProgress.end_open_line()
     click.echo(f"Error: {message}", err=True)
     sys.exit(2)
 
@@ -236,10 +243,11 @@ def check(obj: _Context, artifacts, run: Optional[str], block_sizes, as_json: bo
     show_progress = not as_json or sys.stderr.isatty()
     reports = []
     for i, artifact in enumerate(artifacts, 1):
-        if show_progress:
-            click.echo(f"checking {artifact} ({i}/{len(artifacts)}) ...", err=True)
-        reports.append(_guard(obj, check_artifact, artifact, run, options,
-                              usage_errors=(CheckUsageError,)))
+        with _CheckProgress(f"checking {artifact} ({i}/{len(artifacts)})", show_progress,
+                            live=sys.stderr.isatty()) as progress:
+            reports.append(_guard(obj, check_artifact, artifact, run, options,
+                                  usage_errors=(CheckUsageError,)))
+            progress.done(reports[-1])
     if report is not None:
         _guard(obj, write_html_report, reports, report)
     if as_json:
@@ -264,6 +272,73 @@ def check(obj: _Context, artifacts, run: Optional[str], block_sizes, as_json: bo
             click.echo(f"\nError: {len(failed)} check(s) failed: {', '.join(failed[:8])}{more}; "
                        "see the FAIL lines above", err=True)
         sys.exit(1)
+
+
+class _CheckProgress:
+    """The line ``checking ARTIFACT (k/n)`` on stderr. On a terminal it is rewritten as
+    each check finishes (how many, seconds so far, the last one's name) and ends with the
+    count and time: a full-size model's checks take minutes. Elsewhere (a log, a pipe) it
+    is printed once. A warning or an error printed meanwhile starts on a line of its own."""
+
+    #: the progress whose line is open on the terminal (``_fail`` ends it first)
+    open_line: Optional["_CheckProgress"] = None
+
+    def __init__(self, title: str, show: bool, live: bool) -> None:
+        self.title, self.show, self.live = title, show, live and show
+        self.count = 0
+        self.t0 = time.monotonic()
+
+    def __enter__(self) -> "_CheckProgress":
+        if not self.live:
+            if self.show:
+                click.echo(f"{self.title} ...", err=True)
+            return self
+        self._write(f"{self.title} ...")
+        self._stack = contextlib.ExitStack()
+        self._stack.enter_context(on_each_result(self._on_result))
+        previous = warnings.showwarning
+
+        def show(*args, **kwargs):
+            _CheckProgress.end_open_line()
+            previous(*args, **kwargs)
+
+        warnings.showwarning = show
+        self._stack.callback(setattr, warnings, "showwarning", previous)
+        return self
+
+    def _on_result(self, result) -> None:
+        self.count += 1
+        self._write(f"{self.title}: {_checks(self.count)} ({time.monotonic() - self.t0:.0f} s), "
+                    f"last {result.name}")
+
+    def _write(self, text: str) -> None:
+        width = shutil.get_terminal_size((80, 24)).columns - 1
+        click.echo("\r\x1b[K" + (text if len(text) <= width else text[:width - 3] + "..."),
+                   err=True, nl=False)
+        _CheckProgress.open_line = self
+
+    @staticmethod
+    def end_open_line() -> None:
+        if _CheckProgress.open_line is not None:
+            _CheckProgress.open_line = None
+            click.echo("", err=True)
+
+    def done(self, report) -> None:
+        if self.live:
+            failed = len(report.failures())
+            self._write(f"{self.title}: {_checks(len(report.results))}"
+                        + (f", {failed} failed" if failed else "")
+                        + f" in {time.monotonic() - self.t0:.0f} s")
+            self.end_open_line()
+
+    def __exit__(self, *exc) -> None:
+        if self.live:
+            self._stack.close()
+            self.end_open_line()   # interrupted: end the line before what follows
+
+
+def _checks(n: int) -> str:
+    return f"{n} check" + ("" if n == 1 else "s")
 
 
 def _report_path(obj: _Context, given: Optional[str]) -> Optional[Path]:

@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from rave_core.nn.conv import Delay
 from rave_core.run import open_run
+from rave_deploy.check import check_sidecar_facts
 from rave_deploy.check.harness import impulse_span, musical_signal
 from rave_deploy.check.runner import EagerReference
 from rave_deploy.export import export_run
@@ -555,6 +556,12 @@ def test_host_sample_rate_and_channels(runs, tmp_path, monkeypatch):
     w = warm // 256
     assert np.abs(z[:, w:] - ez[:, w - dz:n // 256 - dz]).max() <= 1e-5 * np.abs(ez).max()
     report = _check("nn_tilde", res[0].path, sidecar, model, 256, False, monkeypatch)
+    # the summary gives what the host sees, and the sidecar agrees
+    assert (report.summary["sample_rate"], report.summary["ratio"]) == (2 * model.sr, 256)
+    check_sidecar_facts(report, sidecar)
+    compared = report.results[-1]
+    assert compared.name == "contract.sidecar" and compared.passed, compared
+    assert f"sample_rate {2 * model.sr}" in compared.message and "ratio 256" in compared.message
     failures = [f"{r.name}: {r.message}" for r in report.failures()]
     assert not failures, failures
 

@@ -220,7 +220,17 @@ def check_artifact(artifact, run: Optional[str] = None,
     if style:  # which audio the file, and so its reference, was taught from
         report.summary["style"] = {side: style[side]["path"] for side in ("target", "source")
                                    if isinstance(style.get(side), dict)}
+    for key in COMMON_SUMMARY:
+        report.summary.setdefault(key, None)
     return report
+
+
+#: Keys of ``report.summary`` (``check --json``'s ``summary``) that every artefact has, so
+#: a script reads them without knowing the target; None where the check could not
+#: establish them (a check that stopped early) or does not apply (``realtime_block`` of an
+#: offline graph, or of Minifusion's h5, whose plugin is not timed here).
+COMMON_SUMMARY = ("size_bytes", "sample_rate", "ratio", "latency_samples", "latency_ms",
+                  "realtime_block")
 
 
 #: Sidecar fields a host integrator builds on, which a check also establishes (in
@@ -269,6 +279,6 @@ def _taught_as_exported(model, sidecar, checkpoint_sha256: str):
     return _LAST_TAUGHT["model"]
 
 
-__all__ = ["CheckPlan", "CheckReport", "CheckResult", "CheckUsageError", "check_artifact",
-           "check_sidecar_facts",
-           "expand_artifacts", "identify", "open_reference", "prepare_check"]
+__all__ = ["COMMON_SUMMARY", "CheckPlan", "CheckReport", "CheckResult", "CheckUsageError",
+           "check_artifact", "check_sidecar_facts", "expand_artifacts", "identify",
+           "open_reference", "prepare_check"]

@@ -437,6 +437,9 @@ def run_method_checks(report: CheckReport, runner: Runner, reference: EagerRefer
     if method not in ("encode", "decode", "forward"):
         raise ValueError(f"unknown method {method!r}: expected encode, decode or forward")
     tol = tolerances_of(options, tolerances)
+    # what the host sees (a file exported with --sr runs at a multiple of the model's rate)
+    report.summary.setdefault("sample_rate", int(reference.sr))
+    report.summary.setdefault("ratio", int(reference.ratio))
     with torch_threads(1):   # one thread is faster for small blocks, and reproducible
         _method_checks(report, runner, reference, method, block_sizes, options, tol)
 
@@ -782,7 +785,7 @@ def run_forward_timing(report: CheckReport, runner: Runner, reference: EagerRefe
     the musical test signal; the row (RTF, mean / p99 / max ms, budget ``N / sr``) goes to
     ``report.summary["rtf"][str(N)]``. One check, ``rtf.forward``, passes when the host
     keeps up (p99 block time under budget) at one host block size at least, and names the
-    smallest such block: speed is a property of this machine as much as of the artefact,
+    smallest such block (``report.summary["realtime_block"]``, None if none): speed is a property of this machine as much as of the artefact,
     so the check says which block size to use rather than failing a correct export. PyTorch
     runs on one thread; an ONNX Runtime runner configures its own session threads.
     """
@@ -822,6 +825,7 @@ def run_forward_timing(report: CheckReport, runner: Runner, reference: EagerRefe
         report.add("rtf.forward", False, "forward failed while timing: " + "; ".join(errors))
         return
     ok = [r for r in rows if r["passed"]]
+    report.summary["realtime_block"] = ok[0]["block"] if ok else None
     if ok:
         best = ok[0]
         msg = (f"real time from block {best['block']} on one thread ({best['rtf']:.2f}x, p99 "

@@ -1,10 +1,12 @@
 """Results of ``rave-deploy check``: named checks, each passed or failed with a reason."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 
 @dataclass
@@ -40,6 +42,9 @@ class CheckReport:
     def add(self, name: str, passed: bool, message: str, **kw) -> CheckResult:
         r = CheckResult(name, bool(passed), message, **kw)
         self.results.append(r)
+        listener = _ON_RESULT.get()
+        if listener is not None:
+            listener(r)
         return r
 
     def add_contract(self, name: str, problems: List[str], passed_message: str,
@@ -61,3 +66,20 @@ class CheckReport:
     def as_dict(self) -> Dict[str, Any]:
         return {"artifact": str(self.artifact), "target": self.target, "passed": self.passed,
                 "summary": self.summary, "checks": [r.as_dict() for r in self.results]}
+
+
+_ON_RESULT: contextvars.ContextVar[Optional[Callable[[CheckResult], None]]] = \
+    contextvars.ContextVar("rave_deploy_on_result", default=None)
+
+
+@contextlib.contextmanager
+def on_each_result(listener: Callable[[CheckResult], None]) -> Iterator[None]:
+    """Call ``listener(result)`` as each check is added to any report inside the block:
+    progress for a check that takes minutes. A target may still amend a result after
+    adding it (e.g. Minifusion's timing, which is report-only), so a listener shows
+    progress, not verdicts: the report holds those."""
+    token = _ON_RESULT.set(listener)
+    try:
+        yield
+    finally:
+        _ON_RESULT.reset(token)

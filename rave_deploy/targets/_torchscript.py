@@ -342,6 +342,10 @@ class TorchScriptTarget(Target):
             return report
         blocks = [int(b) for b in (options.block_sizes or sidecar.get("block_sizes")
                                    or host_block_sizes(ratio))]
+        # what the host reads off the file (contract 7 compares them with the model)
+        file_sr = self._attr(module, "sr")
+        report.summary.update(ratio=int(ratio),
+                              sample_rate=file_sr if isinstance(file_sr, int) else None)
         latency = self._attr(module, "latency_samples")
         ctx = _Ctx(artifact, sidecar, model, options, ratio, latent, sorted(set(blocks)),
                    model_latency=int(latency) if isinstance(latency, int) else 0)
