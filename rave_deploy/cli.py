@@ -280,8 +280,8 @@ class _CheckProgress:
     count and time: a full-size model's checks take minutes. Elsewhere (a log, a pipe) it
     is printed once. A warning or an error printed meanwhile starts on a line of its own."""
 
-    #: the progress whose line is open on the terminal (``_fail`` ends it first)
-    open_line: Optional["_CheckProgress"] = None
+    #: a progress line is open on the terminal (``_fail`` ends it first)
+    open_line = False
 
     def __init__(self, title: str, show: bool, live: bool) -> None:
         self.title, self.show, self.live = title, show, live and show
@@ -315,12 +315,12 @@ class _CheckProgress:
         width = shutil.get_terminal_size((80, 24)).columns - 1
         click.echo("\r\x1b[K" + (text if len(text) <= width else text[:width - 3] + "..."),
                    err=True, nl=False)
-        _CheckProgress.open_line = self
+        _CheckProgress.open_line = True
 
     @staticmethod
     def end_open_line() -> None:
-        if _CheckProgress.open_line is not None:
-            _CheckProgress.open_line = None
+        if _CheckProgress.open_line:
+            _CheckProgress.open_line = False
             click.echo("", err=True)
 
     def done(self, report) -> None:
