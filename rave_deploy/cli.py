@@ -106,6 +106,8 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 #: longest --name: with ".onnx_streaming.onnx.json" and a temporary suffix, under 255 bytes
 MAX_NAME_BYTES = 200
+#: characters Windows refuses in a file name (the path separators are refused apart)
+WINDOWS_RESERVED = '<>:"|?*'
 
 
 def _target_names() -> List[str]:
@@ -178,6 +180,14 @@ def export(obj: _Context, run: Path, targets, output: Path, streaming: bool, fid
     if name is not None and any(unicodedata.category(c) == "Cc" for c in name):
         _usage(f"--name {name!r}: control characters (newlines, tabs, ...) cannot be in a "
                "file name hosts and scripts handle; give a plain name, e.g. --name my_model")
+    if name is not None and any(c in WINDOWS_RESERVED for c in name):
+        # the files travel to the machine of the concert: Max and the VST run on Windows too
+        _usage(f"--name {name!r}: {' '.join(WINDOWS_RESERVED)} cannot be in a file name on "
+               "Windows; give a plain name, e.g. --name my_model")
+    if name is not None and name.startswith("-"):
+        _usage(f"--name {name!r}: a file name starting with '-' reads as an option to the "
+               "commands given the file (rave-deploy check, cp); give a plain name, e.g. "
+               "--name my_model")
     if name is not None and len(name.encode()) > MAX_NAME_BYTES:
         # file systems hold 255 bytes a name; the target's suffix and the sidecar's follow
         _usage(f"--name: {len(name.encode())} bytes, more than the {MAX_NAME_BYTES} that leave "

@@ -180,6 +180,17 @@ def test_export_refuses_control_characters_in_the_name(run, tmp_path, name):
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+@pytest.mark.parametrize("name", ["a*b", "take?", "v2:live", 'say"hi"', "a|b", "<m>", "-x"])
+def test_export_refuses_a_name_windows_or_a_command_line_cannot_take(run, tmp_path, name):
+    """The files go to the concert's machine (Max and the VST on Windows too), and are
+    given to commands (`rave-deploy check -x.ts` reads an option)."""
+    why = "starting with '-' reads as an option" if name == "-x" else \
+        "cannot be in a file name on Windows"
+    cli(["export", run, "-t", "minifusion", "-o", tmp_path / "out", "--name", name], code=2,
+        expect=[why, "give a plain name"])
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_export_refuses_a_name_no_file_system_holds(run, tmp_path):
     cli(["export", run, "-t", "minifusion", "-o", tmp_path / "out", "--name", "x" * 300],
         code=2, expect=["--name: 300 bytes, more than the 200", "give a shorter name"])
