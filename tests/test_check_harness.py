@@ -356,6 +356,8 @@ def test_html_report_renders_in_chromium(perfect_report, shifted, tmp_path):
     assert "src=\"http" not in text and "<script" not in text       # self-contained, static
     for name in ("parity.forward", "causality.forward", "blocks.decode", "latency.forward"):
         assert name in text
+    sr, ratio = perfect_report.summary["sample_rate"], perfect_report.summary["ratio"]
+    assert f"<dt>sample rate</dt><dd>{sr} Hz, ratio {ratio}</dd>" in text
     if CHROMIUM is None:
         print("chromium not installed: skipping the browser rendering (apt-get install chromium)")
         pytest.skip(reason="chromium not installed (apt-get install chromium)")

@@ -463,6 +463,8 @@ def _facts(report: CheckReport) -> str:
     row = _row(report)
     s = report.summary
     facts = [("size", row["size"]), ("model latency", row["latency"])]
+    if s.get("sample_rate") and s.get("ratio"):
+        facts.insert(1, ("sample rate", f"{s['sample_rate']} Hz, ratio {s['ratio']}"))
     if s.get("latency_samples") is not None:
         facts[-1] = ("model latency", f"{row['latency']} ({s['latency_samples']} samples)")
     m = s.get("latency_measured")
