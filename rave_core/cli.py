@@ -108,6 +108,8 @@ _OS_REASONS = {
     errno.ENOENT: "no such file or folder, and none can be created there: choose another path",
     errno.ENAMETOOLONG: "the name is too long: choose a shorter path",
     errno.EIO: "input/output error: the disk or network share failed",
+    errno.EFBIG: "file too large for this file system (or this process's file-size limit): "
+                 "choose another folder",
 }
 
 

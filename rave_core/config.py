@@ -248,6 +248,7 @@ def parse_config(configs: Sequence[str] = (), overrides: Sequence[str] = (),
                 raise
             raise ConfigError(f"{err} ({_at(origins, err.line)})") from None
 
+    _check_modifiers(configs)
     for c in configs:
         lines = _read_config(c)
         add("\n".join(line for line, _, _ in lines),
@@ -266,6 +267,29 @@ def parse_config(configs: Sequence[str] = (), overrides: Sequence[str] = (),
             gin.clear_config()
             raise _explain_gin_error(err, origins) from None
     return "\n".join(part for part, _ in parts)
+
+
+#: Shipped configs that modify a base config given before them, and the bases each
+#: applies to (None: any). spherical and wasserstein replace EncoderV2's output.
+MODIFIERS = {"causal": None,
+             "spherical": ("v2", "v2_small", "v2_nodisc", "v3"),
+             "wasserstein": ("v2", "v2_small", "v2_nodisc", "v3")}
+
+
+def _check_modifiers(configs: Sequence[str]) -> None:
+    """A modifier alone, or after a base it does not apply to, fails deep inside gin
+    ("missing 4 required positional arguments"): say what to give instead."""
+    bases = [c for c in configs if c not in MODIFIERS]
+    for i, c in enumerate(configs):
+        if c not in MODIFIERS or _shipped(c) is None:
+            continue
+        allowed = MODIFIERS[c]
+        example = f"--config {(allowed or ('v2',))[0]} --config {c}"
+        if not any(b not in MODIFIERS for b in configs[:i]):
+            raise ConfigError(f"{c} is a modifier: give a base config before it, e.g. {example}")
+        base = bases[0]
+        if allowed is not None and _shipped(base) is not None and base not in allowed:
+            raise ConfigError(f"{c} applies to {', '.join(allowed)}, not to {base}: e.g. {example}")
 
 
 def build_model(configs: Sequence[str] = (), overrides: Sequence[str] = (),

@@ -207,6 +207,70 @@ def test_train_refuses_n_signal_not_a_multiple_of_the_ratio(db, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def _file_size_limit(limit: int):
+    """For ``preexec_fn``: writes past ``limit`` bytes fail (EFBIG) as on a full disk."""
+    def limited():
+        import resource
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # else the write kills the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return limited
+
+
+def test_a_checkpoint_that_cannot_be_written_names_it_and_what_is_kept(db, tmp_path):
+    """A full disk (here: a file-size limit below the checkpoint's 1 MB) while saving: the
+    file and the reason, and the checkpoint to resume from, untouched (torch.save's zip
+    writer said "unexpected pos 44074304 vs 44074192 ... report it")."""
+    runs = tmp_path / "runs"
+    run_cli(core_cli, train_args(db, runs, "r", "--config", "brave"), 0, ["trained"])
+    last = runs / "r" / "version_0" / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    args = train_args(db, runs, "r")
+    args[args.index("--max_steps") + 1] = "2"
+    done = subprocess.run([sys.executable, "-m", "rave_core.cli", *args], capture_output=True,
+                          text=True, preexec_fn=_file_size_limit(600_000), timeout=600)
+    assert done.returncode == 1, done.stderr
+    assert f"Error: cannot write {last}: file too large" in done.stderr, done.stderr
+    assert f"the last checkpoint is {last} (step 1), intact" in done.stderr, done.stderr
+    assert "run the same command again to resume" in done.stderr
+    assert "unexpected" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert last.read_bytes() == before
+    assert not [p.name for p in last.parent.iterdir() if ".tmp-" in p.name]
+
+
+def test_a_run_being_trained_is_not_trained_twice(db, tmp_path):
+    """Two trainings of one run overwrote each other's checkpoints and both logged into
+    version_0, and both said they had trained it."""
+    from rave_core.training.run_lock import RunLock
+
+    runs = tmp_path / "runs"
+    with RunLock(runs / "r") as other:   # as another process's training holds it
+        other.acquire()
+        run_cli(core_cli, train_args(db, runs, "r", "--config", "brave"), 2,
+                [f"run {runs / 'r'} is being trained by another process (PID ",
+                 "wait for it to finish", "or choose another --name"])
+        assert not (runs / "r" / "version_0").exists() and not (runs / "r" / "config.gin").exists()
+    run_cli(core_cli, train_args(db, runs, "r", "--config", "brave"), 0, ["trained"])
+    # the lock is released at the end: the run resumes
+    args = train_args(db, runs, "r")
+    args[args.index("--max_steps") + 1] = "2"
+    run_cli(core_cli, args, 0, ["trained"])
+
+
+@pytest.mark.parametrize("configs, expect", [
+    (["causal"], "causal is a modifier: give a base config before it, e.g. --config v2 --config causal"),
+    (["spherical"], "spherical is a modifier: give a base config before it"),
+    (["v1", "spherical"], "spherical applies to v2, v2_small, v2_nodisc, v3, not to v1"),
+    (["brave", "wasserstein"], "wasserstein applies to v2, v2_small, v2_nodisc, v3, not to brave"),
+])
+def test_a_modifier_without_its_base_says_what_to_give(db, tmp_path, configs, expect):
+    """gin said "RAVE.__init__() missing 4 required positional arguments"."""
+    args = train_args(db, tmp_path / "runs", "r")
+    for c in configs:
+        args += ["--config", c]
+    run_cli(core_cli, args, 2, [expect])
+    assert not (tmp_path / "runs").exists()
+
+
 def test_train_from_a_plain_state_dict(db, tmp_path):
     first = tmp_path / "runs"
     run_cli(core_cli, train_args(db, first, "a", "--config", "brave"), 0, ["trained"])

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from rave_core.config import build_model
+from rave_core.config import available_configs, build_model
 from rave_core.nn.weight_norm import remove_weight_norm
 
 from .conftest import reference_dir
@@ -70,3 +70,16 @@ def test_brave_family_configs_build_causal_models(name):
     assert model.ratio == expected.get(name, 128)
     # causal: the encoder adds no delay
     assert model.streaming_delays().encode == 0
+
+
+MODIFIERS = ("causal", "spherical", "wasserstein")
+
+
+@pytest.mark.parametrize("name", available_configs())
+def test_the_phase_1_override_reaches_every_config(name):
+    """`--override PHASE_1_DURATION=N` (how a user shortens the first phase) reaches the
+    model whatever the config: spherical bound the value directly, and the override was
+    accepted and did nothing."""
+    configs = ["v2", name] if name in MODIFIERS else [name]
+    model = build_model(configs, ["PHASE_1_DURATION=3"], build_discriminator=False)
+    assert model.phase_1_duration == 3, configs

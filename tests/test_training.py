@@ -319,6 +319,26 @@ def _cli_train(db, out, name, *extra):
     return args + list(extra)
 
 
+@pytest.mark.parametrize("config", ["v3", "brave"])
+def test_a_too_short_n_signal_is_answered_with_the_shortest_that_works(config):
+    """The error gave a negative sample count and no value to use."""
+    import re
+
+    from rave_core.training.analysis import receptive_field
+    from rave_core.training.trainer import (TrainingArgumentError, _check_signal_length,
+                                            _signal_shortfall)
+
+    model = build_model([config])
+    model.receptive_field.copy_(torch.tensor(receptive_field(model)))
+    with pytest.raises(TrainingArgumentError) as err:
+        _check_signal_length(model, 1024)
+    assert "-" not in str(err.value).split("sees ")[1].split(" ")[0], str(err.value)
+    shortest = int(re.search(r"use --n_signal (\d+) or more", str(err.value)).group(1))
+    assert shortest % model.ratio == 0
+    assert _signal_shortfall(model, shortest) is None
+    assert _signal_shortfall(model, shortest - model.ratio) is not None
+
+
 @pytest.mark.parametrize("change, code, expected", [
     (("--db_path", "MISSING"), 2, "rave-core preprocess"),
     (("--config", "brvae"), 2, "Did you mean brave"),

@@ -25,7 +25,8 @@ import torch
 
 from ..run import read_checkpoint
 
-__all__ = ["capture_rng", "copy_checkpoint", "restore_rng", "save_checkpoint", "load_checkpoint"]
+__all__ = ["capture_rng", "copy_checkpoint", "restore_rng", "save_checkpoint", "load_checkpoint",
+           "replace_atomically"]
 
 
 def capture_rng() -> Dict[str, Any]:
@@ -62,7 +63,7 @@ def _to_cpu(obj: Any) -> Any:
     return obj
 
 
-def _replace_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
+def replace_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Write through ``write`` to a temporary sibling, fsync, then rename over ``path``:
     a reader (or a crash) sees the old file or the new one, never a partial one."""
     path = Path(path)
@@ -74,19 +75,35 @@ def _replace_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        cause = _os_error_in(err)
+        if cause is not None and (cause is not err or cause.filename is None):
+            # A failed write names no file, and torch.save's zip writer reports one (a full
+            # disk) as "unexpected pos": the file-system error, with the file being written.
+            raise OSError(cause.errno, cause.strerror, str(path)) from err
         raise
+
+
+def _os_error_in(err: BaseException):
+    """The first ``OSError`` in ``err``'s chain (itself, its cause or context), or None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def save_checkpoint(path: Path, checkpoint: Dict[str, Any]) -> None:
     """Write ``checkpoint`` to ``path`` atomically."""
-    _replace_atomically(path, lambda f: torch.save(_to_cpu(checkpoint), f))
+    replace_atomically(path, lambda f: torch.save(_to_cpu(checkpoint), f))
 
 
 def copy_checkpoint(src: Path, dst: Path) -> None:
     """Atomically copy a saved checkpoint (cheaper than serialising it again)."""
-    _replace_atomically(dst, lambda f: f.write(Path(src).read_bytes()))
+    replace_atomically(dst, lambda f: f.write(Path(src).read_bytes()))
 
 
 def load_checkpoint(path: Path) -> Dict[str, Any]:
@@ -96,4 +113,4 @@ def load_checkpoint(path: Path) -> Dict[str, Any]:
 
 def write_text_atomically(path: Path, text: str) -> None:
     """Write a small text file (the run's ``config.gin``) atomically."""
-    _replace_atomically(path, lambda f: f.write(text.encode()))
+    replace_atomically(path, lambda f: f.write(text.encode()))

@@ -47,10 +47,11 @@ from ..config import ConfigError, parse_config, read_text_file
 from ..data import AudioDataset, DataError, load_metadata
 from ..run import RunError, extract_state_dict, find_config
 from .analysis import cropped_length, fidelity_dimensions, latent_statistics, receptive_field
-from .checkpoint import (capture_rng, copy_checkpoint, load_checkpoint, restore_rng, save_checkpoint,
-                         write_text_atomically)
+from .checkpoint import (capture_rng, copy_checkpoint, load_checkpoint, replace_atomically,
+                         restore_rng, save_checkpoint, write_text_atomically)
 from .distributed import DistContext
 from .errors import TrainingArgumentError, TrainingError, TrainingInterrupted
+from .run_lock import RunLock
 from .sampler import ResumableSampler
 from .schedule import BetaWarmup
 from .step import RAVETrainer
@@ -323,23 +324,25 @@ def _train_on_device(configs, db_path, name, out_path, max_steps, batch, n_signa
         if ctx.enabled:
             dev = torch.device("cuda", ctx.local_rank)
     try:
-        return _train(ctx, configs, Path(db_path), name, Path(out_path), int(max_steps), int(batch),
-                      int(n_signal), int(val_every), int(save_every), dev, int(workers),
-                      ckpt, list(overrides), int(seed), progress, valid_fraction, log_every,
-                      audio_examples, keep_history)
+        with RunLock(Path(out_path) / name) as lock:
+            return _train(ctx, lock, configs, Path(db_path), name, Path(out_path), int(max_steps),
+                          int(batch), int(n_signal), int(val_every), int(save_every), dev,
+                          int(workers), ckpt, list(overrides), int(seed), progress,
+                          valid_fraction, log_every, audio_examples, keep_history)
     finally:
         ctx.close()
 
 
-def _train(ctx: DistContext, configs, db_path: Path, name: str, out_path: Path, max_steps: int,
-           batch: int, n_signal: int, val_every: int, save_every: int, device: torch.device,
-           workers: int, ckpt, overrides: List[str], seed: int, progress: bool,
-           valid_fraction: float, log_every: int, audio_examples: int,
+def _train(ctx: DistContext, lock: RunLock, configs, db_path: Path, name: str, out_path: Path,
+           max_steps: int, batch: int, n_signal: int, val_every: int, save_every: int,
+           device: torch.device, workers: int, ckpt, overrides: List[str], seed: int,
+           progress: bool, valid_fraction: float, log_every: int, audio_examples: int,
            keep_history: int) -> TrainResult:
     meta = load_metadata(db_path)
     channels = int(meta["channels"])
     run_dir = out_path / name
     ckpt_dir = run_dir / CHECKPOINT_DIR
+    seen = _file_stamp(ckpt_dir / "last.ckpt")
     by_name = ckpt is None and (ckpt_dir / "last.ckpt").exists()
     resume_path = Path(ckpt) if ckpt is not None else (ckpt_dir / "last.ckpt" if by_name else None)
     if resume_path is not None and not resume_path.is_file():
@@ -439,6 +442,12 @@ def _train(ctx: DistContext, configs, db_path: Path, name: str, out_path: Path, 
     # ---- run directory (rank 0 only)
     writer = None
     if ctx.is_main:
+        lock.acquire()
+        if _file_stamp(ckpt_dir / "last.ckpt") != seen:
+            # another training of this run saved while this one was starting
+            raise TrainingArgumentError(
+                f"run {run_dir} changed while this training was starting (another training "
+                "of it saved a checkpoint): run the command again to resume from it")
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         if stored != operative:
             write_text_atomically(run_dir / "config.gin", operative)
@@ -553,8 +562,11 @@ def _train(ctx: DistContext, configs, db_path: Path, name: str, out_path: Path, 
                 at_val = step % val_every == 0 or step == max_steps
                 periodic = step % save_every == 0
                 if at_val or periodic or stop:
-                    improved = validate(step) if at_val else False
-                    save(step, periodic, improved)
+                    try:
+                        improved = validate(step) if at_val else False
+                        save(step, periodic, improved)
+                    except OSError as err:
+                        raise TrainingError(_write_failure_message(err, last_saved)) from err
                     if at_val:
                         # Rank 0's buffers (latent statistics, BatchNorm running stats, which
                         # each rank updates from its own batches) everywhere: every rank
@@ -592,6 +604,28 @@ def _divergence_message(err: TrainingError, last_saved: Optional[Tuple[Path, int
         keep = f"the last good checkpoint is {last_saved[0]} (step {last_saved[1]})"
     return (f"training diverged: {err}.\n{keep}; re-run to resume from it (another --seed "
             "changes the data order), or check the dataset for clipped or corrupt audio")
+
+
+def _file_stamp(path: Path) -> Optional[Tuple[int, int]]:
+    """``(size, mtime_ns)`` of ``path``, None if it is not there."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def _write_failure_message(err: OSError, last_saved: Optional[Tuple[Path, int]]) -> str:
+    """A checkpoint or validation file could not be written (a full disk, a folder made
+    read-only): what failed, and what the user can resume from."""
+    from ..cli import describe_os_error
+
+    if last_saved is None:
+        keep = "no checkpoint was written yet"
+    else:
+        keep = f"the last checkpoint is {last_saved[0]} (step {last_saved[1]}), intact"
+    return (f"cannot write {describe_os_error(err)}\n{keep}; fix that, then run the "
+            "same command again to resume")
 
 
 def _check_signal_multiple(model: nn.Module, n_signal: int) -> None:
@@ -638,6 +672,20 @@ def _channels_note(path: Path, channels: int) -> str:
 
 def _check_signal_length(model: nn.Module, n_signal: int) -> None:
     """The spectral distances need windows longer than half their largest STFT."""
+    short = _signal_shortfall(model, n_signal)
+    if short is None:
+        return
+    ratio, shortest = int(model.ratio), n_signal
+    while _signal_shortfall(model, shortest) is not None and shortest < 1 << 26:
+        shortest += ratio - shortest % ratio   # the next multiple of the ratio
+    raise TrainingArgumentError(
+        f"--n_signal {n_signal} is too short for this config: {short}; use --n_signal "
+        f"{shortest} or more (a multiple of {ratio}), or override rave.core.MultiScaleSTFT.scales")
+
+
+def _signal_shortfall(model: nn.Module, n_signal: int) -> Optional[str]:
+    """Why windows of ``n_signal`` samples are too short for the spectral distances, or
+    None."""
     n_band = int(model.pqmf.n_band)
     left, right = (int(v) for v in model.receptive_field) if model.valid_signal_crop else (0, 0)
     frames = cropped_length(n_signal, n_band, n_band * int(model.n_channels), left, right)
@@ -651,23 +699,19 @@ def _check_signal_length(model: nn.Module, n_signal: int) -> None:
         need = max(scales) // 2 + 1
         if length < need:
             crop = " after the receptive-field crop" if label and (left or right) else ""
-            raise TrainingArgumentError(
-                f"--n_signal {n_signal} is too short for this config: the spectral distance sees "
-                f"{length} samples {label}{crop} but its largest STFT ({max(scales)}) needs "
-                f"{need}; raise --n_signal, or override rave.core.MultiScaleSTFT.scales")
+            seen = f"{length} samples {label}{crop}" if length > 0 else f"nothing {label}{crop}"
+            return f"the spectral distance sees {seen} but its largest STFT ({max(scales)}) needs {need}"
+    return None
 
 
 def _write_audio(path: Path, audio: torch.Tensor, sr: int) -> None:
     """``(channels, time)`` float audio to a WAV file, atomically."""
-    import os
+    import io
 
     import soundfile as sf
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        sf.write(str(tmp), audio.clamp(-1, 1).t().numpy(), sr, format="WAV", subtype="FLOAT")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    # encoded in memory (seconds of audio): libsndfile reports a full disk as "System
+    # error.", Python's own write names the error and the file
+    wav = io.BytesIO()
+    sf.write(wav, audio.clamp(-1, 1).t().numpy(), sr, format="WAV", subtype="FLOAT")
+    replace_atomically(path, lambda f: f.write(wav.getvalue()))
 
