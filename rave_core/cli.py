@@ -251,7 +251,8 @@ def main(ctx: click.Context, debug: bool) -> None:
 @main.command()
 @click.option("--input_path", "input_paths", multiple=True, required=True, metavar="DIR",
               help="Folder of audio files (searched recursively) or one audio file; repeat "
-                   "for several. wav, flac, aiff, ogg, mp3.")
+                   "for several. wav, flac, aiff, ogg, opus, mp3, caf, w64, rf64 (symbolic links "
+                   "to folders are followed).")
 @click.option("--output_path", required=True, metavar="DB",
               help="Dataset folder to write (replaced atomically if it is a dataset already; a "
                    "folder holding other files is refused).")

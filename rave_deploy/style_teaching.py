@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from rave_core.data import DataError
-from rave_core.data.preprocess import find_audio_files, read_audio
+from rave_core.data.preprocess import read_audio, search_audio
 from rave_core.nn.weight_norm import copy_model
 from rave_core.run import sha256_of
 
@@ -90,12 +90,16 @@ class StyleAudioError(DeployError):
 
 def style_files(path: Path) -> List[Path]:
     """``path`` itself, or the audio files under the folder ``path`` (sorted, as
-    ``rave-core preprocess`` finds them)."""
+    ``rave-core preprocess`` finds them). A subfolder that cannot be entered raises
+    :class:`StyleAudioError`: teaching from part of the folder would go unnoticed."""
     try:
-        return find_audio_files([str(path)])
-    except DataError:
-        raise StyleAudioError(f"no audio files (.wav, .flac, .aiff, .ogg, .mp3) in {path}: "
-                              "give an audio file, or a folder of them") from None
+        search = search_audio([str(path)], remedy="give an audio file, or a folder of them")
+    except DataError as err:
+        raise StyleAudioError(str(err)) from None
+    if search.unreadable:
+        folder, reason = search.unreadable[0]
+        raise StyleAudioError(f"{folder}: {reason}")
+    return search.files
 
 
 def fingerprint(path: Path) -> str:
@@ -106,7 +110,8 @@ def fingerprint(path: Path) -> str:
         return sha256_of(path)
     listing = "".join(f"{f.relative_to(path).as_posix()}\t{sha256_of(f)}\n"
                       for f in style_files(path))
-    return hashlib.sha256(listing.encode()).hexdigest()
+    # a name that is not UTF-8 hashes as its own bytes (strict UTF-8 would fail on it)
+    return hashlib.sha256(listing.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def has_style_layers(model: torch.nn.Module) -> bool:

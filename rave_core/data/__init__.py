@@ -8,7 +8,8 @@ On-disk dataset (a folder written by :func:`preprocess`):
   ``n * channels`` floats, so ``numpy.memmap`` random access is cheap.
 - ``index.json``: ``{"layout": ..., "files": [{"path", "offset", "length",
   "source_sr", "source_channels"}, ...]}`` with offsets/lengths in frames.
-- ``skipped.txt``: one ``path<TAB>reason`` line per skipped file (may be empty).
+- ``skipped.txt``: one ``path<TAB>reason`` line per skipped file, and per folder that
+  could not be entered (may be empty). A name that is not UTF-8 keeps its own bytes.
 - ``metadata.yaml``: ``channels``, ``n_seconds``, ``sr``, ``lazy`` (false), ``files``,
   ``format`` ("float32"). Written last: a folder without it is incomplete.
 """

@@ -6,10 +6,13 @@ a streaming resampler and appended to ``audio.bin`` block by block.
 
 from __future__ import annotations
 
+import errno
 import json
-import logging
+import math
 import os
 import shutil
+import stat
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -22,9 +25,16 @@ from tqdm import tqdm
 
 from . import DataError, DataInputError
 
-logger = logging.getLogger(__name__)
-
-AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".aiff", ".aif", ".ogg", ".mp3"})
+#: What a folder walk takes for audio: the usual extensions of the formats libsndfile
+#: decodes (``soundfile.available_formats()``), spelled out so the list stays predictable.
+AUDIO_EXTENSIONS = frozenset({
+    ".wav", ".wave", ".rf64", ".w64",           # WAV and its 64-bit variants
+    ".aiff", ".aif", ".aifc", ".caf",           # Apple
+    ".flac", ".ogg", ".oga", ".opus", ".mp3",   # compressed
+})
+#: macOS metadata written beside audio on foreign disks (AppleDouble ``._name.wav``,
+#: Finder's ``.DS_Store``): never audio, so a walk passes over them without a word.
+_MAC_METADATA_PREFIX, _MAC_FOLDER_FILE = "._", ".DS_Store"
 AUDIO_FILE = "audio.bin"
 INDEX_FILE = "index.json"
 SKIPPED_FILE = "skipped.txt"
@@ -36,6 +46,9 @@ LAYOUT = "(time, channels) interleaved, little-endian float32"
 MIN_CHANNELS, MAX_CHANNELS = 1, 64
 MIN_SAMPLING_RATE, MAX_SAMPLING_RATE = 8000, 384000
 SILENCE_PEAK = 1e-4
+#: Float files may hold samples beyond full scale (1.0); a hair above it (decoder
+#: overshoot, rounding) is common and harmless, so only peaks beyond this get a note.
+OVER_FULL_SCALE_PEAK = 1.01
 BLOCK_FRAMES = 65536
 # Files an earlier (interrupted) run of ours may leave in an output folder.
 _OWN_FILES = frozenset({AUDIO_FILE, INDEX_FILE, SKIPPED_FILE, METADATA_FILE})
@@ -43,7 +56,9 @@ _OWN_FILES = frozenset({AUDIO_FILE, INDEX_FILE, SKIPPED_FILE, METADATA_FILE})
 
 @dataclass
 class PreprocessReport:
-    """What :func:`preprocess` wrote and what it skipped (``skipped``: (path, reason) pairs)."""
+    """What :func:`preprocess` wrote and what it skipped (``skipped``: (path, reason)
+    pairs, folders that could not be entered first); ``warnings``: (path, note) pairs for
+    files kept as they are but worth a look (samples beyond full scale)."""
 
     output_path: Path
     channels: int
@@ -51,6 +66,7 @@ class PreprocessReport:
     n_frames: int = 0
     kept: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def n_seconds(self) -> float:
@@ -61,8 +77,20 @@ class PreprocessReport:
             f"{len(self.kept)} files, {self.n_seconds:.1f} s of audio "
             f"({self.channels} ch, {self.sr} Hz) -> {self.output_path}"
         ]
+        lines += [f"warning {path}: {note}" for path, note in self.warnings]
         lines += [f"skipped {path}: {reason}" for path, reason in self.skipped]
-        return "\n".join(lines)
+        return "\n".join(_printable(line) for line in lines)
+
+
+@dataclass
+class AudioSearch:
+    """What :func:`search_audio` found: the audio files, the folders it could not enter
+    (``unreadable``: (folder, reason) pairs) and how many other files it passed over, by
+    extension (``others``; macOS metadata files are not counted)."""
+
+    files: list[Path] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+    others: Counter = field(default_factory=Counter)
 
 
 class _SkipFile(Exception):
@@ -97,7 +125,7 @@ def preprocess(
     if not MIN_SAMPLING_RATE <= sampling_rate <= MAX_SAMPLING_RATE:
         raise DataError(f"sampling_rate must be {MIN_SAMPLING_RATE} to {MAX_SAMPLING_RATE} Hz "
                         f"(the config's SAMPLING_RATE, e.g. 44100 or 48000), got {sampling_rate}")
-    files = find_audio_files(input_paths)
+    search = search_audio(input_paths)
     output = Path(output_path)
     _check_input_outside_output(input_paths, output)
     _check_output_replaceable(output)
@@ -108,7 +136,7 @@ def preprocess(
         shutil.rmtree(partial)
     partial.mkdir(parents=True)
     try:
-        report = _build(files, partial, channels, sampling_rate, progress)
+        report = _build(search, partial, channels, sampling_rate, progress)
         _replace_dir(partial, output)
     except BaseException:  # KeyboardInterrupt included: never leave a partial dataset
         shutil.rmtree(partial, ignore_errors=True)
@@ -119,36 +147,106 @@ def preprocess(
 
 def find_audio_files(input_paths: list[str]) -> list[Path]:
     """Audio files under ``input_paths`` (files kept as given), sorted per folder, deduplicated."""
+    return search_audio(input_paths).files
+
+
+def search_audio(input_paths: list[str],
+                 remedy: str = "point preprocess at a folder of audio") -> AudioSearch:
+    """Walk ``input_paths`` for audio files (see :class:`AudioSearch`). Folders are walked
+    in sorted order, following symbolic links to folders, each real folder once (a link
+    to an ancestor does not loop); files given directly are kept as given.
+
+    Raises:
+        DataError: no input paths, a missing one, or no audio file found (the message
+            says which other files were there, ending with ``remedy``).
+    """
     if isinstance(input_paths, (str, os.PathLike)):
         input_paths = [input_paths]
     if not input_paths:
         raise DataError("no input paths given; pass one or more folders of audio files")
+    search = AudioSearch()
     found: list[Path] = []
     for raw in input_paths:
         path = Path(raw)
         if not path.exists():
             raise DataError(f"input path not found: {path}; check the path (a folder or an audio file)")
-        found.extend([path] if path.is_file() else _walk_audio(path))
+        found.extend([path] if path.is_file() else _walk_audio(path, search))
     seen: set[Path] = set()
-    unique = []
     for path in found:  # overlapping inputs must not duplicate audio
         key = path.resolve()
         if key not in seen:
             seen.add(key)
-            unique.append(path)
-    if not unique:
-        names = ", ".join(str(p) for p in input_paths)
-        exts = ", ".join(sorted(e.lstrip(".") for e in AUDIO_EXTENSIONS))
-        raise DataError(f"no audio files ({exts}) found in {names}; point preprocess at a folder of audio")
-    return unique
+            search.files.append(path)
+    if not search.files:
+        raise DataError(f"{_no_audio_message(input_paths, search)}; {remedy}")
+    return search
 
 
-def _walk_audio(root: Path) -> Iterator[Path]:
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()  # in-place, so os.walk descends in a deterministic order
+def _walk_audio(root: Path, search: AudioSearch) -> Iterator[Path]:
+    """Audio files under ``root``; other files and unenterable folders go to ``search``."""
+    visited = {_folder_id(root)}
+
+    def unreadable(err: OSError) -> None:  # os.walk would otherwise drop the folder silently
+        search.unreadable.append((err.filename or str(root), _folder_reason(err)))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=True):
+        # in place, so os.walk descends in a deterministic order and enters each real
+        # folder once (links to an ancestor or to a folder already walked are passed over)
+        dirnames[:] = [d for d in sorted(dirnames) if _first_visit(Path(dirpath) / d, visited)]
         for name in sorted(filenames):
-            if Path(name).suffix.lower() in AUDIO_EXTENSIONS:
+            extension = Path(name).suffix.lower()
+            if name.startswith(_MAC_METADATA_PREFIX) or name == _MAC_FOLDER_FILE:
+                continue
+            if extension in AUDIO_EXTENSIONS:
                 yield Path(dirpath) / name
+            else:
+                search.others[extension or "(no extension)"] += 1
+
+
+def _folder_id(path: Path):
+    """A folder's identity whatever the path (links included); None when it cannot be
+    stat'ed (os.walk then reports it through onerror)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _first_visit(path: Path, visited: set) -> bool:
+    key = _folder_id(path)
+    if key is None:  # let os.walk try it, and report why it cannot
+        return True
+    if key in visited:
+        return False
+    visited.add(key)
+    return True
+
+
+def _folder_reason(err: OSError) -> str:
+    why = ("permission denied" if err.errno in (errno.EACCES, errno.EPERM)
+           else err.strerror or _one_line(err))
+    return f"folder not searched ({why}): make it readable, or move it out of the input"
+
+
+def _no_audio_message(input_paths, search: AudioSearch) -> str:
+    """``no audio files (...) found in X``, with what was there instead."""
+    names = ", ".join(str(p) for p in input_paths)
+    exts = ", ".join(sorted(e.lstrip(".") for e in AUDIO_EXTENSIONS))
+    message = f"no audio files ({exts}) found in {names}"
+    if search.others:
+        counts = search.others.most_common()
+        shown = ", ".join(f"{n} {ext}" for ext, n in counts[:5])
+        shown += f" and {len(counts) - 5} more extensions" if len(counts) > 5 else ""
+        total = sum(search.others.values())
+        message += (f": {'it has' if len(input_paths) == 1 else 'they have'} {total} "
+                    f"file{'s' if total != 1 else ''} with other extensions ({shown}); convert "
+                    "any audio among them to .wav or .flac")
+    if search.unreadable:
+        folder, reason = search.unreadable[0]
+        more = f" and {len(search.unreadable) - 1} more" if len(search.unreadable) > 1 else ""
+        message += f"; {folder}{more}: {reason}"
+    return message
 
 
 def _check_input_outside_output(input_paths, output: Path) -> None:
@@ -204,19 +302,22 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _build(files: list[Path], out_dir: Path, channels: int, sr: int, progress: bool) -> PreprocessReport:
+def _build(search: AudioSearch, out_dir: Path, channels: int, sr: int, progress: bool) -> PreprocessReport:
     """Write audio.bin, index.json and skipped.txt, then metadata.yaml last."""
-    report = PreprocessReport(output_path=out_dir, channels=channels, sr=sr)
+    files = search.files
+    report = PreprocessReport(output_path=out_dir, channels=channels, sr=sr,
+                              skipped=list(search.unreadable))
     index = []
     bar = tqdm(total=len(files), unit="file", desc="preprocess", disable=not progress)
     with open(out_dir / AUDIO_FILE, "wb") as fh, bar:
         for path in files:
             try:
-                info, length = _append_file(fh, path, report.n_frames, channels, sr, bar)
-            except _SkipFile as skip:
+                info, length, note = _append_file(fh, path, report.n_frames, channels, sr, bar)
+            except _SkipFile as skip:  # listed once, in the summary and skipped.txt
                 report.skipped.append((str(path), str(skip)))
-                logger.warning("skipped %s: %s", path, skip)
             else:
+                if note:
+                    report.warnings.append((str(path), note))
                 index.append({"path": str(path), "offset": report.n_frames, "length": length, **info})
                 report.kept.append(str(path))
                 report.n_frames += length
@@ -225,9 +326,9 @@ def _build(files: list[Path], out_dir: Path, channels: int, sr: int, progress: b
 
     _write_skipped(out_dir / SKIPPED_FILE, report.skipped)
     if not report.kept:
-        first_path, first_reason = report.skipped[0]
+        first_path, first_reason = report.skipped[len(search.unreadable)]
         raise DataError(
-            f"all {len(report.skipped)} audio files were skipped (e.g. {first_path}: {first_reason}); "
+            f"all {len(files)} audio files were skipped (e.g. {first_path}: {first_reason}); "
             "fix or replace the input audio"
         )
     with open(out_dir / INDEX_FILE, "w") as f:
@@ -246,8 +347,9 @@ def _build(files: list[Path], out_dir: Path, channels: int, sr: int, progress: b
 
 def _append_file(
     fh: BinaryIO, path: Path, start_frame: int, channels: int, sr: int, bar: tqdm
-) -> tuple[dict, int]:
-    """Append one file to ``fh``; return (source info, frames written) or raise _SkipFile.
+) -> tuple[dict, int, str | None]:
+    """Append one file to ``fh``; return (source info, frames written, a note on its
+    level or None) or raise _SkipFile.
 
     On a skip, ``fh`` is truncated back to where this file started, so a file that
     turns out silent or corrupt halfway leaves no trace.
@@ -255,12 +357,13 @@ def _append_file(
     start_byte = start_frame * channels * 4
     written = 0
     peak = 0.0
+    source = _SourcePeak()
     try:
         with _open_audio(path) as audio:
             if audio.frames == 0:
                 raise _SkipFile("empty (0 frames)")
             info = {"source_sr": audio.samplerate, "source_channels": audio.channels}
-            for block in _resampled_blocks(audio, channels, sr):
+            for block in _resampled_blocks(audio, channels, sr, source):
                 peak = max(peak, float(np.abs(block).max(initial=0.0)))
                 _write_block(fh, block)
                 written += len(block)
@@ -273,8 +376,39 @@ def _append_file(
         raise _SkipFile("empty (0 frames after decoding)")
     if peak < SILENCE_PEAK:
         _truncate(fh, start_byte)
-        raise _SkipFile(f"silent (peak {peak:.1e} < {SILENCE_PEAK:.0e})")
-    return info, written
+        raise _SkipFile(_silence_reason(peak, source.peak, info["source_channels"], channels))
+    return info, written, _level_note(source.peak)
+
+
+@dataclass
+class _SourcePeak:
+    """The largest sample of a file as decoded, before its channels are converted."""
+
+    peak: float = 0.0
+
+
+def _silence_reason(peak: float, source_peak: float, source_channels: int, channels: int) -> str:
+    """Why a file is silent: itself, or only once its channels were mixed or dropped."""
+    level = f"peak {peak:.1e} < {SILENCE_PEAK:.0e}"
+    if source_channels <= channels or source_peak < SILENCE_PEAK:
+        return f"silent ({level})"
+    if channels == 1:  # the mixdown averages channels: opposite polarities cancel
+        return (f"silent after mixing to mono ({level}): its {source_channels} channels cancel "
+                f"(peak {source_peak:.2f} before mixing; one is likely polarity-inverted); "
+                "invert one channel's polarity, or keep the channels with --channels "
+                f"{source_channels}")
+    return (f"silent in the {channels} channels kept ({level}): only its other channels "
+            f"have sound (peak {source_peak:.2f}); use --channels {source_channels}")
+
+
+def _level_note(source_peak: float) -> str | None:
+    """A note for a file whose samples go beyond full scale (float files can)."""
+    if source_peak <= OVER_FULL_SCALE_PEAK:
+        return None
+    return (f"peak {source_peak:.2f} ({20 * math.log10(source_peak):+.1f} dBFS) is above full "
+            "scale (1.0): kept as is, neither clipped nor normalised; the model will learn "
+            "this level and may output it, which clips in hosts; normalise the file if the "
+            "level is not intended")
 
 
 # Decoding errors: sf.LibsndfileError is a RuntimeError; truncated files may raise the others.
@@ -282,10 +416,58 @@ _DECODE_ERRORS = (RuntimeError, OSError, ValueError, EOFError)
 
 
 def _open_audio(path: Path) -> sf.SoundFile:
+    """``path`` opened for decoding, or _SkipFile saying why it cannot be."""
+    _check_readable(path)
     try:
-        return sf.SoundFile(str(path))
+        return sf.SoundFile(_libsndfile_name(path))
     except _DECODE_ERRORS as err:
-        raise _SkipFile(f"unreadable or not audio ({_one_line(err)})") from err
+        raise _SkipFile(f"unreadable or not audio ({_decode_reason(path, err)})") from err
+
+
+def _libsndfile_name(path: Path):
+    """The name to give soundfile. It encodes a str strictly as UTF-8, which fails on a
+    name that is not (a Latin-1 ``caf\\xe9.wav``); on POSIX the file system's own bytes
+    always work."""
+    return os.fsencode(path) if os.name == "posix" else str(path)
+
+
+def _check_readable(path: Path) -> None:
+    """Raise _SkipFile for what libsndfile would only call "System error.": a broken
+    link, a file we may not read, a pipe (which would block), an empty file."""
+    try:
+        info = os.stat(path)
+    except OSError as err:
+        raise _SkipFile(_os_reason(path, err)) from err
+    if not stat.S_ISREG(info.st_mode):  # opening a pipe would wait for a writer
+        raise _SkipFile("not a regular file (a pipe, socket or device): remove it from the input")
+    try:
+        os.close(os.open(path, os.O_RDONLY))
+    except OSError as err:
+        raise _SkipFile(_os_reason(path, err)) from err
+    if info.st_size == 0:
+        raise _SkipFile("empty (0 bytes)")
+
+
+def _os_reason(path: Path, err: OSError) -> str:
+    """Why the file system refused ``path``, and what to do."""
+    if err.errno == errno.ENOENT and os.path.islink(path):
+        return (f"a broken symbolic link (to {os.readlink(path)}, which does not exist): fix "
+                "or remove the link")
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied: make it readable (chmod +r), or remove it from the input"
+    if err.errno == errno.ELOOP:
+        return "a symbolic link loop: fix or remove the link"
+    return f"unreadable ({err.strerror or _one_line(err)})"
+
+
+def _decode_reason(path: Path, err: BaseException) -> str:
+    """libsndfile's reason, unless it misleads: for a file that is not MP3 it says "File
+    does not exist or is not a regular file", though we know the file is there."""
+    # LibsndfileError's own text, without the "Error opening b'name': " that soundfile adds
+    text = _one_line(getattr(err, "error_string", err))
+    if "does not exist or is not a regular file" in text:
+        return f"not a valid {path.suffix.lstrip('.').lower() or 'audio'} file: no audio found in it"
+    return text
 
 
 def _read_block(audio: sf.SoundFile) -> np.ndarray:
@@ -299,8 +481,10 @@ def _read_block(audio: sf.SoundFile) -> np.ndarray:
         raise _SkipFile(f"corrupt audio data ({_one_line(err)})") from err
 
 
-def _resampled_blocks(audio: sf.SoundFile, channels: int, sr: int) -> Iterator[np.ndarray]:
-    """Yield ``(time, channels)`` float32 blocks of ``audio`` converted to ``channels`` at ``sr``."""
+def _resampled_blocks(audio: sf.SoundFile, channels: int, sr: int,
+                      source: _SourcePeak | None = None) -> Iterator[np.ndarray]:
+    """Yield ``(time, channels)`` float32 blocks of ``audio`` converted to ``channels`` at
+    ``sr``; ``source``, when given, follows the peak of the samples as decoded."""
     resampler = None
     if audio.samplerate != sr:
         resampler = soxr.ResampleStream(audio.samplerate, sr, channels, dtype="float32", quality="HQ")
@@ -313,6 +497,8 @@ def _resampled_blocks(audio: sf.SoundFile, channels: int, sr: int) -> Iterator[n
             at = (audio.tell() - len(block) + bad) / audio.samplerate
             raise _SkipFile(f"non-finite samples (NaN or infinity) at {at:.2f} s: the file is "
                             "damaged; fix or remove it")
+        if source is not None:
+            source.peak = max(source.peak, float(np.abs(block).max(initial=0.0)))
         block = convert_channels(block, channels)
         if resampler is not None:
             block = resampler.resample_chunk(block)
@@ -366,12 +552,20 @@ def _truncate(fh: BinaryIO, size: int) -> None:
     fh.truncate(size)
 
 
-def _one_line(err: BaseException) -> str:
+def _one_line(err: object) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
+def _printable(text: str) -> str:
+    """``text`` with the bytes of a name that is not UTF-8 shown as ``\\xe9`` (as
+    Python writes them): a strict UTF-8 stdout cannot print them raw."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _write_skipped(path: Path, skipped: list[tuple[str, str]]) -> None:
-    with open(path, "w") as f:
+    """One ``path<TAB>reason`` line per entry; a name that is not UTF-8 keeps its own
+    bytes, so the line names the very file (``ls``, ``grep`` find it)."""
+    with open(path, "w", encoding="utf-8", errors="surrogateescape") as f:
         f.writelines(f"{p}\t{reason}\n" for p, reason in skipped)
 
 
