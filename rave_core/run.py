@@ -6,6 +6,7 @@ A run directory holds ``config.gin`` and, somewhere below it, Lightning-style ch
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import pickle
 import zipfile
@@ -93,8 +94,29 @@ def _read_sha256(path: Path) -> str:
 
 
 def _damaged(path: Path, detail: str) -> RunError:
+    detail = detail.split(". ")[0].rstrip(".")   # torch's advice after its first sentence
+    others = sorted(q.name for q in Path(path).parent.glob("*.ckpt")
+                    if q.name != Path(path).name)
+    if others:
+        shown = ", ".join(others[:3]) + (f" or {len(others) - 3} more" if len(others) > 3 else "")
+        instead = f"use another checkpoint of the run: {shown} beside it (give its path)"
+    else:
+        instead = "use another checkpoint of the run, or train it again"
     return RunError(f"cannot read checkpoint {path}: the file is truncated or corrupted "
-                    f"({detail}). Use another checkpoint of the run (e.g. last.ckpt)")
+                    f"({detail}); {instead}")
+
+
+def _check_readable(path: Path) -> None:
+    """A file we may not open is not a damaged one: say what stops it."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as err:
+        if err.errno in (errno.EACCES, errno.EPERM):
+            why = "permission denied: make it readable (chmod +r), or run as its owner"
+        else:
+            why = err.strerror or type(err).__name__
+        raise RunError(f"cannot read checkpoint {path}: {why}") from None
 
 
 def _check_crc(path: Path) -> None:
@@ -129,6 +151,7 @@ def check_finite(state_dict: Dict[str, object], path) -> None:
 def read_checkpoint(path: Path) -> Dict[str, object]:
     """Read a checkpoint without executing any pickled code. Corrupted bytes (a CRC
     mismatch) and non-finite weights are refused (:class:`RunError`)."""
+    _check_readable(path)
     _check_crc(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)

@@ -347,10 +347,26 @@ def test_corrupted_checkpoint_bytes_are_refused(run, db, tmp_path):
     entry = _flip_weight_byte(bad / CKPT)
     assert zipfile.ZipFile(bad / CKPT).testzip() == entry
     run_cli(deploy_cli, ["export", bad, "-t", "onnx", "-o", tmp_path / "ex"], 2,
-            ["truncated or corrupted", "CRC mismatch", "Use another checkpoint"])
+            ["truncated or corrupted", "CRC mismatch",
+             "use another checkpoint of the run, or train it again"])
     run_cli(core_cli, train_args(db, tmp_path / "runs", "r", "--ckpt", bad / CKPT), 2,
             ["truncated or corrupted", "CRC mismatch"])
     assert not (tmp_path / "ex").exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_truncated_checkpoint_names_the_others_to_use(run, db, tmp_path):
+    """It said "Use another checkpoint of the run (e.g. last.ckpt)" of last.ckpt itself,
+    after torch's advice cut off mid-sentence."""
+    bad = Path(shutil.copytree(run, tmp_path / "bad"))
+    folder = (bad / CKPT).parent
+    shutil.copy(folder / "best.ckpt", folder / "epoch_10.ckpt")
+    (folder / "best.ckpt").rename(folder / "last.ckpt")
+    with open(folder / "last.ckpt", "r+b") as f:
+        f.truncate(1000)
+    out = run_cli(core_cli, train_args(db, tmp_path / "runs", "r", "--ckpt", folder / "last.ckpt"),
+                  2, [f"cannot read checkpoint {folder / 'last.ckpt'}: the file is truncated",
+                      "use another checkpoint of the run: epoch_10.ckpt beside it"])
+    assert "If you are seeing" not in out and "(e.g. last.ckpt)" not in out
 
 
 def test_non_finite_weights_are_refused(run, db, tmp_path):
@@ -364,3 +380,20 @@ def test_non_finite_weights_are_refused(run, db, tmp_path):
     run_cli(core_cli, train_args(db, tmp_path / "runs", "r", "--ckpt", bad / CKPT), 2,
             ["NaN or infinite weights", repr(key)])
     assert not (tmp_path / "ex").exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_checkpoint_that_cannot_be_opened_says_why_not_damaged(run, monkeypatch):
+    """A last.ckpt without read permission was called "truncated or corrupted"."""
+    import errno
+
+    import rave_core.run as run_module
+    from rave_core.run import RunError, read_checkpoint
+
+    def refused(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(run_module, "open", refused, raising=False)   # as root, chmod cannot
+    with pytest.raises(RunError) as err:
+        read_checkpoint(run / CKPT)
+    assert str(err.value) == (f"cannot read checkpoint {run / CKPT}: permission denied: make it "
+                              "readable (chmod +r), or run as its owner")
