@@ -39,7 +39,7 @@ USAGE_ERRORS = (ConfigError, RunError, DataInputError)
 OPERATION_ERRORS = (DataError, OSError)
 
 DEFAULTS = dict(out_path="runs", max_steps=6_000_000, batch=8, n_signal=131072, val_every=10_000,
-                save_every=500_000, device="auto", workers=8, seed=0)
+                save_every=500_000, device="auto", workers=min(8, os.cpu_count() or 1), seed=0)
 
 
 class _Settings:
@@ -312,7 +312,8 @@ def _train_options(fn):
                      default=DEFAULTS["device"], show_default=True,
                      help="auto: CUDA when available, else CPU."),
         click.option("--workers", type=click.IntRange(min=0), default=DEFAULTS["workers"],
-                     show_default=True, help="Data-loading processes (0: load in the main process)."),
+                     show_default=True, help="Data-loading processes (0: load in the main process; default: 8, or the "
+                          "number of CPUs if fewer)."),
         click.option("--ckpt", type=click.Path(dir_okay=False, path_type=Path), default=None,
                      metavar="PATH", help="Resume from this checkpoint (default: the run's own "
                                           "last.ckpt if there is one)."),

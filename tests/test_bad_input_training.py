@@ -397,3 +397,27 @@ def test_a_checkpoint_that_cannot_be_opened_says_why_not_damaged(run, monkeypatc
         read_checkpoint(run / CKPT)
     assert str(err.value) == (f"cannot read checkpoint {run / CKPT}: permission denied: make it "
                               "readable (chmod +r), or run as its owner")
+
+
+def test_resuming_says_what_the_options_do_to_the_run(db, tmp_path):
+    """Resuming past --max_steps said "trained ... to step 2" and nothing else; an
+    --override on resume rewrote config.gin without a word; one that changes the model's
+    sizes was told to "leave out --config", which was not given."""
+    runs = tmp_path / "runs"
+    args = train_args(db, runs, "r", "--config", "brave")
+    args[args.index("--max_steps") + 1] = "2"
+    run_cli(core_cli, args, 0, ["trained"])
+    last = runs / "r" / "version_0" / "checkpoints" / "last.ckpt"
+    run_cli(core_cli, train_args(db, runs, "r"), 0,
+            [f"Warning: {last} is at step 2, --max_steps is 1: nothing to train; raise "
+             "--max_steps to go on"])
+    later = train_args(db, runs, "r", "--override", "PHASE_1_DURATION=3")
+    later[later.index("--max_steps") + 1] = "3"
+    run_cli(core_cli, later, 0, [f"Warning: resuming {runs / 'r'} with --override", "--override "
+                                 "PHASE_1_DURATION=3: its config.gin is updated"])
+    assert "PHASE_1_DURATION = 3" in (runs / "r" / "config.gin").read_text()
+    bigger = train_args(db, runs, "r")
+    bigger[bigger.index("CAPACITY=4")] = "CAPACITY=8"
+    out = run_cli(core_cli, bigger, 2, ["does not fit the config", "leave out --config, and any "
+                                        "--override of the model's sizes"])
+    assert "(leave out --config)" not in out

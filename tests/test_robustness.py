@@ -277,7 +277,7 @@ def test_malicious_config_gin_cannot_run_code_through_an_include(brave_copy, tmp
 def test_architecture_the_target_cannot_run(runs, tmp_path):
     out = tmp_path / "out"
     run_cli(deploy_cli, ["export", runs["v2"], "-t", "minifusion", "-o", out], code=1,
-            expect="minifusion: the Minifusion plugin runs BRAVE's causal architecture only: "
+            expect="minifusion: the Minifusion plugin runs mono models of BRAVE's causal architecture only: "
                    "encoder is EncoderV2")
     assert not out.exists()
 

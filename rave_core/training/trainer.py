@@ -61,7 +61,7 @@ __all__ = ["TrainingError", "TrainingArgumentError", "TrainingInterrupted", "Tra
 
 CHECKPOINT_DIR = Path("version_0") / "checkpoints"
 PROGRESS_KEYS = {"fullband_spectral_distance": "fb", "multiband_spectral_distance": "mb",
-                 "regularization": "kl", "loss_dis": "dis", "adversarial": "adv"}
+                 "regularization": "reg", "loss_dis": "dis", "adversarial": "adv"}
 
 
 @dataclass
@@ -228,6 +228,11 @@ def _check_arguments(name: str, max_steps: int, batch: int, n_signal: int, val_e
             raise TrainingArgumentError(f"{flag} must be >= {low}, got {value}")
 
 
+#: what to do when a checkpoint's weights do not fit the model built for it
+_FIT_HINT = ("resume with the config the run was trained with (leave out --config, and any "
+             "--override of the model's sizes)")
+
+
 def _load_model_weights(model: nn.Module, state_dict: Dict[str, torch.Tensor], path: Path) -> None:
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
@@ -238,17 +243,14 @@ def _load_model_weights(model: nn.Module, state_dict: Dict[str, torch.Tensor], p
     if blocking or unexpected:
         key = (blocking or unexpected)[0]
         why = "is missing" if blocking else "is not in the model"
-        raise TrainingArgumentError(f"{path} does not fit the config: key {key!r} {why}; resume "
-                                    "with the config the run was trained with (leave out "
-                                    "--config)")
+        raise TrainingArgumentError(f"{path} does not fit the config: key {key!r} {why}; {_FIT_HINT}")
     for k, v in state_dict.items():
         if tuple(v.shape) != tuple(expected[k].shape):
             note = _channels_note(path, int(getattr(model, "n_channels", 0) or 0))
             raise TrainingArgumentError(f"{path} does not fit the config: {k!r} has shape "
                                         f"{tuple(v.shape)} in the checkpoint but "
                                         f"{tuple(expected[k].shape)} in the model"
-                                        + (note or "; resume with the config the run was "
-                                           "trained with (leave out --config)"))
+                                        + (note or f"; {_FIT_HINT}"))
     if missing:
         warnings.warn(f"{path} has no discriminator weights: the discriminator starts from scratch")
     # `warmed_up` / `enabled` are replaced (not written in place) by set_warmed_up: copy
@@ -368,6 +370,9 @@ def _train(ctx: DistContext, lock: RunLock, configs, db_path: Path, name: str, o
             f"run {run_dir} exists and was trained with another config "
             f"({_first_difference(stored, operative)}); leave out --config"
             f"{' and --override' if overrides else ''} to resume it, or choose a new --name")
+    if by_name and not configs and overrides and stored is not None and operative != stored:
+        warnings.warn(f"resuming {run_dir} with {' '.join('--override ' + o for o in overrides)}: "
+                      f"its config.gin is updated ({_first_difference(stored, operative)})")
     if int(model.sr) != int(meta["sr"]):
         raise DataError(f"dataset {db_path} is at {meta['sr']} Hz but the config at {model.sr} Hz; "
                         f"re-run `rave-core preprocess --sampling_rate {model.sr}`, or "
@@ -419,6 +424,9 @@ def _train(ctx: DistContext, lock: RunLock, configs, db_path: Path, name: str, o
                           f"this run uses --n_signal {n_signal}: validation windows change too, "
                           "so distances before and after this step are not comparable (best.ckpt "
                           "is replaced only by a distance lower than the one carried over)")
+    if start_step >= max_steps and ctx.is_main:
+        warnings.warn(f"{resume_path} is at step {start_step}, --max_steps is {max_steps}: "
+                      "nothing to train; raise --max_steps to go on")
     if rng_state is not None:
         restore_rng(rng_state)
     else:
@@ -528,6 +536,7 @@ def _train(ctx: DistContext, lock: RunLock, configs, db_path: Path, name: str, o
         ctx.broadcast_tensors(buffers)
     model.train()
     t0, steps_done = time.perf_counter(), 0
+    shown = t0   # when the progress bar's losses were last updated
     stopper = _StopRequest()
     iterator, interrupted = None, False
     try:
@@ -556,9 +565,11 @@ def _train(ctx: DistContext, lock: RunLock, configs, db_path: Path, name: str, o
                             writer.add_scalar(k, v, step)
                 if bar is not None:
                     bar.update(1)
-                    if step % 10 == 0 or step == max_steps:
+                    # every 10 steps, or every 2 s when steps are slow (a full-size v3 on CPU)
+                    if step % 10 == 0 or step == max_steps or time.perf_counter() - shown > 2:
                         bar.set_postfix({short: f"{logs[k]:.3g}" for k, short in PROGRESS_KEYS.items()
                                          if k in logs}, refresh=False)
+                        shown = time.perf_counter()
                 at_val = step % val_every == 0 or step == max_steps
                 periodic = step % save_every == 0
                 if at_val or periodic or stop:

@@ -518,7 +518,7 @@ class MinifusionTarget(Target):
                             "offline graph is -t onnx")
         if not problems:
             return None
-        return ("the Minifusion plugin runs BRAVE's causal architecture only: "
+        return ("the Minifusion plugin runs mono models of BRAVE's causal architecture only: "
                 + "; ".join(problems) + remedy)
 
     def export(self, model: RAVE, options: ExportOptions, path: Path) -> Dict[str, object]:
