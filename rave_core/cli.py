@@ -312,8 +312,9 @@ def _train_options(fn):
                      default=DEFAULTS["device"], show_default=True,
                      help="auto: CUDA when available, else CPU."),
         click.option("--workers", type=click.IntRange(min=0), default=DEFAULTS["workers"],
-                     show_default=True, help="Data-loading processes (0: load in the main process; default: 8, or the "
-                          "number of CPUs if fewer)."),
+                     show_default=True,
+                     help="Data-loading processes (0: load in the main process; default: 8, "
+                          "or the number of CPUs if fewer)."),
         click.option("--ckpt", type=click.Path(dir_okay=False, path_type=Path), default=None,
                      metavar="PATH", help="Resume from this checkpoint (default: the run's own "
                                           "last.ckpt if there is one)."),

@@ -279,13 +279,13 @@ MODIFIERS = {"causal": None,
 def _check_modifiers(configs: Sequence[str]) -> None:
     """A modifier alone, or after a base it does not apply to, fails deep inside gin
     ("missing 4 required positional arguments"): say what to give instead."""
-    bases = [c for c in configs if c not in MODIFIERS]
     for i, c in enumerate(configs):
         if c not in MODIFIERS or _shipped(c) is None:
             continue
         allowed = MODIFIERS[c]
         example = f"--config {(allowed or ('v2',))[0]} --config {c}"
-        if not any(b not in MODIFIERS for b in configs[:i]):
+        bases = [b for b in configs[:i] if b not in MODIFIERS]
+        if not bases:
             raise ConfigError(f"{c} is a modifier: give a base config before it, e.g. {example}")
         base = bases[0]
         if allowed is not None and _shipped(base) is not None and base not in allowed:

@@ -106,17 +106,13 @@ def _damaged(path: Path, detail: str) -> RunError:
                     f"({detail}); {instead}")
 
 
-def _check_readable(path: Path) -> None:
+def _unreadable(path: Path, err: OSError) -> RunError:
     """A file we may not open is not a damaged one: say what stops it."""
-    try:
-        with open(path, "rb"):
-            pass
-    except OSError as err:
-        if err.errno in (errno.EACCES, errno.EPERM):
-            why = "permission denied: make it readable (chmod +r), or run as its owner"
-        else:
-            why = err.strerror or type(err).__name__
-        raise RunError(f"cannot read checkpoint {path}: {why}") from None
+    if err.errno in (errno.EACCES, errno.EPERM):
+        why = "permission denied: make it readable (chmod +r), or run as its owner"
+    else:
+        why = err.strerror or type(err).__name__
+    return RunError(f"cannot read checkpoint {path}: {why}")
 
 
 def _check_crc(path: Path) -> None:
@@ -151,8 +147,7 @@ def check_finite(state_dict: Dict[str, object], path) -> None:
 def read_checkpoint(path: Path) -> Dict[str, object]:
     """Read a checkpoint without executing any pickled code. Corrupted bytes (a CRC
     mismatch) and non-finite weights are refused (:class:`RunError`)."""
-    _check_readable(path)
-    _check_crc(path)
+    _check_crc(path)   # an unreadable file is no zip to it: torch.load then says why
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -160,6 +155,8 @@ def read_checkpoint(path: Path) -> Dict[str, object]:
         raise RunError(f"refusing to load {path}: it contains pickled objects other than tensors "
                        f"and plain values ({first}). Only load checkpoints you trust; re-save it "
                        "as a plain state dict with torch.save(model.state_dict(), ...)") from None
+    except OSError as err:
+        raise _unreadable(path, err) from None
     except Exception as err:  # noqa: BLE001 - any parse failure means a damaged file
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise _damaged(path, first) from None

@@ -114,6 +114,31 @@ def _target_names() -> List[str]:
     return sorted(registry()) + ["all"]
 
 
+def _check_name(name: str) -> None:
+    """Refuse (exit 2) an --name that is not a plain file name every host's machine
+    and every shell takes."""
+    if (not name.strip() or name.startswith(".") or "\0" in name
+            or any(sep in name for sep in ("/", "\\"))):
+        _usage(f"--name {name!r}: give a plain file name (no folders, not starting with '.'), "
+               "e.g. --name my_model; --output sets the folder")
+    if any(unicodedata.category(c) == "Cc" for c in name):
+        _usage(f"--name {name!r}: control characters (newlines, tabs, ...) cannot be in a "
+               "file name hosts and scripts handle; give a plain name, e.g. --name my_model")
+    if any(c in WINDOWS_RESERVED for c in name):
+        # the files travel to the machine of the concert: Max and the VST run on Windows too
+        _usage(f"--name {name!r}: {' '.join(WINDOWS_RESERVED)} cannot be in a file name on "
+               "Windows; give a plain name, e.g. --name my_model")
+    if name.startswith("-"):
+        _usage(f"--name {name!r}: a file name starting with '-' reads as an option to the "
+               "commands given the file (rave-deploy check, cp); give a plain name, e.g. "
+               "--name my_model")
+    if len(name.encode()) > MAX_NAME_BYTES:
+        # file systems hold 255 bytes a name; the target's suffix and the sidecar's follow
+        _usage(f"--name: {len(name.encode())} bytes, more than the {MAX_NAME_BYTES} that leave "
+               "room for the target's suffix and the sidecar's (file names hold 255 bytes); "
+               "give a shorter name")
+
+
 @main.command()
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option("--target", "-t", "targets", multiple=True, type=click.Choice(_target_names()),
@@ -173,26 +198,8 @@ def export(obj: _Context, run: Path, targets, output: Path, streaming: bool, fid
     `rave train`) to the files each host loads, with a JSON sidecar beside each."""
     from .export import export_run
 
-    if name is not None and (not name.strip() or name.startswith(".") or "\0" in name
-                             or any(sep in name for sep in ("/", "\\"))):
-        _usage(f"--name {name!r}: give a plain file name (no folders, not starting with '.'), "
-               "e.g. --name my_model; --output sets the folder")
-    if name is not None and any(unicodedata.category(c) == "Cc" for c in name):
-        _usage(f"--name {name!r}: control characters (newlines, tabs, ...) cannot be in a "
-               "file name hosts and scripts handle; give a plain name, e.g. --name my_model")
-    if name is not None and any(c in WINDOWS_RESERVED for c in name):
-        # the files travel to the machine of the concert: Max and the VST run on Windows too
-        _usage(f"--name {name!r}: {' '.join(WINDOWS_RESERVED)} cannot be in a file name on "
-               "Windows; give a plain name, e.g. --name my_model")
-    if name is not None and name.startswith("-"):
-        _usage(f"--name {name!r}: a file name starting with '-' reads as an option to the "
-               "commands given the file (rave-deploy check, cp); give a plain name, e.g. "
-               "--name my_model")
-    if name is not None and len(name.encode()) > MAX_NAME_BYTES:
-        # file systems hold 255 bytes a name; the target's suffix and the sidecar's follow
-        _usage(f"--name: {len(name.encode())} bytes, more than the {MAX_NAME_BYTES} that leave "
-               "room for the target's suffix and the sidecar's (file names hold 255 bytes); "
-               "give a shorter name")
+    if name is not None:
+        _check_name(name)
     options = ExportOptions(streaming=streaming, fidelity=fidelity, deterministic=deterministic,
                             sr=sr, channels=channels, ema_weights=ema_weights, name=name,
                             block_size=block_size, engine=engine, cpu_kernels=cpu_kernels,

@@ -345,7 +345,7 @@ def _train(ctx: DistContext, lock: RunLock, configs, db_path: Path, name: str, o
     run_dir = out_path / name
     ckpt_dir = run_dir / CHECKPOINT_DIR
     seen = _file_stamp(ckpt_dir / "last.ckpt")
-    by_name = ckpt is None and (ckpt_dir / "last.ckpt").exists()
+    by_name = ckpt is None and seen is not None
     resume_path = Path(ckpt) if ckpt is not None else (ckpt_dir / "last.ckpt" if by_name else None)
     if resume_path is not None and not resume_path.is_file():
         raise TrainingArgumentError(f"--ckpt {resume_path}: no such checkpoint file")
@@ -608,13 +608,17 @@ def _train(ctx: DistContext, lock: RunLock, configs, db_path: Path, name: str, o
     return result
 
 
-def _divergence_message(err: TrainingError, last_saved: Optional[Tuple[Path, int]]) -> str:
+def _kept(last_saved: Optional[Tuple[Path, int]], what: str = "last good checkpoint") -> str:
+    """What a failed training leaves to resume from."""
     if last_saved is None:
-        keep = "no checkpoint was written yet"
-    else:
-        keep = f"the last good checkpoint is {last_saved[0]} (step {last_saved[1]})"
-    return (f"training diverged: {err}.\n{keep}; re-run to resume from it (another --seed "
-            "changes the data order), or check the dataset for clipped or corrupt audio")
+        return "no checkpoint was written yet"
+    return f"the {what} is {last_saved[0]} (step {last_saved[1]})"
+
+
+def _divergence_message(err: TrainingError, last_saved: Optional[Tuple[Path, int]]) -> str:
+    return (f"training diverged: {err}.\n{_kept(last_saved)}; re-run to resume from it "
+            "(another --seed changes the data order), or check the dataset for clipped or "
+            "corrupt audio")
 
 
 def _file_stamp(path: Path) -> Optional[Tuple[int, int]]:
@@ -631,10 +635,7 @@ def _write_failure_message(err: OSError, last_saved: Optional[Tuple[Path, int]])
     read-only): what failed, and what the user can resume from."""
     from ..cli import describe_os_error
 
-    if last_saved is None:
-        keep = "no checkpoint was written yet"
-    else:
-        keep = f"the last checkpoint is {last_saved[0]} (step {last_saved[1]}), intact"
+    keep = _kept(last_saved, "last checkpoint") + (", intact" if last_saved else "")
     return (f"cannot write {describe_os_error(err)}\n{keep}; fix that, then run the "
             "same command again to resume")
 
