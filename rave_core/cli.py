@@ -6,15 +6,14 @@
     rave-core train --config v2_small --db_path data/db --name my_run
     rave-core configs
 
-Exit codes: 0 success, 1 a failed operation, 2 bad usage, 130 interrupted (Ctrl-C; SIGTERM
-for train), 143 preprocess stopped by SIGTERM (cleaned up as for Ctrl-C).
+Exit codes: 0 success, 1 a failed operation, 2 bad usage, 130 interrupted (Ctrl-C), 143
+stopped by SIGTERM (cleaned up, or for train saved, as for Ctrl-C).
 Errors print one or two lines naming the problem and the fix; ``--debug`` shows tracebacks.
 Output folders are created as needed. docs/bad-input.md lists every case and its message.
 """
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import re
 import signal
@@ -28,6 +27,8 @@ from typing import Callable, List, Optional
 
 import click
 
+from .os_errors import describe_os_error
+
 from .config import CONFIG_DIR, ConfigError, available_configs
 from .data import DataError, DataInputError
 from .data.preprocess import (MAX_CHANNELS, MAX_SAMPLING_RATE, MIN_CHANNELS,
@@ -39,7 +40,7 @@ USAGE_ERRORS = (ConfigError, RunError, DataInputError)
 OPERATION_ERRORS = (DataError, OSError)
 
 DEFAULTS = dict(out_path="runs", max_steps=6_000_000, batch=8, n_signal=131072, val_every=10_000,
-                save_every=500_000, device="auto", workers=min(8, os.cpu_count() or 1), seed=0)
+                save_every=500_000, log_every=50, device="auto", workers=min(8, os.cpu_count() or 1), seed=0)
 
 
 class _Settings:
@@ -95,29 +96,6 @@ def warnings_as_messages():
 def _rank_prefix() -> str:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     return f"[rank {os.environ.get('RANK', '0')}] " if world > 1 else ""
-
-
-_OS_REASONS = {
-    errno.ENOSPC: "no space left on device: free some space or choose another folder",
-    errno.EDQUOT: "disk quota exceeded: free some space or choose another folder",
-    errno.EACCES: "permission denied: choose a folder you can write to",
-    errno.EPERM: "permission denied: choose a folder you can write to",
-    errno.EROFS: "read-only file system: choose a folder you can write to",
-    errno.ENOTDIR: "a part of that path is a file, not a folder: choose another path",
-    errno.EISDIR: "it is a folder, not a file: choose another path",
-    errno.ENOENT: "no such file or folder, and none can be created there: choose another path",
-    errno.ENAMETOOLONG: "the name is too long: choose a shorter path",
-    errno.EIO: "input/output error: the disk or network share failed",
-    errno.EFBIG: "file too large for this file system (or this process's file-size limit): "
-                 "choose another folder",
-}
-
-
-def describe_os_error(err: OSError) -> str:
-    """One line for a file-system error: the path and what to do, no ``[Errno n]`` noise."""
-    reason = (_OS_REASONS.get(err.errno or -1) or err.strerror or str(err).strip()
-              or type(err).__name__)
-    return f"{err.filename}: {reason}" if err.filename else reason
 
 
 _GIN_CONTEXT = re.compile(r"^\s*In call to configurable '([^']+)'.*?(?:in scope '([^']+)')?\s*$")
@@ -192,7 +170,7 @@ def _guard(settings: _Settings, fn: Callable, *args, interrupted: str = "Interru
         if settings.debug:
             traceback.print_exception(err)
         click.echo(f"{_rank_prefix()}{err.message}", err=True)
-        sys.exit(130)
+        sys.exit(128 + err.signal)  # 130 for Ctrl-C, 143 for SIGTERM, as the shell counts
     except KeyboardInterrupt as err:
         if settings.debug:
             traceback.print_exception(err)
@@ -308,6 +286,10 @@ def _train_options(fn):
                           "best.ckpt when validation improves) every N steps."),
         click.option("--save_every", type=click.IntRange(min=1), default=DEFAULTS["save_every"],
                      show_default=True, help="Also keep epoch_<step>.ckpt every N steps."),
+        click.option("--log_every", type=click.IntRange(min=1), default=DEFAULTS["log_every"],
+                     show_default=True,
+                     help="Write the training losses for TensorBoard (`tensorboard --logdir "
+                          "OUT_PATH`) every N steps; validation is logged at each validation."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]),
                      default=DEFAULTS["device"], show_default=True,
                      help="auto: CUDA when available, else CPU."),
@@ -332,8 +314,8 @@ def _train_options(fn):
 
 
 def _run_training(settings: _Settings, configs, db_path, name, out_path, max_steps, batch,
-                  n_signal, val_every, save_every, device, workers, ckpt, overrides, seed,
-                  progress) -> None:
+                  n_signal, val_every, save_every, log_every, device, workers, ckpt, overrides,
+                  seed, progress) -> None:
     from .training.trainer import train
     if not Path(db_path).is_dir():
         _usage(f"--db_path {db_path}: no such dataset folder; create it with "
@@ -344,8 +326,9 @@ def _run_training(settings: _Settings, configs, db_path, name, out_path, max_ste
     _check_output_location("--out_path", out_path)
     result = _guard(settings, train, list(configs), db_path, name, out_path=out_path,
                     max_steps=max_steps, batch=batch, n_signal=n_signal, val_every=val_every,
-                    save_every=save_every, device=device, workers=workers, ckpt=ckpt,
-                    overrides=list(overrides), seed=seed, progress=progress,
+                    save_every=save_every, log_every=log_every, device=device,
+                    workers=workers, ckpt=ckpt, overrides=list(overrides), seed=seed,
+                    progress=progress,
                     interrupted="Interrupted: checkpoints already written are intact; run the "
                                 "same command again to resume.")
     if int(os.environ.get("RANK", "0")) == 0:
@@ -382,13 +365,13 @@ def _spawn_torchrun(settings: _Settings, gpus: int, kwargs: dict) -> None:
     if settings.debug:
         cmd.append("--debug")
     proc = subprocess.Popen(cmd)
-    interrupted = False
+    interrupted = 0  # the first signal's number
 
     def on_signal(signum, frame):
         # Ctrl-C reaches the children too (same process group): wait while they save.
         # A SIGTERM sent to this process alone is passed on.
         nonlocal interrupted
-        interrupted = True
+        interrupted = interrupted or signum
         if signum == signal.SIGTERM:
             proc.send_signal(signum)
 
@@ -401,7 +384,7 @@ def _spawn_torchrun(settings: _Settings, gpus: int, kwargs: dict) -> None:
     if interrupted:
         click.echo("Interrupted: the run saved last.ckpt; run the same command again to resume.",
                    err=True)
-        sys.exit(130)
+        sys.exit(128 + interrupted)
     if code != 0:
         click.echo(f"Error: the training processes failed (exit code {code}); see their "
                    "messages above.", err=True)

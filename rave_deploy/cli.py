@@ -27,6 +27,7 @@ from rave_core.run import RunError
 
 from .check.result import on_each_result
 from .export import ExportError
+from .file_names import MAX_NAME_BYTES, WINDOWS_RESERVED
 from .io import OutputError, OutputInTheWay, describe_os_error
 from .model import CPU_KERNELS, DeployError
 from .targets import CheckOptions, ExportOptions, TargetUnsupported, registry
@@ -102,12 +103,6 @@ def main(ctx: click.Context, debug: bool) -> None:
     # `kill PID` cleans up like Ctrl-C (a temporary file is never left behind).
     ctx.with_resource(sigterm_as_interrupt())
     ctx.with_resource(warnings_as_messages())
-
-
-#: longest --name: with ".onnx_streaming.onnx.json" and a temporary suffix, under 255 bytes
-MAX_NAME_BYTES = 200
-#: characters Windows refuses in a file name (the path separators are refused apart)
-WINDOWS_RESERVED = '<>:"|?*'
 
 
 def _target_names() -> List[str]:
@@ -249,20 +244,20 @@ def check(obj: _Context, artifacts, run: Optional[str], block_sizes, as_json: bo
     # is checked (checks take a while; a later failure would hide the earlier results).
     plans = [_guard(obj, prepare_check, artifact, run, usage_errors=(CheckUsageError,))
              for artifact in artifacts]
-    loaded = set()
+    loaded = {}
     for plan in plans:
         if (plan.source, plan.ema_weights) not in loaded:
-            _guard(obj, open_reference, plan, run, usage_errors=(CheckUsageError,))
-            loaded.add((plan.source, plan.ema_weights))
+            loaded[plan.source, plan.ema_weights] = _guard(obj, open_reference, plan, run,
+                                                           usage_errors=(CheckUsageError,))
     options = CheckOptions(block_sizes=list(block_sizes), report=report)
     # what is being checked, on stderr (a check of a full-size model takes minutes);
     # with --json only on a terminal, so a script reading both streams sees JSON alone
-    show_progress = not as_json or sys.stderr.isatty()
     reports = []
-    for i, artifact in enumerate(artifacts, 1):
-        with _CheckProgress(f"checking {artifact} ({i}/{len(artifacts)})", show_progress,
-                            live=sys.stderr.isatty()) as progress:
+    for i, (artifact, plan) in enumerate(zip(artifacts, plans), 1):
+        with _CheckProgress(f"checking {artifact} ({i}/{len(artifacts)})",
+                            quiet=as_json) as progress:
             reports.append(_guard(obj, check_artifact, artifact, run, options,
+                                  loaded[plan.source, plan.ema_weights],
                                   usage_errors=(CheckUsageError,)))
             progress.done(reports[-1])
     if report is not None:
@@ -295,13 +290,17 @@ class _CheckProgress:
     """The line ``checking ARTIFACT (k/n)`` on stderr. On a terminal it is rewritten as
     each check finishes (how many, seconds so far, the last one's name) and ends with the
     count and time: a full-size model's checks take minutes. Elsewhere (a log, a pipe) it
-    is printed once. A warning or an error printed meanwhile starts on a line of its own."""
+    is printed once, unless ``quiet`` (``--json``: stdout is for the JSON, and a script
+    reading it may log stderr). A warning or an error printed meanwhile starts on a line
+    of its own."""
 
     #: a progress line is open on the terminal (``_fail`` ends it first)
     open_line = False
 
-    def __init__(self, title: str, show: bool, live: bool) -> None:
-        self.title, self.show, self.live = title, show, live and show
+    def __init__(self, title: str, quiet: bool = False) -> None:
+        self.title = title
+        self.live = sys.stderr.isatty()
+        self.show = self.live or not quiet
         self.count = 0
         self.t0 = time.monotonic()
 

@@ -9,6 +9,7 @@ from typing import Dict, List, Optional, Sequence
 
 from rave_core.run import Run, open_run
 
+from .file_names import plain_file_name
 from .io import (OutputError, OutputInTheWay, atomic_outputs, check_replaceable,
                  describe_os_error, dump_json, ensure_dir)
 from .model import DEFAULT_TUNED_BLOCK, DeployError, DeployModel
@@ -140,6 +141,16 @@ def _write_artifact(target: Target, run: Run, options: ExportOptions, path: Path
     return path / FOLDER_SIDECAR if folder else finals[1]
 
 
+def _name_from_run(folder: str) -> str:
+    """The default file name, the run folder's, made one that every host's machine takes."""
+    name = plain_file_name(folder)
+    if folder and name != folder:
+        warnings.warn(f"the run folder's name {folder!r} cannot name files on every host "
+                      f"(Windows, shells): the files are named {name!r}; give --name to "
+                      "choose another")
+    return name
+
+
 def export_run(run_path, target_names: Sequence[str], output: Path,
                options: ExportOptions, run: Optional[Run] = None,
                explicit: bool = True) -> List[ExportResult]:
@@ -150,7 +161,7 @@ def export_run(run_path, target_names: Sequence[str], output: Path,
     import time
 
     run = run or open_run(run_path, ema=options.ema_weights)
-    name = options.name or (run.config_path.parent.name or "model")
+    name = options.name or _name_from_run(run.config_path.parent.name)
     targets = resolve_targets(target_names)
     all_mode = not target_names or "all" in target_names
     output = Path(output)

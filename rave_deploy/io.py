@@ -22,6 +22,8 @@ import threading
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence
 
+from rave_core.os_errors import describe_os_error as describe
+
 PARTIAL_SUFFIX = ".partial"
 OLD_SUFFIX = ".old"  # a previous folder output, moved aside for the length of two renames
 
@@ -40,12 +42,9 @@ class OutputInTheWay(OutputError):
 def describe_os_error(err: OSError, path: Optional[Path] = None) -> str:
     """One line for ``err``: the path concerned (``path``, else the error's) and what to do,
     without the ``[Errno n]`` noise; ``path=""`` leaves the path out."""
-    from rave_core.cli import describe_os_error as describe
-
     if isinstance(err, OutputError):
         return str(err)
-    filename = err.filename if path is None else (str(path) or None)
-    return describe(OSError(err.errno, err.strerror or str(err), filename))
+    return describe(err, path)
 
 
 # ------------------------------------------------------------------------ folders

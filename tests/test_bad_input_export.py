@@ -191,6 +191,16 @@ def test_export_refuses_a_name_windows_or_a_command_line_cannot_take(run, tmp_pa
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+def test_a_run_folder_name_windows_cannot_take_is_made_plain(run, tmp_path):
+    """Without --name the files take the run folder's name, which Linux allows to hold
+    characters --name refuses (``live:v2?``): they were written as they were."""
+    odd = Path(shutil.copytree(run, tmp_path / "-live:v2?"))
+    cli(["export", odd, "-t", "minifusion", "-o", tmp_path / "out"], code=0,
+        expect="the files are named 'live_v2_'; give --name to choose another")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == \
+        ["live_v2_.minifusion.h5", "live_v2_.minifusion.h5.json"]
+
+
 def test_export_refuses_a_name_no_file_system_holds(run, tmp_path):
     cli(["export", run, "-t", "minifusion", "-o", tmp_path / "out", "--name", "x" * 300],
         code=2, expect=["--name: 300 bytes, more than the 200", "give a shorter name"])

@@ -80,8 +80,9 @@ def test_a_warning_during_a_check_starts_on_its_own_line(capsys, monkeypatch):
     # as rave_core.cli.warnings_as_messages prints ours
     monkeypatch.setattr(warnings, "showwarning",
                         lambda message, *args, **kw: print(f"Warning: {message}", file=sys.stderr))
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)   # a terminal: the live line
     report = CheckReport(Path("model.ts"), "nn_tilde")
-    with _CheckProgress("checking model.ts (1/1)", show=True, live=True) as progress:
+    with _CheckProgress("checking model.ts (1/1)") as progress:
         report.add("contract.1_load", True, "loads")
         warnings.warn("something odd")
         report.add("parity.forward", True, "exact")
@@ -112,3 +113,45 @@ def test_every_artefacts_summary_has_the_common_keys(exports):
             assert s["latency_samples"] == 112
         else:   # an offline graph; Minifusion's plugin is not timed here
             assert s["realtime_block"] is None, a["target"]
+
+
+def test_check_loads_each_run_once_and_no_check_changes_its_model(exports, tmp_path,
+                                                                  monkeypatch):
+    """`check` opened each run twice per artefact (once to refuse a broken run before any
+    check, then again inside the check); it now hands the first to every check, which is
+    sound only if no target's check changes the model it is given."""
+    from click.testing import CliRunner
+
+    import rave_deploy.check as check
+    from rave_core.run import open_run
+    from rave_deploy.cli import main
+    from rave_deploy.targets import CheckOptions
+
+    opened = []
+
+    def counted(plan, run=None, _real=check.open_reference):
+        opened.append(_real(plan, run))
+        return opened[-1]
+
+    monkeypatch.setattr(check, "open_reference", counted)
+    result = CliRunner().invoke(main, ["check", str(exports), "--json"])
+    assert result.exit_code == 0, result.output
+    assert len(opened) == 1
+
+    run = make_run(tmp_path / "runs", ("brave",), unit_gains=True)
+    files = export_quietly(run, ["nn_tilde", "supercollider"], tmp_path / "ex")
+    loaded = open_run(run)
+    before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
+    for target in ("nn_tilde", "supercollider"):
+        report = check.check_artifact(files[target], options=CheckOptions(block_sizes=[512]),
+                                      loaded=loaded)
+        assert report.passed, [c.message for c in report.failures()]
+    after = loaded.model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch_equal(before[k], after[k]) for k in before), \
+        [k for k in before if not torch_equal(before[k], after[k])]
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+    return a.shape == b.shape and bool(torch.equal(a, b))

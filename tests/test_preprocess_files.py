@@ -236,3 +236,26 @@ def test_a_float_file_beyond_full_scale_is_kept_with_a_warning(tmp_path):
     assert result.output.count(line) == 1 and result.output.count("warning") == 1, result.output
     audio_bin = np.fromfile(tmp_path / "db" / "audio.bin", dtype="<f4")
     assert np.abs(audio_bin).max() == pytest.approx(5.3, rel=1e-3)  # not clipped
+
+
+# --- 9. files that end before their header says ------------------------------------------------
+def test_a_truncated_file_is_kept_with_a_warning(tmp_path):
+    """Half an mp3 (an interrupted download) or half a WAV gave what decodes, silently. A
+    WAV a recorder streamed (its sizes unknown, 0xFFFFFFFF) is whole, and is not noted."""
+    audio = tmp_path / "in"
+    for name, fmt in [("cut.mp3", "MP3"), ("cut.wav", "WAV"), ("whole.wav", "WAV")]:
+        tone(audio / name, seconds=4, format=fmt)
+    for name in ("cut.mp3", "cut.wav"):
+        data = (audio / name).read_bytes()
+        (audio / name).write_bytes(data[: len(data) // 2])
+    streamed = bytearray(tone(tmp_path / "s.wav", seconds=1).read_bytes())
+    at = streamed.find(b"data")
+    streamed[4:8] = streamed[at + 4: at + 8] = (0xFFFFFFFF).to_bytes(4, "little")
+    (audio / "streamed.wav").write_bytes(streamed)
+    result = run("--input_path", audio, "--output_path", tmp_path / "db")
+    assert result.output.startswith("4 files"), result.output
+    for name, decoded in [("cut.mp3", "1.8"), ("cut.wav", "2.00")]:
+        assert (f"warning {audio / name}: decoded {decoded}" in result.output
+                and "but its header states 4.0" in result.output), result.output
+    assert "looks truncated" in result.output
+    assert result.output.count("warning") == 2, result.output

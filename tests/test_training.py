@@ -191,6 +191,24 @@ def test_dataset_shorter_than_one_batch_is_a_data_error(db, tmp_path):
         train(["brave"], db, "typo", out_path=tmp_path, max_steps=1, overrides=["CAPACTIY=4"], **FAST)
 
 
+def test_sigterm_saves_and_exits_143(db, tmp_path, monkeypatch):
+    """SIGTERM (Slurm's time limit, `kill`, Docker) saves as Ctrl-C does, and exits 143 as
+    the other commands do (it was 130, which reads as a Ctrl-C to a job script)."""
+    real_step = RAVETrainer.step
+
+    def terminated(self, x, step, stop=False):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_step(self, x, step, stop)
+
+    monkeypatch.setattr(RAVETrainer, "step", terminated)
+    result = CliRunner().invoke(cli, _cli_train(db, tmp_path, "term", "--max_steps", "50"))
+    assert result.exit_code == 143, result.output
+    assert "interrupted at step 3: saved" in result.output
+    last = tmp_path / "term" / "version_0" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 3
+
+
 def test_ctrl_c_saves_and_exits_130(db, tmp_path, monkeypatch):
     real_step = RAVETrainer.step
 
@@ -309,6 +327,73 @@ def test_two_gloo_processes_stop_together_on_ctrl_c(db, tmp_path):
     assert ckpt["global_step"] == 4 and len(ckpt["rng_states"]) == 2
 
 
+def _ddp_full_disk_worker(rank: int, port: int, db: str, out: str) -> None:
+    """Rank 0's checkpoint write fails (a full disk) at the validation of step 2."""
+    import errno
+
+    from rave_core.training import checkpoint
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    real = checkpoint.replace_atomically
+
+    def full_at_step_2(path, write):
+        if Path(path).suffix == ".ckpt" and Path(out, "step1-saved").exists():
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, write)
+        if Path(path).name == "last.ckpt":
+            Path(out, "step1-saved").touch()
+
+    checkpoint.replace_atomically = full_at_step_2
+    try:
+        train(["brave"], db, "ddp_full", out_path=out, max_steps=4, val_every=1,
+              save_every=100, overrides=SMALL, **{**FAST, "batch": 2})
+    except TrainingError as err:
+        Path(out, f"rank{rank}.txt").write_text(str(err))
+
+
+def test_a_write_failure_on_rank_0_stops_every_rank_with_its_message(db, tmp_path):
+    """Rank 0 alone writes; when it failed, the other ranks went on to the next collective
+    and waited there for a rank that had left (or died of "Connection closed by peer")."""
+    context = mp.spawn(_ddp_full_disk_worker, args=(_free_port(), str(db), str(tmp_path)),
+                       nprocs=2, join=False)
+    deadline = time.monotonic() + 300
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for p in context.processes:
+                p.kill()
+            pytest.fail("the ranks did not stop within 300 s after rank 0's write failed")
+    last = tmp_path / "ddp_full" / "version_0" / "checkpoints" / "last.ckpt"
+    for rank in (0, 1):
+        said = (tmp_path / f"rank{rank}.txt").read_text()
+        assert "no space left on device" in said and f"the last checkpoint is {last} (step 1)" \
+            in said, (rank, said)
+
+
+def _ddp_locked_worker(rank: int, port: int, db: str, out: str) -> None:
+    from rave_core.training.trainer import TrainingArgumentError
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    try:
+        train(["brave"], db, "ddp_locked", out_path=out, max_steps=2, val_every=100,
+              save_every=100, overrides=SMALL, **{**FAST, "batch": 2})
+    except TrainingArgumentError as err:
+        Path(out, f"rank{rank}.txt").write_text(str(err))
+
+
+def test_a_run_being_trained_refuses_every_rank_of_a_second_torchrun(db, tmp_path):
+    """Rank 0 alone takes the run's lock: refused, it left, and rank 1 died on the lost
+    connection ("Connection closed by peer") instead of saying why."""
+    from rave_core.training.run_lock import RunLock
+
+    with RunLock(tmp_path / "ddp_locked") as lock:
+        lock.acquire()   # as a training of this run in another process
+        mp.spawn(_ddp_locked_worker, args=(_free_port(), str(db), str(tmp_path)), nprocs=2)
+    for rank in (0, 1):
+        assert "is being trained by another process" in (tmp_path / f"rank{rank}.txt").read_text()
+
+
 # ---------------------------------------------------------------------------- CLI
 def _cli_train(db, out, name, *extra):
     args = ["train", "--config", "brave", "--db_path", str(db), "--name", name,
@@ -317,6 +402,17 @@ def _cli_train(db, out, name, *extra):
     for o in SMALL:
         args += ["--override", o]
     return args + list(extra)
+
+
+def test_cli_log_every_sets_how_often_losses_reach_tensorboard(db, tmp_path):
+    """Losses went to TensorBoard every 50 steps, not a flag: a short run logged none."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = CliRunner().invoke(cli, _cli_train(db, tmp_path, "logs", "--max_steps", "4",
+                                                "--log_every", "2"))
+    assert result.exit_code == 0, result.output
+    events = EventAccumulator(str(tmp_path / "logs" / "version_0")).Reload()
+    assert [e.step for e in events.Scalars("fullband_spectral_distance")] == [2, 4]
 
 
 @pytest.mark.parametrize("config", ["v3", "brave"])

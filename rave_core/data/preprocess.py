@@ -10,6 +10,7 @@ import errno
 import json
 import math
 import os
+import re
 import shutil
 import stat
 from collections import Counter
@@ -357,12 +358,13 @@ def _append_file(
     start_byte = start_frame * channels * 4
     written = 0
     peak = 0.0
-    source = _SourcePeak()
+    source = _Decoded()
     try:
         with _open_audio(path) as audio:
             if audio.frames == 0:
                 raise _SkipFile("empty (0 frames)")
             info = {"source_sr": audio.samplerate, "source_channels": audio.channels}
+            header_frames, header_log = audio.frames, audio.extra_info
             for block in _resampled_blocks(audio, channels, sr, source):
                 peak = max(peak, float(np.abs(block).max(initial=0.0)))
                 _write_block(fh, block)
@@ -377,14 +379,18 @@ def _append_file(
     if peak < SILENCE_PEAK:
         _truncate(fh, start_byte)
         raise _SkipFile(_silence_reason(peak, source.peak, info["source_channels"], channels))
-    return info, written, _level_note(source.peak)
+    notes = [_level_note(source.peak),
+             _truncation_note(source.frames, header_frames, header_log, info["source_sr"])]
+    return info, written, "; ".join(n for n in notes if n) or None
 
 
 @dataclass
-class _SourcePeak:
-    """The largest sample of a file as decoded, before its channels are converted."""
+class _Decoded:
+    """What a file gave as decoded, before its channels are converted: its largest sample
+    and its number of frames."""
 
     peak: float = 0.0
+    frames: int = 0
 
 
 def _silence_reason(peak: float, source_peak: float, source_channels: int, channels: int) -> str:
@@ -409,6 +415,28 @@ def _level_note(source_peak: float) -> str | None:
             "scale (1.0): kept as is, neither clipped nor normalised; the model will learn "
             "this level and may output it, which clips in hosts; normalise the file if the "
             "level is not intended")
+
+
+#: a data chunk whose stated size exceeds the file, as libsndfile logs it while opening
+#: (WAV: ``data : 705600 (should be 352778)``; AIFF: ``SSND``)
+_SHORT_CHUNK = re.compile(r"^\s*(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.M)
+#: sizes a recorder writes before it knows the length (streamed WAV): not a truncation
+_UNKNOWN_SIZES = (0, 0xFFFFFFFF, 0x7FFFFFFF)
+
+
+def _truncation_note(decoded: int, header_frames: int, header_log: str, sr: int) -> str | None:
+    """A note for a file that ends before its header says it does (an interrupted copy or
+    download): what decodes is kept. mp3 and Ogg headers state frames; libsndfile sizes
+    WAV and AIFF by the bytes present, so their stated data size is read from its log."""
+    stated = header_frames
+    short = _SHORT_CHUNK.search(header_log or "")
+    if short and int(short.group(1)) not in _UNKNOWN_SIZES and int(short.group(2)) > 0:
+        stated = round(decoded * int(short.group(1)) / int(short.group(2)))
+    if decoded <= 0 or stated < 1.01 * decoded:
+        return None
+    return (f"decoded {decoded / sr:.2f} s, but its header states {stated / sr:.2f} s: the file "
+            "looks truncated (an interrupted copy, download or recording); the part that "
+            "decodes is kept; replace the file if it is damaged")
 
 
 # Decoding errors: sf.LibsndfileError is a RuntimeError; truncated files may raise the others.
@@ -482,7 +510,7 @@ def _read_block(audio: sf.SoundFile) -> np.ndarray:
 
 
 def _resampled_blocks(audio: sf.SoundFile, channels: int, sr: int,
-                      source: _SourcePeak | None = None) -> Iterator[np.ndarray]:
+                      source: _Decoded | None = None) -> Iterator[np.ndarray]:
     """Yield ``(time, channels)`` float32 blocks of ``audio`` converted to ``channels`` at
     ``sr``; ``source``, when given, follows the peak of the samples as decoded."""
     resampler = None
@@ -499,6 +527,7 @@ def _resampled_blocks(audio: sf.SoundFile, channels: int, sr: int,
                             "damaged; fix or remove it")
         if source is not None:
             source.peak = max(source.peak, float(np.abs(block).max(initial=0.0)))
+            source.frames += len(block)
         block = convert_channels(block, channels)
         if resampler is not None:
             block = resampler.resample_chunk(block)

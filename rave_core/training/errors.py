@@ -15,9 +15,11 @@ class TrainingArgumentError(ValueError):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C / SIGTERM: training stopped after a complete step and saved ``last.ckpt``."""
+    """Ctrl-C / SIGTERM: training stopped after a complete step and saved ``last.ckpt``.
+    ``signal``: the number of the signal that asked it to stop."""
 
-    def __init__(self, message: str, checkpoint: Optional[Path]) -> None:
+    def __init__(self, message: str, checkpoint: Optional[Path], signal: int = 2) -> None:
         super().__init__(message)
         self.message = message
         self.checkpoint = checkpoint
+        self.signal = signal

@@ -45,6 +45,8 @@ from torch.utils.data import DataLoader
 
 from ..config import ConfigError, parse_config, read_text_file
 from ..data import AudioDataset, DataError, load_metadata
+from ..models.encoders import VariationalEncoder
+from ..os_errors import describe_os_error
 from ..run import RunError, extract_state_dict, find_config
 from .analysis import cropped_length, fidelity_dimensions, latent_statistics, receptive_field
 from .checkpoint import (capture_rng, copy_checkpoint, load_checkpoint, replace_atomically,
@@ -181,6 +183,7 @@ class _StopRequest:
 
     def __init__(self) -> None:
         self.requested = False
+        self.signal = int(signal.SIGINT)  # the first signal received
         self._first = 0.0
         self._previous: Dict[int, Any] = {}
 
@@ -190,6 +193,7 @@ class _StopRequest:
                 raise KeyboardInterrupt
             return
         self.requested = True
+        self.signal = int(signum)
         self._first = time.monotonic()
 
     def __enter__(self) -> "_StopRequest":
@@ -382,6 +386,9 @@ def _train(ctx: DistContext, lock: RunLock, configs, db_path: Path, name: str, o
     # ---- data
     train_set = AudioDataset(db_path, n_signal, "train", valid_fraction)
     valid_set = AudioDataset(db_path, n_signal, "valid", valid_fraction)
+    if len(valid_set) == 0 and ctx.is_main:
+        _warn_no_validation(db_path, len(train_set), n_signal, valid_fraction,
+                            isinstance(model.encoder, VariationalEncoder))
 
     # ---- optimisation state
     trainer = RAVETrainer(model, beta, device, ctx)
@@ -449,13 +456,22 @@ def _train(ctx: DistContext, lock: RunLock, configs, db_path: Path, name: str, o
 
     # ---- run directory (rank 0 only)
     writer = None
+    refused: Optional[TrainingArgumentError] = None
     if ctx.is_main:
-        lock.acquire()
-        if _file_stamp(ckpt_dir / "last.ckpt") != seen:
-            # another training of this run saved while this one was starting
-            raise TrainingArgumentError(
-                f"run {run_dir} changed while this training was starting (another training "
-                "of it saved a checkpoint): run the command again to resume from it")
+        try:
+            lock.acquire()
+            if _file_stamp(ckpt_dir / "last.ckpt") != seen:
+                # another training of this run saved while this one was starting
+                raise TrainingArgumentError(
+                    f"run {run_dir} changed while this training was starting (another "
+                    "training of it saved a checkpoint): run the command again to resume from it")
+        except TrainingArgumentError as err:
+            refused = err
+    # The other ranks stop with rank 0's refusal, instead of waiting for it at a collective.
+    said = ctx.broadcast(None if refused is None else str(refused))
+    if said is not None:
+        raise refused or TrainingArgumentError(said)
+    if ctx.is_main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         if stored != operative:
             write_text_atomically(run_dir / "config.gin", operative)
@@ -470,9 +486,13 @@ def _train(ctx: DistContext, lock: RunLock, configs, db_path: Path, name: str, o
     step = start_step
     last_saved: Optional[Tuple[Path, int]] = (resume_path, start_step) if resume_path else None
 
-    def save(step: int, periodic: bool, improved: bool) -> None:
+    def save(step: int, periodic: bool, improved: bool, write: bool = True) -> None:
+        """Every rank: gather the RNG states; rank 0 writes the checkpoints (unless
+        ``write`` is False: validation already failed to write)."""
         nonlocal last_saved
         rngs = ctx.gather(capture_rng())  # every rank's RNG, for an exact resume
+        if not write:
+            return
         if not ctx.is_main:
             # Every rank records the save: an interrupted rank that thought nothing was
             # saved would gather again, alone, after rank 0 had left.
@@ -490,9 +510,13 @@ def _train(ctx: DistContext, lock: RunLock, configs, db_path: Path, name: str, o
                        "n_signal": n_signal},
             "best_validation": result.best_validation,
         }
-        save_checkpoint(ckpt_dir / "last.ckpt", payload)
+        # best.ckpt first: a failure between the two writes then leaves a last.ckpt that
+        # records an older best, never one whose best.ckpt was not written.
         if improved:
-            copy_checkpoint(ckpt_dir / "last.ckpt", ckpt_dir / "best.ckpt")
+            save_checkpoint(ckpt_dir / "best.ckpt", payload)
+            copy_checkpoint(ckpt_dir / "best.ckpt", ckpt_dir / "last.ckpt")
+        else:
+            save_checkpoint(ckpt_dir / "last.ckpt", payload)
         if periodic:
             copy_checkpoint(ckpt_dir / "last.ckpt", ckpt_dir / f"epoch_{step}.ckpt")
         last_saved = (ckpt_dir / "last.ckpt", step)
@@ -573,11 +597,21 @@ def _train(ctx: DistContext, lock: RunLock, configs, db_path: Path, name: str, o
                 at_val = step % val_every == 0 or step == max_steps
                 periodic = step % save_every == 0
                 if at_val or periodic or stop:
+                    failed: Optional[OSError] = None
                     try:
                         improved = validate(step) if at_val else False
-                        save(step, periodic, improved)
+                    except OSError as err:  # its audio; the ranks still gather in save()
+                        failed, improved = err, False
+                    try:
+                        save(step, periodic, improved, write=failed is None)
                     except OSError as err:
-                        raise TrainingError(_write_failure_message(err, last_saved)) from err
+                        failed = err
+                    # Rank 0 alone writes: the other ranks learn of its failure here, and
+                    # stop with it, instead of waiting for it at the next collective.
+                    message = ctx.broadcast(
+                        None if failed is None else _write_failure_message(failed, last_saved))
+                    if message is not None:
+                        raise TrainingError(message) from failed
                     if at_val:
                         # Rank 0's buffers (latent statistics, BatchNorm running stats, which
                         # each rank updates from its own batches) everywhere: every rank
@@ -591,7 +625,7 @@ def _train(ctx: DistContext, lock: RunLock, configs, db_path: Path, name: str, o
                     save(step, False, False)
                 raise TrainingInterrupted(
                     f"interrupted at step {step}: saved {ckpt_dir / 'last.ckpt'}; run the same "
-                    "command again to resume", ckpt_dir / "last.ckpt")
+                    "command again to resume", ckpt_dir / "last.ckpt", stopper.signal)
     finally:
         del iterator
         if bar is not None:
@@ -630,11 +664,23 @@ def _file_stamp(path: Path) -> Optional[Tuple[int, int]]:
     return st.st_size, st.st_mtime_ns
 
 
+def _warn_no_validation(db_path: Path, n_windows: int, n_signal: int,
+                        valid_fraction: float, variational: bool) -> None:
+    """No window is held out: no validation distance, so no ``best.ckpt``, and the latent
+    statistics (which export uses to choose the latent size) are never computed."""
+    why = (f"valid_fraction is {valid_fraction}" if valid_fraction <= 0 else
+           f"{db_path} holds {n_windows} window{'s' * (n_windows != 1)} of {n_signal} samples, "
+           "and one must stay for training")
+    fix = ("" if valid_fraction <= 0 else
+           "; add audio, or give a shorter --n_signal, so that two windows or more fit")
+    latent = (", and never compute the latent statistics, so its exports keep one latent "
+              "dimension unless exported with --fidelity 1" if variational else "")
+    warnings.warn(f"no validation set ({why}): this run will write no best.ckpt{latent}{fix}")
+
+
 def _write_failure_message(err: OSError, last_saved: Optional[Tuple[Path, int]]) -> str:
     """A checkpoint or validation file could not be written (a full disk, a folder made
     read-only): what failed, and what the user can resume from."""
-    from ..cli import describe_os_error
-
     keep = _kept(last_saved, "last checkpoint") + (", intact" if last_saved else "")
     return (f"cannot write {describe_os_error(err)}\n{keep}; fix that, then run the "
             "same command again to resume")

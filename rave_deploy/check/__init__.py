@@ -203,13 +203,15 @@ def open_reference(plan: CheckPlan, run: Optional[str] = None):
 
 
 def check_artifact(artifact, run: Optional[str] = None,
-                   options: Optional[CheckOptions] = None) -> CheckReport:
+                   options: Optional[CheckOptions] = None, loaded=None) -> CheckReport:
     """Check ``artifact`` against the eager model of its run (``run``, else the
-    checkpoint named in its sidecar)."""
+    checkpoint named in its sidecar). ``loaded``: that run, already opened by
+    :func:`open_reference` (every check copies the model it is given, so one run serves
+    the artefacts exported from it)."""
     plan = prepare_check(artifact, run)
     artifact, sidecar = plan.artifact, plan.sidecar
     options = options or CheckOptions()
-    loaded = open_reference(plan, run)
+    loaded = loaded or open_reference(plan, run)
     model = loaded.model
     style = sidecar.get("style") if isinstance(sidecar.get("style"), dict) else None
     if style:
