@@ -260,10 +260,15 @@ def test_a_repeated_signal_is_one_request_unless_it_comes_later():
 
 
 # ---------------------------------------------------------------------------- distributed
-def _ddp_worker(rank: int, port: int, db: str, out: str) -> None:
+def _join_two_ranks(rank: int, port: int) -> None:
+    """The environment torchrun gives rank ``rank`` of 2, one thread each."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE="2", LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
+
+
+def _ddp_worker(rank: int, port: int, db: str, out: str) -> None:
+    _join_two_ranks(rank, port)
     # Step 1: phase 1; step 2: generator step of phase 2; step 3: discriminator step.
     result = train(["brave"], db, "ddp", out_path=out, max_steps=3, val_every=100, save_every=100,
                    overrides=SMALL + ["PHASE_1_DURATION=1"], **{**FAST, "batch": 2})
@@ -297,9 +302,7 @@ def test_two_gloo_processes_keep_identical_weights(db, tmp_path):
 def _ddp_interrupted_worker(rank: int, port: int, db: str, out: str) -> None:
     """Ctrl-C reaches every process of the group: each gets SIGINT during step 3."""
     from rave_core.training.trainer import TrainingInterrupted
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE="2", LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+    _join_two_ranks(rank, port)
     real_step = RAVETrainer.step
 
     def interrupted(self, x, step, stop=False):
@@ -332,9 +335,7 @@ def _ddp_full_disk_worker(rank: int, port: int, db: str, out: str) -> None:
     import errno
 
     from rave_core.training import checkpoint
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE="2", LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+    _join_two_ranks(rank, port)
     real = checkpoint.replace_atomically
 
     def full_at_step_2(path, write):
@@ -372,9 +373,7 @@ def test_a_write_failure_on_rank_0_stops_every_rank_with_its_message(db, tmp_pat
 
 def _ddp_locked_worker(rank: int, port: int, db: str, out: str) -> None:
     from rave_core.training.trainer import TrainingArgumentError
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE="2", LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+    _join_two_ranks(rank, port)
     try:
         train(["brave"], db, "ddp_locked", out_path=out, max_steps=2, val_every=100,
               save_every=100, overrides=SMALL, **{**FAST, "batch": 2})
