@@ -34,3 +34,16 @@ def describe_os_error(err: OSError, path: Optional[object] = None) -> str:
               or type(err).__name__)
     filename = err.filename if path is None else (str(path) or None)
     return f"{filename}: {reason}" if filename else reason
+
+
+def os_error_in(err: Optional[BaseException]) -> Optional[OSError]:
+    """The first ``OSError`` in ``err``'s chain (itself, its cause or context), or None:
+    a library that wraps a failed write (torch.save, the ONNX exporter) hides a full disk
+    in its own exception type."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None

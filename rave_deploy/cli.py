@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import sys
 import time
 import traceback
@@ -24,10 +25,11 @@ from rave_core.cli import (ShortErrorsGroup, Terminated, short_message, sigterm_
                            warnings_as_messages)
 from rave_core.config import ConfigError
 from rave_core.run import RunError
+from rave_core.text import clipped, printable
 
 from .check.result import on_each_result
 from .export import ExportError
-from .file_names import MAX_NAME_BYTES, WINDOWS_RESERVED
+from .file_names import MAX_NAME_BYTES, WINDOWS_RESERVED, is_windows_device
 from .io import OutputError, OutputInTheWay, describe_os_error
 from .model import CPU_KERNELS, DeployError
 from .targets import CheckOptions, ExportOptions, TargetUnsupported, registry
@@ -47,37 +49,62 @@ MAX_CHANNELS = 64
 
 class _Context:
     debug = False
+    #: With ``--json``, the fields of the JSON object an error prints on stdout (besides
+    #: ``error`` and ``exit_code``), so that stdout always holds one JSON object; None
+    #: without ``--json``.
+    json_error: Optional[dict] = None
+
+
+#: What Ctrl-C during an export says (:func:`_guard`'s default).
+INTERRUPTED_EXPORT = "Interrupted: earlier outputs are as they were; nothing was left half-written."
+
+
+def _exit(code: int, message: str, prefix: str = "Error: ") -> None:
+    """End the command: ``message`` on stderr (after ``prefix``), with ``--json`` also
+    as a JSON object on stdout, and exit ``code``."""
+    _CheckProgress.end_open_line()
+    message = printable(message)  # a path that is not UTF-8 cannot be printed raw
+    click.echo(f"{prefix}{message}", err=True)
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_object(_Context) if ctx is not None else None
+    if obj is not None and obj.json_error is not None:
+        _print_json({**obj.json_error, "error": message, "exit_code": code})
+    sys.exit(code)
 
 
 def _fail(ctx: _Context, err: BaseException, code: int, text: Optional[str] = None) -> None:
-    _CheckProgress.end_open_line()
     if ctx.debug:
         traceback.print_exception(err)
     if text is None and isinstance(err, OSError) and type(err).__module__ == "builtins":
         text = describe_os_error(err)
-    msg = short_message(text or str(err)) or type(err).__name__
-    click.echo(f"Error: {msg}", err=True)
-    sys.exit(code)
+    # notes: what else the user must know, e.g. the targets an export had written
+    _exit(code, "\n".join([short_message(text or str(err)) or type(err).__name__,
+                           *getattr(err, "__notes__", ())]))
 
 
 def _usage(message: str) -> None:
-    _CheckProgress.end_open_line()
-    click.echo(f"Error: {message}", err=True)
-    sys.exit(2)
+    _exit(2, message)
 
 
-def _guard(ctx: _Context, fn, *args, usage_errors=(), **kwargs):
+def _interrupted(ctx: _Context, err: KeyboardInterrupt, message: str) -> None:
+    """Exit 130 for Ctrl-C (143 for SIGTERM), saying ``message``."""
+    if ctx.debug:
+        traceback.print_exception(err)
+    _exit(143 if isinstance(err, Terminated) else 130, message, prefix="")
+
+
+def _guard(ctx: _Context, fn, *args, usage_errors=(), interrupted=INTERRUPTED_EXPORT,
+           **kwargs):
     """Run ``fn`` and turn errors into clean messages and exit codes: 2 for unusable input
     (``USAGE_ERRORS`` and ``usage_errors``), 1 for a failed operation, 130 on Ctrl-C
-    (143 on SIGTERM). Never a traceback unless ``--debug``."""
+    (143 on SIGTERM), saying ``interrupted`` (None: the caller handles Ctrl-C). Never a
+    traceback unless ``--debug``."""
     try:
         return fn(*args, **kwargs)
     except KeyboardInterrupt as err:
-        if ctx.debug:
-            traceback.print_exception(err)
-        click.echo("Interrupted: earlier outputs are as they were; nothing was left "
-                   "half-written.", err=True)
-        sys.exit(143 if isinstance(err, Terminated) else 130)
+        if interrupted is None:
+            raise
+        _interrupted(ctx, err, interrupted)
     except (*USAGE_ERRORS, *usage_errors) as err:
         _fail(ctx, err, 2)
     except OPERATION_ERRORS as err:
@@ -86,7 +113,7 @@ def _guard(ctx: _Context, fn, *args, usage_errors=(), **kwargs):
         _fail(ctx, err, 1, "out of memory: use smaller --block-size values, or fewer targets "
                            "at once")
     except Exception as err:  # noqa: BLE001 - the last line of defence: no raw traceback
-        first = (str(err).strip().splitlines() or [""])[0][:300]
+        first = clipped((str(err).strip().splitlines() or [""])[0], 300)
         _fail(ctx, err, 1, f"unexpected {type(err).__name__}: {first} (run `rave-deploy --debug "
                            "...` for the traceback, and report it)")
 
@@ -123,6 +150,9 @@ def _check_name(name: str) -> None:
         # the files travel to the machine of the concert: Max and the VST run on Windows too
         _usage(f"--name {name!r}: {' '.join(WINDOWS_RESERVED)} cannot be in a file name on "
                "Windows; give a plain name, e.g. --name my_model")
+    if is_windows_device(name):
+        _usage(f"--name {name!r}: Windows reads files named {name.split('.')[0]}.* as a device, "
+               "not a file; give another name, e.g. --name my_model")
     if name.startswith("-"):
         _usage(f"--name {name!r}: a file name starting with '-' reads as an option to the "
                "commands given the file (rave-deploy check, cp); give a plain name, e.g. "
@@ -134,7 +164,7 @@ def _check_name(name: str) -> None:
                "give a shorter name")
 
 
-@main.command()
+@main.command(short_help="Export a trained run to the files each host loads.")
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option("--target", "-t", "targets", multiple=True, type=click.Choice(_target_names()),
               default=("all",), show_default=True,
@@ -193,39 +223,52 @@ def export(obj: _Context, run: Path, targets, output: Path, streaming: bool, fid
     `rave train`) to the files each host loads, with a JSON sidecar beside each."""
     from .export import export_run
 
+    obj.json_error = {} if as_json else None
     if name is not None:
         _check_name(name)
     options = ExportOptions(streaming=streaming, fidelity=fidelity, deterministic=deterministic,
                             sr=sr, channels=channels, ema_weights=ema_weights, name=name,
                             block_size=block_size, engine=engine, cpu_kernels=cpu_kernels,
                             style_target=style_target, style_source=style_source)
-    results = _guard(obj, export_run, run, list(targets), output, options)
+    shown = set()  # a warning about the run itself comes with every target: say it once
+
+    def show(r) -> None:  # as each target is done: an error or Ctrl-C may follow
+        if r.skipped:
+            click.echo(f"  skip  {r.target:15s} {r.skipped}")
+        else:
+            click.echo(printable(f"  ok    {r.target:15s} {r.path}  "
+                                 f"({r.size_bytes / 1e6:.1f} MB, {r.seconds:.1f} s)"))
+            for w in r.warnings:
+                if w not in shown:
+                    click.echo(printable(f"        warning: {w}"))
+                    shown.add(w)
+
+    try:
+        results = _guard(obj, export_run, run, list(targets), output, options,
+                         on_result=None if as_json else show, interrupted=None)
+    except KeyboardInterrupt as err:
+        # export_run's note: the targets written before it, when there were some
+        notes = getattr(err, "__notes__", None)
+        _interrupted(obj, err, f"Interrupted: {'; '.join(notes)}; nothing was left "
+                               "half-written." if notes else INTERRUPTED_EXPORT)
     if as_json:
         from .check.report import jsonable
         click.echo(json.dumps(jsonable([r.as_dict() for r in results]), indent=2,
                               allow_nan=False))
-        return
-    shown = set()  # a warning about the run itself comes with every target: say it once
-    for r in results:
-        if r.skipped:
-            click.echo(f"  skip  {r.target:15s} {r.skipped}")
-        else:
-            click.echo(f"  ok    {r.target:15s} {r.path}  ({r.size_bytes / 1e6:.1f} MB, {r.seconds:.1f} s)")
-            for w in r.warnings:
-                if w not in shown:
-                    click.echo(f"        warning: {w}")
-                    shown.add(w)
 
 
-@main.command()
-@click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--run", default=None, help="Run the artefact was exported from (default: the "
-                                          "checkpoint named in its sidecar).")
+@main.command(short_help="Check exported artefacts against their run.")
+# (str, not Path: an empty argument, an unset shell variable, would become ".")
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path())
+@click.option("--run", default=None, metavar="RUN",
+              help="Run the artefact was exported from (default: the checkpoint named in its "
+                   "sidecar).")
 @click.option("--block-size", "block_sizes", multiple=True, type=click.IntRange(1, MAX_BLOCK),
               help="Host block size to test (repeat; default: 64 or the ratio, up to 4096).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("--report", "report_arg", type=click.Path(), default=None,
-              help="Write a self-contained HTML report (plots, audio players) to this file.")
+              help="Write a self-contained HTML report (plots, audio players) to this file "
+                   "(an earlier report there is replaced, any other file refused).")
 @click.pass_obj
 def check(obj: _Context, artifacts, run: Optional[str], block_sizes, as_json: bool,
           report_arg: Optional[str]) -> None:
@@ -237,46 +280,54 @@ def check(obj: _Context, artifacts, run: Optional[str], block_sizes, as_json: bo
     (sidecars included), checks every artefact in it."""
     from .check import (CheckUsageError, check_artifact, expand_artifacts, open_reference,
                         prepare_check)
-    from .check.report import format_table, jsonable, write_html_report
+    from .check.report import write_html_report
+
+    obj.json_error = {"passed": False, "artifacts": []} if as_json else None
+    if run == "":
+        _usage("--run: an empty path was given (an unset shell variable?): give the run "
+               "directory or checkpoint, or leave --run out to use the sidecar's")
     report = _report_path(obj, report_arg)  # refused now, not after the checks
-    artifacts = expand_artifacts(artifacts)  # `check exports/*`, `check exports/`
+    not_started = "Interrupted: nothing was checked."
+    # `check exports/*`, `check exports/`
+    artifacts = _guard(obj, expand_artifacts, artifacts, usage_errors=(CheckUsageError,),
+                       interrupted=not_started)
     # Every artefact, and every run they check against, is refused or accepted before any
     # is checked (checks take a while; a later failure would hide the earlier results).
-    plans = [_guard(obj, prepare_check, artifact, run, usage_errors=(CheckUsageError,))
+    plans = [_guard(obj, prepare_check, artifact, run, usage_errors=(CheckUsageError,),
+                    interrupted=not_started)
              for artifact in artifacts]
     loaded = {}
     for plan in plans:
         if (plan.source, plan.ema_weights) not in loaded:
-            loaded[plan.source, plan.ema_weights] = _guard(obj, open_reference, plan, run,
-                                                           usage_errors=(CheckUsageError,))
+            loaded[plan.source, plan.ema_weights] = _guard(
+                obj, open_reference, plan, run, usage_errors=(CheckUsageError,),
+                interrupted=not_started)
     options = CheckOptions(block_sizes=list(block_sizes), report=report)
     # what is being checked, on stderr (a check of a full-size model takes minutes);
     # with --json only on a terminal, so a script reading both streams sees JSON alone
     reports = []
-    for i, (artifact, plan) in enumerate(zip(artifacts, plans), 1):
-        with _CheckProgress(f"checking {artifact} ({i}/{len(artifacts)})",
-                            quiet=as_json) as progress:
-            reports.append(_guard(obj, check_artifact, artifact, run, options,
-                                  loaded[plan.source, plan.ema_weights],
-                                  usage_errors=(CheckUsageError,)))
-            progress.done(reports[-1])
+    try:
+        for i, (artifact, plan) in enumerate(zip(artifacts, plans), 1):
+            with _CheckProgress(f"checking {artifact} ({i}/{len(artifacts)})",
+                                quiet=as_json) as progress:
+                reports.append(_guard(obj, check_artifact, artifact, run, options,
+                                      loaded[plan.source, plan.ema_weights],
+                                      usage_errors=(CheckUsageError,), interrupted=None))
+                progress.done(reports[-1])
+    except KeyboardInterrupt as err:
+        _show_finished(obj, reports, as_json)   # their checks took minutes
+        before = (f"the results above are of the {len(reports)} artefact(s) checked before it"
+                  if reports else "no artefact was checked before it")
+        _interrupted(obj, err, f"Interrupted while checking {artifact}: {before}")
+    # the results first: a report that cannot be written (a full disk) must not hide them
+    _show_finished(obj, reports, as_json)
     if report is not None:
         _guard(obj, write_html_report, reports, report)
     if as_json:
-        # NaN and infinities as strings ("nan", "inf", as CheckResult.as_dict writes a
-        # value): strict JSON that every parser reads
-        click.echo(json.dumps(jsonable({"passed": all(r.passed for r in reports),
-                                         "artifacts": [r.as_dict() for r in reports]}),
-                              indent=2, allow_nan=False))
-    else:
-        for r in reports:
-            for c in r.results:
-                mark = "PASS" if c.passed else "FAIL"
-                click.echo(f"  {mark}  {c.name:32s} {c.message}")
-        click.echo("")
-        click.echo(format_table(reports))
-        if report is not None:
-            click.echo(f"\nReport: {report}")
+        _print_json({"passed": all(r.passed for r in reports),
+                     "artifacts": [r.as_dict() for r in reports]})
+    elif report is not None:
+        click.echo(printable(f"\nReport: {report}"))
     failed = [c.name for r in reports for c in r.failures()]
     if failed:
         if not as_json:
@@ -284,6 +335,34 @@ def check(obj: _Context, artifacts, run: Optional[str], block_sizes, as_json: bo
             click.echo(f"\nError: {len(failed)} check(s) failed: {', '.join(failed[:8])}{more}; "
                        "see the FAIL lines above", err=True)
         sys.exit(1)
+
+
+def _show_finished(obj: _Context, reports, as_json: bool) -> None:
+    """Show the results of the artefacts checked so far, before what may yet fail or be
+    interrupted: printed now, or, with ``--json``, held for the JSON object an error
+    prints (:func:`_exit`)."""
+    if as_json:
+        obj.json_error = {"passed": False, "artifacts": [r.as_dict() for r in reports]}
+    elif reports:
+        _print_results(reports)
+
+
+def _print_json(data: dict) -> None:
+    """``data`` as strict JSON on stdout: NaN and infinities as strings ("nan", "inf", as
+    CheckResult.as_dict writes a value), names that are not UTF-8 as ``\\xe9``."""
+    from .check.report import jsonable
+    click.echo(json.dumps(jsonable(data), indent=2, allow_nan=False))
+
+
+def _print_results(reports) -> None:
+    """Each check's PASS or FAIL line, then the summary table, on stdout."""
+    from .check.report import format_table
+    for r in reports:
+        for c in r.results:
+            mark = "PASS" if c.passed else "FAIL"
+            click.echo(printable(f"  {mark}  {c.name:32s} {c.message}"))
+    click.echo("")
+    click.echo(printable(format_table(reports)))
 
 
 class _CheckProgress:
@@ -298,7 +377,7 @@ class _CheckProgress:
     open_line = False
 
     def __init__(self, title: str, quiet: bool = False) -> None:
-        self.title = title
+        self.title = printable(title)
         self.live = sys.stderr.isatty()
         self.show = self.live or not quiet
         self.count = 0
@@ -360,21 +439,36 @@ def _checks(n: int) -> str:
 def _report_path(obj: _Context, given: Optional[str]) -> Optional[Path]:
     """``--report``'s file, or a usage error before any check runs: the report is one
     HTML file, so a folder (one that exists, or a path ending in a separator) is refused
-    with the file name to give; a missing parent folder is created."""
+    with the file name to give, and so is an existing file that is not an earlier report
+    (a checkpoint, an artefact given there by mistake); a missing parent folder is
+    created."""
     if given is None:
         return None
+    if given == "":
+        _usage("--report: an empty path was given (an unset shell variable?): name the HTML "
+               "file to write, e.g. --report report.html")
     path = Path(given)
+    try:
+        kind = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        kind = None   # to be written (ensure_dir says why a parent cannot be made)
+    except OSError as err:   # a name too long, a folder that cannot be searched
+        _usage(f"--report {describe_os_error(err, given)}")
     seps = (os.sep, os.altsep) if os.altsep else (os.sep,)
-    if given.endswith(seps) or path.is_dir():
-        _usage(f"--report {given}: {'that is a folder' if path.is_dir() else 'a folder path'}; "
+    if given.endswith(seps) or (kind is not None and stat.S_ISDIR(kind)):
+        _usage(f"--report {given}: {'a folder path' if kind is None else 'that is a folder'}; "
                f"the report is one HTML file: give its name, e.g. --report "
                f"{path / 'report.html'}")
+    from .check.report import is_report
+    if kind is not None and not is_report(path):
+        _usage(f"--report {given} exists and is not a rave-deploy report: choose another path, "
+               "or remove it")
     from .io import ensure_dir
     _guard(obj, ensure_dir, path.parent, "--report")
     return path
 
 
-@main.command("targets")
+@main.command("targets", short_help="List the export targets.")
 def list_targets() -> None:
     """List the export targets."""
     for name, target in sorted(registry().items()):

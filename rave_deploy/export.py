@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
+from rave_core.os_errors import os_error_in
 from rave_core.run import Run, open_run
 
 from .file_names import plain_file_name
@@ -19,7 +21,7 @@ from .targets import ExportOptions, Target, TargetUnsupported, registry
 
 class ExportError(RuntimeError):
     """A target's exporter failed (a bug or an unforeseen model): the message names the
-    target and the error; the earlier files at the output path are unchanged."""
+    target and the error; the earlier files at the output path, if any, are unchanged."""
 
 
 @dataclass
@@ -51,12 +53,37 @@ def resolve_targets(names: Sequence[str]) -> List[Target]:
     return out
 
 
-def artifact_path(output: Path, name: str, target: Target, single: bool) -> Path:
-    """Where a target's artefact goes: ``--output`` itself for one target given as a file
-    path, else ``<output>/<name>.<target><suffix>``."""
-    if single and output.suffix and target.suffix and output.suffix == target.suffix:
+def artifact_path(output: Path, name: str, target: Target, as_file: bool) -> Path:
+    """Where a target's artefact goes: ``--output`` itself when it names the file
+    (:func:`output_names_file`), else ``<output>/<name>.<target><suffix>``."""
+    if as_file:
         return output
     return output / f"{name}.{target.name}{target.suffix}"
+
+
+def output_names_file(output: Path, targets: Sequence[Target]) -> bool:
+    """Whether ``--output`` is the artefact's own path rather than a folder: it ends in
+    a file suffix a target writes (``.ts``, ``.onnx``, ``.h5``, in any case) and is not
+    an existing folder.
+
+    Raises:
+        DeployError: such a path given for a target that writes another suffix (or a
+            folder), or for several targets (made a folder of that name, it would read as
+            a file: ``my.ts/brave.onnx.onnx``).
+    """
+    suffix = output.suffix.lower()
+    if output.is_dir() or suffix not in {t.suffix for t in registry().values() if t.suffix}:
+        return False
+    if len(targets) > 1:
+        raise DeployError(f"--output {output} names one {suffix} file, but {len(targets)} "
+                          "targets are exported: give a folder for them")
+    target = targets[0]
+    if suffix != target.suffix:
+        writes = f"{target.suffix} files" if target.suffix else "a folder"
+        remedy = f"a {target.suffix} path or a folder" if target.suffix else "a folder"
+        raise DeployError(f"--output {output}: {target.name} writes {writes}, not {suffix}: "
+                          f"give {remedy}")
+    return True
 
 
 def _size(path: Path) -> int:
@@ -83,6 +110,12 @@ def check_outputs_replaceable(target: Target, path: Path) -> None:
     if target.kind != "folder":
         for final in (path, sidecar_path(path, folder=False)):
             check_replaceable(final, flag="--output or --name")
+        earlier = _earlier_sidecar(path).get("target")
+        if path.is_file() and isinstance(earlier, str) and earlier != target.name:
+            # e.g. `-o out/brave.onnx_streaming.onnx -t onnx`: same suffix, another graph
+            raise OutputInTheWay(f"{path} is an earlier {earlier} export (its sidecar says "
+                                 f"so), and this {target.name} export would replace it: "
+                                 "choose another --output or --name")
         return
     check_replaceable(path, folder=True, flag="--output or --name")
     if not path.is_dir():
@@ -94,12 +127,9 @@ def check_outputs_replaceable(target: Target, path: Path) -> None:
                           f"{describe_os_error(err, '')}") from None
     if not entries:
         return  # an empty folder: nothing to lose
-    try:
-        sidecar = read_sidecar(path)
-    except (OSError, ValueError):  # missing, a folder, not JSON (nor UTF-8)
-        sidecar = None
+    sidecar = _earlier_sidecar(path)
     names = {e.name: e.name + ("/" if e.is_dir() else "") for e in entries}
-    if not (isinstance(sidecar, dict) and sidecar.get("target") == target.name):
+    if sidecar.get("target") != target.name:
         raise OutputInTheWay(f"{path} is a folder holding {_listed(list(names.values()))}, not "
                              f"an earlier {target.name} export (it has no {FOLDER_SIDECAR} of "
                              "one), and an export would replace it: move it away, or choose "
@@ -114,12 +144,25 @@ def check_outputs_replaceable(target: Target, path: Path) -> None:
                              "choose another --output or --name")
 
 
+def _earlier_sidecar(path: Path) -> Dict[str, object]:
+    """The sidecar of the export at ``path``, or ``{}`` where there is none readable
+    (missing, a folder, not JSON nor UTF-8, not a JSON object)."""
+    try:
+        sidecar = read_sidecar(path)
+    except (OSError, ValueError):
+        return {}
+    return sidecar if isinstance(sidecar, dict) else {}
+
+
 def _write_artifact(target: Target, run: Run, options: ExportOptions, path: Path,
                     sidecar_extra: Dict[str, object]) -> Path:
     """Export to temporaries, then rename the artefact and its sidecar into place together:
     on any failure (full disk, Ctrl-C, a target error) the earlier pair stays as it was."""
     folder = target.kind == "folder"
     finals = [path] if folder else [path, sidecar_path(path, folder=False)]
+    # what a failure leaves as it was (said only when there is something)
+    kept = ("; the earlier files there are unchanged"
+            if any(f.exists() or f.is_symlink() for f in finals) else "")
     try:  # (what stands at `path` was checked before any target was written)
         with atomic_outputs(finals, folder=folder) as temps:
             extra = target.export(run.model, options, temps[0])
@@ -130,14 +173,16 @@ def _write_artifact(target: Target, run: Run, options: ExportOptions, path: Path
             check_outputs_replaceable(target, path)
     except (OutputError, TargetUnsupported, DeployError):
         raise
-    except OSError as err:
-        raise OutputError(f"{target.name}: writing {path} failed: {describe_os_error(err, '')}; "
-                          "the earlier files there are unchanged") from err
     except Exception as err:  # KeyboardInterrupt passes: it is not an Exception
+        # a library that met a full disk may wrap the OSError in an error of its own
+        cause = os_error_in(err)
+        if cause is not None:
+            raise OutputError(f"{target.name}: writing {path} failed: "
+                              f"{describe_os_error(cause, '')}{kept}") from err
         first = (str(err).strip().splitlines() or [""])[0][:200]
-        raise ExportError(f"{target.name}: the export failed ({type(err).__name__}: {first}); "
-                          f"the earlier files at {path} are unchanged. Run `rave-deploy --debug "
-                          "export ...` for the traceback, and report it") from err
+        raise ExportError(f"{target.name}: exporting {path} failed ({type(err).__name__}: "
+                          f"{first}){kept}. Run `rave-deploy --debug export ...` for the "
+                          "traceback, and report it") from err
     return path / FOLDER_SIDECAR if folder else finals[1]
 
 
@@ -145,29 +190,31 @@ def _name_from_run(folder: str) -> str:
     """The default file name, the run folder's, made one that every host's machine takes."""
     name = plain_file_name(folder)
     if folder and name != folder:
-        warnings.warn(f"the run folder's name {folder!r} cannot name files on every host "
-                      f"(Windows, shells): the files are named {name!r}; give --name to "
-                      "choose another")
+        warnings.warn(f"the run folder's name {folder!r} is not a plain file name for every "
+                      "host (Windows, shells, Max's and PureData's object boxes): the files "
+                      f"are named {name!r}; give --name to choose another")
     return name
 
 
 def export_run(run_path, target_names: Sequence[str], output: Path,
                options: ExportOptions, run: Optional[Run] = None,
-               explicit: bool = True) -> List[ExportResult]:
+               explicit: bool = True,
+               on_result: Optional[Callable[[ExportResult], None]] = None) -> List[ExportResult]:
     """Export ``run_path`` to each target. A target that cannot serve the model is an
     error when named explicitly, and skipped with its reason under ``all``; ``all`` with
     no target that can serve it is an error too. ``explicit=False`` never raises
-    for that: every such target comes back skipped, with its reason."""
-    import time
+    for that: every such target comes back skipped, with its reason.
 
+    ``on_result`` is called with each target's result as soon as it is done. An error or
+    Ctrl-C after some targets were written carries a note (``err.__notes__``) naming the
+    targets written and those not."""
     run = run or open_run(run_path, ema=options.ema_weights)
     name = options.name or _name_from_run(run.config_path.parent.name)
     targets = resolve_targets(target_names)
     all_mode = not target_names or "all" in target_names
     output = Path(output)
     # One target and a file name with its suffix (`-o model.ts`): that file; else a folder.
-    as_file = (len(targets) == 1 and bool(output.suffix) and not output.is_dir()
-               and output.suffix == targets[0].suffix)
+    as_file = output_names_file(output, targets)
 
     # Refuse before writing anything: a named target the model cannot serve is an error.
     reasons = {t.name: t.unsupported_reason(run.model, options) for t in targets}
@@ -189,24 +236,49 @@ def export_run(run_path, target_names: Sequence[str], output: Path,
             check_outputs_replaceable(target, artifact_path(output, name, target, as_file))
 
     run, sidecar_extra = _taught(run, options)
-    results = []
-    for target in targets:
-        if reasons[target.name]:
-            results.append(ExportResult(target.name, skipped=reasons[target.name]))
-            continue
-        path = artifact_path(output, name, target, as_file)
-        ensure_dir(path.parent)  # created as needed, like every output folder of both CLIs
-        t0 = time.perf_counter()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            _warn_untaught_side(target, options)
-            _warn_replacing_another_checkpoint(path, run)
-            sc = _write_artifact(target, run, options, path, sidecar_extra)
-        results.append(ExportResult(target.name, path=path, sidecar=sc, size_bytes=_size(path),
-                                    seconds=time.perf_counter() - t0,
-                                    warnings=sorted({str(w.message) for w in caught
-                                                     if issubclass(w.category, UserWarning)})))
+    results: List[ExportResult] = []
+    try:
+        for target in targets:
+            if reasons[target.name]:
+                results.append(ExportResult(target.name, skipped=reasons[target.name]))
+            else:
+                results.append(_export_target(target, run, options, sidecar_extra,
+                                              artifact_path(output, name, target, as_file)))
+            if on_result is not None:
+                on_result(results[-1])
+    except BaseException as err:  # Ctrl-C and SIGTERM too
+        written = [r.target for r in results if r.path is not None]
+        if written:  # the folder now mixes this export with what was there before
+            err.add_note(_stopped_midway(written, [t.name for t in targets[len(results):]
+                                                   if not reasons[t.name]]))
+        raise
     return results
+
+
+def _export_target(target: Target, run: Run, options: ExportOptions,
+                   sidecar_extra: Dict[str, object], path: Path) -> ExportResult:
+    """Write ``target``'s artefact and sidecar at ``path``, with the warnings it gave."""
+    ensure_dir(path.parent)  # created as needed, like every output folder of both CLIs
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _warn_untaught_side(target, options)
+        _warn_replacing_another_checkpoint(path, run)
+        sidecar = _write_artifact(target, run, options, path, sidecar_extra)
+    return ExportResult(target.name, path=path, sidecar=sidecar, size_bytes=_size(path),
+                        seconds=time.perf_counter() - t0,
+                        warnings=sorted({str(w.message) for w in caught
+                                         if issubclass(w.category, UserWarning)}))
+
+
+def _stopped_midway(written: List[str], not_written: List[str]) -> str:
+    """What an export of several targets stopped by an error or Ctrl-C left: the targets
+    whose files it had replaced, and those it had not reached (the failed one included)."""
+    done = f"{', '.join(written)} written (any earlier files there replaced)"
+    if not not_written:
+        return done
+    return (f"{done}; {', '.join(not_written)} not written (the earlier files there, if "
+            "any, are as they were)")
 
 
 def _taught(run: Run, options: ExportOptions):
@@ -229,11 +301,8 @@ def _warn_replacing_another_checkpoint(path: Path, run: Run) -> None:
     """Warn when the export at ``path`` that this one replaces came from another
     checkpoint (two runs of one name exported into one folder): a re-export of the same
     checkpoint, the usual case, replaces it silently."""
-    try:
-        source = read_sidecar(path).get("source")
-    except (OSError, ValueError, AttributeError):  # none there, or not ours
-        return
-    if not isinstance(source, dict):
+    source = _earlier_sidecar(path).get("source")
+    if not isinstance(source, dict):  # none there, or not ours
         return
     before = source.get("checkpoint_sha256")
     if isinstance(before, str) and before and before != run.checkpoint_sha256:

@@ -27,6 +27,7 @@ call). Traced graphs are then rewritten for ONNX Runtime's CPU provider
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import warnings
 from dataclasses import asdict, dataclass
@@ -228,21 +229,24 @@ def _zero_noise_synthesis(core: DeployModel) -> Iterator[None]:
             del m._synthesize
 
 
-def _trace(module: nn.Module, args: Tuple[torch.Tensor, ...], path: Path,
-           input_names: List[str], output_names: List[str],
+def _trace(module: nn.Module, args: Tuple[torch.Tensor, ...], input_names: List[str],
+           output_names: List[str],
            dynamic_axes: Optional[Dict[str, Dict[int, str]]]) -> onnx.ModelProto:
-    """Trace ``module`` with the TorchScript-based exporter (``dynamo=False``) and load it.
+    """Trace ``module`` with the TorchScript-based exporter (``dynamo=False``), in memory.
 
     The tracer records Python control flow as taken for the example inputs, which is what
     we want (batch 1, deterministic: the layers' reset-on-new-batch branch is not taken),
     and follows the inputs assigned to the layers' ``state`` attributes through the model.
+    The graph is only written by :func:`_finish`: the exporter takes no path that is not
+    UTF-8 (a folder named in Latin-1), and its failed writes hid a full disk.
     """
+    graph = io.BytesIO()
     with warnings.catch_warnings():
         # Tracer warnings about Python ints and the exporter's deprecation notice are
         # expected here: shapes are fixed by design, and the checks prove the graph.
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(module, args, str(path), dynamo=False, opset_version=OPSET,
+            torch.onnx.export(module, args, graph, dynamo=False, opset_version=OPSET,
                               input_names=input_names, output_names=output_names,
                               dynamic_axes=dynamic_axes, do_constant_folding=True,
                               external_data=False)
@@ -250,7 +254,7 @@ def _trace(module: nn.Module, args: Tuple[torch.Tensor, ...], path: Path,
             raise OnnxExportError(
                 f"tracing {type(module).__name__} to ONNX (opset {OPSET}) failed: "
                 f"{type(err).__name__}: {err}") from err
-    return onnx.load(str(path))
+    return onnx.load_model_from_string(graph.getvalue())
 
 
 def _prepared(core: DeployModel, streaming: bool) -> DeployModel:
@@ -337,7 +341,9 @@ def _finish(model: onnx.ModelProto, path: Path, metadata: Dict[str, object],
     model.producer_version = rave_core.__version__
     model.doc_string = DETERMINISTIC_NOTE
     onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    # Python's own write: it takes any path the file system holds, and a full disk comes
+    # back as the OSError it is.
+    Path(path).write_bytes(model.SerializeToString())
 
 
 # ------------------------------------------------------------------ exports
@@ -353,8 +359,8 @@ def export_offline(core: DeployModel, path: Path, method: str = "forward",
     time_in = "frames" if method == "decode" else "samples"
     time_out = "frames" if method == "encode" else "samples"
     with _zero_noise_synthesis(core):
-        model = _trace(OfflineGraph(core, method, fill=False).eval(), (x,), Path(path),
-                       [x_name], [y_name], {x_name: {2: time_in}, y_name: {2: time_out}})
+        model = _trace(OfflineGraph(core, method, fill=False).eval(), (x,), [x_name],
+                       [y_name], {x_name: {2: time_in}, y_name: {2: time_out}})
     meta = common_metadata(core, method, 0)
     meta.update(graph="offline", block_size="dynamic", streaming=False,
                 inputs=[x_name], outputs=[y_name],
@@ -385,7 +391,7 @@ def export_streaming(core: DeployModel, path: Path, method: str = "forward",
     try:
         with _zero_noise_synthesis(core):
             model = _trace(ExplicitStateGraph(core, method, slots).eval(), (x, *states),
-                           Path(path), inputs, outputs, dynamic)
+                           inputs, outputs, dynamic)
     finally:
         core.reset(1)  # tracing left tracer values in the layers' states
     _fix_state_shapes(model, slots)
@@ -418,7 +424,7 @@ def export_flat(core: DeployModel, path: Path, method: str, block_size: int,
     try:
         with _zero_noise_synthesis(core):
             model = _trace(FlatStateGraph(core, method, slots, fill).eval(), tuple(args),
-                           Path(path), inputs, outputs, None)
+                           inputs, outputs, None)
     finally:
         core.reset(1)
     meta = common_metadata(core, method, method_latency(core, method))

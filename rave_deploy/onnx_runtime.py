@@ -25,7 +25,12 @@ def session(path, threads: int = 1):
     # A trained model's decaying states reach denormal floats, many times slower on CPU
     # (what audio hosts do too: flush them to zero).
     options.add_session_config_entry("session.set_denormal_as_zero", "1")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    model = str(path)
+    try:
+        model.encode("utf-8")
+    except UnicodeEncodeError:  # a folder named in Latin-1: ORT takes UTF-8 paths only
+        model = Path(path).read_bytes()
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def open_for_check(target: str, artifact: Path):

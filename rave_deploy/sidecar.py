@@ -1,8 +1,11 @@
 """The JSON sidecar written next to every artefact: what it is and where it came from."""
 from __future__ import annotations
 
+import errno
 import json
+import os
 import platform
+import stat
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -79,8 +82,39 @@ def write_sidecar(artifact: Path, data: Dict[str, object]) -> Path:
     return path
 
 
+def find_sidecar(artifact: Path) -> Optional[Path]:
+    """The sidecar describing ``artifact``: beside it (:func:`sidecar_path`), else, for a
+    symbolic link, beside the file it links to; None when there is none, as when the
+    sidecar's name would be longer than a file name can be (no file can have it).
+
+    Raises:
+        OSError: the sidecar's folder cannot be searched (e.g. permission denied).
+    """
+    artifact = Path(artifact)
+    candidates = [sidecar_path(artifact)]
+    if artifact.is_symlink():
+        candidates.append(sidecar_path(Path(os.path.realpath(artifact))))
+    return next((path for path in candidates if _is_file(path)), None)
+
+
+def _is_file(path: Path) -> bool:
+    """Whether ``path`` is a regular file; False where no file can be (a name too long)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError as err:
+        if err.errno in (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP):
+            return False
+        raise
+
+
 def read_sidecar(artifact: Path) -> Dict[str, object]:
-    path = sidecar_path(artifact)
-    if not path.exists():
-        raise FileNotFoundError(path)
+    """The parsed sidecar of ``artifact`` (:func:`find_sidecar`).
+
+    Raises:
+        FileNotFoundError: ``artifact`` has none.
+        OSError, ValueError, UnicodeDecodeError: it cannot be read, or is not JSON.
+    """
+    path = find_sidecar(artifact)
+    if path is None:
+        raise FileNotFoundError(sidecar_path(artifact))
     return json.loads(path.read_text())

@@ -201,6 +201,25 @@ def test_a_run_folder_name_windows_cannot_take_is_made_plain(run, tmp_path):
         ["live_v2_.minifusion.h5", "live_v2_.minifusion.h5.json"]
 
 
+@pytest.mark.parametrize("name", ["CON", "nul", "com1.live", "Lpt9"])
+def test_export_refuses_a_windows_device_name(run, tmp_path, name):
+    """Windows opens CON, NUL, COM1... (whatever follows the dot) as devices: the file
+    could not be copied to, nor loaded on, a Windows machine."""
+    cli(["export", run, "-t", "minifusion", "-o", tmp_path / "out", "--name", name], code=2,
+        expect=[f"Windows reads files named {name.split('.')[0]}.* as a device"])
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("folder, name", [("my run", "my_run"), ("aux", "aux_")])
+def test_a_run_folder_name_with_spaces_or_a_device_name_is_made_plain(run, tmp_path, folder,
+                                                                      name):
+    """A space splits a PureData or Max object box's arguments (`[nn~ my run.ts]`)."""
+    odd = Path(shutil.copytree(run, tmp_path / folder))
+    cli(["export", odd, "-t", "minifusion", "-o", tmp_path / "out"], code=0,
+        expect=f"the files are named {name!r}")
+    assert (tmp_path / "out" / f"{name}.minifusion.h5").is_file()
+
+
 def test_export_refuses_a_name_no_file_system_holds(run, tmp_path):
     cli(["export", run, "-t", "minifusion", "-o", tmp_path / "out", "--name", "x" * 300],
         code=2, expect=["--name: 300 bytes, more than the 200", "give a shorter name"])

@@ -24,6 +24,7 @@ import soxr
 import yaml
 from tqdm import tqdm
 
+from ..text import printable
 from . import DataError, DataInputError
 
 #: What a folder walk takes for audio: the usual extensions of the formats libsndfile
@@ -80,7 +81,7 @@ class PreprocessReport:
         ]
         lines += [f"warning {path}: {note}" for path, note in self.warnings]
         lines += [f"skipped {path}: {reason}" for path, reason in self.skipped]
-        return "\n".join(_printable(line) for line in lines)
+        return "\n".join(printable(line) for line in lines)
 
 
 @dataclass
@@ -583,12 +584,6 @@ def _truncate(fh: BinaryIO, size: int) -> None:
 
 def _one_line(err: object) -> str:
     return " ".join(str(err).split()) or type(err).__name__
-
-
-def _printable(text: str) -> str:
-    """``text`` with the bytes of a name that is not UTF-8 shown as ``\\xe9`` (as
-    Python writes them): a strict UTF-8 stdout cannot print them raw."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _write_skipped(path: Path, skipped: list[tuple[str, str]]) -> None:

@@ -23,6 +23,7 @@ from typing import Any, BinaryIO, Callable, Dict
 import numpy as np
 import torch
 
+from ..os_errors import os_error_in
 from ..run import read_checkpoint
 
 __all__ = ["capture_rng", "copy_checkpoint", "restore_rng", "save_checkpoint", "load_checkpoint",
@@ -77,23 +78,12 @@ def replace_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
         os.replace(tmp, path)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
-        cause = _os_error_in(err)
+        cause = os_error_in(err)
         if cause is not None and (cause is not err or cause.filename is None):
             # A failed write names no file, and torch.save's zip writer reports one (a full
             # disk) as "unexpected pos": the file-system error, with the file being written.
             raise OSError(cause.errno, cause.strerror, str(path)) from err
         raise
-
-
-def _os_error_in(err: BaseException):
-    """The first ``OSError`` in ``err``'s chain (itself, its cause or context), or None."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, OSError):
-            return err
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return None
 
 
 def save_checkpoint(path: Path, checkpoint: Dict[str, Any]) -> None:

@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import json
+import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
+from rave_core.os_errors import describe_os_error
 from rave_core.run import RunError, find_checkpoint, open_run, sha256_of
 
-from ..sidecar import FOLDER_SIDECAR, read_sidecar, sidecar_path
+from ..sidecar import FOLDER_SIDECAR, find_sidecar, read_sidecar, sidecar_path
 from ..targets import CheckOptions, get_target, registry
 from .result import CheckReport, CheckResult
 
@@ -35,6 +38,21 @@ def _signature(artifact: Path):
     return next((kind for magic, kind in SIGNATURES.items() if head.startswith(magic)), None)
 
 
+def _sidecar_named(artifact: Path) -> Path:
+    """The sidecar of ``artifact`` as messages name it: the one read (beside a symbolic
+    link's target, for a link), else where it belongs."""
+    try:
+        return find_sidecar(artifact) or sidecar_path(artifact)
+    except OSError:
+        return sidecar_path(artifact)
+
+
+def _anira_like(folder: Path) -> bool:
+    """Whether ``folder`` holds what an anira export does (graphs and their JSON
+    configuration), sidecar or not."""
+    return folder.is_dir() and any(folder.glob("*.json")) and any(folder.glob("*.onnx"))
+
+
 def identify(artifact: Path):
     """The sidecar of ``artifact`` (or ``{}``) and the name of its target."""
     try:
@@ -42,17 +60,22 @@ def identify(artifact: Path):
     except FileNotFoundError:
         sidecar = None
     except (ValueError, UnicodeDecodeError, OSError) as err:  # JSONDecodeError is a ValueError
-        raise CheckUsageError(f"{sidecar_path(artifact)} is not a readable rave-deploy sidecar "
-                              f"({str(err).splitlines()[0] if str(err) else type(err).__name__}): "
-                              "re-export, or move it away and pass --run RUN") from None
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckUsageError(f"{_sidecar_named(artifact)} is not a readable rave-deploy "
+                              f"sidecar ({reason}): re-export, or move it away and pass "
+                              "--run RUN") from None
     if sidecar is not None:
         if not isinstance(sidecar, dict) or not isinstance(sidecar.get("target"), str):
-            raise CheckUsageError(f"{sidecar_path(artifact)} names no target: it is not a "
+            raise CheckUsageError(f"{_sidecar_named(artifact)} names no target: it is not a "
                                   "rave-deploy sidecar; re-export, or move it away and pass "
                                   "--run RUN")
         return sidecar, sidecar["target"]
-    if artifact.is_dir() and any(artifact.glob("*.json")) and any(artifact.glob("*.onnx")):
+    if _anira_like(artifact):
         return {}, "anira"
+    if artifact.is_file() and (artifact.parent / FOLDER_SIDECAR).is_file():
+        # a graph of a folder export: checked alone, it would fail for want of the others
+        raise CheckUsageError(f"{artifact} is part of the anira export {artifact.parent}: "
+                              f"check the folder (rave-deploy check {artifact.parent})")
     name = SUFFIX_TARGETS.get(artifact.suffix)
     signed = _signature(artifact) if artifact.is_file() else None
     if name is not None and signed is not None and signed[0] != artifact.suffix:
@@ -67,23 +90,93 @@ def identify(artifact: Path):
     return {}, name
 
 
-def expand_artifacts(paths: Sequence[Path]) -> List[Path]:
-    """The artefacts named by what a user gives ``rave-deploy check``, each once, in the
-    order given: a sidecar beside its artefact (``model.ts.json``) stands for the artefact,
-    so that ``check exports/*`` works; a folder that is not itself an artefact (an
-    ``--output`` folder) stands for the artefacts in it that have sidecars. Anything else
-    is kept as given, for :func:`prepare_check` to accept or refuse."""
+def given_path(given: Union[str, Path]) -> Path:
+    """``given`` (a path as the user typed it) as a Path to an existing file or folder.
+
+    Raises:
+        CheckUsageError: it is empty (an unset shell variable), does not exist, or cannot
+            be looked at (a name too long, a folder that cannot be searched).
+    """
+    if str(given) == "":
+        raise CheckUsageError("an empty path was given (an unset shell variable?): name the "
+                              "artefacts to check")
+    path = Path(given)
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        raise CheckUsageError(f"{path} does not exist") from None
+    except PermissionError:
+        raise CheckUsageError(f"{path} cannot be read (permission denied): make it and its "
+                              "folders readable") from None
+    except OSError as err:   # a name too long, a file where a folder should be, ...
+        raise CheckUsageError(describe_os_error(err, path)) from None
+    return path
+
+
+def expand_artifacts(paths: Sequence[Union[str, Path]]) -> List[Path]:
+    """The artefacts named by what a user gives ``rave-deploy check``, each once (by the
+    file it resolves to), in the order given: a sidecar beside its artefact
+    (``model.ts.json``) stands for the artefact, so that ``check exports/*`` works; a
+    folder that is not itself an artefact (an ``--output`` folder) stands for the
+    artefacts in it that have sidecars (:func:`_artifacts_in`). Anything else is kept as
+    given, for :func:`prepare_check` to accept or refuse.
+
+    Raises:
+        CheckUsageError: a path that is empty, missing or unreadable (:func:`given_path`),
+            or a folder with nothing to check.
+    """
     out: List[Path] = []
-    for given in map(Path, paths):
+    seen = set()
+    for given in map(given_path, paths):
         named = [given]
         if given.suffix == ".json" and given.is_file() and given.with_suffix("").exists():
             named = [given.with_suffix("")]
         elif given.is_dir() and not (given / FOLDER_SIDECAR).is_file():
-            inside = [q for q in sorted(given.iterdir())
-                      if not q.name.endswith(".json") and sidecar_path(q).is_file()]
-            named = inside or named
-        out += [p for p in named if p not in out]
+            named = _artifacts_in(given)
+        for path in named:
+            if os.path.realpath(path) not in seen:   # `a.onnx ./x/../a.onnx`, a link
+                seen.add(os.path.realpath(path))
+                out.append(path)
     return out
+
+
+def _artifacts_in(folder: Path) -> List[Path]:
+    """The artefacts with sidecars in ``folder`` (an export's ``--output``), with a warning
+    for each artefact there without one (it is not checked: nothing names its run); or
+    ``[folder]`` for a folder that looks like an anira export without its sidecar.
+
+    Raises:
+        CheckUsageError: the folder has nothing to check.
+    """
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as err:
+        raise CheckUsageError(f"cannot list {folder}: {describe_os_error(err, '')}") from None
+    with_sidecar = [q for q in entries if not q.name.endswith(".json") and find_sidecar(q)]
+    without = [q for q in entries if q not in with_sidecar and (
+        (q.suffix in SUFFIX_TARGETS and q.is_file()) or _anira_like(q))]
+    if with_sidecar:
+        for q in without:
+            warnings.warn(f"{q} has no sidecar: check it on its own with --run RUN")
+        return with_sidecar
+    if _anira_like(folder):
+        return [folder]
+    if not entries:
+        raise CheckUsageError(f"{folder} is empty: give the files or folder rave-deploy "
+                              "export wrote")
+    if without:
+        raise CheckUsageError(f"no artefacts with sidecars in {folder} (found "
+                              f"{_listed([q.name for q in without])} without one: check them "
+                              "with --run RUN)")
+    raise CheckUsageError(f"no artefacts in {folder} (it holds "
+                          f"{_listed([q.name for q in entries])}): expected .ts, .onnx or .h5 "
+                          "files, or anira folders")
+
+
+def _listed(names: Sequence[str], most: int = 5) -> str:
+    """``a, b, c`` (and how many more, past ``most``)."""
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
 
 
 @dataclass
@@ -103,7 +196,7 @@ _MISSING = object()
 
 def _damaged_sidecar(artifact: Path, field: str, value: object) -> CheckUsageError:
     shown = "missing" if value is _MISSING else f"{json.dumps(value)[:60]}"
-    return CheckUsageError(f"{sidecar_path(artifact)} is damaged: its {field!r} field is "
+    return CheckUsageError(f"{_sidecar_named(artifact)} is damaged: its {field!r} field is "
                            f"{shown}, not what rave-deploy writes there; re-export, or pass "
                            "--run RUN (the run directory or checkpoint it was exported from)")
 
@@ -115,11 +208,13 @@ def prepare_check(artifact, run: Optional[str] = None) -> CheckPlan:
     exported from. ``rave-deploy check`` prepares every artefact before checking any.
 
     Raises:
-        CheckUsageError, RunError: bad usage (exit code 2), the message says what to do.
+        CheckUsageError, RunError: bad usage (exit code 2), the message says what to do:
+            also for a path that is empty, missing or unreadable, or an empty file.
     """
-    artifact = Path(artifact)
-    if not artifact.exists():
-        raise CheckUsageError(f"{artifact} does not exist")
+    artifact = given_path(artifact)
+    if artifact.is_file() and artifact.stat().st_size == 0:
+        # (its loader's error would not say so, nor would "no sidecar")
+        raise CheckUsageError(f"{artifact} is empty (0 bytes): copy or export it again")
     sidecar, target_name = identify(artifact)
     if target_name not in registry():
         raise CheckUsageError(f"{artifact}: target {target_name!r} is not known to this version "
@@ -151,7 +246,7 @@ def _same_checkpoint(artifact: Path, source: str, origin: Dict[str, object],
     path = Path(source)
     if not path.exists():
         # RunError as open_run words it, with where the path came from
-        where = "" if explicit else (f" (the run named in {sidecar_path(artifact)}); pass "
+        where = "" if explicit else (f" (the run named in {_sidecar_named(artifact)}); pass "
                                      "--run RUN to check against the run it was exported from")
         raise RunError(f"{path} does not exist: give a run directory (with config.gin) or a "
                        f".ckpt file{where}")
@@ -172,8 +267,8 @@ def _same_checkpoint(artifact: Path, source: str, origin: Dict[str, object],
                               "exported from")
     which = f"--run {source}" + ("" if _same_file(checkpoint, path) else f" (its {checkpoint.name})")
     raise CheckUsageError(f"{which} is not the checkpoint {artifact} was exported from (SHA-256 "
-                          f"differs from the one in {sidecar_path(artifact)}): pass --run with "
-                          "that checkpoint, or export again from this one")
+                          f"differs from the one in {_sidecar_named(artifact)}): pass --run "
+                          "with that checkpoint, or export again from this one")
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -198,8 +293,8 @@ def open_reference(plan: CheckPlan, run: Optional[str] = None):
         if run:
             raise
         # The checkpoint named in the sidecar moved or changed since the export.
-        raise RunError(f"{err} (the run named in {sidecar_path(plan.artifact)}); pass --run RUN "
-                       "to check against the run it was exported from") from None
+        raise RunError(f"{err} (the run named in {_sidecar_named(plan.artifact)}); pass --run "
+                       "RUN to check against the run it was exported from") from None
 
 
 def check_artifact(artifact, run: Optional[str] = None,
@@ -251,7 +346,7 @@ def check_sidecar_facts(report: CheckReport, sidecar: Dict[str, object]) -> None
     wrong = [f"{k} {sidecar[k]} (the check found {v})" for k, v in found.items()
              if str(sidecar[k]) != str(v)]
     if wrong:
-        message = (f"{sidecar_path(report.artifact).name} states " + "; ".join(wrong)
+        message = (f"{_sidecar_named(report.artifact).name} states " + "; ".join(wrong)
                    + ": re-export, or mend the sidecar")
     else:
         message = ("the sidecar states what the check found: "
@@ -282,5 +377,5 @@ def _taught_as_exported(model, sidecar, checkpoint_sha256: str):
 
 
 __all__ = ["COMMON_SUMMARY", "CheckPlan", "CheckReport", "CheckResult", "CheckUsageError",
-           "check_artifact", "check_sidecar_facts", "expand_artifacts", "identify",
-           "open_reference", "prepare_check"]
+           "check_artifact", "check_sidecar_facts", "expand_artifacts", "given_path",
+           "identify", "open_reference", "prepare_check"]

@@ -19,11 +19,36 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
+import rave_core
+from rave_core.text import printable
+
 from ..io import atomic_file
 from .result import CheckReport
 
 #: Longest audio excerpt embedded per player (seconds): keeps the page small.
 MAX_AUDIO_SECONDS = 6.0
+
+#: What a page of ours begins with (:func:`is_report`): ``--report`` replaces such a file,
+#: and refuses any other.
+_PAGE_START = ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
+               "<meta name=generator content='rave-deploy check")
+#: The start of the pages written before the generator tag: a report of an older version
+#: is replaced too.
+_OLD_PAGE_START = ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
+                   "<meta name=viewport content='width=device-width, initial-scale=1'>"
+                   "<title>rave-deploy check: ")
+
+
+def is_report(path) -> bool:
+    """Whether ``path`` is a page :func:`write_html_report` wrote (False when it cannot be
+    read): ``--report`` must not replace anything else, such as a checkpoint or an
+    artefact given there by mistake."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_OLD_PAGE_START))
+    except OSError:
+        return False
+    return head.startswith((_PAGE_START.encode(), _OLD_PAGE_START.encode()))
 
 
 # --------------------------------------------------------------------------- text / JSON
@@ -111,9 +136,10 @@ def jsonable(v: Any) -> Any:
     """``v`` (dicts, lists, NumPy values, paths) as plain JSON values, NaN and infinities
     as the strings ``"nan"``, ``"inf"``, ``"-inf"`` (as :meth:`CheckResult.as_dict` writes
     a check's value): ``json.dumps(..., allow_nan=False)`` then always succeeds, and
-    strict parsers (``JSON.parse``) read the result."""
+    strict parsers (``JSON.parse``) read the result (a path that is not UTF-8 shows its
+    bytes as ``\\xe9``: :func:`rave_core.text.printable`)."""
     if isinstance(v, dict):
-        return {str(k): jsonable(x) for k, x in v.items()}
+        return {jsonable(str(k)): jsonable(x) for k, x in v.items()}
     if isinstance(v, (list, tuple, set, frozenset)):
         return [jsonable(x) for x in v]
     if isinstance(v, np.ndarray) or (callable(getattr(v, "tolist", None))
@@ -126,8 +152,9 @@ def jsonable(v: Any) -> Any:
         return v if math.isfinite(v) else str(v)
     if isinstance(v, (np.bool_,)):
         return bool(v)
-    if isinstance(v, Path):
-        return str(v)
+    if isinstance(v, (str, Path)):
+        # a name that is not UTF-8 holds lone surrogates, which strict parsers refuse
+        return printable(str(v))
     return v
 
 
@@ -542,15 +569,15 @@ def write_html_report(reports: Sequence[CheckReport], path) -> Path:
                 + "".join(f"<th>{html.escape(t)}</th>" for _, t in _COLUMNS)
                 + f"</tr></thead><tbody>{overview_rows}</tbody></table></section>")
     body = "".join(_section(i, r) for i, r in enumerate(reports))
-    page = (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
+    page = (f"{_PAGE_START} {html.escape(rave_core.__version__)}'>"
             f"<meta name=viewport content='width=device-width, initial-scale=1'>"
             f"<title>rave-deploy check: {passed}/{len(reports)} passed</title><style>{_CSS}</style></head>"
             f"<body><main><header><h1>rave-deploy check</h1><p>{passed} of {len(reports)} artefact(s) "
             f"passed · {when}</p></header>{overview}{body}</main></body></html>")
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as tmp:
-        tmp.write_text(page, encoding="utf-8")
+        tmp.write_text(printable(page), encoding="utf-8")  # paths that are not UTF-8
     return path
 
 
-__all__ = ["format_table", "jsonable", "reports_to_json", "write_html_report"]
+__all__ = ["format_table", "is_report", "jsonable", "reports_to_json", "write_html_report"]

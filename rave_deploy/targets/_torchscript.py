@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from rave_core.models.rave import RAVE
+from rave_core.text import clipped
 
 from ..nn_tilde_emulation import PD_VECTOR, NnTildeHost
 from ..sidecar import host_block_sizes
@@ -325,7 +326,7 @@ class TorchScriptTarget(Target):
         except Exception as exc:
             report.add("contract.1_load", False,
                        f"host contract 1: torch.jit.load fails ({type(exc).__name__}: "
-                       f"{str(exc).strip().splitlines()[0][:300]}); {self.host} would not load "
+                       f"{clipped(str(exc).strip().splitlines()[0], 300)}); {self.host} would not load "
                        "it (nn~ takes PureData down with it)")
             return report
         report.add("contract.1_load", True, "host contract 1: loads with torch.jit.load on CPU")

@@ -231,12 +231,21 @@ def _generator_layout(decoder: Generator, problems: List[str]) -> Dict[str, obje
 
 # ------------------------------------------------------------------ file
 def write_h5(path: Path, weights: Dict[str, np.ndarray], attrs: Dict[str, object]) -> None:
-    """Write the datasets (in the order given) and root attributes, reproducibly."""
-    with h5py.File(path, "w", libver=LIBVER) as f:
+    """Write the datasets (in the order given) and root attributes, reproducibly.
+
+    The file is built in memory and written in one go: libhdf5 meeting a full disk
+    printed dozens of tracebacks, then crashed the process (a segmentation fault) as it
+    closed the file. The bytes are those HDF5 writes to disk (the core driver's image)."""
+    # backing_store=False: no file of that name is read or written
+    with h5py.File("minifusion.h5", "w", libver=LIBVER, driver="core",
+                   backing_store=False) as f:
         for key, value in attrs.items():
             f.attrs[key] = value
         for key, value in weights.items():
             f.create_dataset(key, data=value, track_times=False)
+        f.flush()
+        image = f.id.get_file_image()
+    Path(path).write_bytes(image)
 
 
 # ------------------------------------------------------------------ check pieces
