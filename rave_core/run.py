@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from .config import ConfigError, build_model, read_text_file
+from .text import listed
 
 # Keys of the training-only modules: not needed (nor built) to run the model.
 TRAINING_ONLY_PREFIXES = ("discriminator.", "audio_distance.", "multiband_audio_distance.")
@@ -137,8 +138,7 @@ def check_finite(state_dict: Dict[str, object], path) -> None:
            and (v.is_floating_point() or v.is_complex()) and v.numel()
            and not bool(torch.isfinite(v).all())]
     if bad:
-        names = ", ".join(repr(k) for k in bad[:3]) + (f" and {len(bad) - 3} more"
-                                                         if len(bad) > 3 else "")
+        names = listed([repr(k) for k in bad], 3)
         raise RunError(f"{path} holds NaN or infinite weights ({names}): the training diverged "
                        "before this checkpoint was saved; pick an earlier checkpoint of the run "
                        "(e.g. an epoch_<step>.ckpt)")

@@ -22,3 +22,11 @@ def clipped(text: str, limit: int) -> str:
         return head[:sentence + 1]
     word = head.rfind(" ")
     return (head[:word] if word > 0 else head).rstrip(" ,;:") + "..."
+
+
+def listed(names, most: int = 5) -> str:
+    """``a, b, c`` (and how many more, past ``most``): the names a message gives of what
+    is in a folder, without flooding the line."""
+    names = list(names)
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(names[:most]) + more

@@ -25,7 +25,7 @@ from rave_core.cli import (ShortErrorsGroup, Terminated, short_message, sigterm_
                            warnings_as_messages)
 from rave_core.config import ConfigError
 from rave_core.run import RunError
-from rave_core.text import clipped, printable
+from rave_core.text import clipped, listed, printable
 
 from .check.result import on_each_result
 from .export import ExportError
@@ -331,8 +331,7 @@ def check(obj: _Context, artifacts, run: Optional[str], block_sizes, as_json: bo
     failed = [c.name for r in reports for c in r.failures()]
     if failed:
         if not as_json:
-            more = f" and {len(failed) - 8} more" if len(failed) > 8 else ""
-            click.echo(f"\nError: {len(failed)} check(s) failed: {', '.join(failed[:8])}{more}; "
+            click.echo(f"\nError: {len(failed)} check(s) failed: {listed(failed, 8)}; "
                        "see the FAIL lines above", err=True)
         sys.exit(1)
 

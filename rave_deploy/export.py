@@ -10,6 +10,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from rave_core.os_errors import os_error_in
 from rave_core.run import Run, open_run
+from rave_core.text import listed
 
 from .file_names import plain_file_name
 from .io import (OutputError, OutputInTheWay, atomic_outputs, check_replaceable,
@@ -92,14 +93,6 @@ def _size(path: Path) -> int:
     return path.stat().st_size
 
 
-#: how many names of what is in the way a message lists
-_LISTED = 5
-
-
-def _listed(names: List[str]) -> str:
-    more = f" and {len(names) - _LISTED} more" if len(names) > _LISTED else ""
-    return ", ".join(names[:_LISTED]) + more
-
 
 def check_outputs_replaceable(target: Target, path: Path) -> None:
     """Raise :class:`OutputInTheWay` unless a new export of ``target`` at ``path`` replaces
@@ -130,7 +123,7 @@ def check_outputs_replaceable(target: Target, path: Path) -> None:
     sidecar = _earlier_sidecar(path)
     names = {e.name: e.name + ("/" if e.is_dir() else "") for e in entries}
     if sidecar.get("target") != target.name:
-        raise OutputInTheWay(f"{path} is a folder holding {_listed(list(names.values()))}, not "
+        raise OutputInTheWay(f"{path} is a folder holding {listed(list(names.values()))}, not "
                              f"an earlier {target.name} export (it has no {FOLDER_SIDECAR} of "
                              "one), and an export would replace it: move it away, or choose "
                              "another --output or --name")
@@ -139,7 +132,7 @@ def check_outputs_replaceable(target: Target, path: Path) -> None:
               if e.name not in allowed or e.is_symlink() or not e.is_file()]
     if others:
         raise OutputInTheWay(f"{path} holds an earlier {target.name} export and also "
-                             f"{_listed(others)}, which a new export would delete: move "
+                             f"{listed(others)}, which a new export would delete: move "
                              f"{'it' if len(others) == 1 else 'them'} out of the folder, or "
                              "choose another --output or --name")
 

@@ -299,6 +299,16 @@ def test_two_gloo_processes_keep_identical_weights(db, tmp_path):
     assert all(torch.equal(v, ckpt["state_dict"][k]) for k, v in a.items())
 
 
+def _train_as_rank(rank: int, db: str, out: str, name: str, caught, **settings) -> None:
+    """A short BRAVE training as rank ``rank``; what an expected ``caught`` error says
+    goes to ``<out>/rank<rank>.txt`` for the test to read."""
+    try:
+        train(["brave"], db, name, out_path=out, save_every=100, overrides=SMALL,
+              **{**FAST, "batch": 2, **settings})
+    except caught as err:
+        Path(out, f"rank{rank}.txt").write_text(str(err))
+
+
 def _ddp_interrupted_worker(rank: int, port: int, db: str, out: str) -> None:
     """Ctrl-C reaches every process of the group: each gets SIGINT during step 3."""
     from rave_core.training.trainer import TrainingInterrupted
@@ -311,11 +321,7 @@ def _ddp_interrupted_worker(rank: int, port: int, db: str, out: str) -> None:
         return real_step(self, x, step, stop)
 
     RAVETrainer.step = interrupted
-    try:
-        train(["brave"], db, "ddp_stop", out_path=out, max_steps=50, val_every=100,
-              save_every=100, overrides=SMALL, **{**FAST, "batch": 2})
-    except TrainingInterrupted as err:
-        Path(out, f"rank{rank}.txt").write_text(err.message)
+    _train_as_rank(rank, db, out, "ddp_stop", TrainingInterrupted, max_steps=50, val_every=100)
 
 
 def test_two_gloo_processes_stop_together_on_ctrl_c(db, tmp_path):
@@ -361,11 +367,7 @@ def _ddp_full_disk_worker(rank: int, port: int, db: str, out: str) -> None:
             Path(out, "step1-saved").touch()
 
     checkpoint.replace_atomically = full_at_step_2
-    try:
-        train(["brave"], db, "ddp_full", out_path=out, max_steps=4, val_every=1,
-              save_every=100, overrides=SMALL, **{**FAST, "batch": 2})
-    except TrainingError as err:
-        Path(out, f"rank{rank}.txt").write_text(str(err))
+    _train_as_rank(rank, db, out, "ddp_full", TrainingError, max_steps=4, val_every=1)
 
 
 def test_a_write_failure_on_rank_0_stops_every_rank_with_its_message(db, tmp_path):
@@ -382,11 +384,8 @@ def test_a_write_failure_on_rank_0_stops_every_rank_with_its_message(db, tmp_pat
 def _ddp_locked_worker(rank: int, port: int, db: str, out: str) -> None:
     from rave_core.training.trainer import TrainingArgumentError
     _join_two_ranks(rank, port)
-    try:
-        train(["brave"], db, "ddp_locked", out_path=out, max_steps=2, val_every=100,
-              save_every=100, overrides=SMALL, **{**FAST, "batch": 2})
-    except TrainingArgumentError as err:
-        Path(out, f"rank{rank}.txt").write_text(str(err))
+    _train_as_rank(rank, db, out, "ddp_locked", TrainingArgumentError, max_steps=2,
+                   val_every=100)
 
 
 def test_a_run_being_trained_refuses_every_rank_of_a_second_torchrun(db, tmp_path):

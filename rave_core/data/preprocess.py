@@ -24,7 +24,7 @@ import soxr
 import yaml
 from tqdm import tqdm
 
-from ..text import printable
+from ..text import listed, printable
 from . import DataError, DataInputError
 
 #: What a folder walk takes for audio: the usual extensions of the formats libsndfile
@@ -276,7 +276,7 @@ def _check_output_replaceable(output: Path) -> None:
                    if p.name not in _OWN_FILES or not p.is_file())
     if not extra:
         return
-    shown = ", ".join(extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
+    shown = listed(extra, 3)
     raise DataInputError(
         f"output path {output} exists and is not a dataset written by preprocess: it also "
         f"holds {shown}, which replacing it would delete; choose a new or empty folder for "

@@ -10,6 +10,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 from rave_core.os_errors import describe_os_error
 from rave_core.run import RunError, find_checkpoint, open_run, sha256_of
+from rave_core.text import listed
 
 from ..sidecar import FOLDER_SIDECAR, find_sidecar, read_sidecar, sidecar_path
 from ..targets import CheckOptions, get_target, registry
@@ -166,17 +167,11 @@ def _artifacts_in(folder: Path) -> List[Path]:
                               "export wrote")
     if without:
         raise CheckUsageError(f"no artefacts with sidecars in {folder} (found "
-                              f"{_listed([q.name for q in without])} without one: check them "
+                              f"{listed([q.name for q in without])} without one: check them "
                               "with --run RUN)")
     raise CheckUsageError(f"no artefacts in {folder} (it holds "
-                          f"{_listed([q.name for q in entries])}): expected .ts, .onnx or .h5 "
+                          f"{listed([q.name for q in entries])}): expected .ts, .onnx or .h5 "
                           "files, or anira folders")
-
-
-def _listed(names: Sequence[str], most: int = 5) -> str:
-    """``a, b, c`` (and how many more, past ``most``)."""
-    more = f" and {len(names) - most} more" if len(names) > most else ""
-    return ", ".join(names[:most]) + more
 
 
 @dataclass
