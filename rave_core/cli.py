@@ -14,6 +14,7 @@ Output folders are created as needed. docs/bad-input.md lists every case and its
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import signal
@@ -117,27 +118,65 @@ def short_message(text: str) -> str:
 
 class ShortErrorsGroup(click.Group):
     """A click group whose usage errors are two lines (the problem, then where the help
-    is), exit code 2, like every other error of these commands."""
+    is), exit code 2, like every other error of these commands.
+
+    ``json_error``: for a CLI whose commands take ``--json`` (stdout then holds one JSON
+    object, errors included), the function printing that object for an error, given the
+    name of the command the error is in (None: the group's own) and the message. A usage
+    error of a command line holding ``--json`` (a bad option value, an unknown option, a
+    missing argument: found before the command runs) then prints it too."""
+
+    def __init__(self, *args, json_error: Optional[Callable[[Optional[str], str], None]] = None,
+                 **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.json_error = json_error
 
     def make_context(self, info_name, args, parent=None, **extra):
+        args = list(args)   # as given: click's parser takes them from the list it is given
         try:
-            return super().make_context(info_name, args, parent=parent, **extra)
+            ctx = super().make_context(info_name, list(args), parent=parent, **extra)
         except click.UsageError as err:
-            raise _ShortUsageError(err) from None
+            raise self._short(err, args) from None
+        ctx.meta[_COMMAND_LINE] = args   # for an error in a command, found in invoke
+        return ctx
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except click.UsageError as err:
-            raise _ShortUsageError(err) from None
+            raise self._short(err, ctx.meta.get(_COMMAND_LINE, ())) from None
+
+    def _short(self, err: click.UsageError, args) -> "_ShortUsageError":
+        if self.json_error is None or not _asks_for_json(args):
+            return _ShortUsageError(err)
+        in_command = err.ctx is not None and err.ctx.command is not self
+        return _ShortUsageError(err, functools.partial(
+            self.json_error, err.ctx.command.name if in_command else None))
+
+
+#: ``ctx.meta`` key of the arguments :class:`ShortErrorsGroup` was given
+_COMMAND_LINE = "rave_core.cli.command_line"
+
+
+def _asks_for_json(args) -> bool:
+    """Whether the option ``--json`` is among ``args`` (before a ``--``, after which
+    everything is an argument)."""
+    for arg in args:
+        if arg == "--":
+            return False
+        if arg == "--json" or arg.startswith("--json="):
+            return True
+    return False
 
 
 class _ShortUsageError(click.ClickException):
     exit_code = 2
 
-    def __init__(self, err: click.UsageError) -> None:
+    def __init__(self, err: click.UsageError,
+                 as_json: Optional[Callable[[str], None]] = None) -> None:
         super().__init__(err.format_message())
         self.original = err
+        self.as_json = as_json
 
     def show(self, file=None) -> None:
         ctx = self.original.ctx
@@ -147,6 +186,8 @@ class _ShortUsageError(click.ClickException):
         click.echo(f"Error: {self.format_message()}", err=True)
         if ctx is not None:
             click.echo(f"Try '{ctx.command_path} {ctx.help_option_names[0]}' for help.", err=True)
+        if self.as_json is not None:   # stdout holds one JSON object, as for any error
+            self.as_json(self.format_message())
 
 
 def _fail(settings: _Settings, err: BaseException, code: int, text: Optional[str] = None) -> None:

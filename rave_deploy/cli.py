@@ -6,16 +6,10 @@ Exit codes: 0 success, 1 a failed operation or check, 2 bad usage (click's conve
 """
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import shutil
 import stat
 import sys
-import time
 import traceback
-import unicodedata
-import warnings
 from pathlib import Path
 from typing import List, Optional
 
@@ -27,9 +21,9 @@ from rave_core.config import ConfigError
 from rave_core.run import RunError
 from rave_core.text import clipped, listed, printable
 
-from .check.result import on_each_result
+from .check.output import CheckProgress, print_json, print_results
 from .export import ExportError
-from .file_names import MAX_NAME_BYTES, WINDOWS_RESERVED, is_windows_device
+from .file_names import name_problem
 from .io import OutputError, OutputInTheWay, describe_os_error
 from .model import CPU_KERNELS, DeployError
 from .targets import CheckOptions, ExportOptions, TargetUnsupported, registry
@@ -62,13 +56,13 @@ INTERRUPTED_EXPORT = "Interrupted: earlier outputs are as they were; nothing was
 def _exit(code: int, message: str, prefix: str = "Error: ") -> None:
     """End the command: ``message`` on stderr (after ``prefix``), with ``--json`` also
     as a JSON object on stdout, and exit ``code``."""
-    _CheckProgress.end_open_line()
+    CheckProgress.end_open_line()
     message = printable(message)  # a path that is not UTF-8 cannot be printed raw
     click.echo(f"{prefix}{message}", err=True)
     ctx = click.get_current_context(silent=True)
     obj = ctx.find_object(_Context) if ctx is not None else None
     if obj is not None and obj.json_error is not None:
-        _print_json({**obj.json_error, "error": message, "exit_code": code})
+        print_json({**obj.json_error, "error": message, "exit_code": code})
     sys.exit(code)
 
 
@@ -118,7 +112,23 @@ def _guard(ctx: _Context, fn, *args, usage_errors=(), interrupted=INTERRUPTED_EX
                            "...` for the traceback, and report it)")
 
 
-@click.group(cls=ShortErrorsGroup, context_settings={"help_option_names": ["-h", "--help"]})
+#: With ``--json``, the fields of the JSON object an error of a command prints besides
+#: ``error`` and ``exit_code`` (:attr:`_Context.json_error`), by command; none for the others.
+JSON_ERROR_FIELDS = {"check": {"passed": False, "artifacts": []}}
+
+
+def _json_error_fields(command: Optional[str]) -> dict:
+    return dict(JSON_ERROR_FIELDS.get(command, {}))
+
+
+def _json_usage_error(command: Optional[str], message: str) -> None:
+    """The JSON object of a usage error click found before ``command`` ran (a bad option
+    value, an unknown option, a missing argument), as :func:`_exit` prints it."""
+    print_json({**_json_error_fields(command), "error": printable(message), "exit_code": 2})
+
+
+@click.group(cls=ShortErrorsGroup, json_error=_json_usage_error,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 @click.version_option(package_name="rave-deploy")
 @click.pass_context
@@ -138,30 +148,10 @@ def _target_names() -> List[str]:
 
 def _check_name(name: str) -> None:
     """Refuse (exit 2) an --name that is not a plain file name every host's machine
-    and every shell takes."""
-    if (not name.strip() or name.startswith(".") or "\0" in name
-            or any(sep in name for sep in ("/", "\\"))):
-        _usage(f"--name {name!r}: give a plain file name (no folders, not starting with '.'), "
-               "e.g. --name my_model; --output sets the folder")
-    if any(unicodedata.category(c) == "Cc" for c in name):
-        _usage(f"--name {name!r}: control characters (newlines, tabs, ...) cannot be in a "
-               "file name hosts and scripts handle; give a plain name, e.g. --name my_model")
-    if any(c in WINDOWS_RESERVED for c in name):
-        # the files travel to the machine of the concert: Max and the VST run on Windows too
-        _usage(f"--name {name!r}: {' '.join(WINDOWS_RESERVED)} cannot be in a file name on "
-               "Windows; give a plain name, e.g. --name my_model")
-    if is_windows_device(name):
-        _usage(f"--name {name!r}: Windows reads files named {name.split('.')[0]}.* as a device, "
-               "not a file; give another name, e.g. --name my_model")
-    if name.startswith("-"):
-        _usage(f"--name {name!r}: a file name starting with '-' reads as an option to the "
-               "commands given the file (rave-deploy check, cp); give a plain name, e.g. "
-               "--name my_model")
-    if len(name.encode()) > MAX_NAME_BYTES:
-        # file systems hold 255 bytes a name; the target's suffix and the sidecar's follow
-        _usage(f"--name: {len(name.encode())} bytes, more than the {MAX_NAME_BYTES} that leave "
-               "room for the target's suffix and the sidecar's (file names hold 255 bytes); "
-               "give a shorter name")
+    and every shell takes (the rules: :func:`rave_deploy.file_names.name_problem`)."""
+    problem = name_problem(name)
+    if problem is not None:
+        _usage(problem)
 
 
 @main.command(short_help="Export a trained run to the files each host loads.")
@@ -223,7 +213,7 @@ def export(obj: _Context, run: Path, targets, output: Path, streaming: bool, fid
     `rave train`) to the files each host loads, with a JSON sidecar beside each."""
     from .export import export_run
 
-    obj.json_error = {} if as_json else None
+    obj.json_error = _json_error_fields("export") if as_json else None
     if name is not None:
         _check_name(name)
     options = ExportOptions(streaming=streaming, fidelity=fidelity, deterministic=deterministic,
@@ -252,9 +242,7 @@ def export(obj: _Context, run: Path, targets, output: Path, streaming: bool, fid
         _interrupted(obj, err, f"Interrupted: {'; '.join(notes)}; nothing was left "
                                "half-written." if notes else INTERRUPTED_EXPORT)
     if as_json:
-        from .check.report import jsonable
-        click.echo(json.dumps(jsonable([r.as_dict() for r in results]), indent=2,
-                              allow_nan=False))
+        print_json([r.as_dict() for r in results])
 
 
 @main.command(short_help="Check exported artefacts against their run.")
@@ -282,7 +270,7 @@ def check(obj: _Context, artifacts, run: Optional[str], block_sizes, as_json: bo
                         prepare_check)
     from .check.report import write_html_report
 
-    obj.json_error = {"passed": False, "artifacts": []} if as_json else None
+    obj.json_error = _json_error_fields("check") if as_json else None
     if run == "":
         _usage("--run: an empty path was given (an unset shell variable?): give the run "
                "directory or checkpoint, or leave --run out to use the sidecar's")
@@ -308,8 +296,8 @@ def check(obj: _Context, artifacts, run: Optional[str], block_sizes, as_json: bo
     reports = []
     try:
         for i, (artifact, plan) in enumerate(zip(artifacts, plans), 1):
-            with _CheckProgress(f"checking {artifact} ({i}/{len(artifacts)})",
-                                quiet=as_json) as progress:
+            with CheckProgress(f"checking {artifact} ({i}/{len(artifacts)})",
+                               quiet=as_json) as progress:
                 reports.append(_guard(obj, check_artifact, artifact, run, options,
                                       loaded[plan.source, plan.ema_weights],
                                       usage_errors=(CheckUsageError,), interrupted=None))
@@ -324,8 +312,8 @@ def check(obj: _Context, artifacts, run: Optional[str], block_sizes, as_json: bo
     if report is not None:
         _guard(obj, write_html_report, reports, report)
     if as_json:
-        _print_json({"passed": all(r.passed for r in reports),
-                     "artifacts": [r.as_dict() for r in reports]})
+        print_json({"passed": all(r.passed for r in reports),
+                    "artifacts": [r.as_dict() for r in reports]})
     elif report is not None:
         click.echo(printable(f"\nReport: {report}"))
     failed = [c.name for r in reports for c in r.failures()]
@@ -341,98 +329,10 @@ def _show_finished(obj: _Context, reports, as_json: bool) -> None:
     interrupted: printed now, or, with ``--json``, held for the JSON object an error
     prints (:func:`_exit`)."""
     if as_json:
-        obj.json_error = {"passed": False, "artifacts": [r.as_dict() for r in reports]}
+        obj.json_error = {**_json_error_fields("check"),
+                          "artifacts": [r.as_dict() for r in reports]}
     elif reports:
-        _print_results(reports)
-
-
-def _print_json(data: dict) -> None:
-    """``data`` as strict JSON on stdout: NaN and infinities as strings ("nan", "inf", as
-    CheckResult.as_dict writes a value), names that are not UTF-8 as ``\\xe9``."""
-    from .check.report import jsonable
-    click.echo(json.dumps(jsonable(data), indent=2, allow_nan=False))
-
-
-def _print_results(reports) -> None:
-    """Each check's PASS or FAIL line, then the summary table, on stdout."""
-    from .check.report import format_table
-    for r in reports:
-        for c in r.results:
-            mark = "PASS" if c.passed else "FAIL"
-            click.echo(printable(f"  {mark}  {c.name:32s} {c.message}"))
-    click.echo("")
-    click.echo(printable(format_table(reports)))
-
-
-class _CheckProgress:
-    """The line ``checking ARTIFACT (k/n)`` on stderr. On a terminal it is rewritten as
-    each check finishes (how many, seconds so far, the last one's name) and ends with the
-    count and time: a full-size model's checks take minutes. Elsewhere (a log, a pipe) it
-    is printed once, unless ``quiet`` (``--json``: stdout is for the JSON, and a script
-    reading it may log stderr). A warning or an error printed meanwhile starts on a line
-    of its own."""
-
-    #: a progress line is open on the terminal (``_fail`` ends it first)
-    open_line = False
-
-    def __init__(self, title: str, quiet: bool = False) -> None:
-        self.title = printable(title)
-        self.live = sys.stderr.isatty()
-        self.show = self.live or not quiet
-        self.count = 0
-        self.t0 = time.monotonic()
-
-    def __enter__(self) -> "_CheckProgress":
-        if not self.live:
-            if self.show:
-                click.echo(f"{self.title} ...", err=True)
-            return self
-        self._write(f"{self.title} ...")
-        self._stack = contextlib.ExitStack()
-        self._stack.enter_context(on_each_result(self._on_result))
-        previous = warnings.showwarning
-
-        def show(*args, **kwargs):
-            _CheckProgress.end_open_line()
-            previous(*args, **kwargs)
-
-        warnings.showwarning = show
-        self._stack.callback(setattr, warnings, "showwarning", previous)
-        return self
-
-    def _on_result(self, result) -> None:
-        self.count += 1
-        self._write(f"{self.title}: {_checks(self.count)} ({time.monotonic() - self.t0:.0f} s), "
-                    f"last {result.name}")
-
-    def _write(self, text: str) -> None:
-        width = shutil.get_terminal_size((80, 24)).columns - 1
-        click.echo("\r\x1b[K" + (text if len(text) <= width else text[:width - 3] + "..."),
-                   err=True, nl=False)
-        _CheckProgress.open_line = True
-
-    @staticmethod
-    def end_open_line() -> None:
-        if _CheckProgress.open_line:
-            _CheckProgress.open_line = False
-            click.echo("", err=True)
-
-    def done(self, report) -> None:
-        if self.live:
-            failed = len(report.failures())
-            self._write(f"{self.title}: {_checks(len(report.results))}"
-                        + (f", {failed} failed" if failed else "")
-                        + f" in {time.monotonic() - self.t0:.0f} s")
-            self.end_open_line()
-
-    def __exit__(self, *exc) -> None:
-        if self.live:
-            self._stack.close()
-            self.end_open_line()   # interrupted: end the line before what follows
-
-
-def _checks(n: int) -> str:
-    return f"{n} check" + ("" if n == 1 else "s")
+        print_results(reports)
 
 
 def _report_path(obj: _Context, given: Optional[str]) -> Optional[Path]:

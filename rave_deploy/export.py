@@ -4,9 +4,10 @@ from __future__ import annotations
 import dataclasses
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence
 
 from rave_core.os_errors import os_error_in
 from rave_core.run import Run, open_run
@@ -16,8 +17,13 @@ from .file_names import plain_file_name
 from .io import (OutputError, OutputInTheWay, atomic_outputs, check_replaceable,
                  describe_os_error, dump_json, ensure_dir)
 from .model import DEFAULT_TUNED_BLOCK, DeployError, DeployModel
-from .sidecar import FOLDER_SIDECAR, build_sidecar, read_sidecar, sidecar_path
+from .output_lock import output_lock
+from .sidecar import (FOLDER_SIDECAR, build_sidecar, find_sidecar, path_from_sidecar,
+                      read_sidecar, shown_path, sidecar_path)
 from .targets import ExportOptions, Target, TargetUnsupported, registry
+
+if TYPE_CHECKING:  # imported when a style is taught (it reads audio)
+    from .style_teaching import StyleAudio
 
 
 class ExportError(RuntimeError):
@@ -148,7 +154,7 @@ def _earlier_sidecar(path: Path) -> Dict[str, object]:
 
 
 def _write_artifact(target: Target, run: Run, options: ExportOptions, path: Path,
-                    sidecar_extra: Dict[str, object]) -> Path:
+                    style: Optional[StyleAudio]) -> Path:
     """Export to temporaries, then rename the artefact and its sidecar into place together:
     on any failure (full disk, Ctrl-C, a target error) the earlier pair stays as it was."""
     folder = target.kind == "folder"
@@ -160,7 +166,11 @@ def _write_artifact(target: Target, run: Run, options: ExportOptions, path: Path
         with atomic_outputs(finals, folder=folder) as temps:
             extra = target.export(run.model, options, temps[0])
             core: DeployModel = extra.pop("_core")
-            sidecar = build_sidecar(target.name, path, run, core, {**extra, **sidecar_extra})
+            sidecar_folder = sidecar_path(path, folder=folder).parent
+            if style is not None:
+                extra["style"] = style.as_sidecar(sidecar_folder)
+            sidecar = build_sidecar(target.name, path, run, core, extra,
+                                    sidecar_folder=sidecar_folder)
             dump_json(temps[0] / FOLDER_SIDECAR if folder else temps[1], sidecar)
             # What stands there may have changed during the export: look again (cheap).
             check_outputs_replaceable(target, path)
@@ -200,7 +210,12 @@ def export_run(run_path, target_names: Sequence[str], output: Path,
 
     ``on_result`` is called with each target's result as soon as it is done. An error or
     Ctrl-C after some targets were written carries a note (``err.__notes__``) naming the
-    targets written and those not."""
+    targets written and those not.
+
+    While it writes, the export holds the output folder's lock
+    (:func:`rave_deploy.output_lock.output_lock`): another export into that folder at
+    the same time raises :class:`~rave_deploy.output_lock.OutputLocked` before writing
+    anything."""
     run = run or open_run(run_path, ema=options.ema_weights)
     name = options.name or _name_from_run(run.config_path.parent.name)
     targets = resolve_targets(target_names)
@@ -228,28 +243,32 @@ def export_run(run_path, target_names: Sequence[str], output: Path,
         if not reasons[target.name]:
             check_outputs_replaceable(target, artifact_path(output, name, target, as_file))
 
-    run, sidecar_extra = _taught(run, options)
-    results: List[ExportResult] = []
-    try:
-        for target in targets:
-            if reasons[target.name]:
-                results.append(ExportResult(target.name, skipped=reasons[target.name]))
-            else:
-                results.append(_export_target(target, run, options, sidecar_extra,
-                                              artifact_path(output, name, target, as_file)))
-            if on_result is not None:
-                on_result(results[-1])
-    except BaseException as err:  # Ctrl-C and SIGTERM too
-        written = [r.target for r in results if r.path is not None]
-        if written:  # the folder now mixes this export with what was there before
-            err.add_note(_stopped_midway(written, [t.name for t in targets[len(results):]
-                                                   if not reasons[t.name]]))
-        raise
+    run, style = _taught(run, options)
+    # One export at a time into a folder (refused at once, before anything is written):
+    # two at once would mix their runs under one name.
+    writes = any(not reason for reason in reasons.values())
+    with output_lock(output.parent if as_file else output) if writes else nullcontext():
+        results: List[ExportResult] = []
+        try:
+            for target in targets:
+                if reasons[target.name]:
+                    results.append(ExportResult(target.name, skipped=reasons[target.name]))
+                else:
+                    results.append(_export_target(target, run, options, style,
+                                                  artifact_path(output, name, target, as_file)))
+                if on_result is not None:
+                    on_result(results[-1])
+        except BaseException as err:  # Ctrl-C and SIGTERM too
+            written = [r.target for r in results if r.path is not None]
+            if written:  # the folder now mixes this export with what was there before
+                err.add_note(_stopped_midway(written, [t.name for t in targets[len(results):]
+                                                       if not reasons[t.name]]))
+            raise
     return results
 
 
 def _export_target(target: Target, run: Run, options: ExportOptions,
-                   sidecar_extra: Dict[str, object], path: Path) -> ExportResult:
+                   style: Optional[StyleAudio], path: Path) -> ExportResult:
     """Write ``target``'s artefact and sidecar at ``path``, with the warnings it gave."""
     ensure_dir(path.parent)  # created as needed, like every output folder of both CLIs
     t0 = time.perf_counter()
@@ -257,7 +276,7 @@ def _export_target(target: Target, run: Run, options: ExportOptions,
         warnings.simplefilter("always")
         _warn_untaught_side(target, options)
         _warn_replacing_another_checkpoint(path, run)
-        sidecar = _write_artifact(target, run, options, path, sidecar_extra)
+        sidecar = _write_artifact(target, run, options, path, style)
     return ExportResult(target.name, path=path, sidecar=sidecar, size_bytes=_size(path),
                         seconds=time.perf_counter() - t0,
                         warnings=sorted({str(w.message) for w in caught
@@ -276,9 +295,9 @@ def _stopped_midway(written: List[str], not_written: List[str]) -> str:
 
 def _taught(run: Run, options: ExportOptions):
     """``run`` with its model taught ``--style-target`` / ``--style-source``, and the
-    sidecar field naming them (``{}`` when neither is given)."""
+    style audio, which each sidecar names (None when neither is given)."""
     if options.style_target is None and options.style_source is None:
-        return run, {}
+        return run, None
     from .style_teaching import StyleAudio, teach_style
 
     sr = int(run.model.sr)
@@ -287,7 +306,7 @@ def _taught(run: Run, options: ExportOptions):
                        block_size=(options.block_size or DEFAULT_TUNED_BLOCK * factor) // factor,
                        fidelity=options.fidelity)
     model = teach_style(run.model, style, progress=True)
-    return dataclasses.replace(run, model=model), {"style": style.as_sidecar()}
+    return dataclasses.replace(run, model=model), style
 
 
 def _warn_replacing_another_checkpoint(path: Path, run: Run) -> None:
@@ -299,8 +318,23 @@ def _warn_replacing_another_checkpoint(path: Path, run: Run) -> None:
         return
     before = source.get("checkpoint_sha256")
     if isinstance(before, str) and before and before != run.checkpoint_sha256:
-        warnings.warn(f"{path} was an export of another checkpoint ({source.get('checkpoint')}) "
-                      "and is replaced; give --name or --output to keep both", stacklevel=2)
+        warnings.warn(f"{path} was an export of another checkpoint "
+                      f"({_earlier_checkpoint(path, source.get('checkpoint'))}) and is "
+                      "replaced; give --name or --output to keep both", stacklevel=2)
+
+
+def _earlier_checkpoint(path: Path, recorded: object) -> str:
+    """The checkpoint an earlier export at ``path`` names (``recorded``: its sidecar's
+    ``source.checkpoint``, relative to the sidecar's folder), as the user knows it."""
+    if not isinstance(recorded, str) or not recorded:
+        return "unnamed"
+    try:
+        sidecar = find_sidecar(path)
+    except OSError:
+        sidecar = None
+    if sidecar is None:
+        return recorded
+    return shown_path(path_from_sidecar(recorded, sidecar), recorded)
 
 
 def _warn_untaught_side(target: Target, options: ExportOptions) -> None:

@@ -1,11 +1,21 @@
 """What an artefact's file name may hold: the files travel to the machine of the concert
-(Max and the RAVE VST run on Windows too), and to the shells that copy them there."""
+(Max and the RAVE VST run on Windows too), and to the shells that copy them there.
+
+The rules are stated once, here: :func:`name_problem` says why a name breaks one (what
+``rave-deploy export --name`` refuses), :func:`plain_file_name` repairs a name that does
+(the default name, taken from the run's folder), and whatever it returns passes
+:func:`name_problem`."""
 from __future__ import annotations
 
 import unicodedata
+from typing import Optional
+
+from rave_core.text import printable
 
 #: characters Windows refuses in a file name
 WINDOWS_RESERVED = '<>:"|?*'
+#: characters that make a name a path: it would be written into another folder
+SEPARATORS = "/\\"
 #: names Windows keeps for devices, whatever follows the first dot (``con.nn_tilde.ts``)
 WINDOWS_DEVICES = frozenset(["con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)),
                              *(f"lpt{i}" for i in range(1, 10))])
@@ -19,16 +29,69 @@ def is_windows_device(name: str) -> bool:
     return name.split(".")[0].strip().lower() in WINDOWS_DEVICES
 
 
+def is_control(c: str) -> bool:
+    """Whether ``c`` is a control character (newline, tab, escape, NUL, DEL, ...)."""
+    return unicodedata.category(c) == "Cc"
+
+
+def is_undecodable(c: str) -> bool:
+    """Whether ``c`` stands for a byte that is not UTF-8 (a name read from a Latin-1 file
+    system holds ``'caf\\udce9'``): Windows and macOS take UTF-8 names only."""
+    return unicodedata.category(c) == "Cs"
+
+
+def name_bytes(name: str) -> int:
+    """The bytes ``name`` takes on disk (a name that is not UTF-8 holds its bytes as lone
+    surrogates, ``'caf\\udce9'``: each is one byte)."""
+    return len(name.encode("utf-8", "surrogateescape"))
+
+
+def name_problem(name: str, flag: str = "--name") -> Optional[str]:
+    """Why ``name`` cannot be the name of an artefact's files, as the message refusing
+    ``flag NAME`` (the first problem found), or None for a plain name."""
+    example = f"e.g. {flag} my_model"
+    if (not name.strip() or name.startswith(".") or "\0" in name
+            or any(sep in name for sep in SEPARATORS)):
+        return (f"{flag} {name!r}: give a plain file name (no folders, not starting with '.'), "
+                f"{example}; --output sets the folder")
+    if any(is_control(c) for c in name):
+        return (f"{flag} {name!r}: control characters (newlines, tabs, ...) cannot be in a "
+                f"file name hosts and scripts handle; give a plain name, {example}")
+    if any(is_undecodable(c) for c in name):
+        return (f"{flag} '{printable(name)}': not UTF-8 text, which Windows and macOS need "
+                f"in a file name; give a plain name, {example}")
+    if any(c in WINDOWS_RESERVED for c in name):
+        # the files travel to the machine of the concert: Max and the VST run on Windows too
+        return (f"{flag} {name!r}: {' '.join(WINDOWS_RESERVED)} cannot be in a file name on "
+                f"Windows; give a plain name, {example}")
+    if is_windows_device(name):
+        return (f"{flag} {name!r}: Windows reads files named {name.split('.')[0]}.* as a "
+                f"device, not a file; give another name, {example}")
+    if name.startswith("-"):
+        return (f"{flag} {name!r}: a file name starting with '-' reads as an option to the "
+                f"commands given the file (rave-deploy check, cp); give a plain name, {example}")
+    if name_bytes(name) > MAX_NAME_BYTES:
+        # file systems hold 255 bytes a name; the target's suffix and the sidecar's follow
+        return (f"{flag}: {name_bytes(name)} bytes, more than the {MAX_NAME_BYTES} that leave "
+                "room for the target's suffix and the sidecar's (file names hold 255 bytes); "
+                "give a shorter name")
+    return None
+
+
 def plain_file_name(text: str, fallback: str = "model") -> str:
-    """``text`` made a name every host's machine takes: reserved and control characters
-    and spaces (which PureData's and Max's object boxes split arguments at) become ``_``,
-    a leading ``.`` or ``-`` goes, a Windows device name gets a ``_``, and the name is cut
-    to :data:`MAX_NAME_BYTES` bytes (at a character boundary)."""
-    name = "".join("_" if c in WINDOWS_RESERVED or c in "/\\" or c.isspace()
-                   or unicodedata.category(c) == "Cc" else c for c in text.strip())
+    """``text`` made a name :func:`name_problem` accepts: separators, Windows' reserved
+    characters, control characters, bytes that are not UTF-8 and spaces (which PureData's and Max's object boxes
+    split arguments at, though ``--name`` may hold them) become ``_``, a leading ``.`` or
+    ``-`` goes, a Windows device name gets a ``_``, and the name is cut to
+    :data:`MAX_NAME_BYTES` bytes (at a character boundary); ``fallback`` if nothing is
+    left."""
+    name = "".join("_" if c in WINDOWS_RESERVED or c in SEPARATORS or is_control(c)
+                   or is_undecodable(c) or c.isspace() else c for c in text.strip())
     name = name.lstrip(".-")
     if is_windows_device(name):
         first, dot, rest = name.partition(".")
         name = f"{first.strip()}_{dot}{rest}"
-    name = name.encode()[:MAX_NAME_BYTES].decode(errors="ignore")
+    name = name[:MAX_NAME_BYTES]   # a character takes one byte or more
+    while name_bytes(name) > MAX_NAME_BYTES:
+        name = name[:-1]
     return name or fallback

@@ -39,16 +39,60 @@ def host_block_sizes(ratio: int, largest: int = 4096) -> List[int]:
     return sizes
 
 
+def path_for_sidecar(path: Path, folder: Path) -> str:
+    """``path`` as a sidecar in ``folder`` records it: relative to ``folder``, both taken as
+    real paths (links resolved), in POSIX form (``../runs/brave/config.gin``), so that a
+    project folder moved or shared whole keeps it right and a shared sidecar tells nobody
+    where the files were (``/home/alice/...``); absolute only where no relative path
+    exists (another Windows drive)."""
+    real = os.path.realpath(path)
+    try:
+        return Path(os.path.relpath(real, os.path.realpath(folder))).as_posix()
+    except ValueError:  # on Windows, another drive
+        return real
+
+
+def path_from_sidecar(recorded: str, sidecar: Path) -> Path:
+    """A path the sidecar file ``sidecar`` records (:func:`path_for_sidecar`), to open:
+    relative to the real folder of that file (links resolved: the sidecar read beside a
+    symbolic link's target, see :func:`find_sidecar`, or a sidecar that is itself a
+    link); an absolute one, as older versions wrote, as it is. (Its ``..`` are taken off
+    by name: they lead up from a real folder, where the system does the same.)"""
+    path = Path(recorded)
+    if path.is_absolute():
+        return path
+    folder = os.path.dirname(os.path.realpath(sidecar))
+    return Path(os.path.normpath(os.path.join(folder, path)))
+
+
+def shown_path(path: Path, recorded: str) -> str:
+    """``path`` as its user recognises it, for messages and reports: relative to the
+    current folder where it is inside it, or where that is shorter than ``recorded`` (the
+    path as it was written: in a sidecar, or on the command line), else ``recorded``;
+    never made absolute (a report is shared: ``/home/alice/...`` stays out of it)."""
+    try:
+        here = os.path.relpath(path)
+    except (ValueError, OSError):  # another Windows drive; no current folder any more
+        return str(recorded)
+    inside = here != os.pardir and not here.startswith(os.pardir + os.sep)
+    return here if inside or len(here) < len(str(recorded)) else str(recorded)
+
+
 def build_sidecar(target: str, artifact: Path, run: Run, core: DeployModel,
-                  extra: Dict[str, object]) -> Dict[str, object]:
+                  extra: Dict[str, object],
+                  sidecar_folder: Optional[Path] = None) -> Dict[str, object]:
+    """The sidecar of ``artifact``. ``sidecar_folder``: the folder its file goes in (the
+    artefact's own for a folder artefact; default: as :func:`sidecar_path` finds it now),
+    against which the run's paths are recorded (:func:`path_for_sidecar`)."""
+    folder = sidecar_folder if sidecar_folder is not None else sidecar_path(artifact).parent
     return {
         "format": FORMAT,
         "target": target,
         "artifact": Path(artifact).name,
         "source": {
-            "checkpoint": str(run.checkpoint_path.resolve()),
+            "checkpoint": path_for_sidecar(run.checkpoint_path, folder),
             "checkpoint_sha256": run.checkpoint_sha256,
-            "config": str(run.config_path.resolve()),
+            "config": path_for_sidecar(run.config_path, folder),
             "step": run.step,
             "ema_weights": run.ema,
         },

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -35,6 +35,7 @@ from rave_core.nn.weight_norm import copy_model
 from rave_core.run import sha256_of
 
 from .model import DeployError
+from .sidecar import path_for_sidecar, path_from_sidecar, shown_path
 from .style_transfer import adain_layers, style_layers
 
 SIDES = ("target", "source")
@@ -50,29 +51,39 @@ class StyleAudio:
     source: Optional[Path] = None
     block_size: int = 2048
     fidelity: float = 0.95
+    _fingerprints: Optional[Dict[str, str]] = field(default=None, init=False, repr=False,
+                                                    compare=False)
 
-    def as_sidecar(self) -> Dict[str, object]:
-        """The sidecar's ``style`` field: each side's absolute path and SHA-256 (a
-        folder's: of its files' names and SHA-256s, see :func:`fingerprint`)."""
-        files = {side: {"path": str(Path(p).resolve()), "sha256": fingerprint(Path(p))}
-                 for side in SIDES if (p := getattr(self, side)) is not None}
+    def as_sidecar(self, folder: Path) -> Dict[str, object]:
+        """The ``style`` field of a sidecar in ``folder``: each side's path, relative to
+        ``folder`` (:func:`~rave_deploy.sidecar.path_for_sidecar`: no home folder in a
+        shared file), and SHA-256 (a folder's: of its files' names and SHA-256s, see
+        :func:`fingerprint`; computed once, whatever the number of targets)."""
+        if self._fingerprints is None:
+            self._fingerprints = {side: fingerprint(Path(p)) for side in SIDES
+                                  if (p := getattr(self, side)) is not None}
+        files = {side: {"path": path_for_sidecar(Path(getattr(self, side)), folder),
+                        "sha256": digest} for side, digest in self._fingerprints.items()}
         return {**files, "block_size": self.block_size, "fidelity": self.fidelity}
 
     @classmethod
-    def from_sidecar(cls, style: Dict[str, object]) -> "StyleAudio":
-        """The files named in a sidecar's ``style`` field; a file that is missing or has
-        changed since the export raises :class:`StyleAudioError`."""
+    def from_sidecar(cls, style: Dict[str, object], sidecar: Path) -> "StyleAudio":
+        """The files named in the ``style`` field of the sidecar file ``sidecar`` (paths
+        relative to its folder, or absolute as older versions wrote them); a file that is
+        missing or has changed since the export raises :class:`StyleAudioError`."""
         paths = {}
         for side in SIDES:
             entry = style.get(side)
             if not entry:
                 continue
-            path = Path(entry["path"])
+            recorded = str(entry["path"])
+            path = path_from_sidecar(recorded, sidecar)
+            shown = shown_path(path, recorded)
             if not path.exists():
-                raise StyleAudioError(f"the style {side} {path}, which the file was taught "
+                raise StyleAudioError(f"the style {side} {shown}, which the file was taught "
                                       "from, is gone: put it back, or export again")
             if fingerprint(path) != entry.get("sha256"):
-                raise StyleAudioError(f"the style {side} {path} changed since the export "
+                raise StyleAudioError(f"the style {side} {shown} changed since the export "
                                       "(SHA-256 differs): put the original back, or export "
                                       "again")
             paths[side] = path

@@ -75,14 +75,14 @@ def test_a_terminal_sees_each_artefacts_checks_count_up_and_stdout_stays_json(ex
 
 def test_a_warning_during_a_check_starts_on_its_own_line(capsys, monkeypatch):
     """A warning printed while the progress line is open must not be glued to it."""
-    from rave_deploy.cli import _CheckProgress
+    from rave_deploy.check.output import CheckProgress
 
     # as rave_core.cli.warnings_as_messages prints ours
     monkeypatch.setattr(warnings, "showwarning",
                         lambda message, *args, **kw: print(f"Warning: {message}", file=sys.stderr))
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)   # a terminal: the live line
     report = CheckReport(Path("model.ts"), "nn_tilde")
-    with _CheckProgress("checking model.ts (1/1)") as progress:
+    with CheckProgress("checking model.ts (1/1)") as progress:
         report.add("contract.1_load", True, "loads")
         warnings.warn("something odd")
         report.add("parity.forward", True, "exact")

@@ -36,6 +36,8 @@ def exports(tmp_path_factory) -> dict:
 
 
 def _copy_with_sidecar(artefact: Path, folder: Path, name: str = None) -> Path:
+    """A copy of ``artefact`` and its sidecar in ``folder``: away from its run (the
+    sidecar names it relative to its folder), it is checked with --run."""
     folder.mkdir(parents=True, exist_ok=True)
     copy = folder / (name or artefact.name)
     shutil.copy(artefact, copy)
@@ -94,10 +96,11 @@ def test_a_folder_name_that_is_not_utf8_is_shown_escaped(exports, tmp_path):
     folder = tmp_path / os.fsdecode(b"caf\xe9")
     artefact = _copy_with_sidecar(exports["minifusion"], folder)
     report = tmp_path / "r.html"
-    result = cli(["check", artefact, "--report", report], code=0)
+    run = ["--run", exports["run"]]
+    result = cli(["check", artefact, "--report", report, *run], code=0)
     assert f"checking {folder.parent}/caf\\xe9/{artefact.name}" in result.stderr
     assert "caf\\xe9" in report.read_text(encoding="utf-8")
-    result = cli(["check", artefact, "--json"], code=0)
+    result = cli(["check", artefact, "--json", *run], code=0)
     assert "\\udc" not in result.stdout   # a lone surrogate, which strict parsers refuse
     assert json.loads(result.stdout)["artifacts"][0]["artifact"].endswith("caf\\xe9/"
                                                                           + artefact.name)
@@ -148,7 +151,7 @@ def test_a_folder_says_which_artefacts_it_skips(exports, tmp_path, checks_run):
     _copy_with_sidecar(exports["onnx"], mixed)
     shutil.copy(exports["minifusion"], mixed / "foreign.h5")
     (mixed / "README.txt").write_text("notes")
-    cli(["check", mixed], code=0,
+    cli(["check", mixed, "--run", exports["run"]], code=0,
         expect=f"Warning: {mixed}/foreign.h5 has no sidecar: check it on its own with --run RUN")
     assert checks_run == [mixed / exports["onnx"].name]
     sidecar_path(mixed / exports["onnx"].name).unlink()

@@ -668,7 +668,9 @@ def test_check_with_a_damaged_or_orphaned_sidecar(runs, exported, tmp_path):
             expect="is not a readable rave-deploy sidecar")
     sidecar.write_text("[1, 2]")
     run_cli(deploy_cli, ["check", artefact], code=2, expect="names no target")
-    sidecar.write_text(text.replace(str(runs["brave"].resolve()), str(tmp_path / "moved")))
+    data = json.loads(text)
+    data["source"]["checkpoint"] = str(tmp_path / "moved" / "best.ckpt")
+    sidecar.write_text(json.dumps(data))
     run_cli(deploy_cli, ["check", artefact], code=2,
             expect="pass --run RUN to check against the run it was exported from")
 

@@ -12,6 +12,7 @@ import json
 import shutil
 import types
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,7 +29,7 @@ from rave_deploy.check import CheckUsageError, check_artifact
 from rave_deploy.check.report import reports_to_json, write_html_report
 from rave_deploy.cli import main as deploy_cli
 from rave_deploy.export import _warn_untaught_side
-from rave_deploy.sidecar import read_sidecar
+from rave_deploy.sidecar import read_sidecar, shown_path
 from rave_deploy.style_transfer import (LearnedAdaIN, StyleTransfer, adain_layers,
                                         freeze_adain, make_style_learnable, style_layers)
 from rave_deploy.targets import CheckOptions, ExportOptions, registry
@@ -251,7 +252,12 @@ def test_export_teaches_a_style_as_nn_tilde_would(v3, style_audio, tmp_path, mon
     files = export_quietly(run, ["nn_tilde", "onnx"], tmp_path / "taught", ExportOptions(
         style_target=target, style_source=source))
     style = read_sidecar(files["onnx"])["style"]
-    assert style["target"]["path"] == str(target.resolve()) and style["block_size"] == 2048
+    # recorded relative to the sidecar's folder: no home folder in a file users share
+    for side, path in (("target", target), ("source", source)):
+        recorded = style[side]["path"]
+        assert not Path(recorded).is_absolute(), recorded
+        assert (files["onnx"].parent / recorded).resolve() == path.resolve()
+    assert style["block_size"] == 2048
     block = style["block_size"]
 
     taught = torch.jit.load(str(files["nn_tilde"]))
@@ -279,10 +285,12 @@ def test_export_teaches_a_style_as_nn_tilde_would(v3, style_audio, tmp_path, mon
         assert report.passed, [r.message for r in report.failures()]
     assert len(taught_by_check) <= 1
     # the report says which audio: in --json, and in the HTML facts
-    assert report.summary["style"] == {"target": str(target.resolve()),
-                                       "source": str(source.resolve())}
+    assert report.summary["style"] == {side: shown_path(path, style[side]["path"])
+                                       for side, path in (("target", target),
+                                                          ("source", source))}
+    assert not any(Path(p).is_absolute() for p in report.summary["style"].values())
     page = write_html_report([report], tmp_path / "report.html").read_text()
-    assert f"<dt>style source</dt><dd>{source.resolve()}</dd>" in page
+    assert f"<dt>style source</dt><dd>{report.summary['style']['source']}</dd>" in page
     assert reports_to_json([report])["reports"][0]["summary"]["style"] == report.summary["style"]
     forgotten = tmp_path / "forgotten"
     forgotten.mkdir()

@@ -2,22 +2,16 @@
 
 Two trainings of one run overwrite each other's ``last.ckpt`` and ``best.ckpt`` and both
 log into ``version_0``. The training that writes the run holds an advisory lock on
-``<run>/.training.lock`` (``flock``: the system releases it when the process ends, even
-killed, so a stale lock never blocks a run). Where ``fcntl`` is missing (Windows) nothing
-is locked.
+``<run>/.training.lock`` (``flock``, :mod:`rave_core.folder_lock`: the system releases it
+when the process ends, even killed, so a stale lock never blocks a run). Where ``fcntl``
+is missing (Windows) nothing is locked.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import IO, Optional
 
+from ..folder_lock import LOCKING, FolderLock, LockHeld
 from .errors import TrainingArgumentError
-
-try:
-    import fcntl
-except ImportError:  # Windows
-    fcntl = None
 
 LOCK_NAME = ".training.lock"
 
@@ -29,7 +23,7 @@ class RunLock:
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
-        self._file: Optional[IO[str]] = None
+        self._lock = FolderLock(self.run_dir, LOCK_NAME)
 
     def acquire(self) -> None:
         """Lock the run (creating its folder).
@@ -37,31 +31,20 @@ class RunLock:
         Raises:
             TrainingArgumentError: another process is training this run.
         """
-        if fcntl is None or self._file is not None:
+        if not LOCKING or self._lock.held:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        f = open(self.run_dir / LOCK_NAME, "a+")
         try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.seek(0)
-            holder = f.read().strip()
-            f.close()
+            self._lock.acquire()
+        except LockHeld as held:
             raise TrainingArgumentError(
                 f"run {self.run_dir} is being trained by another process"
-                + (f" (PID {holder})" if holder.isdigit() else "")
+                + (f" (PID {held.pid})" if held.pid is not None else "")
                 + ": wait for it to finish (then run this command again to resume it), or "
                   "choose another --name") from None
-        f.seek(0)
-        f.truncate()
-        f.write(str(os.getpid()))
-        f.flush()
-        self._file = f
 
     def release(self) -> None:
-        if self._file is not None:
-            self._file.close()   # closing releases the flock
-            self._file = None
+        self._lock.release()   # closing the file releases the flock
 
     def __enter__(self) -> "RunLock":
         return self

@@ -12,7 +12,9 @@ from rave_core.os_errors import describe_os_error
 from rave_core.run import RunError, find_checkpoint, open_run, sha256_of
 from rave_core.text import listed
 
-from ..sidecar import FOLDER_SIDECAR, find_sidecar, read_sidecar, sidecar_path
+from ..output_lock import is_lock_file
+from ..sidecar import (FOLDER_SIDECAR, find_sidecar, path_from_sidecar, read_sidecar,
+                       shown_path, sidecar_path)
 from ..targets import CheckOptions, get_target, registry
 from .result import CheckReport, CheckResult
 
@@ -119,7 +121,8 @@ def expand_artifacts(paths: Sequence[Union[str, Path]]) -> List[Path]:
     file it resolves to), in the order given: a sidecar beside its artefact
     (``model.ts.json``) stands for the artefact, so that ``check exports/*`` works; a
     folder that is not itself an artefact (an ``--output`` folder) stands for the
-    artefacts in it that have sidecars (:func:`_artifacts_in`). Anything else is kept as
+    artefacts in it that have sidecars (:func:`_artifacts_in`; an export's lock file
+    there is not one). Anything else is kept as
     given, for :func:`prepare_check` to accept or refuse.
 
     Raises:
@@ -150,7 +153,8 @@ def _artifacts_in(folder: Path) -> List[Path]:
         CheckUsageError: the folder has nothing to check.
     """
     try:
-        entries = sorted(folder.iterdir())
+        # (an export's lock file, left by an export killed outright, is nothing to check)
+        entries = sorted(q for q in folder.iterdir() if not is_lock_file(q))
     except OSError as err:
         raise CheckUsageError(f"cannot list {folder}: {describe_os_error(err, '')}") from None
     with_sidecar = [q for q in entries if not q.name.endswith(".json") and find_sidecar(q)]
@@ -184,6 +188,9 @@ class CheckPlan:
     target: str
     source: str                   # the run or checkpoint to load
     ema_weights: bool
+    #: the sidecar's ``source.checkpoint`` as written (relative to its folder, or absolute
+    #: from older versions) where ``source`` comes from it; None for ``--run``
+    recorded: Optional[str] = None
 
 
 _MISSING = object()
@@ -201,6 +208,10 @@ def prepare_check(artifact, run: Optional[str] = None) -> CheckPlan:
     it exists, its sidecar is readable and names a known target, the run to check against
     is there and (when the sidecar records its SHA-256) is the checkpoint the file was
     exported from. ``rave-deploy check`` prepares every artefact before checking any.
+
+    The sidecar's ``source.checkpoint`` is relative to the sidecar's folder (the one read,
+    beside a symbolic link's target for a link; absolute from older versions), so a
+    project folder moved whole is checked without ``--run``.
 
     Raises:
         CheckUsageError, RunError: bad usage (exit code 2), the message says what to do:
@@ -224,26 +235,54 @@ def prepare_check(artifact, run: Optional[str] = None) -> CheckPlan:
                 raise _damaged_sidecar(artifact, "source.checkpoint", checkpoint)
         elif not run:
             raise _damaged_sidecar(artifact, "source", value)
-    source = run or origin.get("checkpoint")
-    if not source:
+    recorded = origin.get("checkpoint")
+    named = _recorded_checkpoint(artifact, recorded)  # (None: not a usable path)
+    if run:
+        source = run
+    elif named is not None:
+        source = str(named)
+    else:
         raise CheckUsageError(f"{artifact} has no rave-deploy sidecar naming its run: pass "
                               "--run RUN (the run directory or checkpoint it was exported from)")
-    _same_checkpoint(artifact, str(source), origin, explicit=bool(run))
+    _same_checkpoint(artifact, str(source), origin, explicit=bool(run), named=named)
     return CheckPlan(artifact, sidecar, target_name, str(source),
-                     bool(origin.get("ema_weights")))
+                     bool(origin.get("ema_weights")), recorded=None if run else str(recorded))
+
+
+def _recorded_checkpoint(artifact: Path, recorded: object) -> Optional[Path]:
+    """The checkpoint the sidecar of ``artifact`` names (``recorded``, its
+    ``source.checkpoint``), as a path to open (:func:`path_from_sidecar`); None where it
+    names none."""
+    if not isinstance(recorded, str) or not recorded:
+        return None
+    try:
+        sidecar = find_sidecar(artifact)
+    except OSError:
+        sidecar = None
+    if sidecar is None:  # (it was read a moment ago)
+        return Path(recorded)
+    return path_from_sidecar(recorded, sidecar)
 
 
 def _same_checkpoint(artifact: Path, source: str, origin: Dict[str, object],
-                     explicit: bool) -> None:
+                     explicit: bool, named: Optional[Path] = None) -> None:
     """Refuse a checkpoint that is not the one the artefact was exported from (its SHA-256
     differs from the sidecar's ``source.checkpoint_sha256``): its parity checks would fail
-    for a reason that is not the export's (e.g. training continued and overwrote it)."""
+    for a reason that is not the export's (e.g. training continued and overwrote it).
+    ``named``: the checkpoint the sidecar names, resolved (:func:`_recorded_checkpoint`)."""
     path = Path(source)
     if not path.exists():
-        # RunError as open_run words it, with where the path came from
-        where = "" if explicit else (f" (the run named in {_sidecar_named(artifact)}); pass "
-                                     "--run RUN to check against the run it was exported from")
-        raise RunError(f"{path} does not exist: give a run directory (with config.gin) or a "
+        # RunError as open_run words it, with where the path came from: the sidecar's
+        # path as written there (relative to its folder, as export writes it)
+        shown, where = path, ""
+        if not explicit:
+            recorded = str(origin.get("checkpoint"))
+            relative = not Path(recorded).is_absolute()
+            shown = recorded if relative else path
+            where = (f" (the run named in {_sidecar_named(artifact)}"
+                     + (", relative to that file's folder" if relative else "")
+                     + "); pass --run RUN to check against the run it was exported from")
+        raise RunError(f"{shown} does not exist: give a run directory (with config.gin) or a "
                        f".ckpt file{where}")
     expected = origin.get("checkpoint_sha256")
     if not isinstance(expected, str) or not expected:
@@ -255,8 +294,7 @@ def _same_checkpoint(artifact: Path, source: str, origin: Dict[str, object],
         return  # loading it reports the problem, in its own words
     if digest == expected.lower():
         return
-    named = origin.get("checkpoint")
-    if not explicit or (isinstance(named, str) and _same_file(checkpoint, Path(named))):
+    if not explicit or (named is not None and _same_file(checkpoint, named)):
         raise CheckUsageError(f"the checkpoint {checkpoint} changed since the export (SHA-256 "
                               "differs): export again, or pass --run with the checkpoint it was "
                               "exported from")
@@ -305,12 +343,19 @@ def check_artifact(artifact, run: Optional[str] = None,
     model = loaded.model
     style = sidecar.get("style") if isinstance(sidecar.get("style"), dict) else None
     if style:
-        model = _taught_as_exported(model, sidecar, loaded.checkpoint_sha256)
+        style_audio = _style_audio(plan)
+        model = _taught_as_exported(model, style_audio, sidecar, loaded.checkpoint_sha256)
     report = get_target(plan.target).check(artifact, sidecar, model, options)
+    # which checkpoint it was checked against, as the user knows it (in --json and the
+    # HTML report): relative to here, or as the sidecar (or --run) gives it, not absolute
+    report.summary["checkpoint"] = shown_path(loaded.checkpoint_path,
+                                              plan.recorded or str(loaded.checkpoint_path))
     if sidecar:
         check_sidecar_facts(report, sidecar)
-    if style:  # which audio the file, and so its reference, was taught from
-        report.summary["style"] = {side: style[side]["path"] for side in ("target", "source")
+    if style:  # which audio the file, and so its reference, was taught from, as for the run
+        report.summary["style"] = {side: shown_path(getattr(style_audio, side),
+                                                    str(style[side]["path"]))
+                                   for side in ("target", "source")
                                    if isinstance(style.get(side), dict)}
     for key in COMMON_SUMMARY:
         report.summary.setdefault(key, None)
@@ -354,15 +399,27 @@ def check_sidecar_facts(report: CheckReport, sidecar: Dict[str, object]) -> None
 _LAST_TAUGHT: Dict[str, object] = {}
 
 
-def _taught_as_exported(model, sidecar, checkpoint_sha256: str):
-    """The run's model taught the style the sidecar names (``export --style-*``), so the
-    reference computes what the file was taught."""
-    from ..style_teaching import StyleAudio, StyleAudioError, teach_style
+def _style_audio(plan: CheckPlan):
+    """The style audio the artefact's sidecar names (``export --style-*``), its paths taken
+    from the sidecar's folder; the files must be there and unchanged.
 
+    Raises:
+        CheckUsageError: one is gone or changed since the export.
+    """
+    from ..style_teaching import StyleAudio, StyleAudioError
+
+    sidecar_file = find_sidecar(plan.artifact) or sidecar_path(plan.artifact)
     try:
-        style = StyleAudio.from_sidecar(sidecar["style"])  # files there and unchanged
+        return StyleAudio.from_sidecar(plan.sidecar["style"], sidecar_file)
     except StyleAudioError as err:
         raise CheckUsageError(f"{err}") from None
+
+
+def _taught_as_exported(model, style, sidecar, checkpoint_sha256: str):
+    """The run's model taught ``style`` (:func:`_style_audio`), as the sidecar says it was,
+    so the reference computes what the file was taught."""
+    from ..style_teaching import teach_style
+
     origin = sidecar.get("source")
     key = json.dumps([checkpoint_sha256, origin.get("ema_weights") if isinstance(origin, dict) else None,
                       sidecar["style"]], sort_keys=True)

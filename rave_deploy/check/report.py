@@ -497,6 +497,8 @@ def _facts(report: CheckReport) -> str:
     m = s.get("latency_measured")
     if m:
         facts.append(("measured latency", f"{m['mean']:.0f} samples, jitter {m['jitter']}"))
+    if s.get("checkpoint"):  # the run it was checked against (not made absolute)
+        facts.append(("checkpoint", str(s["checkpoint"])))
     for side, path in (s.get("style") or {}).items():
         facts.append((f"style {side}", path))
     facts += [("RTF at host block", row["rtf"]), ("parity SNR (worst)", row["snr"]),

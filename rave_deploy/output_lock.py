@@ -1,0 +1,66 @@
+"""One ``rave-deploy export`` at a time into an output folder.
+
+Two exports into one folder at once would both succeed, and could leave one name's
+artefact from one run beside its sidecar, or its other targets, from the other. An export
+holds an advisory lock on ``<output folder>/.rave-deploy.lock`` (:mod:`rave_core.folder_lock`:
+``flock``, released by the system when the process ends, even killed) while it writes
+there; a second export into that folder is refused at once (:class:`OutputLocked`, exit
+code 2), naming the PID of the first. The lock file is removed when the export ends, so
+the folder a user ships holds no trace of it (a process killed outright leaves it, hidden:
+the next export takes it over and removes it, and ``rave-deploy check`` ignores it).
+Where ``fcntl`` is missing (Windows) nothing is locked.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Iterator
+
+from rave_core.folder_lock import FolderLock, LockHeld
+
+from .io import OutputInTheWay, ensure_dir
+
+LOCK_NAME = ".rave-deploy.lock"
+
+
+class OutputLocked(OutputInTheWay):
+    """Another export is writing into the output folder: refused before anything is
+    written, nothing touched. Bad usage (exit code 2), as every :class:`OutputInTheWay`:
+    what stands in the way is the user's other export, and the remedy theirs (wait for it,
+    or choose another --output)."""
+
+
+@contextlib.contextmanager
+def output_lock(folder: Path, flag: str = "--output") -> Iterator[Path]:
+    """Hold the export lock of ``folder`` (created as needed, :func:`ensure_dir`) for the
+    ``with`` block, which gets the folder.
+
+    Raises:
+        OutputLocked: another process holds it.
+        OutputError: the folder cannot be created, or is not writable (:func:`ensure_dir`).
+    A lock file that cannot be written (a full disk, a read-only folder; a link or a
+    folder of that name) locks nothing: the export's own writes then say what is wrong,
+    in their words.
+    """
+    folder = ensure_dir(Path(folder), flag)
+    lock = FolderLock(folder, LOCK_NAME, remove=True, follow_links=False)
+    try:
+        lock.acquire()
+    except LockHeld as held:
+        by = f" (PID {held.pid})" if held.pid is not None else ""
+        raise OutputLocked(f"another rave-deploy export{by} is writing into {folder}: wait for "
+                           f"it to finish, or choose another {flag}") from None
+    except OSError:
+        pass
+    try:
+        yield folder
+    finally:
+        lock.release()
+
+
+def is_lock_file(path: Path) -> bool:
+    """Whether ``path`` is an export's lock file (never an artefact)."""
+    return Path(path).name == LOCK_NAME
+
+
+__all__ = ["LOCK_NAME", "OutputLocked", "is_lock_file", "output_lock"]
