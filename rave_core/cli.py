@@ -29,6 +29,7 @@ from typing import Callable, List, Optional
 import click
 
 from .os_errors import describe_os_error
+from .text import printable
 
 from .config import CONFIG_DIR, ConfigError, available_configs
 from .data import DataError, DataInputError
@@ -85,7 +86,7 @@ def warnings_as_messages():
     def show(message, category, filename, lineno, file=None, line=None):
         if not str(Path(filename).resolve()).startswith(ours):
             return previous(message, category, filename, lineno, file, line)
-        click.echo(f"{_rank_prefix()}Warning: {message}", err=True)
+        click.echo(f"{_rank_prefix()}Warning: {printable(str(message))}", err=True)
 
     warnings.showwarning = show
     try:
@@ -183,7 +184,7 @@ class _ShortUsageError(click.ClickException):
         if type(self.original).__name__ == "NoArgsIsHelpError":  # bare command: its help
             self.original.show(file)
             return
-        click.echo(f"Error: {self.format_message()}", err=True)
+        click.echo(f"Error: {printable(self.format_message())}", err=True)
         if ctx is not None:
             click.echo(f"Try '{ctx.command_path} {ctx.help_option_names[0]}' for help.", err=True)
         if self.as_json is not None:   # stdout holds one JSON object, as for any error
@@ -195,7 +196,8 @@ def _fail(settings: _Settings, err: BaseException, code: int, text: Optional[str
         traceback.print_exception(err)
     if text is None and isinstance(err, OSError) and type(err).__module__ == "builtins":
         text = describe_os_error(err)
-    msg = short_message(text or str(err)) or type(err).__name__
+    # a name that is not UTF-8 is shown as \xe9, as rave-deploy shows it
+    msg = printable(short_message(text or str(err)) or type(err).__name__)
     click.echo(f"{_rank_prefix()}Error: {msg}", err=True)
     sys.exit(code)
 
@@ -251,7 +253,7 @@ def _check_output_location(flag: str, path) -> None:
 
 
 def _usage(message: str) -> None:
-    click.echo(f"{_rank_prefix()}Error: {message}", err=True)
+    click.echo(f"{_rank_prefix()}Error: {printable(message)}", err=True)
     sys.exit(2)
 
 
@@ -375,7 +377,7 @@ def _run_training(settings: _Settings, configs, db_path, name, out_path, max_ste
     if int(os.environ.get("RANK", "0")) == 0:
         best = (f", best validation {result.best_validation:.4g}"
                 if result.best_validation is not None else "")
-        click.echo(f"trained {result.run_dir} to step {result.global_step}{best}")
+        click.echo(printable(f"trained {result.run_dir} to step {result.global_step}{best}"))
 
 
 @main.command("train")

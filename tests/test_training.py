@@ -6,12 +6,14 @@ gloo processes under DDP, the run directory as `open_run` reads it, and the CLI'
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import sys
 import time
 from pathlib import Path
+from typing import List
 
 import numpy as np
 import pytest
@@ -274,6 +276,7 @@ def _ddp_worker(rank: int, port: int, db: str, out: str) -> None:
                    overrides=SMALL + ["PHASE_1_DURATION=1"], **{**FAST, "batch": 2})
     torch.save({"state_dict": result.model.state_dict(), "history": result.history},
                os.path.join(out, f"rank{rank}.pt"))
+    assert not _process_group_threads(), "the process group outlived training"
 
 
 def _free_port() -> int:
@@ -299,14 +302,28 @@ def test_two_gloo_processes_keep_identical_weights(db, tmp_path):
     assert all(torch.equal(v, ckpt["state_dict"][k]) for k, v in a.items())
 
 
+def _process_group_threads() -> List[str]:
+    """The names of this process's threads that serve a process group: gloo's workers and
+    transport, the TCP store's server (Linux names them; elsewhere none is found)."""
+    names = []
+    for task in (Path("/proc/self/task").iterdir() if Path("/proc/self/task").is_dir() else ()):
+        with contextlib.suppress(OSError):
+            names.append((task / "comm").read_text().strip())
+    return [name for name in names if "gloo" in name or "tcpstore" in name]
+
+
 def _train_as_rank(rank: int, db: str, out: str, name: str, caught, **settings) -> None:
     """A short BRAVE training as rank ``rank``; what an expected ``caught`` error says
-    goes to ``<out>/rank<rank>.txt`` for the test to read."""
+    goes to ``<out>/rank<rank>.txt`` for the test to read. However training ended, its
+    process group is gone with its threads: one left to the interpreter's exit aborted the
+    process now and then ("terminate called without an active exception")."""
     try:
         train(["brave"], db, name, out_path=out, save_every=100, overrides=SMALL,
               **{**FAST, "batch": 2, **settings})
     except caught as err:
         Path(out, f"rank{rank}.txt").write_text(str(err))
+    left = _process_group_threads()
+    assert not left, f"rank {rank}: the process group's threads outlived training: {left}"
 
 
 def _ddp_interrupted_worker(rank: int, port: int, db: str, out: str) -> None:
@@ -336,10 +353,11 @@ def test_two_gloo_processes_stop_together_on_ctrl_c(db, tmp_path):
     assert ckpt["global_step"] == 4 and len(ckpt["rng_states"]) == 2
 
 
-def _two_ranks_to_their_end(worker, db, tmp_path, limit: float = 300) -> None:
-    """Run ``worker`` as ranks 0 and 1 and wait until both have ended, whatever their exit
-    status: after an error, gloo's teardown sometimes aborts a process as it exits
-    ("terminate called without an active exception"), once its message was said."""
+def _two_ranks_to_their_end(worker, db, tmp_path, limit: float = 300,
+                            exit_codes=(0, 0)) -> None:
+    """Run ``worker`` as ranks 0 and 1, wait until both have ended, and check how: after an
+    error, gloo's teardown used to abort a process as it exited ("terminate called without
+    an active exception", exit code -6), once its message was said."""
     context = mp.spawn(worker, args=(_free_port(), str(db), str(tmp_path)), nprocs=2,
                        join=False)
     deadline = time.monotonic() + limit
@@ -349,6 +367,8 @@ def _two_ranks_to_their_end(worker, db, tmp_path, limit: float = 300) -> None:
                 p.kill()
             pytest.fail(f"the ranks did not stop within {limit:.0f} s")
         time.sleep(1)
+    codes = tuple(p.exitcode for p in context.processes)
+    assert codes == tuple(exit_codes), f"exit codes of ranks 0 and 1: {codes}"
 
 
 def _ddp_full_disk_worker(rank: int, port: int, db: str, out: str) -> None:
@@ -398,6 +418,30 @@ def test_a_run_being_trained_refuses_every_rank_of_a_second_torchrun(db, tmp_pat
         _two_ranks_to_their_end(_ddp_locked_worker, db, tmp_path)
     for rank in (0, 1):
         assert "is being trained by another process" in (tmp_path / f"rank{rank}.txt").read_text()
+
+
+def _ddp_dying_worker(rank: int, port: int, db: str, out: str) -> None:
+    """Rank 1 dies (killed, out of memory) during step 2; rank 0 is left alone."""
+    _join_two_ranks(rank, port)
+    real_step = RAVETrainer.step
+
+    def dying(self, x, step, stop=False):
+        if step == 1 and rank == 1:
+            os._exit(9)
+        return real_step(self, x, step, stop)
+
+    RAVETrainer.step = dying
+    started = time.monotonic()
+    _train_as_rank(rank, db, out, "ddp_dying", RuntimeError, max_steps=50, val_every=100)
+    Path(out, f"rank{rank}-seconds.txt").write_text(f"{time.monotonic() - started:.1f}")
+
+
+def test_a_rank_that_dies_leaves_the_other_to_stop_at_once(db, tmp_path):
+    """The ranks leave the group together, but one that died is not waited for: the
+    survivor stops on the lost connection and frees the group within seconds."""
+    _two_ranks_to_their_end(_ddp_dying_worker, db, tmp_path, limit=120, exit_codes=(0, 9))
+    assert (tmp_path / "rank0.txt").exists()   # gloo's error: the connection was lost
+    assert float((tmp_path / "rank0-seconds.txt").read_text()) < 60
 
 
 # ---------------------------------------------------------------------------- CLI

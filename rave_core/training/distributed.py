@@ -7,6 +7,8 @@ GPUs, gloo on CPU. With one process every collective is a no-op.
 """
 from __future__ import annotations
 
+import datetime
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any, List
@@ -46,6 +48,10 @@ class DistContext:
         local_rank = int(os.environ.get("LOCAL_RANK", rank))
         if use_cuda:
             torch.cuda.set_device(local_rank)
+        # torch.distributed.nn's functions take the default group as a default argument,
+        # bound when the module is first imported (the optimisers and DDP import it):
+        # imported after the group exists, they would keep it alive past close().
+        import torch.distributed.nn.functional  # noqa: F401
         dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world)
         return cls(rank, world, local_rank, True)
 
@@ -81,6 +87,31 @@ class DistContext:
             for t in tensors:
                 dist.broadcast(t, src=0)
 
+    #: seconds a closing process waits for the others to close too: a coordinated stop
+    #: brings them within moments, and a process that died answers at once
+    CLOSE_TIMEOUT = 10.0
+
     def close(self) -> None:
-        if self.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
+        """Leave the process group together with the other processes, then free it.
+
+        Freed here, while Python is whole, the group joins its threads. Left alive to the
+        interpreter's exit, a gloo thread still letting go of the last collective's tensors
+        needs the interpreter that is going away, and the process aborts ("terminate called
+        without an active exception") after its message was said."""
+        if not (self.owns_group and dist.is_initialized()):
+            return
+        self._wait_for_the_others()
+        dist.destroy_process_group()
+        gc.collect()  # a group left only in reference cycles is freed now, not at exit
+
+    def _wait_for_the_others(self) -> None:
+        """A bounded barrier: no process tears the group down while another is still in
+        the last collective; a process that died, or never comes, delays nobody for long."""
+        timeout = datetime.timedelta(seconds=self.CLOSE_TIMEOUT)
+        try:
+            if dist.get_backend() == dist.Backend.GLOO:
+                dist.monitored_barrier(timeout=timeout, wait_all_ranks=True)
+            else:
+                dist.barrier(async_op=True).wait(timeout=timeout)
+        except RuntimeError:   # another process died, or did not close in time: leave anyway
+            pass

@@ -124,6 +124,11 @@ class RAVETrainer:
                                                          find_unused_parameters=unused)
         return self._wrapped[key]
 
+    def drop_ddp_wrappers(self) -> None:
+        """Training is over: each DDP wrapper holds the process group, which
+        :meth:`DistContext.close` frees (the model stays usable, unwrapped)."""
+        self._wrapped.clear()
+
     # ---------------------------------------------------------------- schedule
     def is_adversarial(self, step: int) -> bool:
         """Whether 0-based step ``step`` is in phase 2."""

@@ -48,6 +48,7 @@ from ..data import AudioDataset, DataError, load_metadata
 from ..models.encoders import VariationalEncoder
 from ..os_errors import describe_os_error
 from ..run import RunError, extract_state_dict, find_config
+from ..text import printable
 from .analysis import cropped_length, fidelity_dimensions, latent_statistics, receptive_field
 from .checkpoint import (capture_rng, copy_checkpoint, load_checkpoint, replace_atomically,
                          restore_rng, save_checkpoint, write_text_atomically)
@@ -475,8 +476,7 @@ def _train(ctx: DistContext, lock: RunLock, configs, db_path: Path, name: str, o
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         if stored != operative:
             write_text_atomically(run_dir / "config.gin", operative)
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(log_dir=str(run_dir / "version_0"))
+        writer = _tensorboard_writer(run_dir / "version_0")
         if start_step == 0:
             writer.add_text("config", "```\n" + operative + "\n```")
 
@@ -628,6 +628,7 @@ def _train(ctx: DistContext, lock: RunLock, configs, db_path: Path, name: str, o
                     "command again to resume", ckpt_dir / "last.ckpt", stopper.signal)
     finally:
         del iterator
+        trainer.drop_ddp_wrappers()
         if bar is not None:
             bar.close()
         if writer is not None:
@@ -760,6 +761,30 @@ def _signal_shortfall(model: nn.Module, n_signal: int) -> Optional[str]:
             seen = f"{length} samples {label}{crop}" if length > 0 else f"nothing {label}{crop}"
             return f"the spectral distance sees {seen} but its largest STFT ({max(scales)}) needs {need}"
     return None
+
+
+class _NoTensorBoard:
+    """Stands in for TensorBoard's writer where it cannot write: takes every call, writes
+    nothing."""
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+
+def _tensorboard_writer(log_dir: Path):
+    """TensorBoard's writer for ``log_dir``; where TensorBoard cannot write, a warning and
+    a writer that writes nothing. Its file layer takes UTF-8 names only: a run in a folder
+    named in Latin-1 failed with UnicodeEncodeError before its first step."""
+    try:
+        str(log_dir).encode("utf-8")
+    except UnicodeEncodeError:
+        warnings.warn(f"TensorBoard cannot write in {printable(str(log_dir))}, a name that is "
+                      "not UTF-8: this run keeps no TensorBoard logs (its checkpoints and audio "
+                      "examples are written as usual); train in a folder with a UTF-8 name to "
+                      "have them")
+        return _NoTensorBoard()
+    from torch.utils.tensorboard import SummaryWriter
+    return SummaryWriter(log_dir=str(log_dir))
 
 
 def _write_audio(path: Path, audio: torch.Tensor, sr: int) -> None:
