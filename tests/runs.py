@@ -1,6 +1,7 @@
 """Fake run directories, laid out as acids-rave's `rave train` (and ours) write them."""
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import Dict, Optional, Sequence
@@ -8,6 +9,7 @@ from typing import Dict, Optional, Sequence
 import torch
 
 from rave_core.config import build_model, parse_config
+from rave_deploy.sidecar import path_for_sidecar, path_from_sidecar, sidecar_path
 
 from .conftest import NO_TRAINING_MODULES, SMALL, randomize
 
@@ -56,3 +58,18 @@ def export_quietly(run: Path, targets: Sequence[str], out: Path,
         warnings.simplefilter("ignore")
         results = export_run(run, list(targets), out, options or ExportOptions())
     return {r.target: r.path for r in results}
+
+
+def copy_sidecar(artefact: Path, copy: Path, **changes) -> Dict[str, object]:
+    """Write for ``copy`` (a copy of ``artefact`` elsewhere: a file, or an anira folder
+    copied whole) the sidecar of ``artefact`` with ``changes``, its run re-recorded from
+    the copy's folder as an export there records it (relative to the sidecar's folder),
+    so the copy is checked against the same run without --run. Returns the sidecar."""
+    original, target = sidecar_path(artefact), sidecar_path(copy)
+    data = json.loads(original.read_text())
+    for key in ("checkpoint", "config"):
+        data["source"][key] = path_for_sidecar(path_from_sidecar(data["source"][key], original),
+                                               target.parent)
+    data.update(changes)
+    target.write_text(json.dumps(data))
+    return data

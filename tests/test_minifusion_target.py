@@ -27,7 +27,7 @@ from rave_deploy.minifusion_numpy import MinifusionModel, MinifusionStream
 from rave_deploy.targets import CheckOptions, ExportOptions, TargetUnsupported, get_target
 
 from .conftest import reference_dir, small_model
-from .runs import make_run
+from .runs import copy_sidecar, make_run
 
 PREFIXES = ("discriminator", "audio", "multiband")
 SUFFIXES = ("pad", "cache")
@@ -143,9 +143,7 @@ def test_a_sidecar_that_misstates_the_latency_fails_the_check(exported, tmp_path
     (or another export's) fails contract.sidecar, naming what the check found."""
     _, run, path, _ = exported
     copy = Path(shutil.copy(path, tmp_path / path.name))
-    sidecar = json.loads(path.with_name(path.name + ".json").read_text())
-    sidecar.update(latency_samples=0, sample_rate=48000)
-    copy.with_name(copy.name + ".json").write_text(json.dumps(sidecar))
+    copy_sidecar(path, copy, latency_samples=0, sample_rate=48000)
     report = check_artifact(copy, options=CheckOptions(block_sizes=[2048], seconds=1.0,
                                                        rtf_seconds=0.1))
     assert [r.name for r in report.failures()] == ["contract.sidecar"]

@@ -30,6 +30,7 @@ from rave_deploy.model import DeployModel
 from rave_deploy.targets import CheckOptions, ExportOptions, TargetUnsupported, get_target
 
 from .conftest import NO_TRAINING_MODULES, SMALL, randomize
+from .runs import copy_sidecar
 
 #: Timing is the machine's, not the artefact's: checked for presence, not for pass.
 FAST = dict(seconds=2.0, rtf_seconds=0.2)
@@ -317,7 +318,7 @@ def test_check_accepts_graphs_written_before_the_latent_fold(brave, tmp_path):
     og.write_metadata(model, {k: v for k, v in og.read_metadata(model).items()
                               if k != "latent_folded"})
     onnx.save(model, str(graph))
-    shutil.copy(str(paths["onnx_streaming"]) + ".json", str(graph) + ".json")
+    copy_sidecar(paths["onnx_streaming"], graph)
     first = next(s for s in og.read_metadata(graph)["states"] if s["layer"] == "decoder.net.0")
     assert first["shape"][1] == core.decoder_latent_size  # unfolded: the full latent
     report = check_artifact(graph, run=str(run), options=CheckOptions(block_sizes=[512], **FAST))
@@ -395,7 +396,7 @@ def test_streaming_graph_missing_a_state_fails(brave, tmp_path):
     graph.output.remove(next(o for o in graph.output if o.name == "state_out_5"))
     broken = tmp_path / "broken.onnx"
     onnx.save(model, str(broken))
-    shutil.copy(str(paths["onnx_streaming"]) + ".json", str(broken) + ".json")
+    copy_sidecar(paths["onnx_streaming"], broken)
     report = check_artifact(broken, options=CheckOptions(**FAST))
     failed = _failed(report, "contract.22_states")
     assert failed and "state_in_5" in failed[0].message and "point 22" in failed[0].message
@@ -409,9 +410,7 @@ def test_a_sidecar_that_misstates_the_graph_fails(brave, tmp_path, target):
     _, paths = brave
     graph = tmp_path / paths[target].name
     shutil.copy(paths[target], graph)
-    sidecar = json.loads(Path(str(paths[target]) + ".json").read_text())
-    sidecar.update(sample_rate=48000, ratio=256)
-    Path(str(graph) + ".json").write_text(json.dumps(sidecar))
+    copy_sidecar(paths[target], graph, sample_rate=48000, ratio=256)
     report = check_artifact(graph, options=CheckOptions(block_sizes=[512], **FAST))
     failed = _failed(report, "contract.22_metadata")
     assert failed, [r.name for r in report.results]
@@ -422,9 +421,7 @@ def test_a_sidecar_that_misstates_the_graph_fails(brave, tmp_path, target):
 def test_anira_sidecar_that_misstates_the_block_fails_the_check(brave, tmp_path):
     _, paths = brave
     folder = Path(shutil.copytree(paths["anira"], tmp_path / "edited.anira"))
-    sidecar = json.loads((folder / "rave-deploy.json").read_text())
-    sidecar.update(block_size=128, latency_samples=0)
-    (folder / "rave-deploy.json").write_text(json.dumps(sidecar))
+    copy_sidecar(paths["anira"], folder, block_size=128, latency_samples=0)
     report = check_artifact(folder, options=CheckOptions(block_sizes=[512], **FAST))
     failed = {r.name: r.message for r in report.failures()}
     assert "contract.sidecar" in failed, failed
@@ -435,6 +432,7 @@ def test_anira_sidecar_that_misstates_the_block_fails_the_check(brave, tmp_path)
 def _broken_anira(paths, tmp_path) -> Path:
     folder = tmp_path / "broken.anira"
     shutil.copytree(paths["anira"], folder)
+    copy_sidecar(paths["anira"], folder)
     return folder
 
 
