@@ -18,8 +18,8 @@ from .io import (OutputError, OutputInTheWay, atomic_outputs, check_replaceable,
                  describe_os_error, dump_json, ensure_dir)
 from .model import DEFAULT_TUNED_BLOCK, DeployError, DeployModel
 from .output_lock import output_lock
-from .sidecar import (FOLDER_SIDECAR, build_sidecar, find_sidecar, path_from_sidecar,
-                      read_sidecar, shown_path, sidecar_path)
+from .sidecar import (FOLDER_SIDECAR, build_sidecar, read_sidecar, recorded_path, shown_path,
+                      sidecar_path)
 from .targets import ExportOptions, Target, TargetUnsupported, registry
 
 if TYPE_CHECKING:  # imported when a style is taught (it reads audio)
@@ -328,13 +328,7 @@ def _earlier_checkpoint(path: Path, recorded: object) -> str:
     ``source.checkpoint``, relative to the sidecar's folder), as the user knows it."""
     if not isinstance(recorded, str) or not recorded:
         return "unnamed"
-    try:
-        sidecar = find_sidecar(path)
-    except OSError:
-        sidecar = None
-    if sidecar is None:
-        return recorded
-    return shown_path(path_from_sidecar(recorded, sidecar), recorded)
+    return shown_path(recorded_path(path, recorded), recorded)
 
 
 def _warn_untaught_side(target: Target, options: ExportOptions) -> None:

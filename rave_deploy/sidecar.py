@@ -79,20 +79,18 @@ def shown_path(path: Path, recorded: str) -> str:
 
 
 def build_sidecar(target: str, artifact: Path, run: Run, core: DeployModel,
-                  extra: Dict[str, object],
-                  sidecar_folder: Optional[Path] = None) -> Dict[str, object]:
+                  extra: Dict[str, object], sidecar_folder: Path) -> Dict[str, object]:
     """The sidecar of ``artifact``. ``sidecar_folder``: the folder its file goes in (the
-    artefact's own for a folder artefact; default: as :func:`sidecar_path` finds it now),
-    against which the run's paths are recorded (:func:`path_for_sidecar`)."""
-    folder = sidecar_folder if sidecar_folder is not None else sidecar_path(artifact).parent
+    artefact's own for a folder artefact: :func:`sidecar_path`), against which the run's
+    paths are recorded (:func:`path_for_sidecar`)."""
     return {
         "format": FORMAT,
         "target": target,
         "artifact": Path(artifact).name,
         "source": {
-            "checkpoint": path_for_sidecar(run.checkpoint_path, folder),
+            "checkpoint": path_for_sidecar(run.checkpoint_path, sidecar_folder),
             "checkpoint_sha256": run.checkpoint_sha256,
-            "config": path_for_sidecar(run.config_path, folder),
+            "config": path_for_sidecar(run.config_path, sidecar_folder),
             "step": run.step,
             "ema_weights": run.ema,
         },
@@ -139,6 +137,22 @@ def find_sidecar(artifact: Path) -> Optional[Path]:
     if artifact.is_symlink():
         candidates.append(sidecar_path(Path(os.path.realpath(artifact))))
     return next((path for path in candidates if _is_file(path)), None)
+
+
+def sidecar_file_of(artifact: Path) -> Path:
+    """The sidecar file of ``artifact`` as messages name it and recorded paths are taken
+    from: the one :func:`find_sidecar` finds (beside a symbolic link's target, for a
+    link), else where it belongs (also when its folder cannot be searched)."""
+    try:
+        return find_sidecar(artifact) or sidecar_path(artifact)
+    except OSError:
+        return sidecar_path(artifact)
+
+
+def recorded_path(artifact: Path, recorded: str) -> Path:
+    """A path the sidecar of ``artifact`` records (``source.checkpoint``, a style file),
+    to open: :func:`path_from_sidecar` from :func:`sidecar_file_of`."""
+    return path_from_sidecar(recorded, sidecar_file_of(artifact))
 
 
 def _is_file(path: Path) -> bool:

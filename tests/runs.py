@@ -9,7 +9,7 @@ from typing import Dict, Optional, Sequence
 import torch
 
 from rave_core.config import build_model, parse_config
-from rave_deploy.sidecar import path_for_sidecar, path_from_sidecar, sidecar_path
+from rave_deploy.sidecar import path_for_sidecar, recorded_path, sidecar_path
 
 from .conftest import NO_TRAINING_MODULES, SMALL, randomize
 
@@ -68,7 +68,7 @@ def copy_sidecar(artefact: Path, copy: Path, **changes) -> Dict[str, object]:
     original, target = sidecar_path(artefact), sidecar_path(copy)
     data = json.loads(original.read_text())
     for key in ("checkpoint", "config"):
-        data["source"][key] = path_for_sidecar(path_from_sidecar(data["source"][key], original),
+        data["source"][key] = path_for_sidecar(recorded_path(artefact, data["source"][key]),
                                                target.parent)
     data.update(changes)
     target.write_text(json.dumps(data))

@@ -13,8 +13,8 @@ from rave_core.run import RunError, find_checkpoint, open_run, sha256_of
 from rave_core.text import listed
 
 from ..output_lock import is_lock_file
-from ..sidecar import (FOLDER_SIDECAR, find_sidecar, path_from_sidecar, read_sidecar,
-                       shown_path, sidecar_path)
+from ..sidecar import (FOLDER_SIDECAR, find_sidecar, read_sidecar, recorded_path, shown_path,
+                       sidecar_file_of)
 from ..targets import CheckOptions, get_target, registry
 from .result import CheckReport, CheckResult
 
@@ -41,15 +41,6 @@ def _signature(artifact: Path):
     return next((kind for magic, kind in SIGNATURES.items() if head.startswith(magic)), None)
 
 
-def _sidecar_named(artifact: Path) -> Path:
-    """The sidecar of ``artifact`` as messages name it: the one read (beside a symbolic
-    link's target, for a link), else where it belongs."""
-    try:
-        return find_sidecar(artifact) or sidecar_path(artifact)
-    except OSError:
-        return sidecar_path(artifact)
-
-
 def _anira_like(folder: Path) -> bool:
     """Whether ``folder`` holds what an anira export does (graphs and their JSON
     configuration), sidecar or not."""
@@ -64,12 +55,12 @@ def identify(artifact: Path):
         sidecar = None
     except (ValueError, UnicodeDecodeError, OSError) as err:  # JSONDecodeError is a ValueError
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise CheckUsageError(f"{_sidecar_named(artifact)} is not a readable rave-deploy "
+        raise CheckUsageError(f"{sidecar_file_of(artifact)} is not a readable rave-deploy "
                               f"sidecar ({reason}): re-export, or move it away and pass "
                               "--run RUN") from None
     if sidecar is not None:
         if not isinstance(sidecar, dict) or not isinstance(sidecar.get("target"), str):
-            raise CheckUsageError(f"{_sidecar_named(artifact)} names no target: it is not a "
+            raise CheckUsageError(f"{sidecar_file_of(artifact)} names no target: it is not a "
                                   "rave-deploy sidecar; re-export, or move it away and pass "
                                   "--run RUN")
         return sidecar, sidecar["target"]
@@ -198,7 +189,7 @@ _MISSING = object()
 
 def _damaged_sidecar(artifact: Path, field: str, value: object) -> CheckUsageError:
     shown = "missing" if value is _MISSING else f"{json.dumps(value)[:60]}"
-    return CheckUsageError(f"{_sidecar_named(artifact)} is damaged: its {field!r} field is "
+    return CheckUsageError(f"{sidecar_file_of(artifact)} is damaged: its {field!r} field is "
                            f"{shown}, not what rave-deploy writes there; re-export, or pass "
                            "--run RUN (the run directory or checkpoint it was exported from)")
 
@@ -251,17 +242,11 @@ def prepare_check(artifact, run: Optional[str] = None) -> CheckPlan:
 
 def _recorded_checkpoint(artifact: Path, recorded: object) -> Optional[Path]:
     """The checkpoint the sidecar of ``artifact`` names (``recorded``, its
-    ``source.checkpoint``), as a path to open (:func:`path_from_sidecar`); None where it
+    ``source.checkpoint``), as a path to open (:func:`recorded_path`); None where it
     names none."""
     if not isinstance(recorded, str) or not recorded:
         return None
-    try:
-        sidecar = find_sidecar(artifact)
-    except OSError:
-        sidecar = None
-    if sidecar is None:  # (it was read a moment ago)
-        return Path(recorded)
-    return path_from_sidecar(recorded, sidecar)
+    return recorded_path(artifact, recorded)
 
 
 def _same_checkpoint(artifact: Path, source: str, origin: Dict[str, object],
@@ -279,7 +264,7 @@ def _same_checkpoint(artifact: Path, source: str, origin: Dict[str, object],
             recorded = str(origin.get("checkpoint"))
             relative = not Path(recorded).is_absolute()
             shown = recorded if relative else path
-            where = (f" (the run named in {_sidecar_named(artifact)}"
+            where = (f" (the run named in {sidecar_file_of(artifact)}"
                      + (", relative to that file's folder" if relative else "")
                      + "); pass --run RUN to check against the run it was exported from")
         raise RunError(f"{shown} does not exist: give a run directory (with config.gin) or a "
@@ -300,7 +285,7 @@ def _same_checkpoint(artifact: Path, source: str, origin: Dict[str, object],
                               "exported from")
     which = f"--run {source}" + ("" if _same_file(checkpoint, path) else f" (its {checkpoint.name})")
     raise CheckUsageError(f"{which} is not the checkpoint {artifact} was exported from (SHA-256 "
-                          f"differs from the one in {_sidecar_named(artifact)}): pass --run "
+                          f"differs from the one in {sidecar_file_of(artifact)}): pass --run "
                           "with that checkpoint, or export again from this one")
 
 
@@ -326,7 +311,7 @@ def open_reference(plan: CheckPlan, run: Optional[str] = None):
         if run:
             raise
         # The checkpoint named in the sidecar moved or changed since the export.
-        raise RunError(f"{err} (the run named in {_sidecar_named(plan.artifact)}); pass --run "
+        raise RunError(f"{err} (the run named in {sidecar_file_of(plan.artifact)}); pass --run "
                        "RUN to check against the run it was exported from") from None
 
 
@@ -386,7 +371,7 @@ def check_sidecar_facts(report: CheckReport, sidecar: Dict[str, object]) -> None
     wrong = [f"{k} {sidecar[k]} (the check found {v})" for k, v in found.items()
              if str(sidecar[k]) != str(v)]
     if wrong:
-        message = (f"{_sidecar_named(report.artifact).name} states " + "; ".join(wrong)
+        message = (f"{sidecar_file_of(report.artifact).name} states " + "; ".join(wrong)
                    + ": re-export, or mend the sidecar")
     else:
         message = ("the sidecar states what the check found: "
@@ -408,9 +393,8 @@ def _style_audio(plan: CheckPlan):
     """
     from ..style_teaching import StyleAudio, StyleAudioError
 
-    sidecar_file = find_sidecar(plan.artifact) or sidecar_path(plan.artifact)
     try:
-        return StyleAudio.from_sidecar(plan.sidecar["style"], sidecar_file)
+        return StyleAudio.from_sidecar(plan.sidecar["style"], sidecar_file_of(plan.artifact))
     except StyleAudioError as err:
         raise CheckUsageError(f"{err}") from None
 
