@@ -4,10 +4,38 @@ compatible with acids-rave 2.3.1 checkpoints and configs, with exact streaming.
 >>> import rave_core
 >>> model = rave_core.load_run("runs/my_run")          # or acids-rave's run directory
 >>> y = model.decode(model.encode(x)[:, :model.latent_size])
+
+Importing the package imports nothing else: the names below are imported from their
+modules (which import torch: seconds) when first used (PEP 562), so that the command-line
+tools answer ``--help`` and their listings without torch.
 """
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.1.0"
 
-from .config import ConfigError, available_configs, build_model  # noqa: E402
-from .run import RunError, load_run, open_run  # noqa: E402
+#: Each public name, and the module of this package it comes from.
+_FROM = {
+    "ConfigError": "config",
+    "RunError": "run",
+    "available_configs": "config_names",
+    "build_model": "config",
+    "load_run": "run",
+    "open_run": "run",
+}
 
 __all__ = ["ConfigError", "RunError", "available_configs", "build_model", "load_run", "open_run"]
+
+
+def __getattr__(name: str):
+    module = _FROM.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value   # imported once
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

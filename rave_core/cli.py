@@ -10,6 +10,11 @@ Exit codes: 0 success, 1 a failed operation, 2 bad usage, 130 interrupted (Ctrl-
 stopped by SIGTERM (cleaned up, or for train saved, as for Ctrl-C).
 Errors print one or two lines naming the problem and the fix; ``--debug`` shows tracebacks.
 Output folders are created as needed. docs/bad-input.md lists every case and its message.
+
+This module imports no heavy library (torch, NumPy: seconds): ``--help``, ``--version``,
+``configs`` and a usage error answer at once; each command imports what it needs when it
+runs, Ctrl-C or SIGTERM meanwhile ending the process in one line
+(:func:`rave_deploy.launch.interrupts_end_at_once`).
 """
 from __future__ import annotations
 
@@ -28,18 +33,37 @@ from typing import Callable, List, Optional
 
 import click
 
+from rave_deploy.launch import INTERRUPTED, interrupts_end_at_once
+
+from .config_names import CONFIG_DIR, available_configs
+from .dataset_limits import MAX_CHANNELS, MAX_SAMPLING_RATE, MIN_CHANNELS, MIN_SAMPLING_RATE
 from .os_errors import describe_os_error
 from .text import printable
 
-from .config import CONFIG_DIR, ConfigError, available_configs
-from .data import DataError, DataInputError
-from .data.preprocess import (MAX_CHANNELS, MAX_SAMPLING_RATE, MIN_CHANNELS,
-                              MIN_SAMPLING_RATE)
-from .run import RunError
 
-# Unusable input (exit 2) versus a failed operation (exit 1).
-USAGE_ERRORS = (ConfigError, RunError, DataInputError)
-OPERATION_ERRORS = (DataError, OSError)
+def _error_classes():
+    """Unusable input (exit 2) versus a failed operation (exit 1): ``(USAGE_ERRORS,
+    OPERATION_ERRORS)``, imported when a command needs them (their modules import torch)."""
+    with importing():
+        from .config import ConfigError
+        from .data import DataError, DataInputError
+        from .run import RunError
+    return (ConfigError, RunError, DataInputError), (DataError, OSError)
+
+
+def __getattr__(name: str):
+    # USAGE_ERRORS, OPERATION_ERRORS: as before, module attributes (imported when read)
+    if name in ("USAGE_ERRORS", "OPERATION_ERRORS"):
+        return _error_classes()[name == "OPERATION_ERRORS"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def importing():
+    """Around a command's imports of heavy libraries (torch: seconds): Ctrl-C or SIGTERM
+    meanwhile ends the process at once, in one line, exit 130 or 143 (nothing was done
+    yet: :func:`rave_deploy.launch.interrupts_end_at_once`)."""
+    return interrupts_end_at_once(f"{_rank_prefix()}{INTERRUPTED}")
+
 
 DEFAULTS = dict(out_path="runs", max_steps=6_000_000, batch=8, n_signal=131072, val_every=10_000,
                 save_every=500_000, log_every=50, device="auto", workers=min(8, os.cpu_count() or 1), seed=0)
@@ -206,7 +230,9 @@ def _guard(settings: _Settings, fn: Callable, *args, interrupted: str = "Interru
            writing: Optional[str] = None, **kwargs):
     """Run ``fn``; known errors become clean messages and exit codes. ``writing`` names
     the output, for file-system errors (a full disk, a read-only folder)."""
-    from .training.trainer import TrainingArgumentError, TrainingError, TrainingInterrupted
+    with importing():
+        from .training.trainer import TrainingArgumentError, TrainingError, TrainingInterrupted
+    usage_errors, operation_errors = _error_classes()
     try:
         return fn(*args, **kwargs)
     except TrainingInterrupted as err:
@@ -219,9 +245,9 @@ def _guard(settings: _Settings, fn: Callable, *args, interrupted: str = "Interru
             traceback.print_exception(err)
         click.echo(f"{_rank_prefix()}{interrupted}", err=True)
         sys.exit(143 if isinstance(err, Terminated) else 130)
-    except (*USAGE_ERRORS, TrainingArgumentError) as err:
+    except (*usage_errors, TrainingArgumentError) as err:
         _fail(settings, err, 2)
-    except (*OPERATION_ERRORS, TrainingError) as err:
+    except (*operation_errors, TrainingError) as err:
         text = None
         if writing and isinstance(err, OSError) and type(err).__module__ == "builtins":
             text = f"cannot write {writing} ({describe_os_error(err)}); nothing was changed there"
@@ -288,11 +314,12 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.pass_obj
 def preprocess(settings: _Settings, input_paths, output_path, channels, sampling_rate, progress):
     """Resample and concatenate audio into a training dataset (rave-core train --db_path)."""
-    from .data import preprocess as run_preprocess
     missing = [p for p in input_paths if not Path(p).exists()]
     if missing:
         _usage(f"--input_path {missing[0]} does not exist; give a folder of audio files")
     _check_output_location("--output_path", output_path)
+    with importing():
+        from .data import preprocess as run_preprocess
     with sigterm_as_interrupt():
         report = _guard(settings, run_preprocess, list(input_paths), output_path, channels=channels,
                         sampling_rate=sampling_rate, progress=progress,
@@ -359,7 +386,6 @@ def _train_options(fn):
 def _run_training(settings: _Settings, configs, db_path, name, out_path, max_steps, batch,
                   n_signal, val_every, save_every, log_every, device, workers, ckpt, overrides,
                   seed, progress) -> None:
-    from .training.trainer import train
     if not Path(db_path).is_dir():
         _usage(f"--db_path {db_path}: no such dataset folder; create it with "
                "`rave-core preprocess --input_path AUDIO_DIR --output_path "
@@ -367,6 +393,8 @@ def _run_training(settings: _Settings, configs, db_path, name, out_path, max_ste
     if ckpt is not None and not Path(ckpt).is_file():
         _usage(f"--ckpt {ckpt}: no such checkpoint file")
     _check_output_location("--out_path", out_path)
+    with importing():
+        from .training.trainer import train
     result = _guard(settings, train, list(configs), db_path, name, out_path=out_path,
                     max_steps=max_steps, batch=batch, n_signal=n_signal, val_every=val_every,
                     save_every=save_every, log_every=log_every, device=device,
@@ -395,7 +423,8 @@ def train_command(settings: _Settings, gpus: int, **kwargs) -> None:
 
 
 def _spawn_torchrun(settings: _Settings, gpus: int, kwargs: dict) -> None:
-    import torch
+    with importing():
+        import torch
     available = torch.cuda.device_count() if torch.cuda.is_available() else 0
     cpu_hint = (f"for several CPU processes run: torchrun --nproc_per_node {gpus} "
                 "-m rave_core.train --device cpu ...")

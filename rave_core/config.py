@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import gin
 import torch
 
-CONFIG_DIR = Path(__file__).parent / "configs"
+from .config_names import CONFIG_DIR, available_configs  # noqa: F401 (torch-free: the CLI)
 
 
 class ConfigError(ValueError):
@@ -130,11 +130,6 @@ def translate_acids_config(text: str) -> str:
 def _shipped(name: str) -> Optional[Path]:
     path = CONFIG_DIR / f"{name}.gin"
     return path if path.exists() else None
-
-
-def available_configs() -> List[str]:
-    """Names accepted by ``--config`` (our shipped gin files)."""
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.gin") if not p.stem.startswith("_"))
 
 
 # One line of a config with where it comes from: (text, source, line number in source).

@@ -3,9 +3,16 @@
 Exit codes: 0 success, 1 a failed operation or check, 2 bad usage (click's convention),
 130 Ctrl-C, 143 SIGTERM. Errors print one or two lines naming the problem and the fix;
 ``--debug`` shows tracebacks. docs/bad-input.md lists every case and its message.
+
+This module imports no heavy library (torch, onnx, NumPy: seconds): ``--help``,
+``--version``, ``targets`` and a usage error answer at once (the targets are read from
+their plugins without importing them: :func:`rave_deploy.targets.available_targets`);
+``export`` and ``check`` import what they need when they run, Ctrl-C or SIGTERM meanwhile
+ending the process in one line (:func:`rave_core.cli.importing`).
 """
 from __future__ import annotations
 
+import json
 import os
 import stat
 import sys
@@ -15,24 +22,37 @@ from typing import List, Optional
 
 import click
 
-from rave_core.cli import (ShortErrorsGroup, Terminated, short_message, sigterm_as_interrupt,
-                           warnings_as_messages)
-from rave_core.config import ConfigError
-from rave_core.run import RunError
+from rave_core.cli import (ShortErrorsGroup, Terminated, importing, short_message,
+                           sigterm_as_interrupt, warnings_as_messages)
 from rave_core.text import clipped, listed, printable
 
-from .check.output import CheckProgress, print_json, print_results
-from .export import ExportError
+from .cpu_kernels import CPU_KERNELS
 from .file_names import name_problem
 from .io import OutputError, OutputInTheWay, describe_os_error
-from .model import CPU_KERNELS, DeployError
-from .targets import CheckOptions, ExportOptions, TargetUnsupported, registry
+from .targets import available_targets
+from .targets.base import CheckOptions, ExportOptions, TargetUnsupported
 
-# Failures of an operation (exit 1) versus unusable input (exit 2).
-OPERATION_ERRORS = (TargetUnsupported, OutputError, OSError, ExportError)
-# OutputInTheWay: something of the user's stands where an output goes (an OutputError,
-# listed here first so that it is bad usage: nothing was attempted).
-USAGE_ERRORS = (RunError, ConfigError, DeployError, OutputInTheWay)
+
+def _error_classes():
+    """Unusable input (exit 2) versus a failed operation (exit 1): ``(USAGE_ERRORS,
+    OPERATION_ERRORS)``, imported when a command needs them (their modules import torch).
+    OutputInTheWay: something of the user's stands where an output goes (an OutputError,
+    caught first so that it is bad usage: nothing was attempted)."""
+    with importing():
+        from rave_core.config import ConfigError
+        from rave_core.run import RunError
+
+        from .export import ExportError
+        from .model import DeployError
+    return ((RunError, ConfigError, DeployError, OutputInTheWay),
+            (TargetUnsupported, OutputError, OSError, ExportError))
+
+
+def __getattr__(name: str):
+    # USAGE_ERRORS, OPERATION_ERRORS: as before, module attributes (imported when read)
+    if name in ("USAGE_ERRORS", "OPERATION_ERRORS"):
+        return _error_classes()[name == "OPERATION_ERRORS"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # Bounds of the numeric flags: beyond them no host runs, and the export or check would
 # only exhaust memory before failing.
@@ -56,12 +76,16 @@ INTERRUPTED_EXPORT = "Interrupted: earlier outputs are as they were; nothing was
 def _exit(code: int, message: str, prefix: str = "Error: ") -> None:
     """End the command: ``message`` on stderr (after ``prefix``), with ``--json`` also
     as a JSON object on stdout, and exit ``code``."""
-    CheckProgress.end_open_line()
+    output = sys.modules.get(f"{__package__}.check.output")
+    if output is not None:   # (not imported: no progress line was ever shown)
+        output.CheckProgress.end_open_line()
     message = printable(message)  # a path that is not UTF-8 cannot be printed raw
     click.echo(f"{prefix}{message}", err=True)
     ctx = click.get_current_context(silent=True)
     obj = ctx.find_object(_Context) if ctx is not None else None
     if obj is not None and obj.json_error is not None:
+        with importing():
+            from .check.output import print_json
         print_json({**obj.json_error, "error": message, "exit_code": code})
     sys.exit(code)
 
@@ -93,15 +117,16 @@ def _guard(ctx: _Context, fn, *args, usage_errors=(), interrupted=INTERRUPTED_EX
     (``USAGE_ERRORS`` and ``usage_errors``), 1 for a failed operation, 130 on Ctrl-C
     (143 on SIGTERM), saying ``interrupted`` (None: the caller handles Ctrl-C). Never a
     traceback unless ``--debug``."""
+    usage, operation = _error_classes()
     try:
         return fn(*args, **kwargs)
     except KeyboardInterrupt as err:
         if interrupted is None:
             raise
         _interrupted(ctx, err, interrupted)
-    except (*USAGE_ERRORS, *usage_errors) as err:
+    except (*usage, *usage_errors) as err:
         _fail(ctx, err, 2)
-    except OPERATION_ERRORS as err:
+    except operation as err:
         _fail(ctx, err, 1)
     except MemoryError as err:
         _fail(ctx, err, 1, "out of memory: use smaller --block-size values, or fewer targets "
@@ -123,8 +148,11 @@ def _json_error_fields(command: Optional[str]) -> dict:
 
 def _json_usage_error(command: Optional[str], message: str) -> None:
     """The JSON object of a usage error click found before ``command`` ran (a bad option
-    value, an unknown option, a missing argument), as :func:`_exit` prints it."""
-    print_json({**_json_error_fields(command), "error": printable(message), "exit_code": 2})
+    value, an unknown option, a missing argument), as :func:`_exit` prints it (plain
+    strings, numbers and empty lists: as ``check.output.print_json`` writes them, without
+    importing what that module does)."""
+    data = {**_json_error_fields(command), "error": printable(message), "exit_code": 2}
+    click.echo(json.dumps(data, indent=2, allow_nan=False))
 
 
 @click.group(cls=ShortErrorsGroup, json_error=_json_usage_error,
@@ -143,7 +171,7 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 
 def _target_names() -> List[str]:
-    return sorted(registry()) + ["all"]
+    return list(available_targets()) + ["all"]
 
 
 def _check_name(name: str) -> None:
@@ -211,11 +239,12 @@ def export(obj: _Context, run: Path, targets, output: Path, streaming: bool, fid
            style_target: Optional[Path], style_source: Optional[Path], as_json: bool) -> None:
     """Export RUN (a run directory or checkpoint from `rave-core train` or acids-rave's
     `rave train`) to the files each host loads, with a JSON sidecar beside each."""
-    from .export import export_run
-
     obj.json_error = _json_error_fields("export") if as_json else None
     if name is not None:
         _check_name(name)
+    with importing():
+        from .check.output import print_json
+        from .export import export_run
     options = ExportOptions(streaming=streaming, fidelity=fidelity, deterministic=deterministic,
                             sr=sr, channels=channels, ema_weights=ema_weights, name=name,
                             block_size=block_size, engine=engine, cpu_kernels=cpu_kernels,
@@ -266,9 +295,11 @@ def check(obj: _Context, artifacts, run: Optional[str], block_sizes, as_json: bo
 
     ARTIFACTS are files or anira folders; an export's --output folder, or `exports/*`
     (sidecars included), checks every artefact in it."""
-    from .check import (CheckUsageError, check_artifact, expand_artifacts, open_reference,
-                        prepare_check)
-    from .check.report import write_html_report
+    with importing():
+        from .check import (CheckUsageError, check_artifact, expand_artifacts,
+                            open_reference, prepare_check)
+        from .check.output import CheckProgress, print_json
+        from .check.report import write_html_report
 
     obj.json_error = _json_error_fields("check") if as_json else None
     if run == "":
@@ -328,6 +359,7 @@ def _show_finished(obj: _Context, reports, as_json: bool) -> None:
     """Show the results of the artefacts checked so far, before what may yet fail or be
     interrupted: printed now, or, with ``--json``, held for the JSON object an error
     prints (:func:`_exit`)."""
+    from .check.output import print_results
     if as_json:
         obj.json_error = {**_json_error_fields("check"),
                           "artifacts": [r.as_dict() for r in reports]}
@@ -370,8 +402,8 @@ def _report_path(obj: _Context, given: Optional[str]) -> Optional[Path]:
 @main.command("targets", short_help="List the export targets.")
 def list_targets() -> None:
     """List the export targets."""
-    for name, target in sorted(registry().items()):
-        click.echo(f"{name:15s} {target.description}")
+    for name, description in available_targets().items():
+        click.echo(f"{name:15s} {description}")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ from rave_core.nn.streaming import set_matmul_streaming, set_streaming, streamin
 from rave_core.nn.weight_norm import copy_model, remove_weight_norm
 
 from .codebooks import ResidualCodebooks
+# the values of --cpu-kernels (a module of their own: the CLI offers them without torch)
+from .cpu_kernels import CPU_KERNELS
 from .latent_folding import decoder_input_conv, encoder_output_conv, fold_latent_path
 from .spherical_latent import from_angles, to_angles
 from .style_transfer import freeze_adain, make_style_learnable
@@ -81,11 +83,6 @@ def fold_batch_norms(module: nn.Module) -> int:
 # block RAVE models most often run at (v2's ratio). BRAVE tuned for its ratio (128) ran
 # no faster at 128 and 3-15 % slower at 512-2048 (its weights stay in the CPU cache).
 DEFAULT_TUNED_BLOCK = 2048
-
-#: How the TorchScript file computes its larger matrix products on CPU: ``portable``
-#: (aten ops every libtorch has) or ``onednn`` (weights packed once on the host by
-#: oneDNN, see :data:`rave_core.nn.conv.MIN_WEIGHTS_PACKED`; needs a libtorch with oneDNN).
-CPU_KERNELS = ("portable", "onednn")
 
 
 class DeployModel(nn.Module):

@@ -24,6 +24,9 @@ import soxr
 import yaml
 from tqdm import tqdm
 
+# bounds of --channels, --sampling_rate (a module of their own: the CLI reads them)
+from ..dataset_limits import (MAX_CHANNELS, MAX_SAMPLING_RATE, MIN_CHANNELS,
+                              MIN_SAMPLING_RATE)
 from ..text import listed, printable
 from . import DataError, DataInputError
 
@@ -44,9 +47,6 @@ METADATA_FILE = "metadata.yaml"
 FORMAT = "float32"
 LAYOUT = "(time, channels) interleaved, little-endian float32"
 
-#: Bounds that catch typos (--sampling_rate 441, --channels 100) before an hour of work.
-MIN_CHANNELS, MAX_CHANNELS = 1, 64
-MIN_SAMPLING_RATE, MAX_SAMPLING_RATE = 8000, 384000
 SILENCE_PEAK = 1e-4
 #: Float files may hold samples beyond full scale (1.0); a hair above it (decoder
 #: overshoot, rounding) is common and harmless, so only peaks beyond this get a note.

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Set
+from typing import TYPE_CHECKING, Dict, List, Optional, Set
 
-from rave_core.models.rave import RAVE
+if TYPE_CHECKING:   # (annotations only: the CLI imports this module without torch)
+    from rave_core.models.rave import RAVE
 
 
 class TargetUnsupported(Exception):
