@@ -3,11 +3,18 @@
 A run directory holds ``config.gin`` and, somewhere below it, Lightning-style checkpoints
 (``version_0/checkpoints/best.ckpt``). Checkpoints are untrusted files: they are read with
 ``torch.load(weights_only=True)``, which refuses any pickle that would run code.
+
+A checkpoint is read from disk once (:func:`read_checkpoint_file`): its bytes are hashed,
+their CRCs checked and the weights loaded from that one copy in memory, so the SHA-256 a
+sidecar records names the very bytes the model came from, even if the file is replaced
+or rewritten meanwhile.
 """
 from __future__ import annotations
 
 import errno
 import hashlib
+import io
+import os
 import pickle
 import zipfile
 from dataclasses import dataclass, field
@@ -77,13 +84,20 @@ _SHA256_KEPT = 64
 def sha256_of(path: Path) -> str:
     """SHA-256 of the file ``path``, cached per path, inode, size and modification time
     (a file replaced by a rename, as our checkpoints and exports are, is a new inode)."""
-    st = Path(path).stat()
-    key = (str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    key = _sha256_key(path, Path(path).stat())
     if key not in _SHA256:
-        if len(_SHA256) >= _SHA256_KEPT:
-            _SHA256.pop(next(iter(_SHA256)))
-        _SHA256[key] = _read_sha256(Path(path))
+        _remember_sha256(key, _read_sha256(Path(path)))
     return _SHA256[key]
+
+
+def _sha256_key(path: Path, st: os.stat_result) -> Tuple[str, int, int, int]:
+    return (str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _remember_sha256(key: Tuple[str, int, int, int], digest: str) -> None:
+    if key not in _SHA256 and len(_SHA256) >= _SHA256_KEPT:
+        _SHA256.pop(next(iter(_SHA256)))
+    _SHA256[key] = digest
 
 
 def _read_sha256(path: Path) -> str:
@@ -116,13 +130,14 @@ def _unreadable(path: Path, err: OSError) -> RunError:
     return RunError(f"cannot read checkpoint {path}: {why}")
 
 
-def _check_crc(path: Path) -> None:
+def _check_crc(path: Path, data: bytes) -> None:
     """A checkpoint is a zip archive whose entries carry CRCs that ``torch.load`` does not
-    check: flipped bits in the weights would load silently. One pass over the file."""
+    check: flipped bits in the weights would load silently. One pass over ``data``, the
+    bytes of ``path`` (named in messages)."""
     try:
-        if not zipfile.is_zipfile(path):
+        if not zipfile.is_zipfile(io.BytesIO(data)):
             return  # a legacy (pre-1.6) checkpoint, or not one at all: torch.load decides
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
             bad = archive.testzip()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError,
             NotImplementedError) as err:
@@ -147,15 +162,23 @@ def check_finite(state_dict: Dict[str, object], path) -> None:
 def read_checkpoint(path: Path) -> Dict[str, object]:
     """Read a checkpoint without executing any pickled code. Corrupted bytes (a CRC
     mismatch) and non-finite weights are refused (:class:`RunError`)."""
-    _check_crc(path)   # an unreadable file is no zip to it: torch.load then says why
+    return read_checkpoint_file(path)[0]
+
+
+def read_checkpoint_file(path: Path) -> Tuple[Dict[str, object], str]:
+    """:func:`read_checkpoint`, and the SHA-256 of the bytes it loaded: the file is read
+    once (hashed, its CRCs checked and loaded from that copy in memory), so the digest
+    names what was loaded even if the file changes on disk meanwhile."""
+    data, digest = _read_bytes(path)
+    _check_crc(path, data)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         first = str(err).strip().splitlines()[0][:200]
         raise RunError(f"refusing to load {path}: it contains pickled objects other than tensors "
                        f"and plain values ({first}). Only load checkpoints you trust; re-save it "
                        "as a plain state dict with torch.save(model.state_dict(), ...)") from None
-    except OSError as err:
+    except OSError as err:  # (from memory, none is expected: said as a read failure)
         raise _unreadable(path, err) from None
     except Exception as err:  # noqa: BLE001 - any parse failure means a damaged file
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
@@ -165,7 +188,23 @@ def read_checkpoint(path: Path) -> Dict[str, object]:
     sd = ckpt.get("state_dict", ckpt)
     if isinstance(sd, dict):
         check_finite(sd, path)
-    return ckpt
+    return ckpt, digest
+
+
+def _read_bytes(path: Path) -> Tuple[bytes, str]:
+    """The bytes of the checkpoint ``path``, read in one pass, and their SHA-256, which
+    :func:`sha256_of` then answers with unless the file changed while it was read."""
+    try:
+        with open(path, "rb") as f:
+            before = os.fstat(f.fileno())
+            data = f.read()
+            after = os.fstat(f.fileno())
+    except OSError as err:
+        raise _unreadable(path, err) from None
+    digest = hashlib.sha256(data).hexdigest()
+    if (before.st_mtime_ns, before.st_size) == (after.st_mtime_ns, len(data)):
+        _remember_sha256(_sha256_key(path, after), digest)
+    return data, digest
 
 
 def _looks_like_checkpoint(path: Path) -> bool:
@@ -250,7 +289,7 @@ def open_run(path, streaming: bool = False, ema: bool = False,
         model = build_model(text=text, overrides=overrides or [], build_discriminator=False)
     except ConfigError as err:
         raise RunError(f"{config_path}: {err}") from None
-    ckpt = read_checkpoint(checkpoint)
+    ckpt, digest = read_checkpoint_file(checkpoint)  # the file's one read
     sd, used_ema = extract_state_dict(ckpt, ema=ema)
     if used_ema:
         check_finite(sd, f"{checkpoint} (EMA weights)")
@@ -259,5 +298,5 @@ def open_run(path, streaming: bool = False, ema: bool = False,
     if streaming:
         model.set_streaming(True)
     return Run(model=model, config_path=config_path, checkpoint_path=checkpoint, config_text=text,
-               checkpoint_sha256=sha256_of(checkpoint), step=int(ckpt.get("global_step", 0) or 0),
+               checkpoint_sha256=digest, step=int(ckpt.get("global_step", 0) or 0),
                epoch=int(ckpt.get("epoch", 0) or 0), ema=used_ema)

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
+import json
+import os
 import time
 import warnings
 from contextlib import nullcontext
@@ -18,7 +21,7 @@ from .io import (OutputError, OutputInTheWay, atomic_outputs, check_replaceable,
                  describe_os_error, dump_json, ensure_dir)
 from .model import DEFAULT_TUNED_BLOCK, DeployError, DeployModel
 from .output_lock import output_lock
-from .sidecar import (FOLDER_SIDECAR, build_sidecar, read_sidecar, recorded_path, shown_path,
+from .sidecar import (FOLDER_SIDECAR, build_sidecar, find_sidecar, recorded_path, shown_path,
                       sidecar_path)
 from .targets import ExportOptions, Target, TargetUnsupported, registry
 
@@ -104,38 +107,52 @@ def check_outputs_replaceable(target: Target, path: Path) -> None:
     """Raise :class:`OutputInTheWay` unless a new export of ``target`` at ``path`` replaces
     nothing but an earlier export: the artefact and its sidecar must each be absent or of
     the kind written there (file or folder), and a folder there must be empty or an earlier
-    export of this target holding nothing else (its sidecar, :meth:`Target.folder_files`)."""
+    export of this target holding nothing else (its sidecar, :meth:`Target.folder_files`).
+
+    Raises:
+        OutputError: what stands there cannot be read (a folder that cannot be listed or
+            searched, a sidecar without read permission): said as a read failure, naming
+            what could not be read.
+    """
     path = Path(path)
+    goes = f"where the {target.name} export goes"
+    try:
+        if target.kind != "folder":
+            for final in (path, sidecar_path(path, folder=False)):
+                check_replaceable(final, flag="--output or --name")
+        else:
+            check_replaceable(path, folder=True, flag="--output or --name")
+    except OutputError:
+        raise
+    except OSError as err:  # what stands there cannot be looked at: its folder is closed
+        raise _read_refused(path.parent, err, f"the folder {goes}", folder=True) from None
     if target.kind != "folder":
-        for final in (path, sidecar_path(path, folder=False)):
-            check_replaceable(final, flag="--output or --name")
-        earlier = _earlier_sidecar(path).get("target")
+        earlier = _earlier_sidecar(path, target).get("target")
         if path.is_file() and isinstance(earlier, str) and earlier != target.name:
             # e.g. `-o out/brave.onnx_streaming.onnx -t onnx`: same suffix, another graph
             raise OutputInTheWay(f"{path} is an earlier {earlier} export (its sidecar says "
                                  f"so), and this {target.name} export would replace it: "
                                  "choose another --output or --name")
         return
-    check_replaceable(path, folder=True, flag="--output or --name")
     if not path.is_dir():
         return
     try:
         entries = sorted(path.iterdir())
+        # what each entry is: (shown name, a plain file)
+        kinds = {e.name: (e.name + ("/" if e.is_dir() else ""), e.is_file() and not e.is_symlink())
+                 for e in entries}
     except OSError as err:
-        raise OutputError(f"cannot read {path}, where the {target.name} export goes: "
-                          f"{describe_os_error(err, '')}") from None
+        raise _read_refused(path, err, goes, folder=True) from None
     if not entries:
         return  # an empty folder: nothing to lose
-    sidecar = _earlier_sidecar(path)
-    names = {e.name: e.name + ("/" if e.is_dir() else "") for e in entries}
+    sidecar = _earlier_sidecar(path, target)
     if sidecar.get("target") != target.name:
-        raise OutputInTheWay(f"{path} is a folder holding {listed(list(names.values()))}, not "
-                             f"an earlier {target.name} export (it has no {FOLDER_SIDECAR} of "
-                             "one), and an export would replace it: move it away, or choose "
-                             "another --output or --name")
+        held = listed([shown for shown, _ in kinds.values()])
+        raise OutputInTheWay(f"{path} is a folder holding {held}, not an earlier {target.name} "
+                             f"export (it has no {FOLDER_SIDECAR} of one), and an export would "
+                             "replace it: move it away, or choose another --output or --name")
     allowed = {FOLDER_SIDECAR} | target.folder_files(sidecar)
-    others = [names[e.name] for e in entries
-              if e.name not in allowed or e.is_symlink() or not e.is_file()]
+    others = [shown for name, (shown, plain) in kinds.items() if name not in allowed or not plain]
     if others:
         raise OutputInTheWay(f"{path} holds an earlier {target.name} export and also "
                              f"{listed(others)}, which a new export would delete: move "
@@ -143,14 +160,49 @@ def check_outputs_replaceable(target: Target, path: Path) -> None:
                              "choose another --output or --name")
 
 
-def _earlier_sidecar(path: Path) -> Dict[str, object]:
-    """The sidecar of the export at ``path``, or ``{}`` where there is none readable
-    (missing, a folder, not JSON nor UTF-8, not a JSON object)."""
+def _earlier_sidecar(path: Path, target: Optional[Target] = None) -> Dict[str, object]:
+    """The sidecar of the export at ``path``, or ``{}`` where there is none, or none of
+    ours (missing, a folder, not JSON nor UTF-8, not a JSON object).
+
+    Raises:
+        OutputError: it, or its folder, cannot be read (e.g. no read permission): what
+            replaces it cannot be told, said as a read failure naming the file or folder
+            (``target``: the export that would replace it, for the message).
+    """
+    replacing = f", which the {target.name} export would replace" if target else ""
     try:
-        sidecar = read_sidecar(path)
-    except (OSError, ValueError):
+        found = find_sidecar(path)
+    except OSError as err:  # the sidecar's folder cannot be searched
+        folder = Path(os.fsdecode(err.filename)).parent if err.filename else path.parent
+        raise _read_refused(folder, err, f"the folder of the sidecar of {path}{replacing}",
+                            folder=True) from None
+    if found is None:
         return {}
+    try:
+        sidecar = json.loads(found.read_text())
+    except (FileNotFoundError, IsADirectoryError, ValueError):  # gone meanwhile; not ours
+        return {}
+    except OSError as err:
+        # a file's sidecar removed, the file is replaced; a folder's, the folder is refused
+        removable = target is not None and target.kind != "folder"
+        raise _read_refused(found, err, f"the sidecar of {path}{replacing}",
+                            removable=removable) from None
     return sidecar if isinstance(sidecar, dict) else {}
+
+
+def _read_refused(path: Path, err: OSError, what: str, folder: bool = False,
+                  removable: bool = False) -> OutputError:
+    """:class:`OutputError` for ``path`` (``what`` it is), which could not be read while
+    export looked at what it replaces: worded for reading (make it readable; ``removable``:
+    or remove it), never with the write-side advice of :func:`describe_os_error` (choose a
+    folder you can write to)."""
+    if err.errno in (errno.EACCES, errno.EPERM):
+        fix = f"chmod u+rwx {path}" if folder else f"chmod u+r {path}"
+        why = (f"permission denied: make it readable ({fix})"
+               + (" or remove it" if removable else "") + ", or choose another --output or --name")
+    else:
+        why = describe_os_error(err, "")
+    return OutputError(f"cannot read {path} ({what}): {why}")
 
 
 def _write_artifact(target: Target, run: Run, options: ExportOptions, path: Path,

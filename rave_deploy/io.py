@@ -5,7 +5,8 @@ Every output is written to a temporary sibling ``.<name>.<pid>.<random>.partial`
 renamed over the final path once complete. The renames of one output (an artefact and its
 sidecar) run with Ctrl-C held back, so they land together. A process killed outright
 (SIGKILL, power cut) can leave a ``.partial`` sibling, never a damaged output; the next
-write to the same path removes it once its process is gone.
+write to the same path removes it once its process is gone, and so does the next export
+into its folder (:func:`remove_unfinished`, run while the export holds the folder's lock).
 
 Output folders are created as needed (``mkdir -p``), as ``rave-core preprocess``,
 ``rave-core train`` and ``rave-deploy check --report`` do too.
@@ -15,17 +16,25 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import tempfile
 import threading
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence, Set
 
 from rave_core.os_errors import describe_os_error as describe
 
 PARTIAL_SUFFIX = ".partial"
 OLD_SUFFIX = ".old"  # a previous folder output, moved aside for the length of two renames
+#: Exactly the names this module gives its temporaries: ``.<name>.<pid>.<random>.partial``
+#: (``tempfile``'s eight random characters) and ``.<name>.<pid>.previous.old``.
+_TEMPORARY_NAME = re.compile(r"\.(?P<name>.+)\.(?P<pid>[0-9]+)\."
+                             r"(?:[a-z0-9_]{8}\.partial|previous\.old)", re.DOTALL)
+#: The temporaries this process is writing now, as absolute paths (a killed process of the
+#: same PID, as in a container where every command is PID 1, left the others of its PID)
+_IN_USE: Set[str] = set()
 
 
 class OutputError(OSError):
@@ -125,17 +134,52 @@ def remove_stale_partials(path: Path) -> List[Path]:
     for sibling in sorted(path.parent.glob(f".{_glob_escape(path.name)}.*")):
         rest = sibling.name[len(path.name) + 2:]
         pid = rest.split(".", 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
+        if not pid.isdigit() or not rest.endswith((PARTIAL_SUFFIX, OLD_SUFFIX)):
             continue
-        if rest.endswith(OLD_SUFFIX):
-            if not path.exists() and not path.is_symlink():
-                os.replace(sibling, path)  # the killed process had moved it aside
-                continue
-        elif not rest.endswith(PARTIAL_SUFFIX):
-            continue
-        _discard(sibling)
-        removed.append(sibling)
+        if _clean_up(sibling, path, int(pid)):
+            removed.append(sibling)
     return removed
+
+
+def remove_unfinished(folder: Path) -> List[Path]:
+    """Clean up ``folder`` after processes killed while writing there (and no longer
+    running): every entry named exactly as :func:`atomic_outputs` names its temporaries
+    (:data:`_TEMPORARY_NAME`), whatever output it was for, is handled as
+    :func:`remove_stale_partials` does; nothing else is touched. Returns the temporaries
+    removed. An entry that cannot be removed is left (the export's own writes then say
+    what is wrong, where it is in their way)."""
+    folder = Path(folder)
+    removed: List[Path] = []
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return removed
+    for name in names:
+        match = _TEMPORARY_NAME.fullmatch(name)
+        if match is None:
+            continue
+        try:
+            if _clean_up(folder / name, folder / match["name"], int(match["pid"])):
+                removed.append(folder / name)
+        except OSError:
+            continue
+    return removed
+
+
+def _clean_up(temporary: Path, final: Path, pid: int) -> bool:
+    """Remove ``temporary`` (a ``.partial``, or a folder output moved aside: ``.old``) of
+    ``final``, written by process ``pid``, once that process is gone; an ``.old`` folder
+    is put back instead where nothing replaced it. Returns whether it was removed."""
+    if pid == os.getpid():
+        if os.path.abspath(temporary) in _IN_USE:
+            return False  # this process's own, being written
+    elif _pid_alive(pid):
+        return False
+    if temporary.name.endswith(OLD_SUFFIX) and not final.exists() and not final.is_symlink():
+        os.replace(temporary, final)  # the killed process had moved it aside
+        return False
+    _discard(temporary)
+    return True
 
 
 def _glob_escape(name: str) -> str:
@@ -163,11 +207,13 @@ def _new_temp(path: Path, directory: bool) -> Path:
     remove_stale_partials(path)
     try:
         if directory:
-            return Path(tempfile.mkdtemp(prefix=_partial_prefix(path), suffix=PARTIAL_SUFFIX,
-                                         dir=path.parent))
-        fd, tmp = tempfile.mkstemp(prefix=_partial_prefix(path), suffix=PARTIAL_SUFFIX,
+            tmp = tempfile.mkdtemp(prefix=_partial_prefix(path), suffix=PARTIAL_SUFFIX,
                                    dir=path.parent)
-        os.close(fd)
+        else:
+            fd, tmp = tempfile.mkstemp(prefix=_partial_prefix(path), suffix=PARTIAL_SUFFIX,
+                                       dir=path.parent)
+            os.close(fd)
+        _IN_USE.add(os.path.abspath(tmp))
         return Path(tmp)
     except OutputError:
         raise
@@ -224,12 +270,14 @@ def _commit(pairs: Sequence[tuple]) -> None:
     for tmp, final in pairs:  # all or none: never the artefact renamed, then no sidecar
         check_replaceable(final, folder=tmp.is_dir())
     with _interrupts_held():
-        done = []
+        done, aside = [], []
         try:
             for tmp, final in pairs:
                 old = None
                 if tmp.is_dir() and final.exists():
                     old = final.with_name(f"{_partial_prefix(final)}previous{OLD_SUFFIX}")
+                    aside.append(os.path.abspath(old))
+                    _IN_USE.add(aside[-1])
                     _discard(old)
                     os.replace(final, old)
                 try:
@@ -243,6 +291,7 @@ def _commit(pairs: Sequence[tuple]) -> None:
             for old in done:
                 if old is not None:
                     _discard(old)
+            _IN_USE.difference_update(aside)
 
 
 @contextlib.contextmanager
@@ -273,6 +322,8 @@ def atomic_outputs(paths: Sequence[Path], folder: bool = False) -> Iterator[List
         for tmp in temps:
             _discard(tmp)
         raise
+    finally:
+        _IN_USE.difference_update(os.path.abspath(tmp) for tmp in temps)
 
 
 @contextlib.contextmanager

@@ -9,16 +9,23 @@ code 2), naming the PID of the first. The lock file is removed when the export e
 the folder a user ships holds no trace of it (a process killed outright leaves it, hidden:
 the next export takes it over and removes it, and ``rave-deploy check`` ignores it).
 Where ``fcntl`` is missing (Windows) nothing is locked.
+
+Holding the lock, an export knows that no other export is writing into the folder: it
+removes the temporaries that exports killed outright left there, whatever target they were
+for (:func:`rave_deploy.io.remove_unfinished`: only names exactly as our atomic writer
+gives them, of processes no longer running), and says so in one warning.
 """
 from __future__ import annotations
 
 import contextlib
+import warnings
 from pathlib import Path
 from typing import Iterator
 
 from rave_core.folder_lock import FolderLock, LockHeld
+from rave_core.text import listed
 
-from .io import OutputInTheWay, ensure_dir
+from .io import OutputInTheWay, ensure_dir, remove_unfinished
 
 LOCK_NAME = ".rave-deploy.lock"
 
@@ -44,18 +51,31 @@ def output_lock(folder: Path, flag: str = "--output") -> Iterator[Path]:
     """
     folder = ensure_dir(Path(folder), flag)
     lock = FolderLock(folder, LOCK_NAME, remove=True, follow_links=False)
+    held = False
     try:
-        lock.acquire()
-    except LockHeld as held:
-        by = f" (PID {held.pid})" if held.pid is not None else ""
+        held = lock.acquire()
+    except LockHeld as other:
+        by = f" (PID {other.pid})" if other.pid is not None else ""
         raise OutputLocked(f"another rave-deploy export{by} is writing into {folder}: wait for "
                            f"it to finish, or choose another {flag}") from None
     except OSError:
         pass
     try:
+        if held:
+            _remove_unfinished(folder)
         yield folder
     finally:
         lock.release()
+
+
+def _remove_unfinished(folder: Path) -> None:
+    """Remove what exports killed outright left unfinished in ``folder``, saying so."""
+    removed = remove_unfinished(folder)
+    if removed:
+        files = "file" if len(removed) == 1 else "files"
+        warnings.warn(f"removed {len(removed)} unfinished {files} left in {folder} by an "
+                      f"interrupted export: {listed([p.name for p in removed], 3)}",
+                      stacklevel=1)
 
 
 def is_lock_file(path: Path) -> bool:
