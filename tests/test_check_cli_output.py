@@ -105,6 +105,7 @@ def test_every_artefacts_summary_has_the_common_keys(exports):
         s = a["summary"]
         missing = [k for k in COMMON_SUMMARY if k not in s]
         assert not missing, (a["target"], missing)
+        assert list(s) == list(COMMON_SUMMARY), a["target"]   # and nothing else
         assert (s["sample_rate"], s["ratio"]) == (44100, 128), a["target"]
         assert s["size_bytes"] == Path(a["artifact"]).stat().st_size
         if a["target"] == "onnx_streaming":   # the smallest block that kept up

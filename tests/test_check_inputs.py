@@ -162,6 +162,29 @@ def test_a_folder_says_which_artefacts_it_skips(exports, tmp_path, checks_run):
     cli(["check", tmp_path / "empty"], code=2, expect=f"{tmp_path}/empty is empty")
 
 
+def test_a_folder_named_like_a_file_says_it_is_a_folder(exports, tmp_path, checks_run):
+    """`check my.ts/`, my.ts a folder: a folder is a folder (its artefacts are checked),
+    but with nothing to check the message said only "is empty" or "no artefacts", to a
+    user who took it for a TorchScript file."""
+    folder = tmp_path / "my.ts"
+    folder.mkdir()
+    for given in (folder, f"{folder}/"):
+        cli(["check", given], code=2, expect=f"{folder} is an empty folder, not a "
+                                             "TorchScript file: give the files or folder "
+                                             "rave-deploy export wrote")
+    (folder / "notes.txt").write_text("notes")
+    cli(["check", folder], code=2, expect=f"{folder} is a folder, not a TorchScript file: "
+                                          f"no artefacts in {folder} (it holds notes.txt)")
+    (tmp_path / "e.onnx").mkdir()
+    cli(["check", tmp_path / "e.onnx"], code=2, expect="is an empty folder, not an ONNX graph")
+    # listed among other things, a folder shows as one
+    cli(["check", tmp_path], code=2, expect=f"no artefacts in {tmp_path} (it holds e.onnx/, "
+                                            "my.ts/)")
+    copy = _copy_with_sidecar(exports["onnx"], folder)
+    cli(["check", folder, "--run", exports["run"]], code=0)
+    assert checks_run == [copy]
+
+
 # ============================================================ 8. links, duplicates, anira graphs
 def test_a_link_finds_its_targets_sidecar_and_each_file_is_checked_once(exports, tmp_path,
                                                                         checks_run):

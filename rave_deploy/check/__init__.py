@@ -16,7 +16,7 @@ from ..output_lock import is_lock_file
 from ..sidecar import (FOLDER_SIDECAR, find_sidecar, read_sidecar, recorded_path, shown_path,
                        sidecar_file_of)
 from ..targets import CheckOptions, get_target, registry
-from .result import CheckReport, CheckResult
+from .result import SUMMARY_KEYS, TARGET_SPECIFIC, CheckReport, CheckResult, documented_summary
 
 
 class CheckUsageError(ValueError):
@@ -24,6 +24,8 @@ class CheckUsageError(ValueError):
 
 
 SUFFIX_TARGETS = {".ts": "nn_tilde", ".onnx": "onnx", ".h5": "minifusion"}
+#: What a file named with each of :data:`SUFFIX_TARGETS` is taken for.
+SUFFIX_KINDS = {".ts": "a TorchScript file", ".onnx": "an ONNX graph", ".h5": "an HDF5 file"}
 
 #: First bytes of the artefacts that have a signature: a TorchScript file is a zip archive,
 #: Minifusion's an HDF5 file (ONNX, a protobuf message, has none).
@@ -138,7 +140,9 @@ def expand_artifacts(paths: Sequence[Union[str, Path]]) -> List[Path]:
 def _artifacts_in(folder: Path) -> List[Path]:
     """The artefacts with sidecars in ``folder`` (an export's ``--output``), with a warning
     for each artefact there without one (it is not checked: nothing names its run); or
-    ``[folder]`` for a folder that looks like an anira export without its sidecar.
+    ``[folder]`` for a folder that looks like an anira export without its sidecar. A
+    folder named like an artefact (``my.ts/``) is a folder like any other; when it holds
+    nothing to check, the message says it is a folder, not the file its name suggests.
 
     Raises:
         CheckUsageError: the folder has nothing to check.
@@ -157,16 +161,21 @@ def _artifacts_in(folder: Path) -> List[Path]:
         return with_sidecar
     if _anira_like(folder):
         return [folder]
+    # a folder named like a file (`my.ts/`): the user may have taken it for one
+    kind = SUFFIX_KINDS.get(folder.suffix)
+    named = f"{folder} is a folder, not {kind}: " if kind else ""
     if not entries:
-        raise CheckUsageError(f"{folder} is empty: give the files or folder rave-deploy "
+        what = f"an empty folder, not {kind}" if kind else "empty"
+        raise CheckUsageError(f"{folder} is {what}: give the files or folder rave-deploy "
                               "export wrote")
     if without:
-        raise CheckUsageError(f"no artefacts with sidecars in {folder} (found "
+        raise CheckUsageError(f"{named}no artefacts with sidecars in {folder} (found "
                               f"{listed([q.name for q in without])} without one: check them "
                               "with --run RUN)")
-    raise CheckUsageError(f"no artefacts in {folder} (it holds "
-                          f"{listed([q.name for q in entries])}): expected .ts, .onnx or .h5 "
-                          "files, or anira folders")
+    # folders shown as such: `my.ts/` inside is a folder, not a file to check
+    held = [q.name + ("/" if q.is_dir() else "") for q in entries]
+    raise CheckUsageError(f"{named}no artefacts in {folder} (it holds {listed(held)}): "
+                          "expected .ts, .onnx or .h5 files, or anira folders")
 
 
 @dataclass
@@ -342,17 +351,16 @@ def check_artifact(artifact, run: Optional[str] = None,
                                                     str(style[side]["path"]))
                                    for side in ("target", "source")
                                    if isinstance(style.get(side), dict)}
-    for key in COMMON_SUMMARY:
-        report.summary.setdefault(key, None)
+    # one shape for every target (rave_deploy.check.result's docstring), for --json and
+    # the report page alike
+    report.summary = documented_summary(report.summary)
     return report
 
 
 #: Keys of ``report.summary`` (``check --json``'s ``summary``) that every artefact has, so
-#: a script reads them without knowing the target; None where the check could not
-#: establish them (a check that stopped early) or does not apply (``realtime_block`` of an
-#: offline graph, or of Minifusion's h5, whose plugin is not timed here).
-COMMON_SUMMARY = ("size_bytes", "sample_rate", "ratio", "latency_samples", "latency_ms",
-                  "realtime_block")
+#: a script reads them without knowing the target (:data:`~.result.SUMMARY_KEYS`; each
+#: documented in :mod:`rave_deploy.check.result`), then ``target_specific``.
+COMMON_SUMMARY = SUMMARY_KEYS + (TARGET_SPECIFIC,)
 
 
 #: Sidecar fields a host integrator builds on, which a check also establishes (in

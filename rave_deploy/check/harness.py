@@ -245,6 +245,19 @@ def impulse_span(reference: EagerReference, method: str) -> Tuple[int, int]:
         n_audio *= 2
 
 
+def _span(report: CheckReport, reference: EagerReference, method: str) -> Tuple[int, int]:
+    """:func:`impulse_span` of ``reference``'s ``method``, measured once for all the
+    methods ``report`` checks: a discrete model's ``forward`` needs ``decode``'s (the
+    decoder's reach around a near-tie), which checking ``decode`` measured already (the
+    same computation: the same reference and method, so the same lengths and input)."""
+    known = report.spans.get(method)
+    if known is not None and known[0] is reference:
+        return known[1]
+    span = impulse_span(reference, method)
+    report.spans[method] = (reference, span)
+    return span
+
+
 def best_lag(exported: np.ndarray, eager: np.ndarray, start: int, length: int,
              lo: int, hi: int, prefer: int) -> Tuple[int, float]:
     """The shift ``d`` in ``[lo, hi]`` that best explains ``exported[start + d + i] ==
@@ -297,7 +310,8 @@ class _Plan:
         return self.n_audio // self.units.out_ratio
 
 
-def _plan(reference: EagerReference, method: str, block_sizes: Sequence[int], options) -> _Plan:
+def _plan(report: CheckReport, reference: EagerReference, method: str,
+          block_sizes: Sequence[int], options) -> _Plan:
     u = _units(reference, method)
     blocks = sorted({int(b) for b in block_sizes})
     if not blocks:
@@ -309,7 +323,7 @@ def _plan(reference: EagerReference, method: str, block_sizes: Sequence[int], op
                              f"that are multiples of the model's ratio {reference.ratio}")
     ratio, sr = reference.ratio, reference.sr
     delay = int(reference.delay_of(method))
-    lookahead, memory = impulse_span(reference, method)
+    lookahead, memory = _span(report, reference, method)
     # Streaming starts from silent state where eager pads with zeros: the first outputs
     # differ until the model's memory has been filled by real input.
     warm = max(delay + memory + -(-ratio // u.out_ratio), delay + 2 * ratio * 32 // u.out_ratio)
@@ -437,11 +451,33 @@ def run_method_checks(report: CheckReport, runner: Runner, reference: EagerRefer
     if method not in ("encode", "decode", "forward"):
         raise ValueError(f"unknown method {method!r}: expected encode, decode or forward")
     tol = tolerances_of(options, tolerances)
-    # what the host sees (a file exported with --sr runs at a multiple of the model's rate)
-    report.summary.setdefault("sample_rate", int(reference.sr))
-    report.summary.setdefault("ratio", int(reference.ratio))
+    _one_reference(report, reference, method)
     with torch_threads(1):   # one thread is faster for small blocks, and reproducible
         _method_checks(report, runner, reference, method, block_sizes, options, tol)
+
+
+def _one_reference(report: CheckReport, reference: EagerReference, method: str) -> None:
+    """Record the rate and ratio ``report``'s methods are checked at, and give the summary
+    its ``sample_rate`` and ``ratio`` (what the host sees: a file exported with ``--sr``
+    runs at a multiple of the model's rate) where the target has not (a value it read off
+    its file stays: its contract checks compare that with the model).
+
+    One reference per report: the methods' results are shown under one rate (the
+    summary's, the plots' ``signals["sr"]``), so a method checked at another rate would
+    be shown at the first one's (the summary kept the first, the plots took the last).
+
+    Raises:
+        ValueError: ``reference`` has another rate or ratio than an earlier method's.
+    """
+    here = (int(reference.sr), int(reference.ratio))
+    if report.reference is not None and report.reference != here:
+        raise ValueError(f"{method} of {report.artifact} is checked at {here[0]} Hz, ratio "
+                         f"{here[1]}, its other methods at {report.reference[0]} Hz, ratio "
+                         f"{report.reference[1]}: one report holds the checks of one model")
+    report.reference = here
+    for key, value in (("sample_rate", here[0]), ("ratio", here[1])):
+        if report.summary.get(key) is None:
+            report.summary[key] = value
 
 
 def _method_checks(report, runner, reference, method, block_sizes, options, tol) -> None:
@@ -454,7 +490,7 @@ def _method_checks(report, runner, reference, method, block_sizes, options, tol)
                "exported from another checkpoint or fidelity")
         report.add(f"parity.{method}", False, msg)
         return
-    plan = _plan(reference, method, block_sizes, options)
+    plan = _plan(report, reference, method, block_sizes, options)
     if method == "forward":   # room for the latency excitations after the warm-up
         pre, _, _, lag_lo, _, length = _events_geometry(plan)
         need = plan.warmup + pre - lag_lo + length + plan.host_block
@@ -487,7 +523,7 @@ def _method_checks(report, runner, reference, method, block_sizes, options, tol)
 
     # a discrete model's near-ties: outputs mapped back onto the eager model's picks
     # (causality compares the artefact's raw runs with each other: it keeps them raw)
-    compared, taken = _on_eager_choices(reference, plan, x, eager, outputs)
+    compared, taken = _on_eager_choices(report, reference, plan, x, eager, outputs)
     _parity(report, plan, x, eager, compared[n0], tol, near_ties=taken.get(n0, 0))
     _blocks(report, plan, compared, errors, tol)
     if method in ("forward", "encode"):
@@ -496,7 +532,8 @@ def _method_checks(report, runner, reference, method, block_sizes, options, tol)
         _latency(report, plan, eager, compared[n0], events, tol)
 
 
-def _on_eager_choices(reference: EagerReference, plan: _Plan, x, eager, outputs):
+def _on_eager_choices(report: CheckReport, reference: EagerReference, plan: _Plan, x,
+                      eager, outputs):
     """``outputs`` of a discrete model mapped back onto the eager model's picks at the
     near-ties of its encoding (:mod:`rave_deploy.check.near_ties`), and how many near-ties
     each block size took the other way; ``outputs`` as they are for other models."""
@@ -505,7 +542,7 @@ def _on_eager_choices(reference: EagerReference, plan: _Plan, x, eager, outputs)
         return outputs, {}
     context = 0
     if method == "forward":  # the decoder's receptive field, in latent frames
-        lookahead, memory = impulse_span(reference, "decode")
+        lookahead, memory = _span(report, reference, "decode")
         context = -(-(lookahead + memory) // plan.ratio) + 1
     segments = reference.near_tie_outputs(method, x, context)
     if not segments:
@@ -727,6 +764,17 @@ def nn_tilde_latency(block: int, ratio: int) -> Dict[str, int]:
     return {"threaded": 2 * n - PD_VECTOR, "unthreaded": max(n - PD_VECTOR, 0)}
 
 
+def nn_tilde_total_latency(latency: int, block_sizes: Sequence[int], ratio: int,
+                           sr: int) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """The total latency in nn~ of a model of ``latency`` samples at each host block:
+    ``{block: {"threaded" | "unthreaded": {"samples": int, "ms": float}}}``, the model's
+    latency plus :func:`nn_tilde_latency` (a summary's ``host_latency``, written by the
+    targets whose files nn~ loads)."""
+    return {str(n): {k: {"samples": v + latency, "ms": _ms(v + latency, sr)}
+                     for k, v in nn_tilde_latency(n, ratio).items()}
+            for n in sorted({int(b) for b in block_sizes})}
+
+
 def _latency(report, plan: _Plan, eager, exported, events: _Events, tol: Tolerances) -> None:
     d, sr, n0 = plan.delay, plan.sr, plan.host_block
     lags, errs = [], []
@@ -745,8 +793,6 @@ def _latency(report, plan: _Plan, eager, exported, events: _Events, tol: Toleran
     report.summary["latency_samples"] = d
     report.summary["latency_ms"] = _ms(d, sr)
     report.summary["latency_measured"] = {k: v for k, v in stats.items()}
-    report.summary["host_latency"] = {n: {k: {"samples": v + d, "ms": _ms(v + d, sr)} for k, v in h.items()}
-                                      for n, h in host.items()}
     details = {"structural_samples": d, "structural_ms": _ms(d, sr), "block": n0,
                "positions": list(events.positions), "latencies": lags, "match_error": errs,
                "kinds": list(events.kinds),
@@ -841,5 +887,5 @@ def run_forward_timing(report: CheckReport, runner: Runner, reference: EagerRefe
 
 
 __all__ = ["Tolerances", "best_lag", "impulse_span", "musical_signal", "nn_tilde_latency",
-           "run_forward_timing", "run_method_checks", "smooth_random_walk", "tolerances_of",
-           "torch_threads"]
+           "nn_tilde_total_latency", "run_forward_timing", "run_method_checks",
+           "smooth_random_walk", "tolerances_of", "torch_threads"]

@@ -925,7 +925,7 @@ class TorchScriptTarget(Target):
         sr = int(ctx.sidecar.get("sample_rate") or ctx.model.sr)
         table = ", ".join(f"{k.split(' ', 1)[1]}: {v} (+{model_latency} model = "
                           f"{1000 * (v + model_latency) / sr:.1f} ms)" for k, v in fwd.items())
-        report.summary["nn_tilde_host_latency"] = fwd
+        report.target_specific["nn_tilde_host_latency"] = fwd
         ok = not problems and all(
             v == (r_high - PD_VECTOR if "unthreaded" in k else
                   2 * max(int(k.rsplit(" ", 1)[1]), r_high) - PD_VECTOR)
@@ -937,7 +937,7 @@ class TorchScriptTarget(Target):
 
     # ------------------------------------------------------------------ generic checks
     def _generic_checks(self, report: "CheckReport", module, ctx: _Ctx) -> None:
-        from ..check.harness import run_forward_timing, run_method_checks
+        from ..check.harness import nn_tilde_total_latency, run_forward_timing, run_method_checks
         from ..check.runner import TorchScriptRunner
         if not self._set_deterministic(module):
             report.add("parity.forward", False, "the file has no set_deterministic: parity "
@@ -966,4 +966,8 @@ class TorchScriptTarget(Target):
                 runner = _HostChannels(runner, reference.n_channels)
             runners[m] = runner
             run_method_checks(report, runner, reference, m, blocks, ctx.options)
+        if report.summary.get("latency_samples") is not None:  # latency.forward ran
+            # nn~ loads any TorchScript file: its total latency there, per host block
+            report.summary["host_latency"] = nn_tilde_total_latency(
+                report.summary["latency_samples"], blocks, reference.ratio, reference.sr)
         run_forward_timing(report, runners["forward"], reference, blocks, ctx.options)

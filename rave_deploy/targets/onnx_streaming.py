@@ -116,6 +116,7 @@ class OnnxStreamingTarget(Target):
             return report
         fixed = sess.get_inputs()[0].shape[2]
         fixed = fixed if isinstance(fixed, int) else None
+        report.summary["block_size"] = fixed   # samples per call, where the graph fixes it
         runner = ort_host.runner_classes()["streaming"](sess, "forward", reference.ratio,
                                                         reference.latent_size,
                                                         reference.n_channels)
