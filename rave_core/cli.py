@@ -14,7 +14,7 @@ Output folders are created as needed. docs/bad-input.md lists every case and its
 This module imports no heavy library (torch, NumPy: seconds): ``--help``, ``--version``,
 ``configs`` and a usage error answer at once; each command imports what it needs when it
 runs, Ctrl-C or SIGTERM meanwhile ending the process in one line
-(:func:`rave_deploy.launch.interrupts_end_at_once`).
+(:func:`rave_core.launch.interrupts_end_at_once`).
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from typing import Callable, List, Optional
 
 import click
 
-from rave_deploy.launch import INTERRUPTED, interrupts_end_at_once
+from rave_core.launch import INTERRUPTED, interrupts_end_at_once
 
 from .config_names import CONFIG_DIR, available_configs
 from .dataset_limits import MAX_CHANNELS, MAX_SAMPLING_RATE, MIN_CHANNELS, MIN_SAMPLING_RATE
@@ -61,7 +61,7 @@ def __getattr__(name: str):
 def importing():
     """Around a command's imports of heavy libraries (torch: seconds): Ctrl-C or SIGTERM
     meanwhile ends the process at once, in one line, exit 130 or 143 (nothing was done
-    yet: :func:`rave_deploy.launch.interrupts_end_at_once`)."""
+    yet: :func:`rave_core.launch.interrupts_end_at_once`)."""
     return interrupts_end_at_once(f"{_rank_prefix()}{INTERRUPTED}")
 
 

@@ -231,3 +231,19 @@ def test_the_command_list_shows_whole_short_helps():
     commands = result.stdout.split("Commands:")[1]
     assert "..." not in commands and "Check exported artefacts against their run." in commands
     assert "--run RUN" in cli(["check", "--help"], code=0).stdout
+
+
+def test_weights_that_are_not_the_exported_ones_are_refused_even_if_the_file_now_is(exports):
+    """``check`` compares the file on disk with the sidecar's SHA-256 before loading it; a
+    checkpoint rewritten while it was read would give other weights from a file that then
+    matches again. The digest of the bytes loaded is compared too (here: as if the file had
+    changed during the read)."""
+    import dataclasses
+
+    from rave_deploy.check import CheckUsageError, check_artifact, open_reference, prepare_check
+
+    plan = prepare_check(exports["onnx"])
+    loaded = open_reference(plan)
+    other = dataclasses.replace(loaded, checkpoint_sha256="0" * 64)
+    with pytest.raises(CheckUsageError, match="changed while it was being read"):
+        check_artifact(exports["onnx"], loaded=other)

@@ -118,8 +118,14 @@ def test_every_targets_summary_has_the_documented_keys(reports):
     assert 0 <= by_target["minifusion"][TARGET_SPECIFIC]["float32_max_rel_error"] < 1e-3
     assert by_target["nn_tilde"][TARGET_SPECIFIC]["nn_tilde_host_latency"] == {
         "forward unthreaded": 64, "forward threaded 512": 2 * 512 - 64}
-    assert by_target["nn_tilde"]["host_latency"]["512"]["threaded"]["samples"] == \
-        by_target["nn_tilde"]["latency_samples"] + 2 * 512 - 64
+    # the total latency in nn~ is the model's plus what the emulation of nn~ measured
+    # (unthreaded: buffer argument 0, at the ratio, one figure whatever the host block)
+    nn_tilde = by_target["nn_tilde"]
+    added = nn_tilde[TARGET_SPECIFIC]["nn_tilde_host_latency"]
+    assert nn_tilde["host_latency"]["threaded"]["512"]["samples"] == \
+        nn_tilde["latency_samples"] + added["forward threaded 512"]
+    assert nn_tilde["host_latency"]["unthreaded"]["samples"] == \
+        nn_tilde["latency_samples"] + added["forward unthreaded"]
 
 
 def test_a_streaming_graph_with_a_fixed_block_states_it(root):
@@ -177,9 +183,9 @@ def test_one_report_holds_the_methods_of_one_reference_and_fills_an_unknown_rate
 def _discrete_checks(monkeypatch, shared: bool):
     """The generic checks of every method of a tiny discrete model (near-ties counted up
     to 1e-3 of the distance scale, so there are some), and what they measured: the
-    methods impulse_span ran for, and whether each near-tie search had the encoder's
-    output. ``shared=False``: as before, each measured anew."""
-    calls = {"spans": [], "encoded": [], "ties": 0}
+    methods impulse_span ran for, and how many near-ties were found. ``shared=False``: as
+    before, each span measured anew."""
+    calls = {"spans": [], "ties": 0}
     span = harness.impulse_span
     ties = near_ties.tie_alternatives
 
@@ -187,10 +193,8 @@ def _discrete_checks(monkeypatch, shared: bool):
         calls["spans"].append(method)
         return span(reference, method)
 
-    def counted_ties(core, x, tolerance=None, encoded=None):
-        calls["encoded"].append(encoded is not None)
-        given = {"encoded": encoded} if shared and encoded is not None else {}
-        found = ties(core, x, tolerance, **given)
+    def counted_ties(core, x, tolerance=None):
+        found = ties(core, x, tolerance)
         calls["ties"] += len(found)
         return found
 
@@ -216,8 +220,7 @@ def test_a_discrete_model_measures_each_thing_once_with_the_same_results(monkeyp
     report, calls = _discrete_checks(monkeypatch, shared=True)
     # decode's reach: measured for decode's plan, not again for forward's near-ties
     assert calls["spans"] == ["encode", "decode", "forward"]
-    # each near-tie search (encode's, forward's) reuses the eager encoding's encoder run
-    assert calls["encoded"] == [True, True] and calls["ties"] > 0
+    assert calls["ties"] > 0   # the near-tie path ran (forward's uses decode's reach)
     before, old_calls = _discrete_checks(monkeypatch, shared=False)
     assert old_calls["spans"] == ["encode", "decode", "forward", "decode"]
     assert [(r.name, r.passed, r.message, r.value, r.details) for r in report.results] == \

@@ -1,7 +1,7 @@
 """Ctrl-C (or SIGTERM) while `rave-core` or `rave-deploy` starts: importing the CLI took
 seconds (torch), and a Ctrl-C then printed a KeyboardInterrupt traceback from inside some
 library's import (SIGTERM killed the process without a word). The console scripts now go
-through rave_deploy.launch: one line, exit 130 (143 for SIGTERM), as for an interrupted
+through rave_core.launch: one line, exit 130 (143 for SIGTERM), as for an interrupted
 command.
 
 The CLIs now import torch only when a command runs (tests/test_cli_startup.py), so the

@@ -334,6 +334,15 @@ def check_artifact(artifact, run: Optional[str] = None,
     artifact, sidecar = plan.artifact, plan.sidecar
     options = options or CheckOptions()
     loaded = loaded or open_reference(plan, run)
+    # the weights loaded, not only the file on disk, are those the artefact was exported
+    # from (the file could change between the two: training saving over it)
+    expected = (sidecar.get("source") or {}).get("checkpoint_sha256") \
+        if isinstance(sidecar.get("source"), dict) else None
+    if isinstance(expected, str) and expected and loaded.checkpoint_sha256 != expected.lower():
+        raise CheckUsageError(f"the checkpoint {loaded.checkpoint_path} changed while it was "
+                              "being read (SHA-256 differs from the export's): check again "
+                              "once nothing writes it, or pass --run with the checkpoint it "
+                              "was exported from")
     model = loaded.model
     style = sidecar.get("style") if isinstance(sidecar.get("style"), dict) else None
     if style:

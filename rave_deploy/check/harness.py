@@ -759,20 +759,27 @@ def _impulse(report, runner, reference, plan: _Plan, nmax: int):
 
 # --------------------------------------------------------------------------- latency
 def nn_tilde_latency(block: int, ratio: int) -> Dict[str, int]:
-    """Samples nn~ adds at host buffer ``block`` (Pd's vector of 64; host contract 28)."""
-    n = max(block, ratio)
-    return {"threaded": 2 * n - PD_VECTOR, "unthreaded": max(n - PD_VECTOR, 0)}
+    """Samples nn~ adds (Pd's vector of 64; host contract 28): threaded, with the buffer
+    argument ``block`` (raised to ``ratio``, the largest of the model's methods); and
+    unthreaded, which is buffer argument 0 and so runs at ``ratio`` whatever ``block``."""
+    return {"threaded": 2 * max(block, ratio) - PD_VECTOR,
+            "unthreaded": max(ratio - PD_VECTOR, 0)}
 
 
 def nn_tilde_total_latency(latency: int, block_sizes: Sequence[int], ratio: int,
-                           sr: int) -> Dict[str, Dict[str, Dict[str, float]]]:
-    """The total latency in nn~ of a model of ``latency`` samples at each host block:
-    ``{block: {"threaded" | "unthreaded": {"samples": int, "ms": float}}}``, the model's
-    latency plus :func:`nn_tilde_latency` (a summary's ``host_latency``, written by the
+                           sr: int) -> Dict[str, Dict]:
+    """The total latency in nn~ of a model of ``latency`` samples: the model's latency plus
+    :func:`nn_tilde_latency`, unthreaded (buffer argument 0: one figure) and threaded at
+    each host block, ``{"unthreaded": {"samples": int, "ms": float}, "threaded": {block:
+    {"samples": int, "ms": float}}}`` (a summary's ``host_latency``, written by the
     targets whose files nn~ loads)."""
-    return {str(n): {k: {"samples": v + latency, "ms": _ms(v + latency, sr)}
-                     for k, v in nn_tilde_latency(n, ratio).items()}
-            for n in sorted({int(b) for b in block_sizes})}
+    def total(added: int) -> Dict[str, float]:
+        return {"samples": latency + added, "ms": _ms(latency + added, sr)}
+
+    blocks = sorted({int(b) for b in block_sizes})
+    return {"unthreaded": total(nn_tilde_latency(ratio, ratio)["unthreaded"]),
+            "threaded": {str(n): total(nn_tilde_latency(n, ratio)["threaded"])
+                         for n in blocks}}
 
 
 def _latency(report, plan: _Plan, eager, exported, events: _Events, tol: Tolerances) -> None:
@@ -802,9 +809,9 @@ def _latency(report, plan: _Plan, eager, exported, events: _Events, tol: Toleran
     off = lags_a - d
     passed = bool(np.all(np.abs(off) <= tol.latency_max_error))
     h0 = host[str(n0)]
-    base = (f"model {d} samples ({_ms(d, sr):.2f} ms); in nn~ at block {n0}: "
-            f"{d + h0['threaded']} samples threaded ({_ms(d + h0['threaded'], sr):.2f} ms), "
-            f"{d + h0['unthreaded']} unthreaded")
+    base = (f"model {d} samples ({_ms(d, sr):.2f} ms); in nn~: {d + h0['threaded']} "
+            f"samples threaded at block {n0} ({_ms(d + h0['threaded'], sr):.2f} ms), "
+            f"{d + h0['unthreaded']} unthreaded (buffer argument 0)")
     if passed:
         msg = (f"{base}; measured {stats['mean']:.0f} samples at all {len(lags)} positions in a "
                f"{n0}-sample block (jitter {stats['jitter']})")

@@ -41,18 +41,16 @@ class NearTie:
     codes: torch.Tensor
 
 
-def tie_alternatives(core, x: torch.Tensor, tolerance: Optional[float] = None,
-                     encoded: Optional[torch.Tensor] = None) -> List[NearTie]:
+def tie_alternatives(core, x: torch.Tensor, tolerance: Optional[float] = None
+                     ) -> List[NearTie]:
     """Near-ties of the eager encoding of ``x`` ``(1, channels, time)`` by ``core`` (a
     :class:`~rave_deploy.model.DeployModel` with codebooks, offline), gaps up to
     ``tolerance`` (default :data:`TIE_TOLERANCE`): for each, the codes with the other
-    pick there, the later quantisers of that frame re-quantised. ``encoded``:
-    ``core.encoder``'s output for ``x`` where the caller has it (the eager encoding it
-    compares with computed it), so the encoder does not run again."""
+    pick there, the later quantisers of that frame re-quantised."""
     tolerance = TIE_TOLERANCE if tolerance is None else tolerance
     books = core.codebooks
     with torch.inference_mode():
-        z = core.encoder(core._analysis(x.contiguous())) if encoded is None else encoded
+        z = core.encoder(core._analysis(x.contiguous()))
         base = books.encode(z)
         residual = z[0].transpose(0, 1).contiguous()       # (frames, dim)
         ties: List[NearTie] = []
@@ -76,15 +74,15 @@ def tie_alternatives(core, x: torch.Tensor, tolerance: Optional[float] = None,
     return ties
 
 
-def tie_segments(core, x: torch.Tensor, method: str, context: int,
-                 encoded: Optional[torch.Tensor] = None) -> List[Tuple[int, np.ndarray]]:
+def tie_segments(core, x: torch.Tensor, method: str, context: int
+                 ) -> List[Tuple[int, np.ndarray]]:
     """``method``'s eager output around each near-tie of ``x``'s encoding with the other
     pick: ``(start, values)`` pairs, ``values`` ``(channels, length)`` from output step
     ``start`` on. ``encode``: the codes of the tied frame. ``forward``: the decode of a
     window of the codes around it, ``context`` frames (the decoder's receptive field)
     each side of the outputs it keeps, so those are what a decode of the whole signal
-    gives. ``encoded``: as for :func:`tie_alternatives`."""
-    ties = tie_alternatives(core, x, encoded=encoded)
+    gives."""
+    ties = tie_alternatives(core, x)
     if method == "encode":
         return [(t.frame, t.codes[0, :, t.frame:t.frame + 1].numpy()) for t in ties]
     out = []

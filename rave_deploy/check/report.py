@@ -511,14 +511,15 @@ def _host_latency_table(report: CheckReport, sr: int) -> str:
     host = report.summary.get("host_latency") or {}
     if not host:
         return ""
+    unthreaded = host["unthreaded"]
     rows = "".join(
-        f"<tr><td class=num>{n}</td>"
-        f"<td class=num>{h['unthreaded']['samples']} ({h['unthreaded']['ms']:.2f} ms)</td>"
-        f"<td class=num>{h['threaded']['samples']} ({h['threaded']['ms']:.2f} ms)</td></tr>"
-        for n, h in sorted(host.items(), key=lambda kv: int(kv[0])))
+        f"<tr><td class=num>{n}</td><td class=num>{h['samples']} ({h['ms']:.2f} ms)</td></tr>"
+        for n, h in sorted(host["threaded"].items(), key=lambda kv: int(kv[0])))
     return ("<h4>total latency in nn~ (model + host buffering at Pd's 64-sample vector)</h4>"
-            "<table><thead><tr><th>host block</th><th>unthreaded (N − 64)</th>"
-            "<th>threaded (2N − 64)</th></tr></thead><tbody>" + rows + "</tbody></table>")
+            f"<p>unthreaded (buffer argument 0, the model's ratio R: R − 64 added): "
+            f"{unthreaded['samples']} samples ({unthreaded['ms']:.2f} ms)</p>"
+            "<table><thead><tr><th>buffer argument N</th><th>threaded (2N − 64 added)</th>"
+            "</tr></thead><tbody>" + rows + "</tbody></table>")
 
 
 def _section(i: int, report: CheckReport) -> str:

@@ -54,8 +54,10 @@ script reads the summary without knowing the target. Samples are at ``sample_rat
     up, or ``rtf`` is null.
 ``host_latency`` (object)
     The total latency in nn~ (the model's plus what nn~'s buffering adds at Pd's 64-sample
-    vector), per host block, by nn~'s rule: ``{block: {"threaded": {"samples": int,
-    "ms": float}, "unthreaded": {...}}}``. For the TorchScript files (``nn_tilde``,
+    vector; host contract 28): ``{"unthreaded": {"samples": int, "ms": float},
+    "threaded": {block: {"samples": int, "ms": float}}}``; unthreaded is nn~'s buffer
+    argument 0, which runs at the model's largest ratio R (R - 64 added), threaded one
+    figure per buffer argument N (2N - 64 added). For the TorchScript files (``nn_tilde``,
     ``supercollider``, whose NN.ar buffers as nn~ does, ``vst``), which nn~ loads; the
     RAVE UGens and the RAVE VST buffer otherwise (their sidecar's
     ``host_latency_samples``). null: ONNX graphs, anira folders and Minifusion's file,

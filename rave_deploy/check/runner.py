@@ -8,7 +8,7 @@ reference, so every target is judged the same way.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -84,27 +84,12 @@ class EagerReference:
         self.n_channels = self.core.n_channels
         self.delays = Delays(self.core.encode_delay, self.core.decode_delay,
                              self.core.latency_samples)
-        #: a discrete model's last encoding: ``(signal, encoder output)``, for
-        #: :meth:`near_tie_outputs` of the same signal (it needs the encoder's output,
-        #: which the harness has just computed for its eager output)
-        self._encoded: Optional[Tuple[np.ndarray, torch.Tensor]] = None
 
     def __call__(self, method: str, signal: np.ndarray) -> np.ndarray:
         fn: Dict[str, Callable] = {"encode": self.core.encode, "decode": self.core.decode,
                                    "forward": self.core.forward}
-        x = np.ascontiguousarray(signal, dtype=np.float32)
-        if not (self.discrete and method in ("encode", "forward")):
-            with torch.inference_mode():
-                return fn[method](torch.from_numpy(x)).numpy()
-        seen: List[torch.Tensor] = []
-        hook = self.core.encoder.register_forward_hook(lambda m, i, out: seen.append(out))
-        try:
-            with torch.inference_mode():
-                y = fn[method](torch.from_numpy(x)).numpy()
-        finally:
-            hook.remove()
-        self._encoded = (x.copy(), seen[-1]) if len(seen) == 1 else None
-        return y
+        with torch.inference_mode():
+            return fn[method](torch.from_numpy(np.ascontiguousarray(signal, dtype=np.float32))).numpy()
 
     @property
     def discrete(self) -> bool:
@@ -120,11 +105,8 @@ class EagerReference:
         receptive field in frames)."""
         from .near_ties import tie_segments
 
-        x = np.ascontiguousarray(signal, dtype=np.float32)
-        last = self._encoded
-        # the encoder's output of this very signal, when the last call computed it
-        z = last[1] if last is not None and np.array_equal(last[0], x) else None
-        return tie_segments(self.core, torch.from_numpy(x), method, context, encoded=z)
+        x = torch.from_numpy(np.ascontiguousarray(signal, dtype=np.float32))
+        return tie_segments(self.core, x, method, context)
 
     def delay_of(self, method: str) -> int:
         """Delay in output samples of ``method`` (latent frames for encode)."""

@@ -13,9 +13,9 @@ exit 130 (Ctrl-C) or 143 (SIGTERM), as the shell counts. Nothing was done yet, s
 nothing to clean up: the process ends at once, no exception goes through the libraries'
 imports.
 
-This module lives in ``rave_deploy`` because that package's ``__init__`` imports
-nothing. Keep this module free of imports from either package at its top: its handlers
-must be in place before anything of theirs is imported.
+``rave_core``'s ``__init__`` imports nothing up front (its names are imported when first
+used), so importing this module imports nothing heavy; keep it free of imports from either
+package at its top: its handlers must be in place before anything of theirs is imported.
 """
 from __future__ import annotations
 
