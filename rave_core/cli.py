@@ -42,20 +42,14 @@ from .text import printable
 
 
 def _error_classes():
-    """Unusable input (exit 2) versus a failed operation (exit 1): ``(USAGE_ERRORS,
-    OPERATION_ERRORS)``, imported when a command needs them (their modules import torch)."""
+    """The error classes of unusable input (exit 2) and of a failed operation (exit 1):
+    ``(usage errors, operation errors)``, imported when a command needs them (their
+    modules import torch)."""
     with importing():
         from .config import ConfigError
         from .data import DataError, DataInputError
         from .run import RunError
     return (ConfigError, RunError, DataInputError), (DataError, OSError)
-
-
-def __getattr__(name: str):
-    # USAGE_ERRORS, OPERATION_ERRORS: as before, module attributes (imported when read)
-    if name in ("USAGE_ERRORS", "OPERATION_ERRORS"):
-        return _error_classes()[name == "OPERATION_ERRORS"]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def importing():

@@ -34,8 +34,9 @@ from .targets.base import CheckOptions, ExportOptions, TargetUnsupported
 
 
 def _error_classes():
-    """Unusable input (exit 2) versus a failed operation (exit 1): ``(USAGE_ERRORS,
-    OPERATION_ERRORS)``, imported when a command needs them (their modules import torch).
+    """The error classes of unusable input (exit 2) and of a failed operation (exit 1):
+    ``(usage errors, operation errors)``, imported when a command needs them (their
+    modules import torch).
     OutputInTheWay: something of the user's stands where an output goes (an OutputError,
     caught first so that it is bad usage: nothing was attempted)."""
     with importing():
@@ -47,12 +48,6 @@ def _error_classes():
     return ((RunError, ConfigError, DeployError, OutputInTheWay),
             (TargetUnsupported, OutputError, OSError, ExportError))
 
-
-def __getattr__(name: str):
-    # USAGE_ERRORS, OPERATION_ERRORS: as before, module attributes (imported when read)
-    if name in ("USAGE_ERRORS", "OPERATION_ERRORS"):
-        return _error_classes()[name == "OPERATION_ERRORS"]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # Bounds of the numeric flags: beyond them no host runs, and the export or check would
 # only exhaust memory before failing.
@@ -114,7 +109,7 @@ def _interrupted(ctx: _Context, err: KeyboardInterrupt, message: str) -> None:
 def _guard(ctx: _Context, fn, *args, usage_errors=(), interrupted=INTERRUPTED_EXPORT,
            **kwargs):
     """Run ``fn`` and turn errors into clean messages and exit codes: 2 for unusable input
-    (``USAGE_ERRORS`` and ``usage_errors``), 1 for a failed operation, 130 on Ctrl-C
+    (:func:`_error_classes` and ``usage_errors``), 1 for a failed operation, 130 on Ctrl-C
     (143 on SIGTERM), saying ``interrupted`` (None: the caller handles Ctrl-C). Never a
     traceback unless ``--debug``."""
     usage, operation = _error_classes()

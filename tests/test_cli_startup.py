@@ -211,8 +211,10 @@ def test_rave_core_names_are_there_when_used():
         rave_core.nothing  # noqa: B018
 
 
-def test_the_error_classes_of_the_clis_are_module_attributes_as_before():
-    """(a guard: passes on the old code too)"""
+def test_the_error_classes_of_the_clis_are_those_of_before():
+    """Which errors each CLI treats as bad usage (exit 2) and as a failed operation
+    (exit 1), now imported when a command runs (a guard: the old code had them as module
+    attributes, USAGE_ERRORS and OPERATION_ERRORS)."""
     import rave_core.cli
     import rave_deploy.cli
     from rave_core.config import ConfigError
@@ -222,11 +224,12 @@ def test_the_error_classes_of_the_clis_are_module_attributes_as_before():
     from rave_deploy.io import OutputError, OutputInTheWay
     from rave_deploy.model import DeployError
     from rave_deploy.targets import TargetUnsupported
-    assert rave_core.cli.USAGE_ERRORS == (ConfigError, RunError, DataInputError)
-    assert rave_core.cli.OPERATION_ERRORS == (DataError, OSError)
-    assert rave_deploy.cli.USAGE_ERRORS == (RunError, ConfigError, DeployError, OutputInTheWay)
-    assert rave_deploy.cli.OPERATION_ERRORS == (TargetUnsupported, OutputError, OSError,
-                                                ExportError)
+    usage, operation = rave_core.cli._error_classes()
+    assert usage == (ConfigError, RunError, DataInputError)
+    assert operation == (DataError, OSError)
+    usage, operation = rave_deploy.cli._error_classes()
+    assert usage == (RunError, ConfigError, DeployError, OutputInTheWay)
+    assert operation == (TargetUnsupported, OutputError, OSError, ExportError)
 
 
 def test_every_shipped_target_is_read_without_being_imported():
