@@ -7,11 +7,14 @@ Where ``fcntl`` is missing (Windows) nothing is locked.
 
 Used by ``rave-core train`` (:mod:`rave_core.training.run_lock`: one training per run) and
 ``rave-deploy export`` (:mod:`rave_deploy.output_lock`: one export per output folder).
+:func:`pid_alive` tells whether the process of a PID still runs, on POSIX and Windows (for
+what a process killed outright left behind).
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from pathlib import Path
 from typing import IO, Optional
 
@@ -22,6 +25,50 @@ except ImportError:  # Windows
 
 #: whether this system can lock (False on Windows: :meth:`FolderLock.acquire` does nothing)
 LOCKING = fcntl is not None
+
+
+#: Windows: OpenProcess's access right, GetExitCodeProcess's "running", GetLastError's codes
+_PROCESS_QUERY_LIMITED_INFORMATION = 0x1000
+_STILL_ACTIVE = 259
+_ERROR_INVALID_PARAMETER = 87
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of PID ``pid`` is running (another user's too). Where that cannot
+    be told it is taken as running: callers keep what such a process may still use.
+
+    POSIX: ``kill(pid, 0)``. Windows: ``os.kill(pid, 0)`` would send Ctrl-C there
+    (``CTRL_C_EVENT`` is 0), so the process is opened and its exit code read instead.
+    """
+    if sys.platform == "win32":
+        return _windows_pid_alive(pid)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _windows_pid_alive(pid: int) -> bool:
+    import ctypes
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    kernel32.OpenProcess.restype = ctypes.c_void_p  # a HANDLE: 64 bits, not an int's 32
+    kernel32.OpenProcess.argtypes = (ctypes.c_ulong, ctypes.c_int, ctypes.c_ulong)
+    kernel32.GetExitCodeProcess.argtypes = (ctypes.c_void_p, ctypes.POINTER(ctypes.c_ulong))
+    kernel32.CloseHandle.argtypes = (ctypes.c_void_p,)
+    handle = kernel32.OpenProcess(_PROCESS_QUERY_LIMITED_INFORMATION, False, pid)
+    if not handle:  # no such process; access denied (running, someone else's), or unknown
+        return ctypes.get_last_error() != _ERROR_INVALID_PARAMETER
+    try:
+        code = ctypes.c_ulong()
+        if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
+            return True
+        return code.value == _STILL_ACTIVE  # (one that exited with 259 reads as running)
+    finally:
+        kernel32.CloseHandle(handle)
 
 
 class LockHeld(Exception):

@@ -7,7 +7,6 @@ import json
 import os
 import time
 import warnings
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence
@@ -20,7 +19,7 @@ from .file_names import plain_file_name
 from .io import (OutputError, OutputInTheWay, atomic_outputs, check_replaceable,
                  describe_os_error, dump_json, ensure_dir)
 from .model import DEFAULT_TUNED_BLOCK, DeployError, DeployModel
-from .output_lock import output_lock
+from .output_lock import OutputLock
 from .sidecar import (FOLDER_SIDECAR, build_sidecar, find_sidecar, recorded_path, shown_path,
                       sidecar_path)
 from .targets import ExportOptions, Target, TargetUnsupported, registry
@@ -264,17 +263,32 @@ def export_run(run_path, target_names: Sequence[str], output: Path,
     Ctrl-C after some targets were written carries a note (``err.__notes__``) naming the
     targets written and those not.
 
-    While it writes, the export holds the output folder's lock
-    (:func:`rave_deploy.output_lock.output_lock`): another export into that folder at
-    the same time raises :class:`~rave_deploy.output_lock.OutputLocked` before writing
-    anything."""
-    run = run or open_run(run_path, ema=options.ema_weights)
-    name = options.name or _name_from_run(run.config_path.parent.name)
+    The export holds the output folder's lock (:class:`rave_deploy.output_lock.OutputLock`)
+    from before it loads the run to after its last write: another export into that folder
+    at the same time raises :class:`~rave_deploy.output_lock.OutputLocked` at once, before
+    loading its run. An export refused for another reason, or skipping every target,
+    leaves no folder and no lock file."""
     targets = resolve_targets(target_names)
     all_mode = not target_names or "all" in target_names
     output = Path(output)
     # One target and a file name with its suffix (`-o model.ts`): that file; else a folder.
     as_file = output_names_file(output, targets)
+    # One export at a time into a folder, refused before anything is loaded or checked:
+    # what stands there is the other export's, changing, until it is done.
+    with OutputLock(output.parent if as_file else output) as lock:
+        lock.claim()
+        return _export_locked(run_path, run, targets, all_mode, output, as_file, options,
+                              explicit, on_result, lock)
+
+
+def _export_locked(run_path, run: Optional[Run], targets: List[Target], all_mode: bool,
+                   output: Path, as_file: bool, options: ExportOptions, explicit: bool,
+                   on_result: Optional[Callable[[ExportResult], None]],
+                   lock: OutputLock) -> List[ExportResult]:
+    """:func:`export_run`, once the output folder's lock is claimed (held where the
+    folder exists)."""
+    run = run or open_run(run_path, ema=options.ema_weights)
+    name = options.name or _name_from_run(run.config_path.parent.name)
 
     # Refuse before writing anything: a named target the model cannot serve is an error.
     reasons = {t.name: t.unsupported_reason(run.model, options) for t in targets}
@@ -296,26 +310,24 @@ def export_run(run_path, target_names: Sequence[str], output: Path,
             check_outputs_replaceable(target, artifact_path(output, name, target, as_file))
 
     run, style = _taught(run, options)
-    # One export at a time into a folder (refused at once, before anything is written):
-    # two at once would mix their runs under one name.
-    writes = any(not reason for reason in reasons.values())
-    with output_lock(output.parent if as_file else output) if writes else nullcontext():
-        results: List[ExportResult] = []
-        try:
-            for target in targets:
-                if reasons[target.name]:
-                    results.append(ExportResult(target.name, skipped=reasons[target.name]))
-                else:
-                    results.append(_export_target(target, run, options, style,
-                                                  artifact_path(output, name, target, as_file)))
-                if on_result is not None:
-                    on_result(results[-1])
-        except BaseException as err:  # Ctrl-C and SIGTERM too
-            written = [r.target for r in results if r.path is not None]
-            if written:  # the folder now mixes this export with what was there before
-                err.add_note(_stopped_midway(written, [t.name for t in targets[len(results):]
-                                                       if not reasons[t.name]]))
-            raise
+    if any(not reason for reason in reasons.values()):
+        lock.take()  # the folder made, and locked if it was not yet
+    results: List[ExportResult] = []
+    try:
+        for target in targets:
+            if reasons[target.name]:
+                results.append(ExportResult(target.name, skipped=reasons[target.name]))
+            else:
+                results.append(_export_target(target, run, options, style,
+                                              artifact_path(output, name, target, as_file)))
+            if on_result is not None:
+                on_result(results[-1])
+    except BaseException as err:  # Ctrl-C and SIGTERM too
+        written = [r.target for r in results if r.path is not None]
+        if written:  # the folder now mixes this export with what was there before
+            err.add_note(_stopped_midway(written, [t.name for t in targets[len(results):]
+                                                   if not reasons[t.name]]))
+        raise
     return results
 
 

@@ -24,6 +24,7 @@ import threading
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Set
 
+from rave_core.folder_lock import pid_alive
 from rave_core.os_errors import describe_os_error as describe
 
 PARTIAL_SUFFIX = ".partial"
@@ -112,16 +113,6 @@ def _partial_prefix(path: Path) -> str:
     return f".{path.name}.{os.getpid()}."
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
-
-
 def remove_stale_partials(path: Path) -> List[Path]:
     """Clean up after processes killed while writing ``path`` (and no longer running):
     delete their ``.partial`` temporaries, and put back a previous folder output that
@@ -173,7 +164,7 @@ def _clean_up(temporary: Path, final: Path, pid: int) -> bool:
     if pid == os.getpid():
         if os.path.abspath(temporary) in _IN_USE:
             return False  # this process's own, being written
-    elif _pid_alive(pid):
+    elif pid_alive(pid):
         return False
     if temporary.name.endswith(OLD_SUFFIX) and not final.exists() and not final.is_symlink():
         os.replace(temporary, final)  # the killed process had moved it aside

@@ -186,3 +186,90 @@ def test_a_link_in_the_lock_files_place_is_not_followed(run, tmp_path):
     (out / LOCK).symlink_to(victim)
     export_quietly(run, ["minifusion"], out)
     assert victim.read_text() == "mine" and (out / LOCK).is_symlink()
+
+
+def test_a_second_export_is_refused_before_it_loads_its_run(run, tmp_path, monkeypatch):
+    """fix: a second export into a folder loaded its checkpoint (seconds for a full-size
+    model) and taught its style (--style-target: longer) before it was refused. Now the
+    refusal comes first: its run is never opened, and the folder is left as it was."""
+    from rave_deploy import export as export_module
+    from rave_deploy.export import export_run
+    from rave_deploy.output_lock import OutputLocked, output_lock
+    from rave_deploy.targets import ExportOptions
+
+    opened = []
+    open_run = export_module.open_run
+    monkeypatch.setattr(export_module, "open_run",
+                        lambda *args, **kwargs: opened.append(args) or open_run(*args, **kwargs))
+    out = tmp_path / "out"
+    export_quietly(run, ["minifusion"], out)
+    opened.clear()
+    before = tree(out)
+    style = tmp_path / "style.wav"
+    style.write_bytes(b"")  # (never read: refused first)
+    refused = f"another rave-deploy export (PID {os.getpid()}) is writing into {out}: "
+    with output_lock(out):
+        for args in (["-o", out], ["-o", out / "m.h5"], ["-o", out, "--style-target", style]):
+            cli(["export", run, "-t", "minifusion", *args], code=2, expect=refused)
+            assert opened == []
+        with pytest.raises(OutputLocked, match=r"\(PID "):
+            export_run(run, ["minifusion"], out, ExportOptions())
+    assert opened == [] and tree(out) == before
+
+
+def test_an_export_holds_the_lock_from_before_it_loads_its_run(run, tmp_path, monkeypatch):
+    """An export into an existing folder holds its lock while it loads its run: a second
+    export started meanwhile is refused (it went ahead and wrote, before)."""
+    from rave_deploy import export as export_module
+
+    out = tmp_path / "out"
+    out.mkdir()
+    seen = []
+    open_run = export_module.open_run
+
+    def and_meanwhile(*args, **kwargs):
+        seen.append(_export(run, "-t", "minifusion", "-o", out, "--name", "other"))
+        return open_run(*args, **kwargs)
+
+    monkeypatch.setattr(export_module, "open_run", and_meanwhile)
+    files = export_quietly(run, ["minifusion"], out)
+    assert seen[0].returncode == 2 and f"(PID {os.getpid()})" in seen[0].stderr, seen[0]
+    assert sorted(tree(out)) == sorted([files["minifusion"].name,
+                                        files["minifusion"].name + ".json"])
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new folder", "existing folder"])
+def test_an_export_refused_otherwise_leaves_no_folder_nor_lock_file(run, tmp_path, existing):
+    """The lock is taken before the run is loaded, yet an export that then writes nothing
+    (a bad run, a target the model cannot serve, every target skipped, something of the
+    user's in the way) creates no folder, leaves no lock file, and says what it said
+    before."""
+    from rave_deploy.export import export_run
+    from rave_deploy.targets import ExportOptions
+
+    out = tmp_path / "new" / "out"
+    if existing:
+        out.mkdir(parents=True)
+        (out / "notes.txt").write_text("mine")
+        before = tree(out)
+
+    def as_before():
+        if existing:
+            assert tree(out) == before
+        else:
+            assert not (tmp_path / "new").exists()
+
+    cli(["export", tmp_path / "missing", "-o", out], code=2, expect="missing does not exist")
+    as_before()
+    cli(["export", run, "-t", "vst", "-o", out], code=1,
+        expect="vst: ratio 128 is below the RAVE VST's minimum of 512")
+    as_before()
+    results = export_run(run, ["vst"], out, ExportOptions(), explicit=False)
+    assert [r.skipped is not None for r in results] == [True]
+    as_before()
+    if existing:
+        (out / "brave.minifusion.h5").mkdir()
+        before = tree(out)
+        cli(["export", run, "-t", "minifusion", "-o", out], code=2,
+            expect="is a folder, not a file")
+        as_before()

@@ -27,6 +27,7 @@ from tqdm import tqdm
 # bounds of --channels, --sampling_rate (a module of their own: the CLI reads them)
 from ..dataset_limits import (MAX_CHANNELS, MAX_SAMPLING_RATE, MIN_CHANNELS,
                               MIN_SAMPLING_RATE)
+from ..folder_lock import pid_alive
 from ..text import listed, printable
 from . import DataError, DataInputError
 
@@ -290,18 +291,8 @@ def _remove_stale_partials(output: Path) -> None:
     leftovers = [*output.parent.glob(f"{output.name}.partial-*"), *output.parent.glob(f"{output.name}.old-*")]
     for sibling in leftovers:
         pid = sibling.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             shutil.rmtree(sibling, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def _build(search: AudioSearch, out_dir: Path, channels: int, sr: int, progress: bool) -> PreprocessReport:
