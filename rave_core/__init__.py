@@ -11,7 +11,7 @@ tools answer ``--help`` and their listings without torch.
 """
 from __future__ import annotations
 
-import importlib
+from .lazy_names import lazy_names
 
 __version__ = "0.1.0"
 
@@ -28,14 +28,4 @@ _FROM = {
 __all__ = ["ConfigError", "RunError", "available_configs", "build_model", "load_run", "open_run"]
 
 
-def __getattr__(name: str):
-    module = _FROM.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value   # imported once
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(__name__, _FROM)

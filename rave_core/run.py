@@ -29,6 +29,9 @@ from .text import listed
 # Keys of the training-only modules: not needed (nor built) to run the model.
 TRAINING_ONLY_PREFIXES = ("discriminator.", "audio_distance.", "multiband_audio_distance.")
 CHECKPOINT_PREFERENCE = ("best.ckpt", "last.ckpt")
+#: First bytes of a zip archive (its first local file header): what ``torch.save``
+#: (torch >= 1.6) and ``torch.jit.save`` write.
+ZIP_SIGNATURE = b"PK\x03\x04"
 
 
 class RunError(ValueError):
@@ -214,7 +217,7 @@ def _looks_like_checkpoint(path: Path) -> bool:
             head = f.read(4)
     except OSError:
         return True  # let the loader report it
-    return head.startswith(b"PK") or head[:1] == b"\x80"
+    return head.startswith(ZIP_SIGNATURE) or head[:1] == b"\x80"
 
 
 def extract_state_dict(ckpt: Dict[str, object], ema: bool = False) -> Tuple[Dict[str, torch.Tensor], bool]:

@@ -12,7 +12,6 @@ ending the process in one line (:func:`rave_core.cli.importing`).
 """
 from __future__ import annotations
 
-import json
 import os
 import stat
 import sys
@@ -26,6 +25,7 @@ from rave_core.cli import (ShortErrorsGroup, Terminated, importing, short_messag
                            sigterm_as_interrupt, warnings_as_messages)
 from rave_core.text import clipped, listed, printable
 
+from .check.output import CheckProgress, print_json, print_results
 from .cpu_kernels import CPU_KERNELS
 from .file_names import name_problem
 from .io import OutputError, OutputInTheWay, describe_os_error
@@ -71,16 +71,12 @@ INTERRUPTED_EXPORT = "Interrupted: earlier outputs are as they were; nothing was
 def _exit(code: int, message: str, prefix: str = "Error: ") -> None:
     """End the command: ``message`` on stderr (after ``prefix``), with ``--json`` also
     as a JSON object on stdout, and exit ``code``."""
-    output = sys.modules.get(f"{__package__}.check.output")
-    if output is not None:   # (not imported: no progress line was ever shown)
-        output.CheckProgress.end_open_line()
+    CheckProgress.end_open_line()
     message = printable(message)  # a path that is not UTF-8 cannot be printed raw
     click.echo(f"{prefix}{message}", err=True)
     ctx = click.get_current_context(silent=True)
     obj = ctx.find_object(_Context) if ctx is not None else None
     if obj is not None and obj.json_error is not None:
-        with importing():
-            from .check.output import print_json
         print_json({**obj.json_error, "error": message, "exit_code": code})
     sys.exit(code)
 
@@ -143,11 +139,8 @@ def _json_error_fields(command: Optional[str]) -> dict:
 
 def _json_usage_error(command: Optional[str], message: str) -> None:
     """The JSON object of a usage error click found before ``command`` ran (a bad option
-    value, an unknown option, a missing argument), as :func:`_exit` prints it (plain
-    strings, numbers and empty lists: as ``check.output.print_json`` writes them, without
-    importing what that module does)."""
-    data = {**_json_error_fields(command), "error": printable(message), "exit_code": 2}
-    click.echo(json.dumps(data, indent=2, allow_nan=False))
+    value, an unknown option, a missing argument), as :func:`_exit` prints it."""
+    print_json({**_json_error_fields(command), "error": printable(message), "exit_code": 2})
 
 
 @click.group(cls=ShortErrorsGroup, json_error=_json_usage_error,
@@ -238,7 +231,6 @@ def export(obj: _Context, run: Path, targets, output: Path, streaming: bool, fid
     if name is not None:
         _check_name(name)
     with importing():
-        from .check.output import print_json
         from .export import export_run
     options = ExportOptions(streaming=streaming, fidelity=fidelity, deterministic=deterministic,
                             sr=sr, channels=channels, ema_weights=ema_weights, name=name,
@@ -290,16 +282,14 @@ def check(obj: _Context, artifacts, run: Optional[str], block_sizes, as_json: bo
 
     ARTIFACTS are files or anira folders; an export's --output folder, or `exports/*`
     (sidecars included), checks every artefact in it."""
-    with importing():
-        from .check import (CheckUsageError, check_artifact, expand_artifacts,
-                            open_reference, prepare_check)
-        from .check.output import CheckProgress, print_json
-        from .check.report import write_html_report
-
     obj.json_error = _json_error_fields("check") if as_json else None
     if run == "":
         _usage("--run: an empty path was given (an unset shell variable?): give the run "
                "directory or checkpoint, or leave --run out to use the sidecar's")
+    with importing():
+        from .check.artifacts import CheckUsageError, expand_artifacts, prepare_check
+        from .check.checking import check_artifact, open_reference
+        from .check.report import write_html_report
     report = _report_path(obj, report_arg)  # refused now, not after the checks
     not_started = "Interrupted: nothing was checked."
     # `check exports/*`, `check exports/`
@@ -354,7 +344,6 @@ def _show_finished(obj: _Context, reports, as_json: bool) -> None:
     """Show the results of the artefacts checked so far, before what may yet fail or be
     interrupted: printed now, or, with ``--json``, held for the JSON object an error
     prints (:func:`_exit`)."""
-    from .check.output import print_results
     if as_json:
         obj.json_error = {**_json_error_fields("check"),
                           "artifacts": [r.as_dict() for r in reports]}

@@ -123,18 +123,19 @@ def test_check_loads_each_run_once_and_no_check_changes_its_model(exports, tmp_p
     sound only if no target's check changes the model it is given."""
     from click.testing import CliRunner
 
-    import rave_deploy.check as check
     from rave_core.run import open_run
+    from rave_deploy.check import checking
     from rave_deploy.cli import main
     from rave_deploy.targets import CheckOptions
 
     opened = []
 
-    def counted(plan, run=None, _real=check.open_reference):
+    def counted(plan, run=None, _real=checking.open_reference):
         opened.append(_real(plan, run))
         return opened[-1]
 
-    monkeypatch.setattr(check, "open_reference", counted)
+    # where the command looks it up, and check_artifact when it is handed no loaded run
+    monkeypatch.setattr(checking, "open_reference", counted)
     result = CliRunner().invoke(main, ["check", str(exports), "--json"])
     assert result.exit_code == 0, result.output
     assert len(opened) == 1
@@ -144,8 +145,8 @@ def test_check_loads_each_run_once_and_no_check_changes_its_model(exports, tmp_p
     loaded = open_run(run)
     before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
     for target in ("nn_tilde", "supercollider"):
-        report = check.check_artifact(files[target], options=CheckOptions(block_sizes=[512]),
-                                      loaded=loaded)
+        report = checking.check_artifact(files[target], options=CheckOptions(block_sizes=[512]),
+                                         loaded=loaded)
         assert report.passed, [c.message for c in report.failures()]
     after = loaded.model.state_dict()
     assert before.keys() == after.keys()
@@ -156,3 +157,26 @@ def test_check_loads_each_run_once_and_no_check_changes_its_model(exports, tmp_p
 def torch_equal(a, b) -> bool:
     import torch
     return a.shape == b.shape and bool(torch.equal(a, b))
+
+
+def test_json_output_converts_numpy_and_torch_values_without_importing_numpy(tmp_path):
+    """``--json`` prints NumPy and torch values as plain JSON (NaN and infinities as
+    strings), yet its module imports no NumPy: an error under ``--json`` prints at once."""
+    import numpy as np
+    import torch
+
+    from rave_deploy.check.output import jsonable
+
+    data = {1: np.float32(1.5), "i": np.int64(3), "b": np.bool_(True),
+            "a": np.array([[1.0, np.nan]]), "t": torch.tensor([1, 2]), "inf": float("-inf"),
+            "nan64": np.float64("nan"), "p": Path("x") / "y", "s": {2}}
+    out = jsonable(data)
+    assert out == {"1": 1.5, "i": 3, "b": True, "a": [[1.0, "nan"]], "t": [1, 2],
+                   "inf": "-inf", "nan64": "nan", "p": "x/y", "s": [2]}
+    assert [type(v) for v in (out["i"], out["b"], out["1"])] == [int, bool, float]
+    json.dumps(out, allow_nan=False)   # strict JSON
+    code = ("import sys, rave_deploy.check.output; "
+            "print(sorted(m for m in ('numpy', 'torch') if m in sys.modules))")
+    ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=tmp_path)
+    assert ran.stdout.strip() == "[]"

@@ -127,8 +127,9 @@ def perfect_report(brave):
     return report
 
 
-def _forward_report(runner, reference, name="broken.ts", blocks=FAST) -> CheckReport:
-    report = CheckReport(Path(name), "in-process")
+def _forward_report(runner, reference, name="broken.ts", blocks=FAST,
+                    target="in-process") -> CheckReport:
+    report = CheckReport(Path(name), target)
     run_method_checks(report, runner, reference, "forward", blocks, OPTIONS)
     return report
 
@@ -168,12 +169,39 @@ def test_perfect_artefact_latency_is_exact_at_every_position(perfect_report, bra
     assert len(jitter["latencies"]) == 16 and set(jitter["latencies"]) == {d}
     assert sorted(jitter["positions"]) == [i * BLOCKS[0] // 16 for i in range(16)]
     assert lat.details["jitter_samples"] == 0 and lat.value == d
-    # nn~ buffering at Pd's vector of 64 (host contract 28): unthreaded is buffer argument
-    # 0, which runs at the ratio whatever the host block
-    assert reference.ratio < 256
-    assert lat.details["nn_tilde_adds"]["256"] == {"threaded": 2 * 256 - 64,
-                                                   "unthreaded": reference.ratio - 64}
+    # no target, so no host: the model's latency alone (not nn~'s, as for every target)
+    assert lat.details["host"] is None and "nn_tilde_adds" not in lat.details
+    assert lat.message.startswith(f"model {d} samples (") and "nn~" not in lat.message
     assert perfect_report.summary["latency_samples"] == d
+
+
+def test_latency_states_what_the_targets_host_adds(brave):
+    """latency.forward states what the host of the report's target adds (the target's
+    host_latency): nn~'s buffering at Pd's vector of 64 (host contract 28) for nn~, where
+    unthreaded is buffer argument 0, which runs at the ratio whatever the host block; a
+    host whose contract states no figure (Minifusion) gets the model's latency and the
+    target's note, not nn~'s figures (every target had them)."""
+    reference, core = brave
+    d, ratio = reference.delay_of("forward"), reference.ratio
+    assert ratio < 256
+    nn = _result(_forward_report(CoreRunner(core, "forward"), reference, blocks=BLOCKS,
+                                 target="nn_tilde"), "latency.forward")
+    assert nn.details["nn_tilde_adds"] == {"256": {"threaded": 2 * 256 - 64,
+                                                   "unthreaded": ratio - 64},
+                                           "1024": {"threaded": 2 * 1024 - 64,
+                                                    "unthreaded": ratio - 64}}
+    host = nn.details["host"]
+    assert host["name"] == "nn~" and host["key"] == "nn_tilde_adds"
+    assert "host contract 28" in host["source"]
+    ms = 1000 * (d + 2 * 256 - 64) / reference.sr
+    assert (f"; in nn~: {d + 2 * 256 - 64} samples threaded at block 256 ({ms:.2f} ms), "
+            f"{d + ratio - 64} unthreaded (buffer argument 0)") in nn.message
+    mini = _result(_forward_report(CoreRunner(core, "forward"), reference, target="minifusion"),
+                   "latency.forward")
+    assert mini.passed and mini.details["host"] is None
+    assert not [k for k in mini.details if "nn_tilde" in k or k == "host_adds"]
+    assert "nn~" not in mini.message and "; in " not in mini.message
+    assert "host contracts 20-21 state no figure" in mini.message
 
 
 def test_impulse_response_starts_at_the_reported_latency(perfect_report, brave):

@@ -158,6 +158,44 @@ def test_the_table_and_the_page_read_the_summary(reports, tmp_path):
     assert text.index("total latency in nn~") < text.index('id="artifact-1"')
 
 
+def test_latency_names_the_host_that_loads_the_artefact(reports, tmp_path):
+    """latency.forward stated nn~'s buffering for every target, ONNX graphs, anira
+    folders and Minifusion's file included (nn~ loads none of them): it states what the
+    artefact's own host adds where that host's contract states it, nn~'s figures for the
+    nn~ file as before, and the page's latency table names that host."""
+    lat = {t: next(r for r in report.results if r.name == "latency.forward")
+           for t, report in reports.items() if t != "onnx"}   # offline: no host block
+    nn = lat["nn_tilde"]
+    d, ratio = nn.details["structural_samples"], reports["nn_tilde"].summary["ratio"]
+    assert nn.details["nn_tilde_adds"] == {str(n): harness.nn_tilde_latency(n, ratio)
+                                           for n in (512, 2048)}
+    assert (f"; in nn~: {d + 2 * 512 - 64} samples threaded at block 512 (" in nn.message
+            and f"{d + ratio - 64} unthreaded (buffer argument 0)" in nn.message)
+    for target in ("onnx_streaming", "anira", "minifusion", "vst"):
+        result = lat[target]
+        assert "nn~" not in result.message and "; in " not in result.message, target
+        assert result.details["host"] is None and result.details["host_note"], target
+        assert not [k for k in result.details if "nn_tilde" in k or k == "host_adds"], target
+        assert result.message.startswith(f"model {result.details['structural_samples']} "
+                                         "samples (")
+        assert "state no figure" in result.message or "states no figure" in result.message
+    # SuperCollider: NN.ar buffers as nn~ (contracts 12, 28); the RAVE UGens add R - 64
+    sc = lat["supercollider"]
+    assert sc.details["host"]["name"] == "SuperCollider" and "nn_tilde_adds" not in sc.details
+    assert sc.details["host_adds"]["512"] == {"nn_ar_threaded": 2 * 512 - 64,
+                                              "nn_ar_unthreaded": ratio - 64,
+                                              "rave_ugens": ratio - 64}
+    assert "in SuperCollider: " in sc.message and "nn~" not in sc.message
+    page = write_html_report(list(reports.values()), tmp_path / "all.html").read_text()
+    sections = dict(zip(reports, page.split('<section class="card"')[1:]))
+    assert page.count("total latency in nn~") == 1
+    assert "total latency in nn~" in sections["nn_tilde"]
+    assert "total latency in SuperCollider" in sections["supercollider"]
+    for target in ("onnx", "onnx_streaming", "anira", "minifusion"):   # the VST's file
+        assert "nn~" not in sections[target], target    # is checked as nn~ loads it too
+    assert "the RAVE VST adds its buffer size" in sections["vst"]
+
+
 # ------------------------------------------------------------------ one reference
 def test_one_report_holds_the_methods_of_one_reference_and_fills_an_unknown_rate():
     """A method checked against a reference of another rate was silently kept under the

@@ -1,7 +1,9 @@
 """`rave-deploy` and `rave-core` answer `--help`, `--version`, their listings (`targets`,
 `configs`) and usage errors without importing torch, onnx, onnxruntime or NumPy: the CLI
 modules imported them at their top, so each of these took 1.5 to 3 s. The commands that
-need them import them when they run.
+need them import them when they run; an error a command finds before that, under
+``--json``, prints its JSON object without torch (``rave_deploy.check`` imports nothing
+heavy until its names are used).
 
 Each command runs in a fresh Python through its console script's entry point
 (pyproject.toml), which then reports the heavy libraries in ``sys.modules``; what it
@@ -58,6 +60,16 @@ def run_script(script: str, args, tmp_path: Path) -> Ran:
                           capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert "Traceback" not in done.stderr, done.stderr
     return Ran(done.returncode, done.stdout, done.stderr, json.loads(report.read_text()))
+
+
+def heavy_after(statements: str, tmp_path: Path) -> List[str]:
+    """The heavy libraries a fresh Python has imported once it ran ``statements``."""
+    code = (f"import json, sys; {statements}; "
+            f"print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
 
 
 def answers_light(script: str, args, tmp_path: Path, code: int = 0) -> Ran:
@@ -171,6 +183,31 @@ def test_a_usage_error_under_json_prints_its_object_without_heavy_libraries(args
     assert ran.stderr.startswith(f"Error: {fields['error']}\n"), ran.stderr
 
 
+@pytest.mark.parametrize("args, fields", [
+    (["export", "run", "--name", "a/b", "--json"],
+     {"error": "--name 'a/b': give a plain file name (no folders, not starting with '.'), "
+               "e.g. --name my_model; --output sets the folder"}),
+    (["check", "x.ts", "--run", "", "--json"],
+     {"passed": False, "artifacts": [],
+      "error": "--run: an empty path was given (an unset shell variable?): give the run "
+               "directory or checkpoint, or leave --run out to use the sidecar's"}),
+])
+def test_a_command_error_under_json_prints_its_object_without_torch(args, fields, tmp_path,
+                                                                     capsys):
+    """An error a command finds before it imports torch, under ``--json``: its JSON object
+    (rave_deploy.check.output.print_json) was printed after importing torch (2.5 s) for
+    want of a torch-free ``rave_deploy.check``; print_json tells NumPy values without
+    importing NumPy."""
+    from rave_deploy.check.output import print_json
+    ran = run_script("rave-deploy", args, tmp_path)
+    assert ran.code == 2, (ran.code, ran.stderr)
+    assert not ran.heavy, f"`rave-deploy {' '.join(args)}` imported {ran.heavy}"
+    assert json.loads(ran.stdout) == {**fields, "exit_code": 2}
+    print_json({**fields, "exit_code": 2})
+    assert ran.stdout == capsys.readouterr().out
+    assert ran.stderr == f"Error: {fields['error']}\n"
+
+
 @pytest.mark.parametrize("script, args, error", [
     ("rave-deploy", ["check", "x.ts"], "Error: x.ts does not exist\n"),
     ("rave-deploy", ["export", "no_run"], "Error: no_run does not exist: give a run "),
@@ -184,14 +221,17 @@ def test_a_command_imports_what_it_needs_when_it_runs(script, args, error, tmp_p
 
 
 def test_importing_the_packages_and_clis_imports_no_heavy_library(tmp_path):
-    code = ("import json, sys; import rave_core, rave_core.cli, rave_deploy.cli, "
-            "rave_deploy.targets; from rave_deploy.targets import available_targets; "
-            "available_targets(); rave_core.available_configs(); "
-            f"print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == []
+    assert heavy_after("import rave_core, rave_core.cli, rave_deploy.cli, rave_deploy.targets; "
+                       "from rave_deploy.targets import available_targets; "
+                       "available_targets(); rave_core.available_configs()", tmp_path) == []
+
+
+@pytest.mark.parametrize("module", ["rave_deploy.check", "rave_deploy.check.output"])
+def test_the_check_package_and_its_output_import_no_heavy_library(module, tmp_path):
+    """The CLI imports rave_deploy.check.output at its top (the progress line, the JSON
+    of errors): the package imported torch when it was loaded (its names came from
+    modules that import it)."""
+    assert heavy_after(f"import {module}", tmp_path) == []
 
 
 def test_rave_core_names_are_there_when_used():
@@ -209,6 +249,32 @@ def test_rave_core_names_are_there_when_used():
     from rave_core import ConfigError, load_run  # noqa: F401
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         rave_core.nothing  # noqa: B018
+
+
+def test_the_check_package_names_are_there_when_used():
+    """`from rave_deploy.check import X` gives what it gave (the names the package
+    defined, and CheckReport, CheckResult), now each from the module that defines it; a
+    submodule is still one."""
+    import rave_deploy.check as check
+    from rave_deploy.check import artifacts, checking, near_ties, result
+    assert check.__all__ == ["COMMON_SUMMARY", "CheckPlan", "CheckReport", "CheckResult",
+                             "CheckUsageError", "check_artifact", "check_sidecar_facts",
+                             "expand_artifacts", "given_path", "identify", "open_reference",
+                             "prepare_check"]
+    defined = {artifacts: ["CheckPlan", "CheckUsageError", "SIGNATURES", "SUFFIX_KINDS",
+                           "SUFFIX_TARGETS", "expand_artifacts", "given_path", "identify",
+                           "prepare_check"],
+               checking: ["COMMON_SUMMARY", "SIDECAR_FACTS", "check_artifact",
+                          "check_sidecar_facts", "open_reference"],
+               result: ["CheckReport", "CheckResult"]}
+    assert set(check.__all__) <= {n for names in defined.values() for n in names}
+    for module, names in defined.items():
+        for name in names:
+            assert getattr(check, name) is getattr(module, name), name
+            assert name in dir(check)
+    assert near_ties.__name__ == "rave_deploy.check.near_ties"
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        check.nothing  # noqa: B018
 
 
 def test_the_error_classes_of_the_clis_are_those_of_before():

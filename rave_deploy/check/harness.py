@@ -11,8 +11,10 @@ method, driven block by block as its host drives it) and calls
     ``t`` never reaches the output before ``t`` + delay (and, for ``forward``, the
     impulse response of a click starts where the reported latency says it should);
   - ``blocks.<method>``: every host block size gives the same output;
-  - ``latency.forward``: structural latency, what nn~ adds at each host block, and the
-    latency measured on clicks and note onsets placed at 16 positions inside a block;
+  - ``latency.forward``: structural latency, what the target's host adds at each host
+    block (where its contract states it:
+    :meth:`~rave_deploy.targets.base.Target.host_latency`), and the latency measured on
+    clicks and note onsets placed at 16 positions inside a block;
 
 * :func:`run_forward_timing`, which adds ``rtf.forward``: the smallest block size ``N``
   at which one CPU thread keeps up with the host (each ``N``'s figures in
@@ -782,6 +784,35 @@ def nn_tilde_total_latency(latency: int, block_sizes: Sequence[int], ratio: int,
                          for n in blocks}}
 
 
+def _host_latency(report: CheckReport, plan: _Plan, details: Dict[str, object]) -> str:
+    """What the host of ``report``'s target adds to the model's latency (the target's
+    :meth:`~rave_deploy.targets.base.Target.host_latency`), for ``latency.forward``'s
+    message (returned: ``"; in <host>: ..."``, or the target's note where its host's
+    contract states no figure) and its ``details`` (updated: ``host`` and the figures
+    under the host's key; ``host`` None and ``host_note`` otherwise). A report of no
+    registered target (an in-process check) states the model's latency alone."""
+    from ..targets import registry
+
+    target = registry().get(report.target)
+    host = target.host_latency(plan.ratio, plan.blocks) if target is not None else None
+    if host is None:
+        note = target.host_latency_note if target is not None else None
+        details.update({"host": None, "host_note": note})
+        return f"; {note}" if note else ""
+    details["host"] = {"name": host.host, "source": host.source, "modes": dict(host.modes),
+                       "key": host.key}
+    details[host.key] = host.added
+    d, n0, sr = plan.delay, plan.host_block, plan.sr
+    parts = []
+    for i, (mode, label) in enumerate(host.modes.items()):
+        total = d + host.added[str(n0)][mode]
+        label = label.format(block=n0)
+        # the first figure (the headline) in ms too
+        parts.append(f"{total} samples {label} ({_ms(total, sr):.2f} ms)" if i == 0
+                     else f"{total} {label}")
+    return f"; in {host.host}: " + ", ".join(parts)
+
+
 def _latency(report, plan: _Plan, eager, exported, events: _Events, tol: Tolerances) -> None:
     d, sr, n0 = plan.delay, plan.sr, plan.host_block
     lags, errs = [], []
@@ -791,7 +822,6 @@ def _latency(report, plan: _Plan, eager, exported, events: _Events, tol: Toleran
         lags.append(lag)
         errs.append(err)
     lags_a = np.asarray(lags)
-    host = {str(n): nn_tilde_latency(n, plan.ratio) for n in plan.blocks}
     report.signals["jitter"] = {"positions": list(events.positions), "latencies": lags,
                                 "kinds": list(events.kinds), "block": n0, "structural": d,
                                 "sr": sr}
@@ -804,14 +834,10 @@ def _latency(report, plan: _Plan, eager, exported, events: _Events, tol: Toleran
                "positions": list(events.positions), "latencies": lags, "match_error": errs,
                "kinds": list(events.kinds),
                **{f"{k}_samples": v for k, v in stats.items()},
-               **{f"{k}_ms": _ms(v, sr) for k, v in stats.items()},
-               "nn_tilde_adds": host}
+               **{f"{k}_ms": _ms(v, sr) for k, v in stats.items()}}
     off = lags_a - d
     passed = bool(np.all(np.abs(off) <= tol.latency_max_error))
-    h0 = host[str(n0)]
-    base = (f"model {d} samples ({_ms(d, sr):.2f} ms); in nn~: {d + h0['threaded']} "
-            f"samples threaded at block {n0} ({_ms(d + h0['threaded'], sr):.2f} ms), "
-            f"{d + h0['unthreaded']} unthreaded (buffer argument 0)")
+    base = f"model {d} samples ({_ms(d, sr):.2f} ms)" + _host_latency(report, plan, details)
     if passed:
         msg = (f"{base}; measured {stats['mean']:.0f} samples at all {len(lags)} positions in a "
                f"{n0}-sample block (jitter {stats['jitter']})")

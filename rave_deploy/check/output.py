@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import shutil
 import sys
 import time
 import warnings
+from pathlib import Path
+from typing import Any
 
 import click
 
@@ -17,10 +20,32 @@ from rave_core.text import printable
 from .result import on_each_result
 
 
+def jsonable(v: Any) -> Any:
+    """``v`` (dicts, lists, NumPy and torch values, paths) as plain JSON values, NaN and
+    infinities as the strings ``"nan"``, ``"inf"``, ``"-inf"`` (as
+    :meth:`CheckResult.as_dict` writes a check's value): ``json.dumps(..., allow_nan=False)``
+    then always succeeds, and strict parsers (``JSON.parse``) read the result (a path that
+    is not UTF-8 shows its bytes as ``\\xe9``: :func:`rave_core.text.printable`)."""
+    if isinstance(v, dict):
+        return {jsonable(str(k)): jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple, set, frozenset)):
+        return [jsonable(x) for x in v]
+    if (type(v).__module__.partition(".")[0] in ("numpy", "torch")
+            and callable(getattr(v, "tolist", None))):
+        # arrays, tensors and NumPy scalars (tolist gives Python values), told apart
+        # without importing NumPy: an error under --json prints at once
+        return jsonable(v.tolist())
+    if isinstance(v, float):
+        return v if math.isfinite(v) else str(v)
+    if isinstance(v, (str, Path)):
+        # a name that is not UTF-8 holds lone surrogates, which strict parsers refuse
+        return printable(str(v))
+    return v
+
+
 def print_json(data) -> None:
     """``data`` as strict JSON on stdout: NaN and infinities as strings ("nan", "inf", as
     CheckResult.as_dict writes a value), names that are not UTF-8 as ``\\xe9``."""
-    from .report import jsonable
     click.echo(json.dumps(jsonable(data), indent=2, allow_nan=False))
 
 

@@ -23,6 +23,7 @@ import rave_core
 from rave_core.text import printable
 
 from ..io import atomic_file
+from .output import jsonable
 from .result import CheckReport
 
 #: Longest audio excerpt embedded per player (seconds): keeps the page small.
@@ -130,32 +131,6 @@ def format_table(reports: Sequence[CheckReport]) -> str:
         for f in rep.failures():
             out.append(f"  FAIL {Path(rep.artifact).name} {f.name}: {f.message}")
     return "\n".join(out)
-
-
-def jsonable(v: Any) -> Any:
-    """``v`` (dicts, lists, NumPy values, paths) as plain JSON values, NaN and infinities
-    as the strings ``"nan"``, ``"inf"``, ``"-inf"`` (as :meth:`CheckResult.as_dict` writes
-    a check's value): ``json.dumps(..., allow_nan=False)`` then always succeeds, and
-    strict parsers (``JSON.parse``) read the result (a path that is not UTF-8 shows its
-    bytes as ``\\xe9``: :func:`rave_core.text.printable`)."""
-    if isinstance(v, dict):
-        return {jsonable(str(k)): jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple, set, frozenset)):
-        return [jsonable(x) for x in v]
-    if isinstance(v, np.ndarray) or (callable(getattr(v, "tolist", None))
-                                     and type(v).__module__.startswith("torch")):
-        return jsonable(v.tolist())
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (np.floating, float)):
-        v = float(v)
-        return v if math.isfinite(v) else str(v)
-    if isinstance(v, (np.bool_,)):
-        return bool(v)
-    if isinstance(v, (str, Path)):
-        # a name that is not UTF-8 holds lone surrogates, which strict parsers refuse
-        return printable(str(v))
-    return v
 
 
 def reports_to_json(reports: Sequence[CheckReport]) -> Dict[str, Any]:
@@ -508,18 +483,43 @@ def _facts(report: CheckReport) -> str:
 
 
 def _host_latency_table(report: CheckReport, sr: int) -> str:
-    host = report.summary.get("host_latency") or {}
-    if not host:
+    """The total latency in the host of ``report``'s target: the model's plus what the host
+    adds, as ``latency.forward``'s details state it (the target's
+    :meth:`~rave_deploy.targets.base.Target.host_latency`). A figure that is the same at
+    every host block is one line, the others a column per host block. A host whose
+    contract states no figure: its note; no ``latency.forward``: nothing."""
+    lat = next((r for r in report.results if r.name == "latency.forward"), None)
+    details = lat.details if lat is not None else {}
+    host, d = details.get("host"), details.get("structural_samples")
+    if d is None:
         return ""
-    unthreaded = host["unthreaded"]
-    rows = "".join(
-        f"<tr><td class=num>{n}</td><td class=num>{h['samples']} ({h['ms']:.2f} ms)</td></tr>"
-        for n, h in sorted(host["threaded"].items(), key=lambda kv: int(kv[0])))
-    return ("<h4>total latency in nn~ (model + host buffering at Pd's 64-sample vector)</h4>"
-            f"<p>unthreaded (buffer argument 0, the model's ratio R: R − 64 added): "
-            f"{unthreaded['samples']} samples ({unthreaded['ms']:.2f} ms)</p>"
-            "<table><thead><tr><th>buffer argument N</th><th>threaded (2N − 64 added)</th>"
-            "</tr></thead><tbody>" + rows + "</tbody></table>")
+    if not host:
+        note = details.get("host_note")
+        return f"<p class=note>in the host: {html.escape(note)}</p>" if note else ""
+    added = details.get(host["key"]) or {}
+    blocks = sorted(added, key=int)
+    if not blocks:
+        return ""
+    name = html.escape(host["name"])
+
+    def total(samples: int) -> str:
+        return f"{d + samples} samples ({1000.0 * (d + samples) / sr:.2f} ms)"
+
+    fixed = [m for m in host["modes"] if len({added[b][m] for b in blocks}) == 1]
+    per_block = [m for m in host["modes"] if m not in fixed]
+    lines = "".join(f"<p>{html.escape(host['modes'][m].format(block=blocks[0]))}: "
+                    f"{total(added[blocks[0]][m])}</p>" for m in fixed)
+    table = ""
+    if per_block:
+        head = "".join(f"<th>{html.escape(host['modes'][m].format(block='N'))}</th>"
+                       for m in per_block)
+        rows = "".join("<tr><td class=num>" + b + "</td>" + "".join(
+            f"<td class=num>{total(added[b][m])}</td>" for m in per_block) + "</tr>"
+            for b in blocks)
+        table = ("<table><thead><tr><th>host block N</th>" + head + "</tr></thead><tbody>"
+                 + rows + "</tbody></table>")
+    return (f"<h4>total latency in {name} (model + what {name} adds)</h4>"
+            f"<p class=note>{html.escape(host['source'])}</p>" + lines + table)
 
 
 def _section(i: int, report: CheckReport) -> str:
@@ -583,4 +583,4 @@ def write_html_report(reports: Sequence[CheckReport], path) -> Path:
     return path
 
 
-__all__ = ["format_table", "is_report", "jsonable", "reports_to_json", "write_html_report"]
+__all__ = ["format_table", "is_report", "reports_to_json", "write_html_report"]

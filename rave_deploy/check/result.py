@@ -62,7 +62,10 @@ script reads the summary without knowing the target. Samples are at ``sample_rat
     RAVE UGens and the RAVE VST buffer otherwise (their sidecar's
     ``host_latency_samples``). null: ONNX graphs, anira folders and Minifusion's file,
     which nn~ cannot load (their hosts add their own buffering), or a check that stopped
-    first.
+    first. What the artefact's own host adds, where its contract states it, is in the
+    ``latency.forward`` check (its message, and its details: ``host`` names the host and
+    the key of its figures, ``nn_tilde_adds`` for nn~, ``host_adds`` for another host;
+    ``host`` null and ``host_note`` where no figure is stated).
 ``checkpoint`` (str)
     The checkpoint the artefact was checked against, as the user knows it: relative to
     the current folder where that is shorter, else as the sidecar (or ``--run``) names it.

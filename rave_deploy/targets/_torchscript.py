@@ -28,7 +28,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -259,6 +259,15 @@ class _Ctx:
 
 
 # --------------------------------------------------------------------------- target
+def nn_tilde_adds(ratio: int, blocks: Sequence[int]) -> Dict[str, Dict[str, int]]:
+    """What nn~'s buffering adds at each host block of ``blocks`` (host contract 28:
+    :func:`rave_deploy.check.harness.nn_tilde_latency`), ``{str(block): {"threaded": int,
+    "unthreaded": int}}``: the figures of nn~ and of the hosts that buffer as it does."""
+    from ..check.harness import nn_tilde_latency
+
+    return {str(n): nn_tilde_latency(n, ratio) for n in sorted({int(b) for b in blocks})}
+
+
 class TorchScriptTarget(Target):
     """Shared export and checks of the TorchScript hosts (nn~, SuperCollider, RAVE VST)."""
 

@@ -84,6 +84,9 @@ class AniraTarget(Target):
     kind = "folder"
     description = ("anira (C++ plugins, anira~ for Max/PureData): stateless ONNX graphs "
                    "with one flat state tensor and anira JSON configs")
+    host_latency_note = ("anira's buffering comes on top, which anira reports to the plugin "
+                         "(InferenceHandler::get_latency()): host contracts 23-24 state no "
+                         "figure")
 
     def unsupported_reason(self, model: RAVE, options: ExportOptions) -> Optional[str]:
         if options.engine not in ENGINES:

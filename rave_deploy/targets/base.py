@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Optional, Set
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Set
 
 if TYPE_CHECKING:   # (annotations only: the CLI imports this module without torch)
     from rave_core.models.rave import RAVE
@@ -46,11 +46,32 @@ class CheckOptions:
     report: Optional[Path] = None
 
 
+@dataclass(frozen=True)
+class HostLatency:
+    """What a target's host adds to the latency of the model it runs (its own buffering),
+    as that host's contract states it (:meth:`Target.host_latency`): ``latency.forward``
+    names the host and these figures, and the check's HTML page tabulates them."""
+
+    #: the host, as the check's message names it (``"nn~"``, ``"SuperCollider"``)
+    host: str
+    #: where the figures are stated, and how they are computed (``"host contract 28"``)
+    source: str
+    #: each way of running the host, in the order the message states them: ``{mode:
+    #: label}``, the label as it follows a figure (``"{block}"`` stands for the host block)
+    modes: Dict[str, str]
+    #: samples added, ``{str(host block): {mode: samples}}``
+    added: Dict[str, Dict[str, int]]
+    #: the key of ``latency.forward``'s details that holds :attr:`added`
+    key: str = "host_adds"
+
+
 class Target:
     """Base class of an export target.
 
     Subclasses set ``name``, ``suffix`` (file suffix, or ``""`` for a folder) and
-    ``description``, and implement :meth:`export` and :meth:`check`.
+    ``description``, and implement :meth:`export` and :meth:`check`; a target whose host's
+    contract states what the host adds to the model's latency says so in
+    :meth:`host_latency` (else in :attr:`host_latency_note`).
     """
 
     name: str = ""
@@ -61,9 +82,21 @@ class Target:
     #: why the host cannot teach a v3 file a style itself (None: it can, through the
     #: file's attributes); export then warns when ``--style-*`` leaves a side untaught
     style_learning: Optional[str] = "its host sends no attributes"
+    #: what the host's contract says of the latency the host adds where it states no
+    #: figure (:meth:`host_latency` is None): ``latency.forward`` quotes it after the
+    #: model's latency; None: nothing to say
+    host_latency_note: Optional[str] = None
 
     def unsupported_reason(self, model: RAVE, options: ExportOptions) -> Optional[str]:
         """Why this model cannot be served (``None`` if it can)."""
+        return None
+
+    def host_latency(self, ratio: int, blocks: Sequence[int]) -> Optional[HostLatency]:
+        """What this target's host adds to the model's latency at each host block of
+        ``blocks`` (samples; ``ratio``: the model's ratio at the host's rate), where the
+        host's contract states it. None (the default): no contract states a figure, so
+        ``latency.forward`` states the model's latency alone (and
+        :attr:`host_latency_note`)."""
         return None
 
     def folder_files(self, sidecar: Dict[str, object]) -> Set[str]:

@@ -506,6 +506,8 @@ class MinifusionTarget(Target):
     suffix = ".h5"
     description = ("BRAVE's low-latency Minifusion plugin: weights as HDF5 datasets "
                    "(BRAVE-family causal models only)")
+    host_latency_note = ("the plugin's own buffering comes on top: host contracts 20-21 "
+                         "state no figure")
 
     def unsupported_reason(self, model: RAVE, options: ExportOptions) -> Optional[str]:
         problems, _ = inspect_architecture(model)

@@ -73,6 +73,8 @@ class OnnxStreamingTarget(Target):
     suffix = ".onnx"
     description = ("ONNX streaming graph: one block and the previous states in, the output "
                    "block and the next states out (any ONNX runtime)")
+    host_latency_note = ("the host's own buffering comes on top: host contract 22 states no "
+                         "figure")
 
     def unsupported_reason(self, model: RAVE, options: ExportOptions) -> Optional[str]:
         reason = streaming_only_reason(options) or onnx_unsupported_reason(model, options)

@@ -21,15 +21,25 @@ at a multiple of the model's rate).
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
 
 from rave_core.models.rave import RAVE
 
-from .base import ExportOptions, register
+from .base import ExportOptions, HostLatency, register
 from ._torchscript import (METHODS, NOT_COMPARED, TorchScriptTarget, _call, _copy_problems,
-                           _input_for, _named, _params)
+                           _input_for, _named, _params, nn_tilde_adds)
+
+#: scsynth's default block (``z``), against which the hosts' buffering is counted
+SERVER_BLOCK = 64
+
+
+def rave_ugens_latency(ratio: int) -> int:
+    """Samples the RAVE UGens add at scsynth's block of 64: they run one model block of
+    ``ratio`` samples as soon as it is complete (README, "Latency"; ``run_in_scsynth.py``
+    compares a real scsynth with that)."""
+    return max(ratio - SERVER_BLOCK, 0)
 
 
 @contextlib.contextmanager
@@ -68,11 +78,24 @@ class SuperColliderTarget(TorchScriptTarget):
         return reason
 
     def host_fields(self, ratio: int) -> Dict[str, object]:
-        # The RAVE UGens run one model block of R samples as soon as it is complete: at
-        # scsynth's block of 64 they add R - 64 samples. NN.ar buffers as nn~ does.
+        # NN.ar buffers as nn~ does
         fields = super().host_fields(ratio)
-        return {"host_latency_samples": {"rave_ugens": max(ratio - 64, 0),
+        return {"host_latency_samples": {"rave_ugens": rave_ugens_latency(ratio),
                                          "nn_ar": fields["host_latency_samples"]}}
+
+    def host_latency(self, ratio: int, blocks: Sequence[int]) -> Optional[HostLatency]:
+        ugens = rave_ugens_latency(ratio)
+        added = {n: {"nn_ar_threaded": a["threaded"], "nn_ar_unthreaded": a["unthreaded"],
+                     "rave_ugens": ugens} for n, a in nn_tilde_adds(ratio, blocks).items()}
+        return HostLatency(
+            self.host, "at scsynth's block of 64: NN.ar buffers as nn~ does (its backend: "
+            "host contracts 12 and 28), threaded 2N − 64 (buffer N), unthreaded R − 64; the "
+            "RAVE UGens add R − 64 (one R-sample block, run once complete: "
+            "targets/supercollider/README.md, checked in scsynth by run_in_scsynth.py)",
+            {"nn_ar_threaded": "with NN.ar threaded at block {block}",
+             "nn_ar_unthreaded": "with NN.ar unthreaded (buffer argument 0)",
+             "rave_ugens": "with the RAVE UGens"},
+            added)
 
     def host_checks(self) -> List[Callable]:
         return [self._check_sc_buffers, self._check_sc_sr, self._check_sc_one_frame,

@@ -32,6 +32,9 @@ class VSTTarget(TorchScriptTarget):
     description = "TorchScript for the RAVE VST (ratio 512..32768, mono)"
     host = "the RAVE VST"
     stereo_default = True
+    host_latency_note = ("the RAVE VST adds its buffer size (its latency mode, which it reports "
+                         "to the DAW; the range: sidecar host_latency_samples): host contracts "
+                         "13-16 state no figure")
     onednn_unsupported = ("the RAVE VST 2.0.1 bundles a libtorch older than nn~'s (host contract "
                           "1), older than the oneDNN linear ops (torch 2.0): export the vst "
                           "target with --cpu-kernels portable")
