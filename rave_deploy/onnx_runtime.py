@@ -7,6 +7,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .check.runner import Runner
 from .onnx_graphs import REQUIRED_METADATA
 
 
@@ -53,7 +54,7 @@ def _shape(arg, fallback: int) -> List[int]:
     return [d if isinstance(d, int) else fallback for d in arg.shape]
 
 
-class _OrtRunnerMixin:
+class _OrtRunner(Runner):
     """Shared part of the ONNX Runtime runners: one session, states per batch row.
 
     The graphs are batch 1 (as hosts call them); a batch of ``B`` rows is run as ``B``
@@ -158,7 +159,7 @@ class BoundStreamingSession:
         return self._out
 
 
-class _StreamingRunnerMixin(_OrtRunnerMixin):
+class OrtStreamingRunner(_OrtRunner):
     """An explicit-state graph (``onnx_streaming``), its states bound in place as a host
     keeps them (:class:`BoundStreamingSession`, one per batch row)."""
 
@@ -191,7 +192,7 @@ class _StreamingRunnerMixin(_OrtRunnerMixin):
         return np.concatenate(outs, 0)
 
 
-class _FlatRunnerMixin(_StreamingRunnerMixin):
+class OrtFlatRunner(OrtStreamingRunner):
     """A flat-state graph as anira runs it: fixed block, ``state_out`` fed back to
     ``state_in`` in place (per the JSON's state pairs), ``fill_in`` zeros. Host blocks must
     be multiples of the graph's block (anira's own re-blocking adds latency, not checked
@@ -210,31 +211,6 @@ class _FlatRunnerMixin(_StreamingRunnerMixin):
             raise ValueError(f"block of {block.shape[-1]} is not a multiple of the graph's "
                              f"fixed block {self.graph_block} ({self.in_name})")
         return super().process(block)
-
-
-_RUNNERS: Dict[str, type] = {}
-
-
-def runner_classes() -> Dict[str, type]:
-    """``{"streaming": OrtStreamingRunner, "flat": OrtFlatRunner}``, subclasses of
-    :class:`rave_deploy.check.runner.Runner`.
-
-    Created on first use: ``rave_deploy.check`` imports the target registry, which
-    imports this module, so this module cannot import ``rave_deploy.check`` at load time.
-    """
-    if not _RUNNERS:
-        from .check.runner import Runner
-
-        class OrtStreamingRunner(_StreamingRunnerMixin, Runner):
-            __doc__ = _StreamingRunnerMixin.__doc__
-
-        class OrtFlatRunner(_FlatRunnerMixin, Runner):
-            __doc__ = _FlatRunnerMixin.__doc__
-
-        for cls in (OrtStreamingRunner, OrtFlatRunner):
-            cls.__module__ = __name__
-        _RUNNERS.update(streaming=OrtStreamingRunner, flat=OrtFlatRunner)
-    return _RUNNERS
 
 
 # ------------------------------------------------------------------ checks

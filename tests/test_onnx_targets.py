@@ -225,7 +225,7 @@ def test_bound_states_equal_plain_runs(brave):
 
     other = [(rng.standard_normal((1, 1, n)) * 0.3).astype(np.float32) for n in sizes]
     plain_other = _plain_stream(sess, other)
-    runner = ort_host.runner_classes()["streaming"](sess, "forward", 128, 16, 1)
+    runner = ort_host.OrtStreamingRunner(sess, "forward", 128, 16, 1)
     runner.reset(2)
     for a, b, ya, yb in zip(blocks, other, plain, plain_other):
         y = runner.process(np.concatenate([a, b], 0))
@@ -259,7 +259,7 @@ def test_flat_runner_binds_states_and_keeps_fill_at_zero(brave, tmp_path):
             outs.append(y)
         expected.append(outs)
 
-    runner = ort_host.runner_classes()["flat"](sess, "decode", core.ratio, core.latent_size,
+    runner = ort_host.OrtFlatRunner(sess, "decode", core.ratio, core.latent_size,
                                                1, {1: 1})
     for _ in range(2):  # again after a reset
         runner.reset(2)

@@ -42,7 +42,7 @@ from ..torchscript import (FORBIDDEN_NAMES, STYLE_ATTRIBUTES, StreamingResampler
                            export_torchscript, file_format_version)
 from .base import CheckOptions, ExportOptions, Target
 
-if TYPE_CHECKING:  # rave_deploy.check imports the targets: import it lazily at run time
+if TYPE_CHECKING:  # (annotations only; the checks import the harness when they run)
     from ..check.result import CheckReport
 
 #: Highest TorchScript file-format version libtorch 2.5.1 (nn~ 1.6) reads

@@ -156,7 +156,7 @@ class AniraTarget(Target):
         for method, (sess, config) in loaded.items():
             pairs = {int(p["output_tensor"]): int(p["input_tensor"])
                      for p in config["state_config"]["state_pairs"]}
-            runners[method] = ort_host.runner_classes()["flat"](
+            runners[method] = ort_host.OrtFlatRunner(
                 sess, method, reference.ratio, reference.latent_size, reference.n_channels, pairs)
         block = int(loaded["forward"][0].get_inputs()[0].shape[2])
         # what the JSON configs and graphs say (checked above), for contract.sidecar

@@ -36,6 +36,7 @@ from rave_core.nn.conv import Conv1d, ConvTranspose1d, Delay
 from rave_core.nn.streaming import set_streaming
 from rave_core.nn.weight_norm import copy_model, remove_weight_norm
 
+from ..check.runner import Runner
 from ..minifusion_numpy import (ARCHITECTURE, FORMAT, MinifusionFileError, MinifusionModel,
                                 MinifusionStream)
 from ..model import DeployModel
@@ -249,7 +250,7 @@ def write_h5(path: Path, weights: Dict[str, np.ndarray], attrs: Dict[str, object
 
 
 # ------------------------------------------------------------------ check pieces
-class _MinifusionRunnerMixin:
+class MinifusionRunner(Runner):
     """The NumPy plugin emulation as a harness runner (``forward`` only: the plugin takes
     audio in and gives audio out)."""
 
@@ -266,34 +267,6 @@ class _MinifusionRunnerMixin:
 
     def process(self, block: np.ndarray) -> np.ndarray:
         return self.stream(block)
-
-
-_RUNNER_CLASS = None
-
-
-def runner_class():
-    """:class:`MinifusionRunner`, a :class:`rave_deploy.check.runner.Runner`.
-
-    Created on first use: ``rave_deploy.check`` imports the target registry, which
-    imports this module, so this module cannot import ``rave_deploy.check`` at load time.
-    """
-    global _RUNNER_CLASS
-    if _RUNNER_CLASS is None:
-        from ..check.runner import Runner
-
-        class MinifusionRunner(_MinifusionRunnerMixin, Runner):
-            __doc__ = _MinifusionRunnerMixin.__doc__
-
-        MinifusionRunner.__module__ = __name__
-        _RUNNER_CLASS = MinifusionRunner
-    return _RUNNER_CLASS
-
-
-def __getattr__(name: str):
-    # ``from rave_deploy.targets.minifusion import MinifusionRunner`` (PEP 562).
-    if name == "MinifusionRunner":
-        return runner_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class PosteriorMeanReference:
@@ -448,8 +421,8 @@ def check_streaming(report: "CheckReport", artifact: Path, model: RAVE,
     from ..check.harness import (musical_signal, run_forward_timing, run_method_checks,
                                  tolerances_of)
 
-    runner64 = runner_class()(artifact, dtype=np.float64)
-    runner32 = runner_class()(artifact, dtype=np.float32)
+    runner64 = MinifusionRunner(artifact, dtype=np.float64)
+    runner32 = MinifusionRunner(artifact, dtype=np.float32)
     reference = PosteriorMeanReference(model, dtype=torch.float64)
     ratio, sr = runner64.ratio, runner64.sr
     sizes = list(options.block_sizes) or default_block_sizes(ratio)

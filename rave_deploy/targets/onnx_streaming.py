@@ -119,7 +119,7 @@ class OnnxStreamingTarget(Target):
         fixed = sess.get_inputs()[0].shape[2]
         fixed = fixed if isinstance(fixed, int) else None
         report.summary["block_size"] = fixed   # samples per call, where the graph fixes it
-        runner = ort_host.runner_classes()["streaming"](sess, "forward", reference.ratio,
+        runner = ort_host.OrtStreamingRunner(sess, "forward", reference.ratio,
                                                         reference.latent_size,
                                                         reference.n_channels)
         blocks = streaming_block_sizes(reference.ratio, fixed, list(options.block_sizes)
