@@ -181,8 +181,6 @@ def read_checkpoint_file(path: Path) -> Tuple[Dict[str, object], str]:
         raise RunError(f"refusing to load {path}: it contains pickled objects other than tensors "
                        f"and plain values ({first}). Only load checkpoints you trust; re-save it "
                        "as a plain state dict with torch.save(model.state_dict(), ...)") from None
-    except OSError as err:  # (from memory, none is expected: said as a read failure)
-        raise _unreadable(path, err) from None
     except Exception as err:  # noqa: BLE001 - any parse failure means a damaged file
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise _damaged(path, first) from None

@@ -394,7 +394,8 @@ def test_a_checkpoint_that_cannot_be_opened_says_why_not_damaged(run, monkeypatc
     def refused(path, *args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
-    monkeypatch.setattr(torch, "load", refused)   # as root, chmod cannot refuse the read
+    # as root, chmod cannot refuse the read: the module's open() refuses it
+    monkeypatch.setattr("rave_core.run.open", refused, raising=False)
     with pytest.raises(RunError) as err:
         read_checkpoint(run / CKPT)
     assert str(err.value) == (f"cannot read checkpoint {run / CKPT}: permission denied: make it "
