@@ -8,13 +8,21 @@ it with the file called directly, delayed by the latency nn~ adds.
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
 
 #: PureData's signal vector (nn~'s latency is counted against it).
 PD_VECTOR = 64
+
+
+def nn_tilde_latency(block: int, ratio: int) -> Dict[str, int]:
+    """Samples nn~ adds (Pd's vector of 64; host contract 28): threaded, with the buffer
+    argument ``block`` (raised to ``ratio``, the largest of the model's methods); and
+    unthreaded, which is buffer argument 0 and so runs at ``ratio`` whatever ``block``."""
+    return {"threaded": 2 * max(block, ratio) - PD_VECTOR,
+            "unthreaded": max(ratio - PD_VECTOR, 0)}
 
 
 class _Circular:

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from scipy import signal as sps
 
+from ..nn_tilde_emulation import nn_tilde_latency
 from .result import CheckReport
 from .runner import EagerReference, Runner
 
@@ -56,8 +57,6 @@ from .runner import EagerReference, Runner
 N_JITTER = 16
 #: An impulse response "starts" at its first sample above this share of its peak.
 ONSET_REL = 1e-3
-#: Pure Data's signal vector: nn~'s buffering latency is counted against it.
-PD_VECTOR = 64
 
 
 @dataclass
@@ -760,14 +759,6 @@ def _impulse(report, runner, reference, plan: _Plan, nmax: int):
 
 
 # --------------------------------------------------------------------------- latency
-def nn_tilde_latency(block: int, ratio: int) -> Dict[str, int]:
-    """Samples nn~ adds (Pd's vector of 64; host contract 28): threaded, with the buffer
-    argument ``block`` (raised to ``ratio``, the largest of the model's methods); and
-    unthreaded, which is buffer argument 0 and so runs at ``ratio`` whatever ``block``."""
-    return {"threaded": 2 * max(block, ratio) - PD_VECTOR,
-            "unthreaded": max(ratio - PD_VECTOR, 0)}
-
-
 def nn_tilde_total_latency(latency: int, block_sizes: Sequence[int], ratio: int,
                            sr: int) -> Dict[str, Dict]:
     """The total latency in nn~ of a model of ``latency`` samples: the model's latency plus

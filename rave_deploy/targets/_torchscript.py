@@ -36,7 +36,7 @@ import torch
 from rave_core.models.rave import RAVE
 from rave_core.text import clipped
 
-from ..nn_tilde_emulation import PD_VECTOR, NnTildeHost
+from ..nn_tilde_emulation import PD_VECTOR, NnTildeHost, nn_tilde_latency
 from ..sidecar import host_block_sizes
 from ..torchscript import (FORBIDDEN_NAMES, STYLE_ATTRIBUTES, StreamingResampler,
                            export_torchscript, file_format_version)
@@ -261,10 +261,8 @@ class _Ctx:
 # --------------------------------------------------------------------------- target
 def nn_tilde_adds(ratio: int, blocks: Sequence[int]) -> Dict[str, Dict[str, int]]:
     """What nn~'s buffering adds at each host block of ``blocks`` (host contract 28:
-    :func:`rave_deploy.check.harness.nn_tilde_latency`), ``{str(block): {"threaded": int,
-    "unthreaded": int}}``: the figures of nn~ and of the hosts that buffer as it does."""
-    from ..check.harness import nn_tilde_latency
-
+    :func:`rave_deploy.nn_tilde_emulation.nn_tilde_latency`), ``{str(block): {"threaded":
+    int, "unthreaded": int}}``: the figures of nn~ and of the hosts that buffer as it does."""
     return {str(n): nn_tilde_latency(n, ratio) for n in sorted({int(b) for b in blocks})}
 
 
@@ -316,10 +314,9 @@ class TorchScriptTarget(Target):
 
     def host_fields(self, ratio: int) -> Dict[str, object]:
         """Sidecar fields about the host (nn~: the latency its buffering adds)."""
-        highest = ratio
         return {"host_latency_samples": {
-            "unthreaded": highest - PD_VECTOR,
-            "threaded": {str(n): 2 * max(n, highest) - PD_VECTOR
+            "unthreaded": nn_tilde_latency(ratio, ratio)["unthreaded"],
+            "threaded": {str(n): nn_tilde_latency(n, ratio)["threaded"]
                          for n in host_block_sizes(ratio)}}}
 
     # ------------------------------------------------------------------ check
@@ -936,8 +933,8 @@ class TorchScriptTarget(Target):
                           f"{1000 * (v + model_latency) / sr:.1f} ms)" for k, v in fwd.items())
         report.target_specific["nn_tilde_host_latency"] = fwd
         ok = not problems and all(
-            v == (r_high - PD_VECTOR if "unthreaded" in k else
-                  2 * max(int(k.rsplit(" ", 1)[1]), r_high) - PD_VECTOR)
+            v == (nn_tilde_latency(r_high, r_high)["unthreaded"] if "unthreaded" in k else
+                  nn_tilde_latency(int(k.rsplit(" ", 1)[1]), r_high)["threaded"])
             for k, v in fwd.items())
         report.add("contract.12_host_latency", ok,
                    f"host contract 12: nn~ adds, for forward, {table}; threaded 2N-64, "
