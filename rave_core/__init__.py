@@ -28,4 +28,4 @@ _FROM = {
 __all__ = ["ConfigError", "RunError", "available_configs", "build_model", "load_run", "open_run"]
 
 
-__getattr__, __dir__ = lazy_names(__name__, _FROM)
+__getattr__, __dir__ = lazy_names(globals(), _FROM)

@@ -6,15 +6,16 @@ import importlib
 from typing import Callable, Dict, List, Tuple
 
 
-def lazy_names(package: str, modules: Dict[str, str]
+def lazy_names(namespace: Dict[str, object], modules: Dict[str, str]
                ) -> Tuple[Callable[[str], object], Callable[[], List[str]]]:
-    """The ``__getattr__`` and ``__dir__`` of ``package`` whose public names come from
-    its modules: ``modules`` maps each name to its module, relative to ``package``
-    (``{"open_run": "run"}``). A name is imported once, then found as a global.
+    """The ``__getattr__`` and ``__dir__`` of the package whose globals are ``namespace``
+    and whose public names come from its modules: ``modules`` maps each name to its
+    module, relative to the package (``{"open_run": "run"}``). A name is imported once,
+    then found as a global.
 
-    >>> __getattr__, __dir__ = lazy_names(__name__, {"open_run": "run"})
+    >>> __getattr__, __dir__ = lazy_names(globals(), {"open_run": "run"})
     """
-    namespace = importlib.import_module(package).__dict__
+    package = namespace["__name__"]
 
     def __getattr__(name: str):
         module = modules.get(name)

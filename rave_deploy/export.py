@@ -277,20 +277,40 @@ def export_run(run_path, target_names: Sequence[str], output: Path,
     # what stands there is the other export's, changing, until it is done.
     with OutputLock(output.parent if as_file else output) as lock:
         lock.claim()
-        return _export_locked(run_path, run, targets, all_mode, output, as_file, options,
-                              explicit, on_result, lock)
+        run = run or open_run(run_path, ema=options.ema_weights)
+        name = options.name or _name_from_run(run.config_path.parent.name)
+        reasons = _reasons_not_served(targets, run, options, explicit, all_mode)
+        # Refuse before writing anything: a folder or a file of the user's where an output goes.
+        for target in targets:
+            if not reasons[target.name]:
+                check_outputs_replaceable(target, artifact_path(output, name, target, as_file))
+        run, style = _taught(run, options)
+        if any(not reason for reason in reasons.values()):
+            lock.take()  # the folder made, and locked if it was not yet
+        results: List[ExportResult] = []
+        try:
+            for target in targets:
+                if reasons[target.name]:
+                    results.append(ExportResult(target.name, skipped=reasons[target.name]))
+                else:
+                    results.append(_export_target(target, run, options, style,
+                                                  artifact_path(output, name, target, as_file)))
+                if on_result is not None:
+                    on_result(results[-1])
+        except BaseException as err:  # Ctrl-C and SIGTERM too
+            written = [r.target for r in results if r.path is not None]
+            if written:  # the folder now mixes this export with what was there before
+                err.add_note(_stopped_midway(written, [t.name for t in targets[len(results):]
+                                                       if not reasons[t.name]]))
+            raise
+        return results
 
 
-def _export_locked(run_path, run: Optional[Run], targets: List[Target], all_mode: bool,
-                   output: Path, as_file: bool, options: ExportOptions, explicit: bool,
-                   on_result: Optional[Callable[[ExportResult], None]],
-                   lock: OutputLock) -> List[ExportResult]:
-    """:func:`export_run`, once the output folder's lock is claimed (held where the
-    folder exists)."""
-    run = run or open_run(run_path, ema=options.ema_weights)
-    name = options.name or _name_from_run(run.config_path.parent.name)
-
-    # Refuse before writing anything: a named target the model cannot serve is an error.
+def _reasons_not_served(targets: List[Target], run: Run, options: ExportOptions,
+                        explicit: bool, all_mode: bool) -> Dict[str, Optional[str]]:
+    """Why each target cannot serve ``run``'s model (None: it can). Raises
+    :class:`TargetUnsupported`, before anything is written, for a target named explicitly
+    that cannot, and for ``all`` when none can."""
     reasons = {t.name: t.unsupported_reason(run.model, options) for t in targets}
     if explicit and not all_mode:
         for t in targets:
@@ -303,32 +323,7 @@ def _export_locked(run_path, run: Optional[Run], targets: List[Target], all_mode
             by_reason.setdefault(r, []).append(n)
         raise TargetUnsupported("no target can serve this model; " + "; ".join(
             f"{', '.join(names)}: {r}" for r, names in by_reason.items()))
-
-    # Refuse before writing anything: a folder or a file of the user's where an output goes.
-    for target in targets:
-        if not reasons[target.name]:
-            check_outputs_replaceable(target, artifact_path(output, name, target, as_file))
-
-    run, style = _taught(run, options)
-    if any(not reason for reason in reasons.values()):
-        lock.take()  # the folder made, and locked if it was not yet
-    results: List[ExportResult] = []
-    try:
-        for target in targets:
-            if reasons[target.name]:
-                results.append(ExportResult(target.name, skipped=reasons[target.name]))
-            else:
-                results.append(_export_target(target, run, options, style,
-                                              artifact_path(output, name, target, as_file)))
-            if on_result is not None:
-                on_result(results[-1])
-    except BaseException as err:  # Ctrl-C and SIGTERM too
-        written = [r.target for r in results if r.path is not None]
-        if written:  # the folder now mixes this export with what was there before
-            err.add_note(_stopped_midway(written, [t.name for t in targets[len(results):]
-                                                   if not reasons[t.name]]))
-        raise
-    return results
+    return reasons
 
 
 def _export_target(target: Target, run: Run, options: ExportOptions,

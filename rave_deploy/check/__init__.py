@@ -38,4 +38,4 @@ __all__ = ["COMMON_SUMMARY", "CheckPlan", "CheckReport", "CheckResult", "CheckUs
            "identify", "open_reference", "prepare_check"]
 
 
-__getattr__, __dir__ = lazy_names(__name__, _FROM)
+__getattr__, __dir__ = lazy_names(globals(), _FROM)
