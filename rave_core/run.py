@@ -271,9 +271,18 @@ def load_run(path, streaming: bool = False, ema: bool = False,
     return open_run(path, streaming=streaming, ema=ema, overrides=overrides).model
 
 
-def open_run(path, streaming: bool = False, ema: bool = False,
-             overrides: Optional[List[str]] = None) -> Run:
-    """Like :func:`load_run`, but returns the model with where it came from (:class:`Run`)."""
+@dataclass(frozen=True)
+class RunFiles:
+    """The two files a run is opened from (:func:`locate_run`)."""
+
+    checkpoint: Path
+    config: Path
+
+
+def locate_run(path) -> RunFiles:
+    """The checkpoint and ``config.gin`` that ``path`` (a run directory or a checkpoint
+    file) names, found without loading either: a wrong path is refused in milliseconds.
+    Raises :class:`RunError`."""
     path = Path(path)
     if not path.exists():
         raise RunError(f"{path} does not exist: give a run directory (with config.gin) or a .ckpt file")
@@ -281,7 +290,15 @@ def open_run(path, streaming: bool = False, ema: bool = False,
         raise RunError(f"{path} is not a checkpoint (nor a run directory): RUN must be a run "
                        "directory (the folder holding config.gin) or a checkpoint file (.ckpt)")
     checkpoint = path if path.is_file() else find_checkpoint(path)
-    config_path = find_config(path)
+    return RunFiles(checkpoint=checkpoint, config=find_config(path))
+
+
+def open_run(path, streaming: bool = False, ema: bool = False,
+             overrides: Optional[List[str]] = None) -> Run:
+    """Like :func:`load_run`, but returns the model with where it came from (:class:`Run`).
+    ``path`` may be what :func:`locate_run` found already."""
+    files = path if isinstance(path, RunFiles) else locate_run(path)
+    checkpoint, config_path = files.checkpoint, files.config
     try:
         text = read_text_file(config_path)
     except ConfigError as err:

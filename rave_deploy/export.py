@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence
 
 from rave_core.os_errors import os_error_in
-from rave_core.run import Run, open_run
+from rave_core.run import Run, locate_run, open_run
 from rave_core.text import listed
 
 from .file_names import plain_file_name
@@ -266,18 +266,21 @@ def export_run(run_path, target_names: Sequence[str], output: Path,
     The export holds the output folder's lock (:class:`rave_deploy.output_lock.OutputLock`)
     from before it loads the run to after its last write: another export into that folder
     at the same time raises :class:`~rave_deploy.output_lock.OutputLocked` at once, before
-    loading its run. An export refused for another reason, or skipping every target,
-    leaves no folder and no lock file."""
+    loading its run (a run path that names no run is said before that). An export refused
+    for another reason, or skipping every target, leaves no folder and no lock file."""
     targets = resolve_targets(target_names)
     all_mode = not target_names or "all" in target_names
     output = Path(output)
     # One target and a file name with its suffix (`-o model.ts`): that file; else a folder.
     as_file = output_names_file(output, targets)
+    # A wrong run path is said first (found without loading): told to wait for another
+    # export, the user would wait only to learn that.
+    files = locate_run(run_path) if run is None else None
     # One export at a time into a folder, refused before anything is loaded or checked:
     # what stands there is the other export's, changing, until it is done.
     with OutputLock(output.parent if as_file else output) as lock:
         lock.claim()
-        run = run or open_run(run_path, ema=options.ema_weights)
+        run = run or open_run(files, ema=options.ema_weights)
         name = options.name or _name_from_run(run.config_path.parent.name)
         reasons = _reasons_not_served(targets, run, options, explicit, all_mode)
         # Refuse before writing anything: a folder or a file of the user's where an output goes.

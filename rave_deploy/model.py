@@ -273,10 +273,13 @@ class DeployModel(nn.Module):
             # and filling a strided tensor draws one value at a time (BRAVE at 2048:
             # 59 us against 10)
             z = mean + std * torch.randn_like(mean, memory_format=torch.contiguous_format)
-        z = z - self.latent_mean.unsqueeze(-1)
-        # (L, L) x (batch, L, T): a matrix product, not a 1x1 convolution kernel call
-        z = torch.matmul(self.latent_pca, z)
-        return z[:, :self.latent_size]
+        return self.pca_coordinates(z)[:, :self.latent_size]
+
+    def pca_coordinates(self, z: torch.Tensor) -> torch.Tensor:
+        """A posterior sample or mean ``(batch, D, frames)`` as coordinates on all ``D``
+        axes of the latent PCA (``encode`` keeps the first ``latent_size``)."""
+        # (D, D) x (batch, D, T): a matrix product, not a 1x1 convolution kernel call
+        return torch.matmul(self.latent_pca, z - self.latent_mean.unsqueeze(-1))
 
     def latent_of(self, z: torch.Tensor) -> torch.Tensor:
         """The exported latent of a model that is not variational, from its encoder's

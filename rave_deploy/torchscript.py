@@ -324,9 +324,9 @@ class ScriptedRAVE(nn_tilde.Module):
             return latent, torch.zeros_like(latent)
         mean, scale = z.chunk(2, 1)
         std = nn.functional.softplus(scale) + 1e-4
-        pca = self.core.latent_pca.unsqueeze(-1)
-        mean = nn.functional.conv1d(mean - self.core.latent_mean.unsqueeze(-1), pca)
-        std = torch.sqrt(nn.functional.conv1d(std * std, pca * pca))
+        mean = self.core.pca_coordinates(mean)
+        # independent axes: the variances rotate by the squared PCA weights
+        std = torch.sqrt(torch.matmul(self.core.latent_pca * self.core.latent_pca, std * std))
         mean = mean[:, :self.latent_size].contiguous()
         std = std[:, :self.latent_size].contiguous()
         if self.deterministic:

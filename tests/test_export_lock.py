@@ -91,6 +91,27 @@ def test_a_second_export_into_a_folder_is_refused_while_the_first_writes(run, tm
                                         "again.minifusion.h5.json"])
 
 
+def test_a_run_path_that_names_no_run_is_said_before_a_locked_folder(run, tmp_path):
+    """fix: a mistyped run exported into a folder another export holds was told to wait
+    for that export, and only after waiting learnt that the run does not exist. What
+    the path names is looked up first (nothing loaded); a real run is still refused at
+    once there."""
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = Holder(out)
+    try:
+        typo = run.parent / "bravo"
+        refused = _export(typo, "-t", "minifusion", "-o", out)
+        assert refused.returncode == 2, refused
+        assert refused.stderr.strip() == (
+            f"Error: {typo} does not exist: give a run directory (with config.gin) or a "
+            ".ckpt file"), refused.stderr
+        refused = _export(run, "-t", "minifusion", "-o", out)
+        assert refused.returncode == 2 and f"(PID {holder.pid})" in refused.stderr, refused
+    finally:
+        holder.release()
+
+
 def test_an_export_holds_the_lock_while_it_writes(run, tmp_path, monkeypatch):
     """The lock is held from before the first target is written to after the last: a
     second export started meanwhile (here: while the first writes its second target) is
