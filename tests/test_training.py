@@ -401,6 +401,43 @@ def test_a_write_failure_on_rank_0_stops_every_rank_with_its_message(db, tmp_pat
             in said, (rank, said)
 
 
+def _ddp_failing_write_worker(rank: int, port: int, db: str, out: str) -> None:
+    """Rank 0 cannot write (a full disk) before the first step: ``out``'s name says
+    where, the run's config.gin or the step-0 validation's audio example."""
+    import errno
+
+    from rave_core.training import trainer
+    _join_two_ranks(rank, port)
+    what = Path(out).name
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(args[0]))
+
+    if what == "config":
+        trainer.write_text_atomically = full
+    else:
+        trainer._write_audio = full
+    _train_as_rank(rank, db, out, "ddp_start", (OSError, TrainingError), max_steps=2,
+                   val_every=100, audio_examples=1)
+
+
+@pytest.mark.parametrize("what", ["config", "audio"])
+def test_a_write_failure_on_rank_0_before_the_first_step_stops_every_rank(db, tmp_path, what):
+    """Rank 0 writes the run's folder (config.gin, TensorBoard) and the step-0 validation's
+    audio before the loop; where that failed, it left with a bare OSError, and rank 1,
+    waiting for it at the next collective, died there when the connection closed (exit
+    code 1, without the reason) after rank 0 had waited 10 s for it at the group's exit."""
+    out = tmp_path / what
+    out.mkdir()
+    _two_ranks_to_their_end(_ddp_failing_write_worker, db, out)
+    for rank in (0, 1):
+        said = (out / f"rank{rank}.txt").read_text()
+        assert "no space left on device" in said.lower(), (rank, said)
+    if what == "audio":  # no checkpoint yet: said, on every rank
+        assert all("no checkpoint was written yet" in (out / f"rank{r}.txt").read_text()
+                   for r in (0, 1))
+
+
 def _ddp_locked_worker(rank: int, port: int, db: str, out: str) -> None:
     from rave_core.training.trainer import TrainingArgumentError
     _join_two_ranks(rank, port)

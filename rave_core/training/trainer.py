@@ -13,7 +13,8 @@ The schedule is RAVE's:
 
 A run lives in ``<out_path>/<name>/``: ``config.gin`` (the operative config) and
 ``version_0/`` (TensorBoard events, ``checkpoints/{last,best,epoch_<step>}.ckpt``,
-``audio/step_<n>.wav`` reconstructions). Re-running the same name resumes it exactly.
+``audio/step_<n>.wav`` reconstructions). Re-running the same name resumes it exactly
+(:mod:`~rave_core.training.resume`).
 
 Multi-process: run under ``torchrun`` (``python -m rave_core.train``); each process
 trains on its shard of every epoch, gradients are averaged by
@@ -22,9 +23,8 @@ rank 0 validates, logs and writes files.
 """
 from __future__ import annotations
 
-import contextlib
-
 import collections
+import contextlib
 import difflib
 import inspect
 import random
@@ -35,7 +35,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Deque, Dict, List, NoReturn, Optional, Sequence, Tuple
 
 import gin
 import numpy as np
@@ -47,13 +47,14 @@ from ..config import ConfigError, parse_config, read_text_file
 from ..data import AudioDataset, DataError, load_metadata
 from ..models.encoders import VariationalEncoder
 from ..os_errors import describe_os_error
-from ..run import RunError, extract_state_dict, find_config
+from ..run import RunError, find_config
 from ..text import printable
 from .analysis import cropped_length, fidelity_dimensions, latent_statistics, receptive_field
-from .checkpoint import (capture_rng, copy_checkpoint, load_checkpoint, replace_atomically,
-                         restore_rng, save_checkpoint, write_text_atomically)
+from .checkpoint import (capture_rng, copy_checkpoint, replace_atomically, restore_rng,
+                         save_checkpoint, write_text_atomically)
 from .distributed import DistContext
 from .errors import TrainingArgumentError, TrainingError, TrainingInterrupted
+from .resume import ResumeSource, ResumeState, check_channels, read_resume_checkpoint
 from .run_lock import RunLock
 from .sampler import ResumableSampler
 from .schedule import BetaWarmup
@@ -173,96 +174,7 @@ def _first_difference(a: str, b: str) -> str:
     return "different length"
 
 
-# ============================================================================ the loop
-class _StopRequest:
-    """SIGINT / SIGTERM ask training to stop after the current step (and save); a second
-    signal stops at once. One within a second of the first is the same request: torchrun
-    passes the terminal's Ctrl-C on to workers that received it already."""
-
-    #: seconds within which a repeated signal counts as the first one
-    REPEAT_WINDOW = 1.0
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.signal = int(signal.SIGINT)  # the first signal received
-        self._first = 0.0
-        self._previous: Dict[int, Any] = {}
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            if time.monotonic() - self._first > self.REPEAT_WINDOW:
-                raise KeyboardInterrupt
-            return
-        self.requested = True
-        self.signal = int(signum)
-        self._first = time.monotonic()
-
-    def __enter__(self) -> "_StopRequest":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise TrainingArgumentError("--device cuda: CUDA is not available on this machine; "
-                                        "use --device cpu (or auto)")
-        return torch.device(device)
-    if device == "cpu":
-        return torch.device("cpu")
-    raise TrainingArgumentError(f"--device {device!r}: use auto, cpu or cuda")
-
-
-def _check_arguments(name: str, max_steps: int, batch: int, n_signal: int, val_every: int,
-                     save_every: int, workers: int) -> None:
-    if not name or Path(name).name != name or name in (".", ".."):
-        raise TrainingArgumentError(f"--name {name!r}: give a plain run name (no '/'), e.g. "
-                                    "--name my_run")
-    for flag, value, low in (("--max_steps", max_steps, 1), ("--batch", batch, 1),
-                             ("--n_signal", n_signal, 1), ("--val_every", val_every, 1),
-                             ("--save_every", save_every, 1), ("--workers", workers, 0)):
-        if int(value) < low:
-            raise TrainingArgumentError(f"{flag} must be >= {low}, got {value}")
-
-
-#: what to do when a checkpoint's weights do not fit the model built for it
-_FIT_HINT = ("resume with the config the run was trained with (leave out --config, and any "
-             "--override of the model's sizes)")
-
-
-def _load_model_weights(model: nn.Module, state_dict: Dict[str, torch.Tensor], path: Path) -> None:
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    # A checkpoint without discriminator (e.g. from an export-only model) can still
-    # seed training: the discriminator starts fresh.
-    blocking = [k for k in missing if not k.startswith("discriminator.")]
-    if blocking or unexpected:
-        key = (blocking or unexpected)[0]
-        why = "is missing" if blocking else "is not in the model"
-        raise TrainingArgumentError(f"{path} does not fit the config: key {key!r} {why}; {_FIT_HINT}")
-    for k, v in state_dict.items():
-        if tuple(v.shape) != tuple(expected[k].shape):
-            note = _channels_note(path, int(getattr(model, "n_channels", 0) or 0))
-            raise TrainingArgumentError(f"{path} does not fit the config: {k!r} has shape "
-                                        f"{tuple(v.shape)} in the checkpoint but "
-                                        f"{tuple(expected[k].shape)} in the model"
-                                        + (note or f"; {_FIT_HINT}"))
-    if missing:
-        warnings.warn(f"{path} has no discriminator weights: the discriminator starts from scratch")
-    # `warmed_up` / `enabled` are replaced (not written in place) by set_warmed_up: copy
-    # through load_state_dict, which handles both.
-    model.load_state_dict(state_dict, strict=False)
-
-
+# ============================================================================ train()
 def train(configs: Sequence[str], db_path, name: str, out_path="runs", max_steps: int = 6_000_000,
           batch: int = 8, n_signal: int = 131072, val_every: int = 10_000,
           save_every: int = 500_000, device: str = "auto", workers: int = 8,
@@ -322,6 +234,65 @@ def _denormals_flushed():
         torch.set_flush_denormal(False)
 
 
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise TrainingArgumentError("--device cuda: CUDA is not available on this machine; "
+                                        "use --device cpu (or auto)")
+        return torch.device(device)
+    if device == "cpu":
+        return torch.device("cpu")
+    raise TrainingArgumentError(f"--device {device!r}: use auto, cpu or cuda")
+
+
+def _check_arguments(name: str, max_steps: int, batch: int, n_signal: int, val_every: int,
+                     save_every: int, workers: int) -> None:
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise TrainingArgumentError(f"--name {name!r}: give a plain run name (no '/'), e.g. "
+                                    "--name my_run")
+    for flag, value, low in (("--max_steps", max_steps, 1), ("--batch", batch, 1),
+                             ("--n_signal", n_signal, 1), ("--val_every", val_every, 1),
+                             ("--save_every", save_every, 1), ("--workers", workers, 0)):
+        if int(value) < low:
+            raise TrainingArgumentError(f"{flag} must be >= {low}, got {value}")
+
+
+@dataclass(frozen=True)
+class _RunSettings:
+    """:func:`train`'s arguments as one training process uses them: checked, converted,
+    and ``device`` this process's own (``cuda:<local rank>`` under torchrun)."""
+
+    configs: Sequence[str]
+    db_path: Path
+    name: str
+    out_path: Path
+    max_steps: int
+    batch: int
+    n_signal: int
+    val_every: int
+    save_every: int
+    device: torch.device
+    workers: int
+    ckpt: Any
+    overrides: List[str]
+    seed: int
+    progress: bool
+    valid_fraction: float
+    log_every: int
+    audio_examples: int
+    keep_history: int
+
+    @property
+    def run_dir(self) -> Path:
+        return self.out_path / self.name
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.run_dir / CHECKPOINT_DIR
+
+
 def _train_on_device(configs, db_path, name, out_path, max_steps, batch, n_signal, val_every,
                      save_every, dev, workers, ckpt, overrides, seed, progress, *,
                      valid_fraction, log_every, audio_examples, keep_history) -> TrainResult:
@@ -332,337 +303,153 @@ def _train_on_device(configs, db_path, name, out_path, max_steps, batch, n_signa
             dev = torch.device("cuda", ctx.local_rank)
     try:
         with RunLock(Path(out_path) / name) as lock:
-            return _train(ctx, lock, configs, Path(db_path), name, Path(out_path), int(max_steps),
-                          int(batch), int(n_signal), int(val_every), int(save_every), dev,
-                          int(workers), ckpt, list(overrides), int(seed), progress,
-                          valid_fraction, log_every, audio_examples, keep_history)
+            run = _RunSettings(
+                configs=configs, db_path=Path(db_path), name=name, out_path=Path(out_path),
+                max_steps=int(max_steps), batch=int(batch), n_signal=int(n_signal),
+                val_every=int(val_every), save_every=int(save_every), device=dev,
+                workers=int(workers), ckpt=ckpt, overrides=list(overrides), seed=int(seed),
+                progress=progress, valid_fraction=valid_fraction, log_every=log_every,
+                audio_examples=audio_examples, keep_history=keep_history)
+            return _train(ctx, lock, run)
     finally:
         ctx.close()
 
 
-def _train(ctx: DistContext, lock: RunLock, configs, db_path: Path, name: str, out_path: Path,
-           max_steps: int, batch: int, n_signal: int, val_every: int, save_every: int,
-           device: torch.device, workers: int, ckpt, overrides: List[str], seed: int,
-           progress: bool, valid_fraction: float, log_every: int, audio_examples: int,
-           keep_history: int) -> TrainResult:
-    meta = load_metadata(db_path)
-    channels = int(meta["channels"])
-    run_dir = out_path / name
-    ckpt_dir = run_dir / CHECKPOINT_DIR
-    seen = _file_stamp(ckpt_dir / "last.ckpt")
-    by_name = ckpt is None and seen is not None
-    resume_path = Path(ckpt) if ckpt is not None else (ckpt_dir / "last.ckpt" if by_name else None)
-    if resume_path is not None and not resume_path.is_file():
-        raise TrainingArgumentError(f"--ckpt {resume_path}: no such checkpoint file")
+# ============================================================================ _train's steps
+def _train(ctx: DistContext, lock: RunLock, run: _RunSettings) -> TrainResult:
+    """One training process, from its arguments to its result; every rank runs all of it.
+
+    Whatever can refuse the training (config, dataset, checkpoint) is checked before
+    rank 0 claims the run's folder, so a refused training leaves no folder behind. The
+    order of RNG use is part of an exact resume: the weights are seeded alike on every
+    rank as they are built, then each process's RNGs are restored (or seeded by rank)
+    before the receptive field is measured and the data loaders are made.
+    """
+    meta = load_metadata(run.db_path)
+    source = ResumeSource.find(run.ckpt, run.ckpt_dir / "last.ckpt")
 
     # ---- config and model
-    stored = read_text_file(run_dir / "config.gin") if (run_dir / "config.gin").exists() else None
-    text = None
-    if not configs:
-        if resume_path is None:
-            raise TrainingArgumentError("no --config given: choose one or more of "
-                                        "`rave-core configs` (e.g. --config v2_small)")
-        try:
-            text = read_text_file(find_config(resume_path))
-        except RunError as err:
-            raise TrainingError(str(err)) from None
-    if text is not None:
-        _check_channels(text, channels, db_path, resume_path)
-    model, beta, operative = _build(configs, overrides, text, channels, seed)
-    _check_signal_multiple(model, n_signal)
-    if by_name and configs and stored is not None and operative != stored:
-        raise TrainingArgumentError(
-            f"run {run_dir} exists and was trained with another config "
-            f"({_first_difference(stored, operative)}); leave out --config"
-            f"{' and --override' if overrides else ''} to resume it, or choose a new --name")
-    if by_name and not configs and overrides and stored is not None and operative != stored:
-        warnings.warn(f"resuming {run_dir} with {' '.join('--override ' + o for o in overrides)}: "
-                      f"its config.gin is updated ({_first_difference(stored, operative)})")
-    if int(model.sr) != int(meta["sr"]):
-        raise DataError(f"dataset {db_path} is at {meta['sr']} Hz but the config at {model.sr} Hz; "
-                        f"re-run `rave-core preprocess --sampling_rate {model.sr}`, or "
-                        f"--override 'SAMPLING_RATE={meta['sr']}'")
-    model.to(device)
+    built = _build_run_model(run, meta, source)
+    model = built.model
 
     # ---- data
-    train_set = AudioDataset(db_path, n_signal, "train", valid_fraction)
-    valid_set = AudioDataset(db_path, n_signal, "valid", valid_fraction)
-    if len(valid_set) == 0 and ctx.is_main:
-        _warn_no_validation(db_path, len(train_set), n_signal, valid_fraction,
-                            isinstance(model.encoder, VariationalEncoder))
+    train_set, valid_set = _datasets(run, model, ctx)
 
     # ---- optimisation state
-    trainer = RAVETrainer(model, beta, device, ctx)
-    start_step, best, rng_state = 0, None, None
-    if resume_path is not None:
-        state = load_checkpoint(resume_path)
-        if "state_dict" in state:
-            weights = state["state_dict"]
-        else:  # a plain state dict (torch.save(model.state_dict(), ...)): weights only
-            try:
-                weights, _ = extract_state_dict(state)
-            except RunError as err:
-                raise TrainingArgumentError(f"--ckpt {resume_path}: {err}") from None
-            state = {}
-        if not isinstance(weights, dict):
-            raise TrainingArgumentError(f"--ckpt {resume_path}: its 'state_dict' is not a dict "
-                                        "of tensors; give a checkpoint written by training")
-        _load_model_weights(model, weights, resume_path)
-        start_step = int(state.get("global_step", 0) or 0)
-        best = state.get("best_validation")
-        if not state:
-            warnings.warn(f"{resume_path} holds weights only (a plain state dict): training "
-                          "starts from them at step 0, with fresh optimisers")
-        elif not trainer.load_state_dict(state):
-            warnings.warn(f"{resume_path}: no usable optimiser state; optimisers start afresh")
-        rngs = state.get("rng_states") or []
-        if len(rngs) == ctx.world_size:
-            rng_state = rngs[ctx.rank]
-        elif rngs:
-            warnings.warn(f"{resume_path} was saved by {len(rngs)} processes, this run has "
-                          f"{ctx.world_size}: noise and data order will differ from an "
-                          "uninterrupted run")
-        loader_state = state.get("loader") or {}
-        if loader_state and (loader_state.get("batch"), loader_state.get("seed")) != (batch, seed):
-            warnings.warn(f"{resume_path} was trained with batch {loader_state.get('batch')} and seed "
-                          f"{loader_state.get('seed')}: the data order changes")
-        trained_signal = loader_state.get("n_signal")
-        if trained_signal is not None and int(trained_signal) != n_signal:
-            warnings.warn(f"{resume_path} was trained on windows of {trained_signal} samples, "
-                          f"this run uses --n_signal {n_signal}: validation windows change too, "
-                          "so distances before and after this step are not comparable (best.ckpt "
-                          "is replaced only by a distance lower than the one carried over)")
-    if start_step >= max_steps and ctx.is_main:
-        warnings.warn(f"{resume_path} is at step {start_step}, --max_steps is {max_steps}: "
-                      "nothing to train; raise --max_steps to go on")
-    if rng_state is not None:
-        restore_rng(rng_state)
-    else:
-        # Per-rank noise (reparametrisation, filtered noise); weights were seeded alike.
-        torch.manual_seed(seed + ctx.rank)
-        np.random.seed(seed + ctx.rank)
-        random.seed(seed + ctx.rank)
+    trainer = RAVETrainer(model, built.beta, run.device, ctx)
+    resumed = ResumeState()  # a new run's
+    if source.path is not None:
+        resumed = read_resume_checkpoint(source.path, model, trainer, ctx, batch=run.batch,
+                                         seed=run.seed, n_signal=run.n_signal)
+    if resumed.start_step >= run.max_steps and ctx.is_main:
+        warnings.warn(f"{source.path} is at step {resumed.start_step}, --max_steps is "
+                      f"{run.max_steps}: nothing to train; raise --max_steps to go on")
+    _seed_this_process(resumed.rng_state, run.seed, ctx)
 
     # ---- receptive field (RAVE measures it before training; valid_signal_crop uses it)
-    if not int(model.receptive_field.sum()):
-        left, right = receptive_field(model)
-        model.receptive_field.copy_(torch.tensor([left, right], device=model.receptive_field.device))
-    _check_signal_length(model, n_signal)
+    _measure_receptive_field(model)
+    _check_signal_length(model, run.n_signal)
 
-    sampler = ResumableSampler(train_set, batch, ctx.world_size, ctx.rank, seed, start_step)
-    loader = DataLoader(train_set, batch_size=batch, sampler=sampler, drop_last=True,
-                        num_workers=workers, pin_memory=device.type == "cuda",
-                        generator=torch.Generator().manual_seed(seed))
-    valid_loader = DataLoader(valid_set, batch_size=batch, shuffle=False, num_workers=0)
+    # ---- data loaders
+    sampler, loader, valid_loader = _data_loaders(run, train_set, valid_set, ctx,
+                                                  resumed.start_step)
 
-    # ---- run directory (rank 0 only)
-    writer = None
-    refused: Optional[TrainingArgumentError] = None
-    if ctx.is_main:
-        try:
-            lock.acquire()
-            if _file_stamp(ckpt_dir / "last.ckpt") != seen:
-                # another training of this run saved while this one was starting
-                raise TrainingArgumentError(
-                    f"run {run_dir} changed while this training was starting (another "
-                    "training of it saved a checkpoint): run the command again to resume from it")
-        except TrainingArgumentError as err:
-            refused = err
-    # The other ranks stop with rank 0's refusal, instead of waiting for it at a collective.
-    said = ctx.broadcast(None if refused is None else str(refused))
-    if said is not None:
-        raise refused or TrainingArgumentError(said)
-    if ctx.is_main:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        if stored != operative:
-            write_text_atomically(run_dir / "config.gin", operative)
-        writer = _tensorboard_writer(run_dir / "version_0")
-        if start_step == 0:
-            writer.add_text("config", "```\n" + operative + "\n```")
+    # ---- run directory (written by rank 0 only)
+    writer = _claim_run_dir(ctx, lock, run, built, source, resumed.start_step)
 
-    result = TrainResult(run_dir=run_dir, global_step=start_step, epoch=sampler.epoch_of(start_step),
-                         model=model, best_validation=best, resumed_from=resume_path)
-    history: Deque[Dict[str, float]] = collections.deque(maxlen=keep_history)
-    step = start_step
-    last_saved: Optional[Tuple[Path, int]] = (resume_path, start_step) if resume_path else None
-
-    def save(step: int, periodic: bool, improved: bool, write: bool = True) -> None:
-        """Every rank: gather the RNG states; rank 0 writes the checkpoints (unless
-        ``write`` is False: validation already failed to write)."""
-        nonlocal last_saved
-        rngs = ctx.gather(capture_rng())  # every rank's RNG, for an exact resume
-        if not write:
-            return
-        if not ctx.is_main:
-            # Every rank records the save: an interrupted rank that thought nothing was
-            # saved would gather again, alone, after rank 0 had left.
-            last_saved = (ckpt_dir / "last.ckpt", step)
-            return
-        payload = {
-            "state_dict": model.state_dict(),
-            "global_step": step,
-            "epoch": sampler.epoch_of(step),
-            **trainer.state_dict(),
-            "callbacks": {"BetaWarmupCallback": {"training_steps": step}},
-            "rng_states": rngs,
-            "loader": {"batches_consumed": step, "batch": batch, "world_size": ctx.world_size,
-                       "seed": seed, "batches_per_epoch": sampler.batches_per_epoch,
-                       "n_signal": n_signal},
-            "best_validation": result.best_validation,
-        }
-        # best.ckpt first: a failure between the two writes then leaves a last.ckpt that
-        # records an older best, never one whose best.ckpt was not written.
-        if improved:
-            save_checkpoint(ckpt_dir / "best.ckpt", payload)
-            copy_checkpoint(ckpt_dir / "best.ckpt", ckpt_dir / "last.ckpt")
-        else:
-            save_checkpoint(ckpt_dir / "last.ckpt", payload)
-        if periodic:
-            copy_checkpoint(ckpt_dir / "last.ckpt", ckpt_dir / f"epoch_{step}.ckpt")
-        last_saved = (ckpt_dir / "last.ckpt", step)
-
-    def validate(step: int, baseline: bool = False) -> bool:
-        """Rank 0: validation, latent statistics, audio; True when the distance improved
-        (never for the ``baseline`` validation of the untrained model)."""
-        if not ctx.is_main or len(valid_set) == 0:
-            return False
-        distance, z, audio = trainer.validate(valid_loader, seed, audio_examples)
-        record = {"step": step, "validation": distance}
-        if z is not None and len(z):
-            mean, pca, fidelity = latent_statistics(z)
-            model.latent_mean.copy_(mean)
-            model.latent_pca.copy_(pca)
-            model.fidelity.copy_(fidelity)
-            record.update(fidelity_dimensions(model.fidelity))
-        result.validations.append(record)
-        for k, v in record.items():
-            if k != "step":
-                writer.add_scalar(k, v, step)
-        if audio is not None:
-            _write_audio(run_dir / "version_0" / "audio" / f"step_{step}.wav", audio, int(model.sr))
-            writer.add_audio("audio_val", audio.mean(0).clamp(-1, 1), step, sample_rate=int(model.sr))
-        writer.flush()
-        if baseline:
-            return False
-        improved = result.best_validation is None or distance < result.best_validation
-        if improved:
-            result.best_validation = distance
-        return improved
-
-    bar = None
-    if ctx.is_main and progress:
-        from tqdm import tqdm
-        bar = tqdm(total=max_steps, initial=start_step, unit="step", desc=name, dynamic_ncols=True)
-    persistent = model.state_dict(keep_vars=True)
-    buffers = [b for name, b in model.named_buffers() if name in persistent]
-    if start_step == 0:
-        validate(0, baseline=True)  # where training starts from (Lightning's sanity check)
-        ctx.broadcast_tensors(buffers)
-    model.train()
-    t0, steps_done = time.perf_counter(), 0
-    shown = t0   # when the progress bar's losses were last updated
-    stopper = _StopRequest()
-    iterator, interrupted = None, False
-    try:
-        with stopper:
-            iterator = iter(loader)
-            while step < max_steps:
-                try:
-                    x = next(iterator)
-                except RuntimeError:
-                    if stopper.requested:  # a signal took the data workers down
-                        interrupted = True
-                        break
-                    raise
-                x = x.to(device, non_blocking=True)
-                try:
-                    logs, stop = trainer.step(x, step, stopper.requested)
-                except TrainingError as err:
-                    raise TrainingError(_divergence_message(err, last_saved)) from None
-                step += 1
-                steps_done += 1
-                logs["step"] = step
-                history.append(logs)
-                if writer is not None and step % log_every == 0:
-                    for k, v in logs.items():
-                        if k != "step":
-                            writer.add_scalar(k, v, step)
-                if bar is not None:
-                    bar.update(1)
-                    # every 10 steps, or every 2 s when steps are slow (a full-size v3 on CPU)
-                    if step % 10 == 0 or step == max_steps or time.perf_counter() - shown > 2:
-                        bar.set_postfix({short: f"{logs[k]:.3g}" for k, short in PROGRESS_KEYS.items()
-                                         if k in logs}, refresh=False)
-                        shown = time.perf_counter()
-                at_val = step % val_every == 0 or step == max_steps
-                periodic = step % save_every == 0
-                if at_val or periodic or stop:
-                    failed: Optional[OSError] = None
-                    try:
-                        improved = validate(step) if at_val else False
-                    except OSError as err:  # its audio; the ranks still gather in save()
-                        failed, improved = err, False
-                    try:
-                        save(step, periodic, improved, write=failed is None)
-                    except OSError as err:
-                        failed = err
-                    # Rank 0 alone writes: the other ranks learn of its failure here, and
-                    # stop with it, instead of waiting for it at the next collective.
-                    message = ctx.broadcast(
-                        None if failed is None else _write_failure_message(failed, last_saved))
-                    if message is not None:
-                        raise TrainingError(message) from failed
-                    if at_val:
-                        # Rank 0's buffers (latent statistics, BatchNorm running stats, which
-                        # each rank updates from its own batches) everywhere: every rank
-                        # then holds the model that was saved.
-                        ctx.broadcast_tensors(buffers)
-                if stop:
-                    interrupted = True
-                    break
-            if interrupted and step < max_steps:
-                if last_saved is None or last_saved[1] != step:
-                    save(step, False, False)
-                raise TrainingInterrupted(
-                    f"interrupted at step {step}: saved {ckpt_dir / 'last.ckpt'}; run the same "
-                    "command again to resume", ckpt_dir / "last.ckpt", stopper.signal)
-    finally:
-        del iterator
-        trainer.drop_ddp_wrappers()
-        if bar is not None:
-            bar.close()
-        if writer is not None:
-            writer.close()
-    elapsed = time.perf_counter() - t0
-    result.global_step = step
-    result.epoch = sampler.epoch_of(step)
-    result.history = list(history)
-    result.steps_done = steps_done
-    result.steps_per_second = steps_done / elapsed if elapsed > 0 and steps_done else 0.0
-    model.eval()
-    return result
+    loop = _TrainingLoop(ctx, run, model, trainer, sampler, valid_loader, writer, resumed,
+                         source.path)
+    return loop.run(loader)
 
 
-def _kept(last_saved: Optional[Tuple[Path, int]], what: str = "last good checkpoint") -> str:
-    """What a failed training leaves to resume from."""
-    if last_saved is None:
-        return "no checkpoint was written yet"
-    return f"the {what} is {last_saved[0]} (step {last_saved[1]})"
+@dataclass
+class _RunModel:
+    """The model a training trains, with its beta schedule and its config."""
+
+    model: nn.Module
+    beta: BetaWarmup
+    operative: str          # the operative config: what config.gin holds once training starts
+    stored: Optional[str]   # the run's config.gin as this training found it (None: none yet)
 
 
-def _divergence_message(err: TrainingError, last_saved: Optional[Tuple[Path, int]]) -> str:
-    return (f"training diverged: {err}.\n{_kept(last_saved)}; re-run to resume from it "
-            "(another --seed changes the data order), or check the dataset for clipped or "
-            "corrupt audio")
+def _build_run_model(run: _RunSettings, meta: Dict[str, Any], source: ResumeSource) -> _RunModel:
+    """Build the model from the configs and overrides (or, with no config given, from the
+    config of the run resumed), check it against the run and the dataset, and move it to
+    this process's device.
+
+    Seeds torch's RNG with ``run.seed``: every rank builds the same initial weights. Writes
+    nothing. Raises ConfigError, DataError, TrainingArgumentError or TrainingError.
+    """
+    channels = int(meta["channels"])
+    config_gin = run.run_dir / "config.gin"
+    stored = read_text_file(config_gin) if config_gin.exists() else None
+    text = _resumed_config_text(run.configs, source.path)
+    if text is not None:
+        check_channels(text, channels, run.db_path, source.path)
+    model, beta, operative = _build(run.configs, run.overrides, text, channels, run.seed)
+    _check_signal_multiple(model, run.n_signal)
+    _check_config_change(run, source, stored, operative)
+    if int(model.sr) != int(meta["sr"]):
+        raise DataError(f"dataset {run.db_path} is at {meta['sr']} Hz but the config at "
+                        f"{model.sr} Hz; re-run `rave-core preprocess --sampling_rate {model.sr}`, "
+                        f"or --override 'SAMPLING_RATE={meta['sr']}'")
+    model.to(run.device)
+    return _RunModel(model, beta, operative, stored)
 
 
-def _file_stamp(path: Path) -> Optional[Tuple[int, int]]:
-    """``(size, mtime_ns)`` of ``path``, None if it is not there."""
-    try:
-        st = path.stat()
-    except OSError:
+def _resumed_config_text(configs: Sequence[str], resume_path: Optional[Path]) -> Optional[str]:
+    """The config to build from when no ``--config`` is given: the one the checkpoint's
+    run was trained with. None when configs are given."""
+    if configs:
         return None
-    return st.st_size, st.st_mtime_ns
+    if resume_path is None:
+        raise TrainingArgumentError("no --config given: choose one or more of "
+                                    "`rave-core configs` (e.g. --config v2_small)")
+    try:
+        return read_text_file(find_config(resume_path))
+    except RunError as err:
+        raise TrainingError(str(err)) from None
+
+
+def _check_config_change(run: _RunSettings, source: ResumeSource, stored: Optional[str],
+                         operative: str) -> None:
+    """A run resumed by its name keeps its config: another ``--config`` is refused; an
+    ``--override`` alone is taken, with a warning that config.gin is updated."""
+    if not (source.by_name and stored is not None and operative != stored):
+        return
+    if run.configs:
+        raise TrainingArgumentError(
+            f"run {run.run_dir} exists and was trained with another config "
+            f"({_first_difference(stored, operative)}); leave out --config"
+            f"{' and --override' if run.overrides else ''} to resume it, or choose a new --name")
+    if run.overrides:
+        warnings.warn(f"resuming {run.run_dir} with "
+                      f"{' '.join('--override ' + o for o in run.overrides)}: "
+                      f"its config.gin is updated ({_first_difference(stored, operative)})")
+
+
+def _check_signal_multiple(model: nn.Module, n_signal: int) -> None:
+    """A window is encoded into whole latent frames: ``n_signal`` must be a multiple of the
+    model's ratio (PQMF bands times the encoder's strides)."""
+    ratio = int(model.ratio)
+    if n_signal % ratio:
+        lower = n_signal // ratio * ratio
+        examples = " or ".join(str(v) for v in (lower, lower + ratio) if v > 0)
+        raise TrainingArgumentError(f"--n_signal must be a multiple of {ratio} (the model's "
+                                    f"samples per latent frame), got {n_signal}: use e.g. "
+                                    f"{examples}")
+
+
+def _datasets(run: _RunSettings, model: nn.Module,
+              ctx: DistContext) -> Tuple[AudioDataset, AudioDataset]:
+    """The training and validation windows of the dataset (rank 0 warns when no window
+    is held out for validation)."""
+    train_set = AudioDataset(run.db_path, run.n_signal, "train", run.valid_fraction)
+    valid_set = AudioDataset(run.db_path, run.n_signal, "valid", run.valid_fraction)
+    if len(valid_set) == 0 and ctx.is_main:
+        _warn_no_validation(run.db_path, len(train_set), run.n_signal, run.valid_fraction,
+                            isinstance(model.encoder, VariationalEncoder))
+    return train_set, valid_set
 
 
 def _warn_no_validation(db_path: Path, n_windows: int, n_signal: int,
@@ -679,54 +466,24 @@ def _warn_no_validation(db_path: Path, n_windows: int, n_signal: int,
     warnings.warn(f"no validation set ({why}): this run will write no best.ckpt{latent}{fix}")
 
 
-def _write_failure_message(err: OSError, last_saved: Optional[Tuple[Path, int]]) -> str:
-    """A checkpoint or validation file could not be written (a full disk, a folder made
-    read-only): what failed, and what the user can resume from."""
-    keep = _kept(last_saved, "last checkpoint") + (", intact" if last_saved else "")
-    return (f"cannot write {describe_os_error(err)}\n{keep}; fix that, then run the "
-            "same command again to resume")
+def _seed_this_process(rng_state: Optional[Dict[str, Any]], seed: int, ctx: DistContext) -> None:
+    """This process's RNGs, for the noise of training: as a resumed run saved them, else
+    seeded by rank."""
+    if rng_state is not None:
+        restore_rng(rng_state)
+    else:
+        # Per-rank noise (reparametrisation, filtered noise); weights were seeded alike.
+        torch.manual_seed(seed + ctx.rank)
+        np.random.seed(seed + ctx.rank)
+        random.seed(seed + ctx.rank)
 
 
-def _check_signal_multiple(model: nn.Module, n_signal: int) -> None:
-    """A window is encoded into whole latent frames: ``n_signal`` must be a multiple of the
-    model's ratio (PQMF bands times the encoder's strides)."""
-    ratio = int(model.ratio)
-    if n_signal % ratio:
-        lower = n_signal // ratio * ratio
-        examples = " or ".join(str(v) for v in (lower, lower + ratio) if v > 0)
-        raise TrainingArgumentError(f"--n_signal must be a multiple of {ratio} (the model's "
-                                    f"samples per latent frame), got {n_signal}: use e.g. "
-                                    f"{examples}")
-
-
-_CHANNELS_BINDING = re.compile(r"^\s*(?:[\w.]*\.)?RAVE\.n_channels\s*=\s*(\d+)\s*$", re.MULTILINE)
-
-
-def _check_channels(config_text: str, channels: int, db_path: Path,
-                    resume_path: Optional[Path]) -> None:
-    """A run trained on N channels resumes on a dataset of N channels only."""
-    found = _CHANNELS_BINDING.findall(config_text)
-    if not found or int(found[-1]) == channels:
-        return
-    trained = int(found[-1])
-    what = f"the checkpoint {resume_path}" if resume_path else "the run"
-    raise TrainingArgumentError(
-        f"dataset {db_path} has {channels} channel(s) but {what} was trained on {trained}: "
-        f"preprocess the audio with --channels {trained} to resume it, or start a new run "
-        "(another --name, with --config)")
-
-
-def _channels_note(path: Path, channels: int) -> str:
-    """`` (the dataset has 2 channels, the checkpoint's run 1)`` when that explains a
-    checkpoint that does not fit; else empty."""
-    try:
-        found = _CHANNELS_BINDING.findall(read_text_file(find_config(Path(path))))
-    except (RunError, ConfigError, OSError):
-        return ""
-    if not found or int(found[-1]) == channels:
-        return ""
-    return (f" (the dataset has {channels} channel(s), the checkpoint's run {found[-1]}: "
-            f"preprocess with --channels {found[-1]} to resume it)")
+def _measure_receptive_field(model: nn.Module) -> None:
+    """Record the model's receptive field in its ``receptive_field`` buffer, unless it
+    holds one already (a resumed model)."""
+    if not int(model.receptive_field.sum()):
+        left, right = receptive_field(model)
+        model.receptive_field.copy_(torch.tensor([left, right], device=model.receptive_field.device))
 
 
 def _check_signal_length(model: nn.Module, n_signal: int) -> None:
@@ -763,6 +520,74 @@ def _signal_shortfall(model: nn.Module, n_signal: int) -> Optional[str]:
     return None
 
 
+def _data_loaders(run: _RunSettings, train_set: AudioDataset, valid_set: AudioDataset,
+                  ctx: DistContext, start_step: int
+                  ) -> Tuple[ResumableSampler, DataLoader, DataLoader]:
+    """This process's share of the training windows, from batch ``start_step`` on (the
+    sampler, and its loader), and rank 0's validation loader."""
+    sampler = ResumableSampler(train_set, run.batch, ctx.world_size, ctx.rank, run.seed,
+                               start_step)
+    loader = DataLoader(train_set, batch_size=run.batch, sampler=sampler, drop_last=True,
+                        num_workers=run.workers, pin_memory=run.device.type == "cuda",
+                        generator=torch.Generator().manual_seed(run.seed))
+    valid_loader = DataLoader(valid_set, batch_size=run.batch, shuffle=False, num_workers=0)
+    return sampler, loader, valid_loader
+
+
+def _claim_run_dir(ctx: DistContext, lock: RunLock, run: _RunSettings, built: _RunModel,
+                   source: ResumeSource, start_step: int):
+    """Rank 0 locks the run, refuses it if another training of it saved a checkpoint
+    while this one was starting, and opens it (:func:`_open_run_dir`); returns rank 0's
+    TensorBoard writer (None on the other ranks).
+
+    Every rank must call this: it broadcasts rank 0's refusal or write failure, and every
+    rank raises it (rank 0 its own error, the others a :class:`TrainingError` with its
+    words) instead of waiting for rank 0 at the next collective.
+
+    Raises:
+        TrainingArgumentError: the run is being trained by another process, or changed.
+        OSError: (rank 0) the run's folder cannot be written.
+    """
+    refused: Optional[Exception] = None
+    writer = None
+    if ctx.is_main:
+        try:
+            lock.acquire()
+            if source.run_saved_since():
+                # another training of this run saved while this one was starting
+                raise TrainingArgumentError(
+                    f"run {run.run_dir} changed while this training was starting (another "
+                    "training of it saved a checkpoint): run the command again to resume from it")
+            writer = _open_run_dir(run, built, start_step)
+        except TrainingArgumentError as err:
+            refused = err
+        except OSError as err:  # a read-only or full disk
+            refused = err
+    # (the other ranks raise the same class: a refusal is a usage error, exit code 2)
+    said = ctx.broadcast(None if refused is None else (
+        (TrainingArgumentError, str(refused)) if isinstance(refused, TrainingArgumentError)
+        else (TrainingError, f"cannot write {describe_os_error(refused)}")))
+    if said is not None:
+        if refused is not None:
+            raise refused
+        error_class, message = said
+        raise error_class(message)
+    return writer
+
+
+def _open_run_dir(run: _RunSettings, built: _RunModel, start_step: int):
+    """Rank 0, once the run is claimed: create the checkpoint folder, write config.gin
+    (atomically, when it changed) and return the TensorBoard writer (a new run logs its
+    config there)."""
+    run.ckpt_dir.mkdir(parents=True, exist_ok=True)
+    if built.stored != built.operative:
+        write_text_atomically(run.run_dir / "config.gin", built.operative)
+    writer = _tensorboard_writer(run.run_dir / "version_0")
+    if start_step == 0:
+        writer.add_text("config", "```\n" + built.operative + "\n```")
+    return writer
+
+
 class _NoTensorBoard:
     """Stands in for TensorBoard's writer where it cannot write: takes every call, writes
     nothing."""
@@ -787,6 +612,310 @@ def _tensorboard_writer(log_dir: Path):
     return SummaryWriter(log_dir=str(log_dir))
 
 
+# ============================================================================ the loop
+class _StopRequest:
+    """SIGINT / SIGTERM ask training to stop after the current step (and save); a second
+    signal stops at once. One within a second of the first is the same request: torchrun
+    passes the terminal's Ctrl-C on to workers that received it already."""
+
+    #: seconds within which a repeated signal counts as the first one
+    REPEAT_WINDOW = 1.0
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal = int(signal.SIGINT)  # the first signal received
+        self._first = 0.0
+        self._previous: Dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            if time.monotonic() - self._first > self.REPEAT_WINDOW:
+                raise KeyboardInterrupt
+            return
+        self.requested = True
+        self.signal = int(signum)
+        self._first = time.monotonic()
+
+    def __enter__(self) -> "_StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class _TrainingLoop:
+    """The steps of one training process, from the start step to ``max_steps``.
+
+    Holds what a run keeps while it trains: the checkpoint last saved (what a failure
+    leaves to resume from), rank 0's TensorBoard writer and progress bar, the logged
+    history and the :class:`TrainResult`. Every rank runs it in step with the others:
+    rank 0 alone validates and writes, and the other ranks learn of its failures at the
+    collectives that follow.
+    """
+
+    def __init__(self, ctx: DistContext, settings: _RunSettings, model: nn.Module,
+                 trainer: RAVETrainer, sampler: ResumableSampler, valid_loader: DataLoader,
+                 writer, resumed: ResumeState, resume_path: Optional[Path]) -> None:
+        self.ctx, self.settings, self.model, self.trainer = ctx, settings, model, trainer
+        self.sampler, self.valid_loader, self.writer = sampler, valid_loader, writer
+        self.ckpt_dir = settings.ckpt_dir
+        self.step = resumed.start_step
+        self.result = TrainResult(run_dir=settings.run_dir, global_step=self.step,
+                                  epoch=sampler.epoch_of(self.step), model=model,
+                                  best_validation=resumed.best_validation,
+                                  resumed_from=resume_path)
+        self.history: Deque[Dict[str, float]] = collections.deque(maxlen=settings.keep_history)
+        self.last_saved: Optional[Tuple[Path, int]] = ((resume_path, self.step) if resume_path
+                                                       else None)
+        self.bar = None
+        if ctx.is_main and settings.progress:
+            from tqdm import tqdm
+            self.bar = tqdm(total=settings.max_steps, initial=self.step, unit="step",
+                            desc=settings.name, dynamic_ncols=True)
+        # what rank 0 broadcasts after a validation: the buffers a checkpoint holds
+        persistent = model.state_dict(keep_vars=True)
+        self.buffers = [b for name, b in model.named_buffers() if name in persistent]
+        self._shown = 0.0   # when the progress bar's losses were last updated
+
+    def run(self, loader: DataLoader) -> TrainResult:
+        """Every rank: train up to ``max_steps`` (a new run validated first) and return the
+        result.
+
+        Raises:
+            TrainingError: a step diverged, or rank 0 failed to write (on every rank).
+            TrainingInterrupted: a signal stopped training (``last.ckpt`` saved first).
+        """
+        s = self.settings
+        t0, start_step = time.perf_counter(), self.step
+        stopper = _StopRequest()
+        iterator, interrupted = None, False
+        try:
+            if self.step == 0:
+                self._validate_baseline()
+            self.model.train()
+            self._shown = t0 = time.perf_counter()
+            with stopper:
+                iterator = iter(loader)
+                while self.step < s.max_steps:
+                    try:
+                        x = next(iterator)
+                    except RuntimeError:
+                        if stopper.requested:  # a signal took the data workers down
+                            interrupted = True
+                            break
+                        raise
+                    x = x.to(s.device, non_blocking=True)
+                    stop = self._train_step(x, stopper.requested)
+                    at_val = self.step % s.val_every == 0 or self.step == s.max_steps
+                    periodic = self.step % s.save_every == 0
+                    if at_val or periodic or stop:
+                        self._validate_and_save(at_val, periodic)
+                    if stop:
+                        interrupted = True
+                        break
+                if interrupted and self.step < s.max_steps:
+                    self._save_and_stop(stopper)
+        finally:
+            del iterator   # its data workers end now
+            self._close()
+        return self._finish(time.perf_counter() - t0, self.step - start_step)
+
+    def _train_step(self, x: torch.Tensor, stop_requested: bool) -> bool:
+        """One optimisation step on batch ``x``, logged; True when any rank asked to stop."""
+        try:
+            logs, stop = self.trainer.step(x, self.step, stop_requested)
+        except TrainingError as err:
+            raise TrainingError(_divergence_message(err, self.last_saved)) from None
+        self.step += 1
+        logs["step"] = self.step
+        self.history.append(logs)
+        self._log(logs)
+        return stop
+
+    def _log(self, logs: Dict[str, float]) -> None:
+        """Rank 0: TensorBoard every ``log_every`` steps, and the progress bar."""
+        step = self.step
+        if self.writer is not None and step % self.settings.log_every == 0:
+            self._write_scalars(logs, step)
+        if self.bar is not None:
+            self.bar.update(1)
+            # every 10 steps, or every 2 s when steps are slow (a full-size v3 on CPU)
+            if (step % 10 == 0 or step == self.settings.max_steps
+                    or time.perf_counter() - self._shown > 2):
+                self.bar.set_postfix({short: f"{logs[k]:.3g}" for k, short in PROGRESS_KEYS.items()
+                                      if k in logs}, refresh=False)
+                self._shown = time.perf_counter()
+
+    def _write_scalars(self, values: Dict[str, float], step: int) -> None:
+        for k, v in values.items():
+            if k != "step":
+                self.writer.add_scalar(k, v, step)
+
+    def _validate_and_save(self, at_val: bool, periodic: bool) -> None:
+        """Validate (at ``at_val``) and save this step.
+
+        Every rank must call this: :meth:`save` gathers, and rank 0's write failure is
+        broadcast, so that every rank raises the same :class:`TrainingError`. After a
+        validation every rank takes rank 0's buffers.
+        """
+        failed: Optional[OSError] = None
+        try:
+            improved = self.validate(self.step) if at_val else False
+        except OSError as err:  # its audio; the ranks still gather in save()
+            failed, improved = err, False
+        try:
+            self.save(self.step, periodic, improved, write=failed is None)
+        except OSError as err:
+            failed = err
+        # Rank 0 alone writes: the other ranks learn of its failure here, and
+        # stop with it, instead of waiting for it at the next collective.
+        message = self.ctx.broadcast(
+            None if failed is None else _write_failure_message(failed, self.last_saved))
+        if message is not None:
+            raise TrainingError(message) from failed
+        if at_val:
+            # Rank 0's buffers (latent statistics, BatchNorm running stats, which
+            # each rank updates from its own batches) everywhere: every rank
+            # then holds the model that was saved.
+            self.ctx.broadcast_tensors(self.buffers)
+
+    def _validate_baseline(self) -> None:
+        """Validate the model training starts from (Lightning's sanity check), step 0.
+
+        Every rank must call this: rank 0's write failure (its audio) is broadcast, and
+        every rank then takes rank 0's buffers.
+        """
+        failed: Optional[OSError] = None
+        try:
+            self.validate(0, baseline=True)
+        except OSError as err:
+            failed = err
+        message = self.ctx.broadcast(
+            None if failed is None else _write_failure_message(failed, self.last_saved))
+        if message is not None:
+            raise TrainingError(message) from failed
+        self.ctx.broadcast_tensors(self.buffers)
+
+    def _save_and_stop(self, stopper: _StopRequest) -> NoReturn:
+        """Every rank, when a signal stopped training before ``max_steps``: save this step
+        (unless it is saved already) and raise :class:`TrainingInterrupted`."""
+        if self.last_saved is None or self.last_saved[1] != self.step:
+            self.save(self.step, False, False)
+        raise TrainingInterrupted(
+            f"interrupted at step {self.step}: saved {self.ckpt_dir / 'last.ckpt'}; run the same "
+            "command again to resume", self.ckpt_dir / "last.ckpt", stopper.signal)
+
+    def save(self, step: int, periodic: bool, improved: bool, write: bool = True) -> None:
+        """Every rank: gather the RNG states; rank 0 writes the checkpoints (unless
+        ``write`` is False: validation already failed to write)."""
+        s, ckpt_dir = self.settings, self.ckpt_dir
+        rngs = self.ctx.gather(capture_rng())  # every rank's RNG, for an exact resume
+        if not write:
+            return
+        if not self.ctx.is_main:
+            # Every rank records the save: an interrupted rank that thought nothing was
+            # saved would gather again, alone, after rank 0 had left.
+            self.last_saved = (ckpt_dir / "last.ckpt", step)
+            return
+        payload = {
+            "state_dict": self.model.state_dict(),
+            "global_step": step,
+            "epoch": self.sampler.epoch_of(step),
+            **self.trainer.state_dict(),
+            "callbacks": {"BetaWarmupCallback": {"training_steps": step}},
+            "rng_states": rngs,
+            "loader": {"batches_consumed": step, "batch": s.batch,
+                       "world_size": self.ctx.world_size, "seed": s.seed,
+                       "batches_per_epoch": self.sampler.batches_per_epoch,
+                       "n_signal": s.n_signal},
+            "best_validation": self.result.best_validation,
+        }
+        # best.ckpt first: a failure between the two writes then leaves a last.ckpt that
+        # records an older best, never one whose best.ckpt was not written.
+        if improved:
+            save_checkpoint(ckpt_dir / "best.ckpt", payload)
+            copy_checkpoint(ckpt_dir / "best.ckpt", ckpt_dir / "last.ckpt")
+        else:
+            save_checkpoint(ckpt_dir / "last.ckpt", payload)
+        if periodic:
+            copy_checkpoint(ckpt_dir / "last.ckpt", ckpt_dir / f"epoch_{step}.ckpt")
+        self.last_saved = (ckpt_dir / "last.ckpt", step)
+
+    def validate(self, step: int, baseline: bool = False) -> bool:
+        """Rank 0: validation, latent statistics, audio; True when the distance improved
+        (never for the ``baseline`` validation of the untrained model)."""
+        if not self.ctx.is_main or len(self.valid_loader.dataset) == 0:
+            return False
+        model, result = self.model, self.result
+        distance, z, audio = self.trainer.validate(self.valid_loader, self.settings.seed,
+                                                   self.settings.audio_examples)
+        record = {"step": step, "validation": distance}
+        if z is not None and len(z):
+            mean, pca, fidelity = latent_statistics(z)
+            model.latent_mean.copy_(mean)
+            model.latent_pca.copy_(pca)
+            model.fidelity.copy_(fidelity)
+            record.update(fidelity_dimensions(model.fidelity))
+        result.validations.append(record)
+        self._write_scalars(record, step)
+        if audio is not None:
+            _write_audio(self.settings.run_dir / "version_0" / "audio" / f"step_{step}.wav", audio,
+                         int(model.sr))
+            self.writer.add_audio("audio_val", audio.mean(0).clamp(-1, 1), step,
+                                  sample_rate=int(model.sr))
+        self.writer.flush()
+        if baseline:
+            return False
+        improved = result.best_validation is None or distance < result.best_validation
+        if improved:
+            result.best_validation = distance
+        return improved
+
+    def _close(self) -> None:
+        """Let go of the DDP wrappers, the progress bar and the TensorBoard writer."""
+        self.trainer.drop_ddp_wrappers()
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+    def _finish(self, elapsed: float, steps_done: int) -> TrainResult:
+        """The result of the steps done, the model left in eval mode."""
+        result = self.result
+        result.global_step = self.step
+        result.epoch = self.sampler.epoch_of(self.step)
+        result.history = list(self.history)
+        result.steps_done = steps_done
+        result.steps_per_second = steps_done / elapsed if elapsed > 0 and steps_done else 0.0
+        self.model.eval()
+        return result
+
+
+def _kept(last_saved: Optional[Tuple[Path, int]], what: str = "last good checkpoint") -> str:
+    """What a failed training leaves to resume from."""
+    if last_saved is None:
+        return "no checkpoint was written yet"
+    return f"the {what} is {last_saved[0]} (step {last_saved[1]})"
+
+
+def _divergence_message(err: TrainingError, last_saved: Optional[Tuple[Path, int]]) -> str:
+    return (f"training diverged: {err}.\n{_kept(last_saved)}; re-run to resume from it "
+            "(another --seed changes the data order), or check the dataset for clipped or "
+            "corrupt audio")
+
+
+def _write_failure_message(err: OSError, last_saved: Optional[Tuple[Path, int]]) -> str:
+    """A checkpoint or validation file could not be written (a full disk, a folder made
+    read-only): what failed, and what the user can resume from."""
+    keep = _kept(last_saved, "last checkpoint") + (", intact" if last_saved else "")
+    return (f"cannot write {describe_os_error(err)}\n{keep}; fix that, then run the "
+            "same command again to resume")
+
+
 def _write_audio(path: Path, audio: torch.Tensor, sr: int) -> None:
     """``(channels, time)`` float audio to a WAV file, atomically."""
     import io
@@ -797,4 +926,3 @@ def _write_audio(path: Path, audio: torch.Tensor, sr: int) -> None:
     wav = io.BytesIO()
     sf.write(wav, audio.clamp(-1, 1).t().numpy(), sr, format="WAV", subtype="FLOAT")
     replace_atomically(path, lambda f: f.write(wav.getvalue()))
-
