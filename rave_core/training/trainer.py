@@ -771,12 +771,7 @@ class _TrainingLoop:
             self.save(self.step, periodic, improved, write=failed is None)
         except OSError as err:
             failed = err
-        # Rank 0 alone writes: the other ranks learn of its failure here, and
-        # stop with it, instead of waiting for it at the next collective.
-        message = self.ctx.broadcast(
-            None if failed is None else _write_failure_message(failed, self.last_saved))
-        if message is not None:
-            raise TrainingError(message) from failed
+        self._stop_if_rank_0_failed(failed)
         if at_val:
             # Rank 0's buffers (latent statistics, BatchNorm running stats, which
             # each rank updates from its own batches) everywhere: every rank
@@ -794,11 +789,18 @@ class _TrainingLoop:
             self.validate(0, baseline=True)
         except OSError as err:
             failed = err
+        self._stop_if_rank_0_failed(failed)
+        self.ctx.broadcast_tensors(self.buffers)
+
+    def _stop_if_rank_0_failed(self, failed: Optional[OSError]) -> None:
+        """Every rank: raise rank 0's write failure ``failed`` (None on the other ranks, and
+        where it wrote) as the same :class:`TrainingError`. Rank 0 alone writes: the other
+        ranks learn of its failure here, and stop with it, instead of waiting for it at the
+        next collective."""
         message = self.ctx.broadcast(
             None if failed is None else _write_failure_message(failed, self.last_saved))
         if message is not None:
             raise TrainingError(message) from failed
-        self.ctx.broadcast_tensors(self.buffers)
 
     def _save_and_stop(self, stopper: _StopRequest) -> NoReturn:
         """Every rank, when a signal stopped training before ``max_steps``: save this step
