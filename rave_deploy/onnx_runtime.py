@@ -246,7 +246,8 @@ def generic_checks(report, runners: Dict[str, object], reference, block_sizes: S
                    options) -> None:
     """The shared harness on each method's runner (parity, causality, blocks, latency),
     then real-time factor of ``forward`` on one thread."""
-    from .check.harness import run_forward_timing, run_method_checks
+    from .check.harness import run_method_checks
+    from .check.timing import run_forward_timing
 
     for method, runner in runners.items():
         run_method_checks(report, runner, reference, method, list(block_sizes), options)

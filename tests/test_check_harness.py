@@ -19,11 +19,14 @@ import numpy as np
 import pytest
 import torch
 
-from rave_deploy.check.harness import (Tolerances, best_lag, musical_signal,
-                                       run_forward_timing, run_method_checks)
+from rave_deploy.check.harness import run_method_checks
+from rave_deploy.check.latency import best_lag
 from rave_deploy.check.report import format_table, reports_to_json, write_html_report
 from rave_deploy.check.result import CheckReport
 from rave_deploy.check.runner import EagerReference, Runner
+from rave_deploy.check.signals import musical_signal
+from rave_deploy.check.timing import run_forward_timing
+from rave_deploy.check.tolerances import Tolerances
 from rave_deploy.model import DeployModel
 from rave_deploy.targets import CheckOptions
 from tests.conftest import small_model

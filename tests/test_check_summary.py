@@ -18,6 +18,7 @@ import pytest
 
 import rave_deploy.check.harness as harness
 import rave_deploy.check.near_ties as near_ties
+import rave_deploy.check.plan as plan
 import rave_deploy.check.result as result_module
 from rave_deploy.check import COMMON_SUMMARY, check_artifact
 from rave_deploy.check.harness import run_method_checks
@@ -25,6 +26,7 @@ from rave_deploy.check.report import format_table, reports_to_json, write_html_r
 from rave_deploy.check.result import CheckReport
 from rave_deploy.check.runner import EagerReference
 from rave_deploy.model import DeployModel
+from rave_deploy.nn_tilde_emulation import nn_tilde_latency
 from rave_deploy.targets import CheckOptions
 
 from .conftest import small_model
@@ -167,7 +169,7 @@ def test_latency_names_the_host_that_loads_the_artefact(reports, tmp_path):
            for t, report in reports.items() if t != "onnx"}   # offline: no host block
     nn = lat["nn_tilde"]
     d, ratio = nn.details["structural_samples"], reports["nn_tilde"].summary["ratio"]
-    assert nn.details["nn_tilde_adds"] == {str(n): harness.nn_tilde_latency(n, ratio)
+    assert nn.details["nn_tilde_adds"] == {str(n): nn_tilde_latency(n, ratio)
                                            for n in (512, 2048)}
     assert (f"; in nn~: {d + 2 * 512 - 64} samples threaded at block 512 (" in nn.message
             and f"{d + ratio - 64} unthreaded (buffer argument 0)" in nn.message)
@@ -201,7 +203,7 @@ def test_one_report_holds_the_methods_of_one_reference_and_fills_an_unknown_rate
     """A method checked against a reference of another rate was silently kept under the
     first method's rate (the summary kept the first, the plots' rate took the last); a
     rate the target left unknown (None) stayed unknown although the check ran at one."""
-    from rave_deploy.targets._torchscript import HostReference
+    from rave_deploy.targets._torchscript_reference import HostReference
 
     model = _model()
     reference = EagerReference(model, 0.95)
@@ -224,7 +226,7 @@ def _discrete_checks(monkeypatch, shared: bool):
     methods impulse_span ran for, and how many near-ties were found. ``shared=False``: as
     before, each span measured anew."""
     calls = {"spans": [], "ties": 0}
-    span = harness.impulse_span
+    span = plan.impulse_span
     ties = near_ties.tie_alternatives
 
     def counted_span(reference, method):
@@ -236,12 +238,13 @@ def _discrete_checks(monkeypatch, shared: bool):
         calls["ties"] += len(found)
         return found
 
-    monkeypatch.setattr(harness, "impulse_span", counted_span)
+    monkeypatch.setattr(plan, "impulse_span", counted_span)
     monkeypatch.setattr(near_ties, "tie_alternatives", counted_ties)
     monkeypatch.setattr(near_ties, "TIE_TOLERANCE", 1e-3)
-    if not shared:
-        monkeypatch.setattr(harness, "_span", lambda report, reference, method:
-                            counted_span(reference, method), raising=False)
+    if not shared:   # the plan's and the near-ties' (harness) look-ups alike
+        for module in (plan, harness):
+            monkeypatch.setattr(module, "measured_span", lambda report, reference, method:
+                                counted_span(reference, method))
     model = small_model(["discrete"])
     spread_codebooks(model)
     reference = EagerReference(model, 0.95)

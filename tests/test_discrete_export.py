@@ -166,7 +166,7 @@ def test_check_takes_a_near_tie_either_way(tmp_path, monkeypatch):
     passes, saying so; without that mapping it fails; a pick that is no near-tie (code + 1
     at a frame without one) still fails."""
     from rave_deploy.check import near_ties
-    from rave_deploy.check.harness import impulse_span
+    from rave_deploy.check.plan import impulse_span
     from rave_deploy.check.runner import EagerReference, TorchScriptRunner
 
     run, model = discrete_run(tmp_path)

@@ -23,7 +23,7 @@ from rave_core.run import open_run
 from rave_deploy import onnx_graphs as og
 from rave_deploy import onnx_runtime as ort_host
 from rave_deploy.check import check_artifact
-from rave_deploy.check.harness import impulse_span
+from rave_deploy.check.plan import impulse_span
 from rave_deploy.check.runner import EagerReference
 from rave_deploy.export import export_run
 from rave_deploy.model import DeployModel

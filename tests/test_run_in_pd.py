@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from rave_deploy.check.harness import musical_signal
+from rave_deploy.check.signals import musical_signal
 from rave_deploy.nn_tilde_emulation import NnTildeHost
 
 from .runs import export_quietly, make_run

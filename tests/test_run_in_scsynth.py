@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from rave_deploy.check.harness import musical_signal
+from rave_deploy.check.signals import musical_signal
 
 from .runs import export_quietly, make_run
 

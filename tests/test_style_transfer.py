@@ -3,7 +3,7 @@
 TorchScript files let the host teach a style (acids-rave's attributes ``learn_target``,
 ``learn_source``, ``reset_target``, ``reset_source``); ONNX graphs and the checker's
 reference apply what the checkpoint learned. The layer must compute what AdaIN computes
-(acids-rave 2.3.1's class gave the same bits in a session's oracle run, see the README),
+(acids-rave 2.3.1's class gave the same bits in a session's oracle run, see docs/style-transfer.md),
 and the file what its eager module computes.
 """
 from __future__ import annotations

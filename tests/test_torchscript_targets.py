@@ -25,7 +25,8 @@ import torch.nn as nn
 from rave_core.nn.conv import Delay
 from rave_core.run import open_run
 from rave_deploy.check import check_sidecar_facts
-from rave_deploy.check.harness import impulse_span, musical_signal
+from rave_deploy.check.plan import impulse_span
+from rave_deploy.check.signals import musical_signal
 from rave_deploy.check.runner import EagerReference
 from rave_deploy.export import export_run
 from rave_deploy.sidecar import read_sidecar
@@ -524,7 +525,7 @@ def test_host_sample_rate_and_channels(runs, tmp_path, monkeypatch):
     """--sr twice the model's rate and --channels 2: a streaming resampler and replicated
     decodes; the file equals the offline chain (resampler, model) delayed by the
     reported latency, which includes the resampler's delay."""
-    from rave_deploy.targets._torchscript import HostReference
+    from rave_deploy.targets._torchscript_reference import HostReference
 
     run, model, _ = runs["brave"]
     res = export_run(run, ["nn_tilde"], tmp_path / "hi.ts",
@@ -691,11 +692,11 @@ def test_a_sampling_file_is_checked_for_moving_without_comparing(runs, monkeypat
     float64: the move check then asks only for finite float64 blocks of the right shape,
     and says the outputs were not compared (comparing them would fail a file that moves).
     """
-    from rave_deploy.targets._torchscript import TorchScriptTarget
+    from rave_deploy.targets import _torchscript_contracts
 
     _, model, results = runs["brave"]
     path = results["nn_tilde"].path
-    monkeypatch.setattr(TorchScriptTarget, "_set_deterministic", staticmethod(lambda m: False))
+    monkeypatch.setattr(_torchscript_contracts, "set_deterministic", lambda m: False)
     report = _check("nn_tilde", path, read_sidecar(path), model, 128, False, monkeypatch)
     hit = _result(report, "device.moves_with_module")
     assert hit.passed, hit
@@ -705,12 +706,12 @@ def test_a_sampling_file_is_checked_for_moving_without_comparing(runs, monkeypat
 def test_a_crashing_check_fails_under_its_own_name(runs, monkeypatch):
     """A check that raises is that check failing, named as it is (not as a numbered host
     contract point when it is none)."""
-    from rave_deploy.targets._torchscript import TorchScriptTarget
+    from rave_deploy.targets import _torchscript_contracts
 
-    def crash(self, report, module, ctx):
+    def crash(report, module, ctx):
         raise RuntimeError("boom")
     crash.check_name = "device.moves_with_module"
-    monkeypatch.setattr(TorchScriptTarget, "_check_moves_with_module", crash)
+    monkeypatch.setattr(_torchscript_contracts, "check_moves_with_module", crash)
     _, model, results = runs["brave"]
     path = results["nn_tilde"].path
     report = _check("nn_tilde", path, read_sidecar(path), model, 128, False, monkeypatch)
@@ -926,7 +927,7 @@ def test_v3_with_adain_exports_and_matches_its_eager_model(tmp_path):
     (tests/test_style_transfer.py), and the file matches its eager model.
     (The move check is left out here: this small random model's output is so small that
     its float64 copy differs by more than 1e-5 of the peak; acids-rave's full-size v3
-    checkpoint passed every check, see the README.)"""
+    checkpoint passed every check, see docs/latents.md.)"""
     run = make_run(tmp_path, ("v3",), name="v3", unit_gains=True)
     path = export_quietly(run, ["nn_tilde"], tmp_path / "out")["nn_tilde"]
     from rave_deploy.check import check_artifact

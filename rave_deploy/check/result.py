@@ -157,7 +157,7 @@ class CheckReport:
     reference: Optional[Tuple[int, int]] = field(default=None, repr=False, compare=False)
     #: the reference's receptive field per method, ``{method: (reference, (lookahead,
     #: memory))}``, measured once for the checks of all methods
-    #: (:func:`rave_deploy.check.harness.impulse_span`)
+    #: (:func:`rave_deploy.check.plan.impulse_span`)
     spans: Dict[str, Tuple[Any, Tuple[int, int]]] = field(default_factory=dict, repr=False,
                                                           compare=False)
 

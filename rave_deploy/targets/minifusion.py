@@ -418,8 +418,10 @@ def check_streaming(report: "CheckReport", artifact: Path, model: RAVE,
     alone stays near 1e-13 there); ``precision.forward_float32`` then shows what float32
     arithmetic, as a plugin computes, adds.
     """
-    from ..check.harness import (musical_signal, run_forward_timing, run_method_checks,
-                                 tolerances_of)
+    from ..check.harness import run_method_checks
+    from ..check.signals import musical_signal
+    from ..check.timing import run_forward_timing
+    from ..check.tolerances import tolerances_of
 
     runner64 = MinifusionRunner(artifact, dtype=np.float64)
     runner32 = MinifusionRunner(artifact, dtype=np.float32)

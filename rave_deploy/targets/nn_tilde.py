@@ -1,6 +1,6 @@
 """nn~ (Max/MSP, PureData): the TorchScript file, checked against every shared TorchScript
-host contract (:mod:`rave_deploy.targets._torchscript`), including an emulation of nn~'s
-own buffering (:mod:`rave_deploy.nn_tilde_emulation`).
+host contract (:mod:`rave_deploy.targets._torchscript_contracts`), including an
+emulation of nn~'s own buffering (:mod:`rave_deploy.nn_tilde_emulation`).
 """
 from __future__ import annotations
 

@@ -47,7 +47,7 @@ class OnnxTarget(Target):
 
     def check(self, artifact: Path, sidecar: Dict[str, object], model: RAVE,
               options: CheckOptions):
-        from ..check.harness import musical_signal
+        from ..check.signals import musical_signal
 
         artifact = Path(artifact)
         report, sess = ort_host.open_for_check(self.name, artifact)

@@ -28,8 +28,9 @@ import torch
 from rave_core.models.rave import RAVE
 
 from .base import ExportOptions, HostLatency, register
-from ._torchscript import (METHODS, NOT_COMPARED, TorchScriptTarget, _call, _copy_problems,
-                           _input_for, _named, _params, nn_tilde_adds)
+from ._torchscript import TorchScriptTarget, nn_tilde_adds
+from ._torchscript_calls import (METHODS, NOT_COMPARED, attr, call, copy_problems, input_for,
+                                 named, output_problems, params, reset, set_deterministic)
 
 #: scsynth's default block (``z``), against which the hosts' buffering is counted
 SERVER_BLOCK = 64
@@ -37,8 +38,8 @@ SERVER_BLOCK = 64
 
 def rave_ugens_latency(ratio: int) -> int:
     """Samples the RAVE UGens add at scsynth's block of 64: they run one model block of
-    ``ratio`` samples as soon as it is complete (README, "Latency"; ``run_in_scsynth.py``
-    compares a real scsynth with that)."""
+    ``ratio`` samples as soon as it is complete (targets/supercollider/README.md, "Latency";
+    ``run_in_scsynth.py`` compares a real scsynth with that)."""
     return max(ratio - SERVER_BLOCK, 0)
 
 
@@ -101,7 +102,7 @@ class SuperColliderTarget(TorchScriptTarget):
         return [self._check_sc_buffers, self._check_sc_sr, self._check_sc_one_frame,
                 self._check_sc_prior, self._check_legacy_executor]
 
-    @_named("contract.17_decode_params")
+    @named("contract.17_decode_params")
     def _check_sc_buffers(self, report, module, ctx) -> None:
         buffers = dict(module.named_buffers())
         p = buffers.get("decode_params")
@@ -110,7 +111,7 @@ class SuperColliderTarget(TorchScriptTarget):
             problems.append("no top-level buffer `decode_params` in named_buffers(): the "
                             "UGens fail to load the model")
         else:
-            enc = _params(module, "encode")
+            enc = params(module, "encode")
             if int(p[0]) != enc[2] or int(p[1]) != enc[3]:
                 problems.append(f"decode_params = {[int(v) for v in p]}: [0] must be the latent "
                                 f"size {enc[2]} and [1] the ratio {enc[3]}")
@@ -119,9 +120,9 @@ class SuperColliderTarget(TorchScriptTarget):
                             "(latent size, block size)")
 
 
-    @_named("contract.17_sr")
+    @named("contract.17_sr")
     def _check_sc_sr(self, report, module, ctx) -> None:
-        sr = self._attr(module, "sr")
+        sr = attr(module, "sr")
         expected = int(ctx.sidecar.get("sample_rate") or ctx.model.sr)
         if not isinstance(sr, int) or isinstance(sr, bool):
             ok, msg = False, (f"`sr` is {type(sr).__name__} ({sr!r}), not an int: the UGens "
@@ -134,33 +135,33 @@ class SuperColliderTarget(TorchScriptTarget):
         report.add("contract.17_sr", ok, "host contract 17: " + msg)
 
 
-    @_named("contract.18_one_frame")
+    @named("contract.18_one_frame")
     def _check_sc_one_frame(self, report, module, ctx) -> None:
-        self._set_deterministic(module)
+        set_deterministic(module)
         r = ctx.ratio
-        latent, channels = _params(module, "encode")[2], _params(module, "forward")[2]
+        latent, channels = params(module, "encode")[2], params(module, "forward")[2]
         problems = []
         x = torch.randn(1, 1, r, generator=torch.Generator().manual_seed(0)) * 0.3
         z = torch.randn(1, latent, 1, generator=torch.Generator().manual_seed(1))
         for method, arg, expected in (("forward", x, (1, channels, r)),
                                       ("encode", x, (1, latent, 1)),
                                       ("decode", z, (1, channels, r))):
-            self._reset(module)
+            reset(module)
             try:
-                y = _call(module, method, arg)
+                y = call(module, method, arg)
             except Exception as exc:
                 problems.append(f"{method}{tuple(arg.shape)} fails: {type(exc).__name__}: {exc}")
                 continue
             problems += [f"{method}{tuple(arg.shape)}: {p}"
-                         for p in self._output_problems(y, expected)]
-        self._reset(module)
+                         for p in output_problems(y, expected)]
+        reset(module)
         report.add_contract("contract.18_one_frame", problems,
                             f"forward (1, 1, {r}) -> (1, {channels}, {r}), encode "
                             f"-> (1, {latent}, 1), decode (1, {latent}, 1) -> "
                             f"(1, {channels}, {r}), contiguous")
 
 
-    @_named("contract.19_prior")
+    @named("contract.19_prior")
     def _check_sc_prior(self, report, module, ctx) -> None:
         names = {n for n, _ in module.named_buffers()}
         prior_buffers = sorted(names & {"last_z", "_prior.previous_step"})
@@ -175,20 +176,20 @@ class SuperColliderTarget(TorchScriptTarget):
                              "output silence; use encode/decode or forward")
         report.add("contract.19_prior", ok, "host contract 19: " + msg)
 
-    @_named("executor.legacy")
+    @named("executor.legacy")
     def _check_legacy_executor(self, report, module, ctx) -> None:
         """A fresh copy of the file, loaded and called under the legacy executor as the
         UGens run it (one latent frame per call, several calls so that the executor
         optimises), gives the file's output under the default executor."""
-        comparable = self._set_deterministic(module)
+        comparable = set_deterministic(module)
         calls = 6
-        inputs = {m: _input_for(module, m, ctx.past_latency(calls), seed=5) for m in METHODS}
+        inputs = {m: input_for(module, m, ctx.past_latency(calls), seed=5) for m in METHODS}
 
         def stream(mod, method: str) -> torch.Tensor:
-            self._reset(mod)
+            reset(mod)
             x = inputs[method]
             step = x.shape[-1] // calls
-            return torch.cat([_call(mod, method, x[..., i * step:(i + 1) * step])
+            return torch.cat([call(mod, method, x[..., i * step:(i + 1) * step])
                               for i in range(calls)], -1)
 
         reference = {m: stream(module, m) for m in METHODS}
@@ -197,12 +198,12 @@ class SuperColliderTarget(TorchScriptTarget):
             legacy = torch.jit.load(str(ctx.artifact), map_location="cpu")
             legacy.eval()
             if comparable:
-                self._set_deterministic(legacy)
+                set_deterministic(legacy)
             for m in METHODS:
-                problems += _copy_problems(m, "the legacy executor's copy",
-                                           lambda: stream(legacy, m), reference[m],
-                                           torch.float32, comparable)
-        self._reset(module)
+                problems += copy_problems(m, "the legacy executor's copy",
+                                          lambda: stream(legacy, m), reference[m],
+                                          torch.float32, comparable)
+        reset(module)
         compared = "" if comparable else NOT_COMPARED
         report.add("executor.legacy", not problems,
                    ("streams under libtorch's legacy graph executor, as the RAVE UGens set it "

@@ -19,7 +19,9 @@ import torch
 from rave_core.models.rave import RAVE
 
 from .base import ExportOptions, register
-from ._torchscript import TorchScriptTarget, _call, _named, _params
+from ._torchscript import TorchScriptTarget
+from ._torchscript_calls import (attr, call, named, output_problems, params, reset,
+                                 set_deterministic)
 
 MIN_RATIO, MAX_RATIO = 512, 32768
 
@@ -77,38 +79,38 @@ class VSTTarget(TorchScriptTarget):
         return [self._check_vst_attributes, self._check_vst_ratio, self._check_vst_mono,
                 self._check_vst_stereo, self._check_vst_amortized]
 
-    @_named("contract.13_attributes")
+    @named("contract.13_attributes")
     def _check_vst_attributes(self, report, module, ctx) -> None:
         problems = []
         for name in ("sr", "full_latent_size"):
-            v = self._attr(module, name)
+            v = attr(module, name)
             if not isinstance(v, int) or isinstance(v, bool):
                 problems.append(f"`{name}` is {type(v).__name__} ({v!r}), not an int: the VST "
                                 "calls toInt() on it and crashes")
             elif v <= 0:
                 problems.append(f"`{name}` = {v}")
-        sampling_rate = self._attr(module, "sampling_rate")
+        sampling_rate = attr(module, "sampling_rate")
         if sampling_rate is not None and (not isinstance(sampling_rate, int)
                                           or isinstance(sampling_rate, bool)):
             problems.append(f"top-level `sampling_rate` is {type(sampling_rate).__name__}: the "
                             "VST calls toInt() on it")
         for name in ("encode_params", "decode_params"):
-            if not isinstance(self._attr(module, name), torch.Tensor):
+            if not isinstance(attr(module, name), torch.Tensor):
                 problems.append(f"`{name}` is not a tensor")
-        stereo = self._attr(module, "stereo")
+        stereo = attr(module, "stereo")
         if stereo is not None and not isinstance(stereo, bool):
             problems.append(f"`stereo` is {type(stereo).__name__}, not a bool (toBool())")
-        full = self._attr(module, "full_latent_size")
+        full = attr(module, "full_latent_size")
         expected = int(ctx.sidecar.get("full_latent_size") or ctx.model.latent_size)
         if isinstance(full, int) and full != expected:
             problems.append(f"full_latent_size = {full}, the model's is {expected}")
         report.add_contract("contract.13_attributes", problems,
-                            f"int sr = {self._attr(module, 'sr')}, int "
+                            f"int sr = {attr(module, 'sr')}, int "
                             f"full_latent_size = {full}, bool stereo = {stereo}, "
                             "tensor encode/decode_params")
 
 
-    @_named("contract.14_ratio")
+    @named("contract.14_ratio")
     def _check_vst_ratio(self, report, module, ctx) -> None:
         r = ctx.ratio
         ok = MIN_RATIO <= r <= MAX_RATIO and r & (r - 1) == 0
@@ -119,61 +121,61 @@ class VSTTarget(TorchScriptTarget):
                    value=float(r), threshold=f"power of two in [{MIN_RATIO}, {MAX_RATIO}]")
 
 
-    @_named("contract.15_mono")
+    @named("contract.15_mono")
     def _check_vst_mono(self, report, module, ctx) -> None:
-        c = _params(module, "encode")[0]
+        c = params(module, "encode")[0]
         report.add("contract.15_mono", c == 1,
                    f"host contract 15: encode takes {c} channel(s)"
                    + ("" if c == 1 else ": the RAVE VST sends mono input only"))
 
 
-    @_named("contract.15_stereo_mode")
+    @named("contract.15_stereo_mode")
     def _check_vst_stereo(self, report, module, ctx) -> None:
         problems = []
         if not module._c._has_method("set_stereo_mode"):
             report.add("contract.15_stereo_mode", False,
                        "host contract 15: no set_stereo_mode(Tensor) method")
             return
-        self._set_deterministic(module)
-        full = self._attr(module, "full_latent_size")
+        set_deterministic(module)
+        full = attr(module, "full_latent_size")
         r, latent = ctx.ratio, ctx.latent
         try:
             module.set_stereo_mode(torch.tensor([[True]]))
-            self._reset(module)
-            y = _call(module, "decode", torch.randn(2, int(full), 2))
+            reset(module)
+            y = call(module, "decode", torch.randn(2, int(full), 2))
             if y.dim() != 3 or y.shape[0] != 1 or y.shape[1] < 2 or y.shape[2] != 2 * r:
                 problems.append(f"stereo decode (2, {full}, 2) -> {tuple(y.shape)}, expected "
                                 f"(1, >= 2, {2 * r})")
-            self._reset(module)
-            y = _call(module, "decode", torch.randn(1, latent, 2))
+            reset(module)
+            y = call(module, "decode", torch.randn(1, latent, 2))
             problems += [f"stereo-mode decode (1, {latent}, 2): {p}"
-                         for p in self._output_problems(y, (1, y.shape[1], 2 * r))]
-            self._reset(module)
-            z = _call(module, "encode", torch.randn(1, 1, 2 * r) * 0.3)
+                         for p in output_problems(y, (1, y.shape[1], 2 * r))]
+            reset(module)
+            z = call(module, "encode", torch.randn(1, 1, 2 * r) * 0.3)
             problems += [f"stereo-mode encode (1, 1, {2 * r}): {p}"
-                         for p in self._output_problems(z, (1, latent, 2))]
+                         for p in output_problems(z, (1, latent, 2))]
         except Exception as exc:
             problems.append(f"{type(exc).__name__}: {exc}")
         finally:
             module.set_stereo_mode(torch.tensor([[False]]))
-            self._reset(module)
+            reset(module)
         report.add_contract("contract.15_stereo_mode", problems,
                             "set_stereo_mode(tensor([[True]])): decode of "
                             f"(2, {full}, T) returns (1, 2, T * {r}); mono decode "
                             "and encode still work")
 
 
-    @_named("contract.16_encode_amortized")
+    @named("contract.16_encode_amortized")
     def _check_vst_amortized(self, report, module, ctx) -> None:
         if not module._c._has_method("encode_amortized"):
             report.add("contract.16_encode_amortized", True,
                        "host contract 16: no encode_amortized (the VST calls encode)")
             return
-        self._set_deterministic(module)
+        set_deterministic(module)
         x = torch.randn(1, 1, 2 * ctx.ratio, generator=torch.Generator().manual_seed(0)) * 0.3
         problems = []
-        self._reset(module)
-        out = _call(module, "encode_amortized", x)
+        reset(module)
+        out = call(module, "encode_amortized", x)
         if not (isinstance(out, tuple) and len(out) == 2):
             problems.append(f"returns {type(out).__name__}, not (mean, std)")
         else:
@@ -184,12 +186,12 @@ class VSTTarget(TorchScriptTarget):
             elif not (torch.isfinite(mean).all() and torch.isfinite(std).all()) or (std < 0).any():
                 problems.append("non-finite values or negative std")
             else:
-                self._reset(module)
-                z = _call(module, "encode", x)
+                reset(module)
+                z = call(module, "encode", x)
                 err = float((z - mean).abs().max()) / (float(z.abs().max()) or 1.0)
                 if err > 1e-5:
                     problems.append(f"mean differs from deterministic encode by {err:.2g}")
-        self._reset(module)
+        reset(module)
         report.add_contract("contract.16_encode_amortized", problems,
                             "encode_amortized returns (mean, std) of equal shapes; "
                             "mean is the deterministic encode")

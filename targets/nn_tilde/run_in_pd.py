@@ -265,7 +265,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from rave_deploy.check.harness import musical_signal
+    from rave_deploy.check.signals import musical_signal
     module = torch.jit.load(str(args.model))
     module.eval()
     sidecar = Path(str(args.model) + ".json")
@@ -308,7 +308,7 @@ def main(argv=None) -> int:
     if not hasattr(module, "set_deterministic"):
         print("note: this file has no `deterministic` attribute: it draws noise, so Pd's "
               "output and the emulation's cannot agree exactly", file=sys.stderr)
-    print(f"Pd's log:\n  " + "\n  ".join(log.splitlines()))
+    print("Pd's log:\n  " + "\n  ".join(log.splitlines()))
     extra = "".join(f", {name} {value}" for name, value in settings)
     print(f"{args.model.name} in Pd through nn~ ({args.methods}, N = {args.block}, "
           f"deterministic{extra}):")

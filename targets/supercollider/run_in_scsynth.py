@@ -530,7 +530,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from rave_deploy.check.harness import musical_signal
+    from rave_deploy.check.signals import musical_signal
     module = torch.jit.load(str(args.model))
     module.eval()
     if not hasattr(module, "decode_params") or not hasattr(module, "forward_params"):
