@@ -690,14 +690,15 @@ class _TrainingLoop:
             TrainingInterrupted: a signal stopped training (``last.ckpt`` saved first).
         """
         s = self.settings
-        t0, start_step = time.perf_counter(), self.step
+        start_step = self.step
         stopper = _StopRequest()
         iterator, interrupted = None, False
         try:
             if self.step == 0:
                 self._validate_baseline()
             self.model.train()
-            self._shown = t0 = time.perf_counter()
+            # steps per second count the steps alone, not the baseline validation
+            t0 = self._shown = time.perf_counter()
             with stopper:
                 iterator = iter(loader)
                 while self.step < s.max_steps:
