@@ -249,8 +249,8 @@ def test_ctrl_c_saves_and_exits_130(db, tmp_path, monkeypatch):
 
 
 def test_a_repeated_signal_is_one_request_unless_it_comes_later():
-    from rave_core.training.trainer import _StopRequest
-    with _StopRequest() as stopper:
+    from rave_core.training.loop import StopRequest
+    with StopRequest() as stopper:
         os.kill(os.getpid(), signal.SIGINT)   # the terminal's Ctrl-C
         os.kill(os.getpid(), signal.SIGINT)   # torchrun passing it on: same request
         assert stopper.requested
@@ -406,7 +406,7 @@ def _ddp_failing_write_worker(rank: int, port: int, db: str, out: str) -> None:
     where, the run's config.gin or the step-0 validation's audio example."""
     import errno
 
-    from rave_core.training import trainer
+    from rave_core.training import loop, trainer
     _join_two_ranks(rank, port)
     what = Path(out).name
 
@@ -416,7 +416,7 @@ def _ddp_failing_write_worker(rank: int, port: int, db: str, out: str) -> None:
     if what == "config":
         trainer.write_text_atomically = full
     else:
-        trainer._write_audio = full
+        loop._write_audio = full
     _train_as_rank(rank, db, out, "ddp_start", (OSError, TrainingError), max_steps=2,
                    val_every=100, audio_examples=1)
 

@@ -20,22 +20,21 @@ Multi-process: run under ``torchrun`` (``python -m rave_core.train``); each proc
 trains on its shard of every epoch, gradients are averaged by
 :class:`~torch.nn.parallel.DistributedDataParallel` (NCCL on GPUs, gloo on CPU) and only
 rank 0 validates, logs and writes files.
+
+This module sets a training up (its settings, the model, the datasets, the run folder);
+the steps themselves are :class:`~rave_core.training.loop.TrainingLoop`'s.
 """
 from __future__ import annotations
 
-import collections
 import contextlib
 import difflib
 import inspect
 import random
 import re
-import signal
-import threading
-import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Deque, Dict, List, NoReturn, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import gin
 import numpy as np
@@ -49,11 +48,11 @@ from ..models.encoders import VariationalEncoder
 from ..os_errors import describe_os_error
 from ..run import RunError, find_config
 from ..text import printable
-from .analysis import cropped_length, fidelity_dimensions, latent_statistics, receptive_field
-from .checkpoint import (capture_rng, copy_checkpoint, replace_atomically, restore_rng,
-                         save_checkpoint, write_text_atomically)
+from .analysis import cropped_length, receptive_field
+from .checkpoint import restore_rng, write_text_atomically
 from .distributed import DistContext
 from .errors import TrainingArgumentError, TrainingError, TrainingInterrupted
+from .loop import TrainingLoop, TrainResult
 from .resume import ResumeSource, ResumeState, check_channels, read_resume_checkpoint
 from .run_lock import RunLock
 from .sampler import ResumableSampler
@@ -64,28 +63,6 @@ __all__ = ["TrainingError", "TrainingArgumentError", "TrainingInterrupted", "Tra
            "RAVETrainer", "train"]
 
 CHECKPOINT_DIR = Path("version_0") / "checkpoints"
-PROGRESS_KEYS = {"fullband_spectral_distance": "fb", "multiband_spectral_distance": "mb",
-                 "regularization": "reg", "loss_dis": "dis", "adversarial": "adv"}
-
-
-@dataclass
-class TrainResult:
-    """What :func:`train` did.
-
-    ``history``: the values logged at each of the last steps (dicts with ``step``);
-    ``validations``: one dict per validation (``step``, ``validation``, fidelity levels).
-    """
-
-    run_dir: Path
-    global_step: int
-    epoch: int
-    model: nn.Module
-    history: List[Dict[str, float]] = field(default_factory=list)
-    validations: List[Dict[str, float]] = field(default_factory=list)
-    best_validation: Optional[float] = None
-    resumed_from: Optional[Path] = None
-    steps_done: int = 0  # by this call (a resumed run may have had nothing left to do)
-    steps_per_second: float = 0.0
 
 
 # ============================================================================ config
@@ -260,7 +237,7 @@ def _check_arguments(name: str, max_steps: int, batch: int, n_signal: int, val_e
 
 
 @dataclass(frozen=True)
-class _RunSettings:
+class RunSettings:
     """:func:`train`'s arguments as one training process uses them: checked, converted,
     and ``device`` this process's own (``cuda:<local rank>`` under torchrun)."""
 
@@ -303,7 +280,7 @@ def _train_on_device(configs, db_path, name, out_path, max_steps, batch, n_signa
             dev = torch.device("cuda", ctx.local_rank)
     try:
         with RunLock(Path(out_path) / name) as lock:
-            run = _RunSettings(
+            run = RunSettings(
                 configs=configs, db_path=Path(db_path), name=name, out_path=Path(out_path),
                 max_steps=int(max_steps), batch=int(batch), n_signal=int(n_signal),
                 val_every=int(val_every), save_every=int(save_every), device=dev,
@@ -316,7 +293,7 @@ def _train_on_device(configs, db_path, name, out_path, max_steps, batch, n_signa
 
 
 # ============================================================================ _train's steps
-def _train(ctx: DistContext, lock: RunLock, run: _RunSettings) -> TrainResult:
+def _train(ctx: DistContext, lock: RunLock, run: RunSettings) -> TrainResult:
     """One training process, from its arguments to its result; every rank runs all of it.
 
     Whatever can refuse the training (config, dataset, checkpoint) is checked before
@@ -357,8 +334,8 @@ def _train(ctx: DistContext, lock: RunLock, run: _RunSettings) -> TrainResult:
     # ---- run directory (written by rank 0 only)
     writer = _claim_run_dir(ctx, lock, run, built, source, resumed.start_step)
 
-    loop = _TrainingLoop(ctx, run, model, trainer, sampler, valid_loader, writer, resumed,
-                         source.path)
+    loop = TrainingLoop(ctx, run, model, trainer, sampler, valid_loader, writer, resumed,
+                        source.path)
     return loop.run(loader)
 
 
@@ -372,7 +349,7 @@ class _RunModel:
     stored: Optional[str]   # the run's config.gin as this training found it (None: none yet)
 
 
-def _build_run_model(run: _RunSettings, meta: Dict[str, Any], source: ResumeSource) -> _RunModel:
+def _build_run_model(run: RunSettings, meta: Dict[str, Any], source: ResumeSource) -> _RunModel:
     """Build the model from the configs and overrides (or, with no config given, from the
     config of the run resumed), check it against the run and the dataset, and move it to
     this process's device.
@@ -411,7 +388,7 @@ def _resumed_config_text(configs: Sequence[str], resume_path: Optional[Path]) ->
         raise TrainingError(str(err)) from None
 
 
-def _check_config_change(run: _RunSettings, source: ResumeSource, stored: Optional[str],
+def _check_config_change(run: RunSettings, source: ResumeSource, stored: Optional[str],
                          operative: str) -> None:
     """A run resumed by its name keeps its config: another ``--config`` is refused; an
     ``--override`` alone is taken, with a warning that config.gin is updated."""
@@ -440,7 +417,7 @@ def _check_signal_multiple(model: nn.Module, n_signal: int) -> None:
                                     f"{examples}")
 
 
-def _datasets(run: _RunSettings, model: nn.Module,
+def _datasets(run: RunSettings, model: nn.Module,
               ctx: DistContext) -> Tuple[AudioDataset, AudioDataset]:
     """The training and validation windows of the dataset (rank 0 warns when no window
     is held out for validation)."""
@@ -520,7 +497,7 @@ def _signal_shortfall(model: nn.Module, n_signal: int) -> Optional[str]:
     return None
 
 
-def _data_loaders(run: _RunSettings, train_set: AudioDataset, valid_set: AudioDataset,
+def _data_loaders(run: RunSettings, train_set: AudioDataset, valid_set: AudioDataset,
                   ctx: DistContext, start_step: int
                   ) -> Tuple[ResumableSampler, DataLoader, DataLoader]:
     """This process's share of the training windows, from batch ``start_step`` on (the
@@ -534,7 +511,7 @@ def _data_loaders(run: _RunSettings, train_set: AudioDataset, valid_set: AudioDa
     return sampler, loader, valid_loader
 
 
-def _claim_run_dir(ctx: DistContext, lock: RunLock, run: _RunSettings, built: _RunModel,
+def _claim_run_dir(ctx: DistContext, lock: RunLock, run: RunSettings, built: _RunModel,
                    source: ResumeSource, start_step: int):
     """Rank 0 locks the run, refuses it if another training of it saved a checkpoint
     while this one was starting, and opens it (:func:`_open_run_dir`); returns rank 0's
@@ -575,7 +552,7 @@ def _claim_run_dir(ctx: DistContext, lock: RunLock, run: _RunSettings, built: _R
     return writer
 
 
-def _open_run_dir(run: _RunSettings, built: _RunModel, start_step: int):
+def _open_run_dir(run: RunSettings, built: _RunModel, start_step: int):
     """Rank 0, once the run is claimed: create the checkpoint folder, write config.gin
     (atomically, when it changed) and return the TensorBoard writer (a new run logs its
     config there)."""
@@ -610,322 +587,3 @@ def _tensorboard_writer(log_dir: Path):
         return _NoTensorBoard()
     from torch.utils.tensorboard import SummaryWriter
     return SummaryWriter(log_dir=str(log_dir))
-
-
-# ============================================================================ the loop
-class _StopRequest:
-    """SIGINT / SIGTERM ask training to stop after the current step (and save); a second
-    signal stops at once. One within a second of the first is the same request: torchrun
-    passes the terminal's Ctrl-C on to workers that received it already."""
-
-    #: seconds within which a repeated signal counts as the first one
-    REPEAT_WINDOW = 1.0
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.signal = int(signal.SIGINT)  # the first signal received
-        self._first = 0.0
-        self._previous: Dict[int, Any] = {}
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            if time.monotonic() - self._first > self.REPEAT_WINDOW:
-                raise KeyboardInterrupt
-            return
-        self.requested = True
-        self.signal = int(signum)
-        self._first = time.monotonic()
-
-    def __enter__(self) -> "_StopRequest":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-class _TrainingLoop:
-    """The steps of one training process, from the start step to ``max_steps``.
-
-    Holds what a run keeps while it trains: the checkpoint last saved (what a failure
-    leaves to resume from), rank 0's TensorBoard writer and progress bar, the logged
-    history and the :class:`TrainResult`. Every rank runs it in step with the others:
-    rank 0 alone validates and writes, and the other ranks learn of its failures at the
-    collectives that follow.
-    """
-
-    def __init__(self, ctx: DistContext, settings: _RunSettings, model: nn.Module,
-                 trainer: RAVETrainer, sampler: ResumableSampler, valid_loader: DataLoader,
-                 writer, resumed: ResumeState, resume_path: Optional[Path]) -> None:
-        self.ctx, self.settings, self.model, self.trainer = ctx, settings, model, trainer
-        self.sampler, self.valid_loader, self.writer = sampler, valid_loader, writer
-        self.ckpt_dir = settings.ckpt_dir
-        self.step = resumed.start_step
-        self.result = TrainResult(run_dir=settings.run_dir, global_step=self.step,
-                                  epoch=sampler.epoch_of(self.step), model=model,
-                                  best_validation=resumed.best_validation,
-                                  resumed_from=resume_path)
-        self.history: Deque[Dict[str, float]] = collections.deque(maxlen=settings.keep_history)
-        self.last_saved: Optional[Tuple[Path, int]] = ((resume_path, self.step) if resume_path
-                                                       else None)
-        self.bar = None
-        if ctx.is_main and settings.progress:
-            from tqdm import tqdm
-            self.bar = tqdm(total=settings.max_steps, initial=self.step, unit="step",
-                            desc=settings.name, dynamic_ncols=True)
-        # what rank 0 broadcasts after a validation: the buffers a checkpoint holds
-        persistent = model.state_dict(keep_vars=True)
-        self.buffers = [b for name, b in model.named_buffers() if name in persistent]
-        self._shown = 0.0   # when the progress bar's losses were last updated
-
-    def run(self, loader: DataLoader) -> TrainResult:
-        """Every rank: train up to ``max_steps`` (a new run validated first) and return the
-        result.
-
-        Raises:
-            TrainingError: a step diverged, or rank 0 failed to write (on every rank).
-            TrainingInterrupted: a signal stopped training (``last.ckpt`` saved first).
-        """
-        s = self.settings
-        start_step = self.step
-        stopper = _StopRequest()
-        iterator, interrupted = None, False
-        try:
-            if self.step == 0:
-                self._validate_baseline()
-            self.model.train()
-            # steps per second count the steps alone, not the baseline validation
-            t0 = self._shown = time.perf_counter()
-            with stopper:
-                iterator = iter(loader)
-                while self.step < s.max_steps:
-                    try:
-                        x = next(iterator)
-                    except RuntimeError:
-                        if stopper.requested:  # a signal took the data workers down
-                            interrupted = True
-                            break
-                        raise
-                    x = x.to(s.device, non_blocking=True)
-                    stop = self._train_step(x, stopper.requested)
-                    at_val = self.step % s.val_every == 0 or self.step == s.max_steps
-                    periodic = self.step % s.save_every == 0
-                    if at_val or periodic or stop:
-                        self._validate_and_save(at_val, periodic)
-                    if stop:
-                        interrupted = True
-                        break
-                if interrupted and self.step < s.max_steps:
-                    self._save_and_stop(stopper)
-        finally:
-            del iterator   # its data workers end now
-            self._close()
-        return self._finish(time.perf_counter() - t0, self.step - start_step)
-
-    def _train_step(self, x: torch.Tensor, stop_requested: bool) -> bool:
-        """One optimisation step on batch ``x``, logged; True when any rank asked to stop."""
-        try:
-            logs, stop = self.trainer.step(x, self.step, stop_requested)
-        except TrainingError as err:
-            raise TrainingError(_divergence_message(err, self.last_saved)) from None
-        self.step += 1
-        logs["step"] = self.step
-        self.history.append(logs)
-        self._log(logs)
-        return stop
-
-    def _log(self, logs: Dict[str, float]) -> None:
-        """Rank 0: TensorBoard every ``log_every`` steps, and the progress bar."""
-        step = self.step
-        if self.writer is not None and step % self.settings.log_every == 0:
-            self._write_scalars(logs, step)
-        if self.bar is not None:
-            self.bar.update(1)
-            # every 10 steps, or every 2 s when steps are slow (a full-size v3 on CPU)
-            if (step % 10 == 0 or step == self.settings.max_steps
-                    or time.perf_counter() - self._shown > 2):
-                self.bar.set_postfix({short: f"{logs[k]:.3g}" for k, short in PROGRESS_KEYS.items()
-                                      if k in logs}, refresh=False)
-                self._shown = time.perf_counter()
-
-    def _write_scalars(self, values: Dict[str, float], step: int) -> None:
-        for k, v in values.items():
-            if k != "step":
-                self.writer.add_scalar(k, v, step)
-
-    def _validate_and_save(self, at_val: bool, periodic: bool) -> None:
-        """Validate (at ``at_val``) and save this step.
-
-        Every rank must call this: :meth:`save` gathers, and rank 0's write failure is
-        broadcast, so that every rank raises the same :class:`TrainingError`. After a
-        validation every rank takes rank 0's buffers.
-        """
-        failed: Optional[OSError] = None
-        try:
-            improved = self.validate(self.step) if at_val else False
-        except OSError as err:  # its audio; the ranks still gather in save()
-            failed, improved = err, False
-        try:
-            self.save(self.step, periodic, improved, write=failed is None)
-        except OSError as err:
-            failed = err
-        self._stop_if_rank_0_failed(failed)
-        if at_val:
-            # Rank 0's buffers (latent statistics, BatchNorm running stats, which
-            # each rank updates from its own batches) everywhere: every rank
-            # then holds the model that was saved.
-            self.ctx.broadcast_tensors(self.buffers)
-
-    def _validate_baseline(self) -> None:
-        """Validate the model training starts from (Lightning's sanity check), step 0.
-
-        Every rank must call this: rank 0's write failure (its audio) is broadcast, and
-        every rank then takes rank 0's buffers.
-        """
-        failed: Optional[OSError] = None
-        try:
-            self.validate(0, baseline=True)
-        except OSError as err:
-            failed = err
-        self._stop_if_rank_0_failed(failed)
-        self.ctx.broadcast_tensors(self.buffers)
-
-    def _stop_if_rank_0_failed(self, failed: Optional[OSError]) -> None:
-        """Every rank: raise rank 0's write failure ``failed`` (None on the other ranks, and
-        where it wrote) as the same :class:`TrainingError`. Rank 0 alone writes: the other
-        ranks learn of its failure here, and stop with it, instead of waiting for it at the
-        next collective."""
-        message = self.ctx.broadcast(
-            None if failed is None else _write_failure_message(failed, self.last_saved))
-        if message is not None:
-            raise TrainingError(message) from failed
-
-    def _save_and_stop(self, stopper: _StopRequest) -> NoReturn:
-        """Every rank, when a signal stopped training before ``max_steps``: save this step
-        (unless it is saved already) and raise :class:`TrainingInterrupted`."""
-        if self.last_saved is None or self.last_saved[1] != self.step:
-            self.save(self.step, False, False)
-        raise TrainingInterrupted(
-            f"interrupted at step {self.step}: saved {self.ckpt_dir / 'last.ckpt'}; run the same "
-            "command again to resume", self.ckpt_dir / "last.ckpt", stopper.signal)
-
-    def save(self, step: int, periodic: bool, improved: bool, write: bool = True) -> None:
-        """Every rank: gather the RNG states; rank 0 writes the checkpoints (unless
-        ``write`` is False: validation already failed to write)."""
-        s, ckpt_dir = self.settings, self.ckpt_dir
-        rngs = self.ctx.gather(capture_rng())  # every rank's RNG, for an exact resume
-        if not write:
-            return
-        if not self.ctx.is_main:
-            # Every rank records the save: an interrupted rank that thought nothing was
-            # saved would gather again, alone, after rank 0 had left.
-            self.last_saved = (ckpt_dir / "last.ckpt", step)
-            return
-        payload = {
-            "state_dict": self.model.state_dict(),
-            "global_step": step,
-            "epoch": self.sampler.epoch_of(step),
-            **self.trainer.state_dict(),
-            "callbacks": {"BetaWarmupCallback": {"training_steps": step}},
-            "rng_states": rngs,
-            "loader": {"batches_consumed": step, "batch": s.batch,
-                       "world_size": self.ctx.world_size, "seed": s.seed,
-                       "batches_per_epoch": self.sampler.batches_per_epoch,
-                       "n_signal": s.n_signal},
-            "best_validation": self.result.best_validation,
-        }
-        # best.ckpt first: a failure between the two writes then leaves a last.ckpt that
-        # records an older best, never one whose best.ckpt was not written.
-        if improved:
-            save_checkpoint(ckpt_dir / "best.ckpt", payload)
-            copy_checkpoint(ckpt_dir / "best.ckpt", ckpt_dir / "last.ckpt")
-        else:
-            save_checkpoint(ckpt_dir / "last.ckpt", payload)
-        if periodic:
-            copy_checkpoint(ckpt_dir / "last.ckpt", ckpt_dir / f"epoch_{step}.ckpt")
-        self.last_saved = (ckpt_dir / "last.ckpt", step)
-
-    def validate(self, step: int, baseline: bool = False) -> bool:
-        """Rank 0: validation, latent statistics, audio; True when the distance improved
-        (never for the ``baseline`` validation of the untrained model)."""
-        if not self.ctx.is_main or len(self.valid_loader.dataset) == 0:
-            return False
-        model, result = self.model, self.result
-        distance, z, audio = self.trainer.validate(self.valid_loader, self.settings.seed,
-                                                   self.settings.audio_examples)
-        record = {"step": step, "validation": distance}
-        if z is not None and len(z):
-            mean, pca, fidelity = latent_statistics(z)
-            model.latent_mean.copy_(mean)
-            model.latent_pca.copy_(pca)
-            model.fidelity.copy_(fidelity)
-            record.update(fidelity_dimensions(model.fidelity))
-        result.validations.append(record)
-        self._write_scalars(record, step)
-        if audio is not None:
-            _write_audio(self.settings.run_dir / "version_0" / "audio" / f"step_{step}.wav", audio,
-                         int(model.sr))
-            self.writer.add_audio("audio_val", audio.mean(0).clamp(-1, 1), step,
-                                  sample_rate=int(model.sr))
-        self.writer.flush()
-        if baseline:
-            return False
-        improved = result.best_validation is None or distance < result.best_validation
-        if improved:
-            result.best_validation = distance
-        return improved
-
-    def _close(self) -> None:
-        """Let go of the DDP wrappers, the progress bar and the TensorBoard writer."""
-        self.trainer.drop_ddp_wrappers()
-        if self.bar is not None:
-            self.bar.close()
-        if self.writer is not None:
-            self.writer.close()
-
-    def _finish(self, elapsed: float, steps_done: int) -> TrainResult:
-        """The result of the steps done, the model left in eval mode."""
-        result = self.result
-        result.global_step = self.step
-        result.epoch = self.sampler.epoch_of(self.step)
-        result.history = list(self.history)
-        result.steps_done = steps_done
-        result.steps_per_second = steps_done / elapsed if elapsed > 0 and steps_done else 0.0
-        self.model.eval()
-        return result
-
-
-def _kept(last_saved: Optional[Tuple[Path, int]], what: str = "last good checkpoint") -> str:
-    """What a failed training leaves to resume from."""
-    if last_saved is None:
-        return "no checkpoint was written yet"
-    return f"the {what} is {last_saved[0]} (step {last_saved[1]})"
-
-
-def _divergence_message(err: TrainingError, last_saved: Optional[Tuple[Path, int]]) -> str:
-    return (f"training diverged: {err}.\n{_kept(last_saved)}; re-run to resume from it "
-            "(another --seed changes the data order), or check the dataset for clipped or "
-            "corrupt audio")
-
-
-def _write_failure_message(err: OSError, last_saved: Optional[Tuple[Path, int]]) -> str:
-    """A checkpoint or validation file could not be written (a full disk, a folder made
-    read-only): what failed, and what the user can resume from."""
-    keep = _kept(last_saved, "last checkpoint") + (", intact" if last_saved else "")
-    return (f"cannot write {describe_os_error(err)}\n{keep}; fix that, then run the "
-            "same command again to resume")
-
-
-def _write_audio(path: Path, audio: torch.Tensor, sr: int) -> None:
-    """``(channels, time)`` float audio to a WAV file, atomically."""
-    import io
-
-    import soundfile as sf
-    # encoded in memory (seconds of audio): libsndfile reports a full disk as "System
-    # error.", Python's own write names the error and the file
-    wav = io.BytesIO()
-    sf.write(wav, audio.clamp(-1, 1).t().numpy(), sr, format="WAV", subtype="FLOAT")
-    replace_atomically(path, lambda f: f.write(wav.getvalue()))
