@@ -30,6 +30,26 @@ def _say(step: str, text: str) -> None:
     print(f"\n==> [{step}] {text}", flush=True)
 
 
+def training_time(steps: int) -> str:
+    """How long ``steps`` BRAVE steps take on 2 CPU cores, in words."""
+    minutes = round(steps / 1.5 / 60)
+    return "under a minute" if minutes < 1 else f"about {minutes} minute{'s' * (minutes != 1)}"
+
+
+def trained_summary(result) -> str:
+    """One line on a training that ran steps: its steps, speed and best distance."""
+    best = ("no validation" if result.best_validation is None
+            else f"best validation distance {result.best_validation:.4g}")
+    return f"  {result.global_step} steps, {result.steps_per_second:.2f} steps/s, {best}"
+
+
+def quickstart_warnings():
+    """Warnings of the library as `rave-core` prints them (one ``Warning: ...`` line, not
+    Python's source line), naming this script's flags."""
+    from rave_core.cli import warnings_as_messages
+    return warnings_as_messages(flags={"--max_steps": "--steps"})
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("out/quickstart"),
@@ -43,7 +63,11 @@ def main(argv=None) -> int:
     parser.add_argument("--override", action="append", default=[],
                         help="gin override, e.g. 'CAPACITY = 8' (repeatable; tests shrink the model)")
     args = parser.parse_args(argv)
+    with quickstart_warnings():
+        return _pipeline(args)
 
+
+def _pipeline(args) -> int:
     from synth_dataset import synthesize
 
     from rave_core.data import preprocess
@@ -66,15 +90,14 @@ def main(argv=None) -> int:
     print(report)
 
     _say("3/5", f"training {args.config} for {args.steps} steps on CPU "
-                f"(about {args.steps / 1.5 / 60:.0f} minutes on 2 cores)")
+                f"({training_time(args.steps)} on 2 cores)")
     result = train([args.config], db_path=str(out / "dataset"), name=args.config,
                     out_path=str(out / "runs"), max_steps=args.steps, batch=4, n_signal=32768,
                     val_every=max(args.steps // 3, 1), save_every=max(args.steps // 3, 1),
                     device="cpu", workers=0, overrides=args.override)
     run_dir = result.run_dir
     if result.steps_done:
-        print(f"  {result.global_step} steps, {result.steps_per_second:.2f} steps/s, "
-              f"best validation distance {result.best_validation}")
+        print(trained_summary(result))
     else:  # resumed a run that had already reached the step count
         print(f"  already trained: {run_dir} is at step {result.global_step} (resumed, "
               f"nothing left to train; delete {out} to start over)")

@@ -29,14 +29,15 @@ import threading
 import traceback
 import warnings
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import click
 
 from rave_core.launch import INTERRUPTED, interrupts_end_at_once
 
-from .config_names import CONFIG_DIR, available_configs
-from .dataset_limits import MAX_CHANNELS, MAX_SAMPLING_RATE, MIN_CHANNELS, MIN_SAMPLING_RATE
+from .config_names import available_configs, config_description
+from .dataset_limits import (DEFAULT_N_SIGNAL, MAX_CHANNELS, MAX_SAMPLING_RATE, MIN_CHANNELS,
+                             MIN_SAMPLING_RATE, not_a_dataset)
 from .os_errors import describe_os_error
 from .text import printable
 
@@ -59,8 +60,9 @@ def importing():
     return interrupts_end_at_once(f"{_rank_prefix()}{INTERRUPTED}")
 
 
-DEFAULTS = dict(out_path="runs", max_steps=6_000_000, batch=8, n_signal=131072, val_every=10_000,
-                save_every=500_000, log_every=50, device="auto", workers=min(8, os.cpu_count() or 1), seed=0)
+DEFAULTS = dict(out_path="runs", max_steps=6_000_000, batch=8, n_signal=DEFAULT_N_SIGNAL,
+                val_every=10_000, save_every=500_000, log_every=50, device="auto",
+                workers=min(8, os.cpu_count() or 1), seed=0)
 
 
 class _Settings:
@@ -93,18 +95,26 @@ def sigterm_as_interrupt():
 
 
 @contextlib.contextmanager
-def warnings_as_messages():
+def warnings_as_messages(flags: Optional[Dict[str, str]] = None):
     """While inside, a warning raised by our own code prints as one ``Warning: ...`` line
     (per rank), not as Python's ``file:line: UserWarning: ...`` with a source line;
-    warnings from libraries keep Python's format, which says where they come from."""
+    warnings from libraries keep Python's format, which says where they come from.
+
+    ``flags``: for a program calling ours with other flags, ``{our flag: its flag}``
+    (``{"--max_steps": "--steps"}``): our warnings then name its flags."""
     previous = warnings.showwarning
     root = Path(__file__).resolve().parents[1]
     ours = tuple(str(root / package) for package in ("rave_core", "rave_deploy"))
+    renamed = re.compile("|".join(rf"(?<![\w-]){re.escape(f)}(?![\w-])" for f in flags)) \
+        if flags else None
 
     def show(message, category, filename, lineno, file=None, line=None):
         if not str(Path(filename).resolve()).startswith(ours):
             return previous(message, category, filename, lineno, file, line)
-        click.echo(f"{_rank_prefix()}Warning: {printable(str(message))}", err=True)
+        text = str(message)
+        if renamed is not None:
+            text = renamed.sub(lambda m: flags[m.group(0)], text)
+        click.echo(f"{_rank_prefix()}Warning: {printable(text)}", err=True)
 
     warnings.showwarning = show
     try:
@@ -380,10 +390,13 @@ def _train_options(fn):
 def _run_training(settings: _Settings, configs, db_path, name, out_path, max_steps, batch,
                   n_signal, val_every, save_every, log_every, device, workers, ckpt, overrides,
                   seed, progress) -> None:
-    if not Path(db_path).is_dir():
+    if not Path(db_path).exists():
         _usage(f"--db_path {db_path}: no such dataset folder; create it with "
                "`rave-core preprocess --input_path AUDIO_DIR --output_path "
                f"{db_path}`")
+    why_not = not_a_dataset(db_path)   # a folder of audio, an empty folder, a file...
+    if why_not is not None:
+        _usage(f"--db_path {db_path} is not a dataset: {why_not}")
     if ckpt is not None and not Path(ckpt).is_file():
         _usage(f"--ckpt {ckpt}: no such checkpoint file")
     _check_output_location("--out_path", out_path)
@@ -477,12 +490,7 @@ def _as_arguments(kwargs: dict) -> List[str]:
 def configs() -> None:
     """List the shipped configs (use with --config)."""
     for name in available_configs():
-        description = ""
-        for line in (CONFIG_DIR / f"{name}.gin").read_text().splitlines():
-            if line.startswith("#"):
-                description = line.lstrip("# ").strip()
-                break
-        click.echo(f"{name:<14} {description}")
+        click.echo(f"{name:<14} {config_description(name)}")
 
 
 # ============================================================================ torchrun entry

@@ -222,6 +222,44 @@ def _explain_gin_error(err: Exception, origins: Sequence[Tuple[str, int]]) -> Co
     return ConfigError(f"invalid gin config{where}: {msg}")
 
 
+#: gin's words for a value it cannot read (``ast.literal_eval``'s, with the repr of a
+#: syntax-tree node, for a bare name or a call)
+_NOT_A_VALUE = re.compile(r"malformed node or string|Unable to parse value")
+_VALUES = ("a number, a 'quoted string', a [list], True, False, None, @configurable "
+           "or %MACRO")
+
+
+def _not_a_value(err: Exception, origins: Sequence[Tuple[str, int]], override: Optional[str],
+                 earlier: str) -> Optional[ConfigError]:
+    """For a value gin cannot read, an error saying what a value may be, with an example
+    (for an ``override``: its key's value in the config text ``earlier``, when there is
+    one on one line); None for other errors."""
+    if not _NOT_A_VALUE.search(str(err)):
+        return None
+    if override is None:
+        line, _ = _line_and_message(err)
+        return ConfigError(f"invalid gin config{_where(line, origins)}: a value is not a "
+                           f"Python literal nor a gin reference ({_VALUES}); a string "
+                           "needs quotes")
+    key, value = (part.strip() for part in override.split("=", 1))
+    bound = re.findall(rf"^[ \t]*{re.escape(key)}[ \t]*=[ \t]*(\S.*?)[ \t]*$", earlier, re.M)
+    current = bound[-1] if bound else None
+    constant = difflib.get_close_matches(value.capitalize(), ("True", "False", "None"), 1, 0.75)
+    if re.fullmatch(r"[A-Za-z_]\w*", value) and constant:   # false, Fals
+        example, why = f"{key}={constant[0]}", ""
+    elif re.fullmatch(r"[A-Za-z_]\w*", value):
+        example, why = f"{key}='{value}'", " (a string needs quotes)"
+    elif current is not None and len(current) <= 60 and all(
+            current.count(a) == current.count(b) for a, b in ("[]", "()", "{}")):
+        example, why = f"{key}={current}", " (its current value)"
+    else:
+        example, why = f"{key}=32", ""
+    quote = '"' if "'" in example else "'"
+    return ConfigError(f"--override {override!r}: its value {value or '(none)'} is not a "
+                       f"Python literal nor a gin reference ({_VALUES}); e.g. --override "
+                       f"{quote}{example}{quote}{why}")
+
+
 def parse_config(configs: Sequence[str] = (), overrides: Sequence[str] = (),
                  text: Optional[str] = None) -> str:
     """Clear gin and bind ``configs`` (names or paths, composed in order), ``text``
@@ -234,10 +272,12 @@ def parse_config(configs: Sequence[str] = (), overrides: Sequence[str] = (),
     # an error names the file and line the user wrote (later bindings override earlier
     # ones, and macros resolve when used, as in one text)
     parts: List[Tuple[str, List[Tuple[str, int]]]] = []
+    given: List[Optional[str]] = []   # per part: the --override it is, None for a config
 
-    def add(part: str, origins: List[Tuple[str, int]]) -> None:
+    def add(part: str, origins: List[Tuple[str, int]], override: Optional[str] = None) -> None:
         try:
             parts.append((translate_acids_config(part), origins))
+            given.append(override)
         except ConfigError as err:
             if err.line is None or not 1 <= err.line <= len(origins):
                 raise
@@ -253,14 +293,16 @@ def parse_config(configs: Sequence[str] = (), overrides: Sequence[str] = (),
     for o in overrides:
         if "=" not in o:
             raise ConfigError(f"override {o!r} is not of the form 'KEY = VALUE'")
-        add(o.strip(), [(f"--override {o.strip()!r}", 0)])
+        add(o.strip(), [(f"--override {o.strip()!r}", 0)], o.strip())
     gin.clear_config()
-    for part, origins in parts:
+    for i, (part, origins) in enumerate(parts):
         try:
             gin.parse_config(part)
         except Exception as err:  # gin raises ValueError, KeyError, SyntaxError...
             gin.clear_config()
-            raise _explain_gin_error(err, origins) from None
+            earlier = "\n".join(text for text, _ in parts[:i])
+            raise (_not_a_value(err, origins, given[i], earlier)
+                   or _explain_gin_error(err, origins)) from None
     return "\n".join(part for part, _ in parts)
 
 

@@ -24,16 +24,12 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from .config import ConfigError, build_model, read_text_file
+from .file_kinds import PICKLE_OPCODE, ZIP_SIGNATURE, is_torchscript_archive
 from .text import listed
 
 # Keys of the training-only modules: not needed (nor built) to run the model.
 TRAINING_ONLY_PREFIXES = ("discriminator.", "audio_distance.", "multiband_audio_distance.")
 CHECKPOINT_PREFERENCE = ("best.ckpt", "last.ckpt")
-#: First bytes of a zip archive (its first local file header): what ``torch.save``
-#: (torch >= 1.6) and ``torch.jit.save`` write.
-ZIP_SIGNATURE = b"PK\x03\x04"
-
-
 class RunError(ValueError):
     """A run directory or checkpoint that cannot be loaded; the message says what to do."""
 
@@ -111,17 +107,29 @@ def _read_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _damaged(path: Path, detail: str) -> RunError:
-    detail = detail.split(". ")[0].rstrip(".")   # torch's advice after its first sentence
+def _another_checkpoint(path: Path) -> str:
+    """What to do instead of reading the damaged checkpoint ``path``: the other
+    checkpoints beside it, by name, where there are some."""
     others = sorted(q.name for q in Path(path).parent.glob("*.ckpt")
                     if q.name != Path(path).name)
     if others:
         shown = ", ".join(others[:3]) + (f" or {len(others) - 3} more" if len(others) > 3 else "")
-        instead = f"use another checkpoint of the run: {shown} beside it (give its path)"
-    else:
-        instead = "use another checkpoint of the run, or train it again"
+        return f"use another checkpoint of the run: {shown} beside it (give its path)"
+    return "use another checkpoint of the run, or train it again"
+
+
+def _damaged(path: Path, detail: str) -> RunError:
+    detail = detail.split(". ")[0].rstrip(".")   # torch's advice after its first sentence
     return RunError(f"cannot read checkpoint {path}: the file is truncated or corrupted "
-                    f"({detail}); {instead}")
+                    f"({detail}); {_another_checkpoint(path)}")
+
+
+def _empty(path: Path) -> RunError:
+    """A checkpoint of 0 bytes (an interrupted copy or save, a full disk): said as such,
+    not as a parse error."""
+    return RunError(f"cannot read checkpoint {path}: the file is empty (0 bytes), as an "
+                    f"interrupted copy or save leaves it; copy it again, or "
+                    f"{_another_checkpoint(path)}")
 
 
 def _unreadable(path: Path, err: OSError) -> RunError:
@@ -173,7 +181,12 @@ def read_checkpoint_file(path: Path) -> Tuple[Dict[str, object], str]:
     once (hashed, its CRCs checked and loaded from that copy in memory), so the digest
     names what was loaded even if the file changes on disk meanwhile."""
     data, digest = _read_bytes(path)
+    if not data:
+        raise _empty(path)
     _check_crc(path, data)
+    if is_torchscript_archive(io.BytesIO(data)):   # torch.load would warn, then refuse it
+        raise exported_file_error(Path(path), "TorchScript",
+                                  advice="give a checkpoint of the run it came from")
     try:
         ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -208,6 +221,17 @@ def _read_bytes(path: Path) -> Tuple[bytes, str]:
     return data, digest
 
 
+def exported_file_error(path: Path, kind: str, origin: Optional[str] = None,
+                        advice: str = "export from the run it came from") -> RunError:
+    """``path``, given where a run or checkpoint is read, is an export (``kind``:
+    ``"TorchScript"``, ``"ONNX"``, a folder export's target...): ``advice``, and where its
+    run is (``origin``: what its sidecar names, which :mod:`rave_deploy` reads)."""
+    origin = origin or "a run directory holding config.gin, or one of its .ckpt files"
+    what, instead = ("folder", "run directory") if path.is_dir() else ("file", "checkpoint")
+    return RunError(f"{path} is an exported {what} ({kind}), not a training {instead}: "
+                    f"{advice} ({origin})")
+
+
 def _looks_like_checkpoint(path: Path) -> bool:
     """A zip archive (torch >= 1.6) or a pickle (older torch) by its first bytes."""
     try:
@@ -215,7 +239,7 @@ def _looks_like_checkpoint(path: Path) -> bool:
             head = f.read(4)
     except OSError:
         return True  # let the loader report it
-    return head.startswith(ZIP_SIGNATURE) or head[:1] == b"\x80"
+    return head.startswith(ZIP_SIGNATURE) or head[:1] == PICKLE_OPCODE
 
 
 def extract_state_dict(ckpt: Dict[str, object], ema: bool = False) -> Tuple[Dict[str, torch.Tensor], bool]:
@@ -286,11 +310,24 @@ def locate_run(path) -> RunFiles:
     path = Path(path)
     if not path.exists():
         raise RunError(f"{path} does not exist: give a run directory (with config.gin) or a .ckpt file")
+    if path.is_file() and is_torchscript_archive(path):   # an export given back
+        raise exported_file_error(path, "TorchScript")
+    if path.is_file() and _is_empty(path):
+        raise _empty(path)
     if path.is_file() and not _looks_like_checkpoint(path):
         raise RunError(f"{path} is not a checkpoint (nor a run directory): RUN must be a run "
                        "directory (the folder holding config.gin) or a checkpoint file (.ckpt)")
     checkpoint = path if path.is_file() else find_checkpoint(path)
+    if checkpoint is not path and _is_empty(checkpoint):
+        raise _empty(checkpoint)
     return RunFiles(checkpoint=checkpoint, config=find_config(path))
+
+
+def _is_empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return False   # the loader says what stops it
 
 
 def open_run(path, streaming: bool = False, ema: bool = False,

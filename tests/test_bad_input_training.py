@@ -149,7 +149,7 @@ def test_preprocess_skips_files_with_non_finite_samples(tmp_path):
         x[1000] = value
         sf.write(str(wav / name), x, 44100, subtype="FLOAT")
     out = run_cli(core_cli, ["preprocess", "--input_path", wav, "--output_path",
-                             tmp_path / "db", "--no-progress"], 0, ["1 files"])
+                             tmp_path / "db", "--no-progress"], 0, ["1 file, "])
     for name in ("inf.wav", "nan.wav"):
         assert f"skipped {wav / name}: non-finite samples" in out, out
     audio = np.fromfile(tmp_path / "db" / "audio.bin", dtype="<f4")

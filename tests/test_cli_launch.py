@@ -119,6 +119,8 @@ def test_an_interrupt_while_a_command_imports_torch_says_one_line(command, signu
     "Aborted!" (exit 1): the launcher's line and exit code. Nothing was written."""
     script, args = COMMANDS[command]
     (tmp_path / "run").mkdir()
+    if command == "train":   # a dataset's file: an empty folder is refused before torch
+        (tmp_path / "run" / "metadata.yaml").write_text("")
     result = _interrupt_while_importing(script, args, ["torch", "numpy"], signum, tmp_path)
     _says_nothing_was_done(result, code)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["importing", "run"]

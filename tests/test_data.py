@@ -198,7 +198,7 @@ def test_no_audio_and_all_skipped_are_clear_errors(tmp_path):
         preprocess([str(tmp_path / "text")], str(tmp_path / "db"), progress=False)
     (tmp_path / "bad").mkdir()
     sf.write(tmp_path / "bad" / "quiet.wav", np.zeros(1000, np.float32), SR)
-    with pytest.raises(DataError, match=r"all 1 audio files were skipped .*quiet.wav: silent"):
+    with pytest.raises(DataError, match=r"the only audio file was skipped .*quiet.wav: silent"):
         preprocess([str(tmp_path / "bad")], str(tmp_path / "db"), progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "text"]
 

@@ -10,6 +10,7 @@ import torch
 import yaml
 from torch.utils.data import Dataset
 
+from ..dataset_limits import not_a_dataset
 from . import DataError, DataInputError
 from .preprocess import AUDIO_FILE, FORMAT, INDEX_FILE, METADATA_FILE
 
@@ -20,6 +21,9 @@ _FIX = "re-run `rave-core preprocess` to rebuild it"
 def load_metadata(db_path: str | Path) -> dict:
     """Read and check ``metadata.yaml`` of a dataset folder written by ``preprocess``."""
     db = Path(db_path)
+    why_not = not_a_dataset(db)   # a folder of audio, an empty folder, a file...
+    if why_not is not None:
+        raise DataInputError(f"{db} is not a dataset: {why_not}")
     if not db.is_dir():
         raise DataError(f"dataset not found: {db}; run `rave-core preprocess` to create it")
     meta_path = db / METADATA_FILE

@@ -24,27 +24,16 @@ import soxr
 import yaml
 from tqdm import tqdm
 
-# bounds of --channels, --sampling_rate (a module of their own: the CLI reads them)
-from ..dataset_limits import (MAX_CHANNELS, MAX_SAMPLING_RATE, MIN_CHANNELS,
-                              MIN_SAMPLING_RATE)
+# bounds of --channels, --sampling_rate, the dataset's file names, the audio extensions
+# and the default training window (a module of their own: the CLI reads them)
+from ..dataset_limits import (AUDIO_EXTENSIONS, AUDIO_FILE, DEFAULT_N_SIGNAL, INDEX_FILE,
+                              MAC_FOLDER_FILE, MAC_METADATA_PREFIX, MAX_CHANNELS,
+                              MAX_SAMPLING_RATE, METADATA_FILE, MIN_CHANNELS,
+                              MIN_SAMPLING_RATE, SKIPPED_FILE)
 from ..folder_lock import pid_alive
 from ..text import listed, printable
 from . import DataError, DataInputError
 
-#: What a folder walk takes for audio: the usual extensions of the formats libsndfile
-#: decodes (``soundfile.available_formats()``), spelled out so the list stays predictable.
-AUDIO_EXTENSIONS = frozenset({
-    ".wav", ".wave", ".rf64", ".w64",           # WAV and its 64-bit variants
-    ".aiff", ".aif", ".aifc", ".caf",           # Apple
-    ".flac", ".ogg", ".oga", ".opus", ".mp3",   # compressed
-})
-#: macOS metadata written beside audio on foreign disks (AppleDouble ``._name.wav``,
-#: Finder's ``.DS_Store``): never audio, so a walk passes over them without a word.
-_MAC_METADATA_PREFIX, _MAC_FOLDER_FILE = "._", ".DS_Store"
-AUDIO_FILE = "audio.bin"
-INDEX_FILE = "index.json"
-SKIPPED_FILE = "skipped.txt"
-METADATA_FILE = "metadata.yaml"
 FORMAT = "float32"
 LAYOUT = "(time, channels) interleaved, little-endian float32"
 
@@ -75,14 +64,52 @@ class PreprocessReport:
     def n_seconds(self) -> float:
         return self.n_frames / self.sr
 
+    @property
+    def too_short(self) -> str | None:
+        """A note when the dataset is shorter than one training window of the default
+        ``--n_signal`` (training would refuse it), else None."""
+        return short_dataset_note(self.n_frames, self.sr)
+
     def __str__(self) -> str:
+        n_files = len(self.kept)
         lines = [
-            f"{len(self.kept)} files, {self.n_seconds:.1f} s of audio "
+            f"{n_files} file{'s' * (n_files != 1)}, {self.n_seconds:.1f} s of audio "
             f"({self.channels} ch, {self.sr} Hz) -> {self.output_path}"
         ]
+        if self.too_short:
+            lines.append(f"warning {self.output_path}: {self.too_short}")
         lines += [f"warning {path}: {note}" for path, note in self.warnings]
         lines += [f"skipped {path}: {reason}" for path, reason in self.skipped]
         return "\n".join(printable(line) for line in lines)
+
+
+#: The shortest window :func:`short_dataset_note` suggests: a power of two that the BRAVE
+#: and v1 configs take (their ratios divide it, their STFTs need 18432 samples or fewer);
+#: the v2 family needs 37376 (v2_small) to 71680 (v2, v3).
+_SHORTEST_SUGGESTED_WINDOW = 32768
+
+
+def short_dataset_note(n_frames: int, sr: int) -> str | None:
+    """Why a dataset of ``n_frames`` frames at ``sr`` Hz cannot train with the default
+    ``--n_signal`` (it is shorter than one window), and the ``--n_signal`` and ``--batch``
+    it could train with (two windows or more: one for training, one for validation);
+    None when it is long enough."""
+    if n_frames >= DEFAULT_N_SIGNAL:
+        return None
+    have = f"{n_frames} sample{'s' * (n_frames != 1)} ({n_frames / sr:.2f} s)"
+    need = (f"(--n_signal, {DEFAULT_N_SIGNAL} samples by default: {DEFAULT_N_SIGNAL / sr:.2f} s "
+            f"at {sr} Hz), which `rave-core train` needs at least")
+    window = _SHORTEST_SUGGESTED_WINDOW
+    if n_frames >= 2 * window:   # (then fewer than 4 windows: DEFAULT_N_SIGNAL is 4 of them)
+        batch = min(8, n_frames // window - 1)
+        fix = (f"train with --n_signal {window} --batch {batch} (a config that takes windows "
+               "that short: brave and v1 do, v2 configs need longer ones), or add audio")
+    else:
+        least = 2 * _SHORTEST_SUGGESTED_WINDOW
+        fix = (f"add audio: {least / sr:.1f} s or more trains brave or v1 with --n_signal "
+               f"{_SHORTEST_SUGGESTED_WINDOW} --batch 1, {9 * DEFAULT_N_SIGNAL / sr:.0f} s or "
+               "more any config with the defaults")
+    return f"{have} of audio, less than one training window {need}; {fix}"
 
 
 @dataclass
@@ -198,7 +225,7 @@ def _walk_audio(root: Path, search: AudioSearch) -> Iterator[Path]:
         dirnames[:] = [d for d in sorted(dirnames) if _first_visit(Path(dirpath) / d, visited)]
         for name in sorted(filenames):
             extension = Path(name).suffix.lower()
-            if name.startswith(_MAC_METADATA_PREFIX) or name == _MAC_FOLDER_FILE:
+            if name.startswith(MAC_METADATA_PREFIX) or name == MAC_FOLDER_FILE:
                 continue
             if extension in AUDIO_EXTENSIONS:
                 yield Path(dirpath) / name
@@ -320,10 +347,9 @@ def _build(search: AudioSearch, out_dir: Path, channels: int, sr: int, progress:
     _write_skipped(out_dir / SKIPPED_FILE, report.skipped)
     if not report.kept:
         first_path, first_reason = report.skipped[len(search.unreadable)]
-        raise DataError(
-            f"all {len(files)} audio files were skipped (e.g. {first_path}: {first_reason}); "
-            "fix or replace the input audio"
-        )
+        which = ("the only audio file was skipped (" if len(files) == 1 else
+                 f"all {len(files)} audio files were skipped (e.g. ")
+        raise DataError(f"{which}{first_path}: {first_reason}); fix or replace the input audio")
     with open(out_dir / INDEX_FILE, "w") as f:
         json.dump({"layout": LAYOUT, "files": index}, f, indent=1)
     metadata = {

@@ -15,6 +15,7 @@ runs use, minus ``pytorch-lightning_version``:
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from pathlib import Path
@@ -77,13 +78,30 @@ def replace_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as err:
-        tmp.unlink(missing_ok=True)
+        # (a read-only folder refuses even to remove a file that is not there: EROFS)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         cause = os_error_in(err)
-        if cause is not None and (cause is not err or cause.filename is None):
-            # A failed write names no file, and torch.save's zip writer reports one (a full
-            # disk) as "unexpected pos": the file-system error, with the file being written.
+        if cause is None:
+            raise
+        # The file the user knows is ``path``, not the temporary file an open, write, fsync
+        # or rename names (or a failed write, which names none); another file (the source
+        # of a copy) keeps its name. torch.save's zip writer reports a failed write (a full
+        # disk) as "unexpected pos": the file-system error in its chain is raised instead.
+        named = cause.filename
+        if named is None or _same_file_name(named, tmp):
             raise OSError(cause.errno, cause.strerror, str(path)) from err
+        if cause is not err:
+            raise OSError(cause.errno, cause.strerror, named) from err
         raise
+
+
+def _same_file_name(name: object, path: Path) -> bool:
+    """Whether an error's ``filename`` (text, bytes or a path) names ``path``."""
+    try:
+        return Path(os.fsdecode(name)) == path  # type: ignore[arg-type]
+    except TypeError:  # a file descriptor
+        return False
 
 
 def save_checkpoint(path: Path, checkpoint: Dict[str, Any]) -> None:

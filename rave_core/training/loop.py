@@ -25,6 +25,7 @@ from .errors import TrainingError, TrainingInterrupted
 from .resume import ResumeState
 from .sampler import ResumableSampler
 from .step import RAVETrainer
+from .tensorboard_log import TensorBoardLog, quiet_writer_threads
 
 if TYPE_CHECKING:
     from .trainer import RunSettings
@@ -103,7 +104,10 @@ class TrainingLoop:
                  trainer: RAVETrainer, sampler: ResumableSampler, valid_loader: DataLoader,
                  writer, resumed: ResumeState, resume_path: Optional[Path]) -> None:
         self.ctx, self.settings, self.model, self.trainer = ctx, settings, model, trainer
-        self.sampler, self.valid_loader, self.writer = sampler, valid_loader, writer
+        self.sampler, self.valid_loader = sampler, valid_loader
+        # TensorBoard is on the side: a write failure there warns, and training goes on
+        self.writer = (writer if writer is None or isinstance(writer, TensorBoardLog)
+                       else TensorBoardLog(writer))
         self.ckpt_dir = settings.ckpt_dir
         self.step = resumed.start_step
         self.result = TrainResult(run_dir=settings.run_dir, global_step=self.step,
@@ -135,37 +139,38 @@ class TrainingLoop:
         start_step = self.step
         stopper = StopRequest()
         iterator, interrupted = None, False
-        try:
-            if self.step == 0:
-                self._validate_baseline()
-            self.model.train()
-            # steps per second count the steps alone, not the baseline validation
-            t0 = self._shown = time.perf_counter()
-            with stopper:
-                iterator = iter(loader)
-                while self.step < s.max_steps:
-                    try:
-                        x = next(iterator)
-                    except RuntimeError:
-                        if stopper.requested:  # a signal took the data workers down
+        with quiet_writer_threads():  # through _close, which writes what is pending
+            try:
+                if self.step == 0:
+                    self._validate_baseline()
+                self.model.train()
+                # steps per second count the steps alone, not the baseline validation
+                t0 = self._shown = time.perf_counter()
+                with stopper:
+                    iterator = iter(loader)
+                    while self.step < s.max_steps:
+                        try:
+                            x = next(iterator)
+                        except RuntimeError:
+                            if stopper.requested:  # a signal took the data workers down
+                                interrupted = True
+                                break
+                            raise
+                        x = x.to(s.device, non_blocking=True)
+                        stop = self._train_step(x, stopper.requested)
+                        at_val = self.step % s.val_every == 0 or self.step == s.max_steps
+                        periodic = self.step % s.save_every == 0
+                        if at_val or periodic or stop:
+                            self._validate_and_save(at_val, periodic,
+                                                    stopping=stop and self.step < s.max_steps)
+                        if stop:
                             interrupted = True
                             break
-                        raise
-                    x = x.to(s.device, non_blocking=True)
-                    stop = self._train_step(x, stopper.requested)
-                    at_val = self.step % s.val_every == 0 or self.step == s.max_steps
-                    periodic = self.step % s.save_every == 0
-                    if at_val or periodic or stop:
-                        self._validate_and_save(at_val, periodic,
-                                                stopping=stop and self.step < s.max_steps)
-                    if stop:
-                        interrupted = True
-                        break
-                if interrupted and self.step < s.max_steps:
-                    self._save_and_stop(stopper)
-        finally:
-            del iterator   # its data workers end now
-            self._close()
+                    if interrupted and self.step < s.max_steps:
+                        self._save_and_stop(stopper)
+            finally:
+                del iterator   # its data workers end now
+                self._close()
         return self._finish(time.perf_counter() - t0, self.step - start_step)
 
     def _train_step(self, x: torch.Tensor, stop_requested: bool) -> bool:

@@ -43,7 +43,8 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from ..config import ConfigError, parse_config, read_text_file
-from ..data import AudioDataset, DataError, load_metadata
+from ..data import AudioDataset, DataInputError, load_metadata
+from ..dataset_limits import DEFAULT_N_SIGNAL
 from ..models.encoders import VariationalEncoder
 from ..os_errors import describe_os_error
 from ..run import RunError, find_config
@@ -58,6 +59,7 @@ from .run_lock import RunLock
 from .sampler import ResumableSampler
 from .schedule import BetaWarmup
 from .step import RAVETrainer
+from .tensorboard_log import open_tensorboard_log
 
 __all__ = ["TrainingError", "TrainingArgumentError", "TrainingInterrupted", "TrainResult",
            "RAVETrainer", "train"]
@@ -144,16 +146,52 @@ def _build(configs: Sequence[str], overrides: Sequence[str], text: Optional[str]
     return model, beta, gin.operative_config_str()
 
 
+_BINDING_START = re.compile(r"^([A-Za-z_][\w./%-]*)\s*=\s*(.*)$")
+
+
+def _bindings(text: str) -> Dict[str, str]:
+    """A gin text's bindings, ``{key: value}`` in their order (a value spread over several
+    lines joined into one, its spacing normalised; comments and imports left out)."""
+    found: Dict[str, List[str]] = {}
+    key = None
+    for line in text.splitlines():
+        code = line.split("#", 1)[0].rstrip() if not line.lstrip().startswith("#") else ""
+        start = _BINDING_START.match(code)
+        if start and not code[0].isspace():
+            key = start.group(1)
+            found[key] = [start.group(2)]
+        elif code.strip() and key is not None and code[0].isspace():
+            found[key].append(code.strip())   # a value continued on the next lines
+        elif code.strip():
+            key = None                        # an import or include line
+    return {k: " ".join(" ".join(v).split()) for k, v in found.items()}
+
+
 def _first_difference(a: str, b: str) -> str:
-    for la, lb in zip(a.splitlines(), b.splitlines()):
-        if la != lb:
-            return f"{la.strip()!r} vs {lb.strip()!r}"
-    return "different length"
+    """The first binding that differs between gin texts ``a`` and ``b``, shown as
+    ``'KEY = value-in-a' vs 'KEY = value-in-b'``: one bound to another value, else one
+    bound in a single text (``vs no binding of KEY``)."""
+    old, new = _bindings(a), _bindings(b)
+
+    def shown(key: str, value: str) -> str:
+        text = f"{key} = {value}"
+        return repr(text if len(text) <= 80 else text[:77] + "...")
+
+    for key, value in old.items():
+        if key in new and new[key] != value:
+            return f"{shown(key, value)} vs {shown(key, new[key])}"
+    for key, value in old.items():
+        if key not in new:
+            return f"{shown(key, value)} vs no binding of {key}"
+    for key, value in new.items():
+        if key not in old:
+            return f"no binding of {key} vs {shown(key, value)}"
+    return "the same bindings, written differently"
 
 
 # ============================================================================ train()
 def train(configs: Sequence[str], db_path, name: str, out_path="runs", max_steps: int = 6_000_000,
-          batch: int = 8, n_signal: int = 131072, val_every: int = 10_000,
+          batch: int = 8, n_signal: int = DEFAULT_N_SIGNAL, val_every: int = 10_000,
           save_every: int = 500_000, device: str = "auto", workers: int = 8,
           ckpt=None, overrides: Sequence[str] = (), seed: int = 0, progress: bool = True, *,
           valid_fraction: float = 0.02, log_every: int = 50, audio_examples: int = 4,
@@ -186,7 +224,8 @@ def train(configs: Sequence[str], db_path, name: str, out_path="runs", max_steps
         keep_history: steps of logged values kept in the result.
 
     Raises:
-        ConfigError: unknown config or override. DataError: missing or too short dataset.
+        ConfigError: unknown config or override. DataError: missing or too short dataset
+        (DataInputError: not a dataset, damaged, or at another sampling rate than the config).
         TrainingArgumentError: unusable argument, or a checkpoint that does not fit the
         config. TrainingError: diverged (non-finite loss; the last good checkpoint is kept).
         TrainingInterrupted: Ctrl-C / SIGTERM (``last.ckpt`` saved first).
@@ -367,9 +406,10 @@ def _build_run_model(run: RunSettings, meta: Dict[str, Any], source: ResumeSourc
     _check_signal_multiple(model, run.n_signal)
     _check_config_change(run, source, stored, operative)
     if int(model.sr) != int(meta["sr"]):
-        raise DataError(f"dataset {run.db_path} is at {meta['sr']} Hz but the config at "
-                        f"{model.sr} Hz; re-run `rave-core preprocess --sampling_rate {model.sr}`, "
-                        f"or --override 'SAMPLING_RATE={meta['sr']}'")
+        # the inputs disagree: a usage error (exit 2), as a channel count that differs
+        raise DataInputError(f"dataset {run.db_path} is at {meta['sr']} Hz but the config at "
+                             f"{model.sr} Hz; re-run `rave-core preprocess --sampling_rate "
+                             f"{model.sr}`, or --override 'SAMPLING_RATE={meta['sr']}'")
     model.to(run.device)
     return _RunModel(model, beta, operative, stored)
 
@@ -391,7 +431,8 @@ def _resumed_config_text(configs: Sequence[str], resume_path: Optional[Path]) ->
 def _check_config_change(run: RunSettings, source: ResumeSource, stored: Optional[str],
                          operative: str) -> None:
     """A run resumed by its name keeps its config: another ``--config`` is refused; an
-    ``--override`` alone is taken, with a warning that config.gin is updated."""
+    ``--override`` alone is taken (:func:`_open_run_dir` says so, once it wrote config.gin:
+    the checkpoint may yet not fit the model it builds)."""
     if not (source.by_name and stored is not None and operative != stored):
         return
     if run.configs:
@@ -399,10 +440,6 @@ def _check_config_change(run: RunSettings, source: ResumeSource, stored: Optiona
             f"run {run.run_dir} exists and was trained with another config "
             f"({_first_difference(stored, operative)}); leave out --config"
             f"{' and --override' if run.overrides else ''} to resume it, or choose a new --name")
-    if run.overrides:
-        warnings.warn(f"resuming {run.run_dir} with "
-                      f"{' '.join('--override ' + o for o in run.overrides)}: "
-                      f"its config.gin is updated ({_first_difference(stored, operative)})")
 
 
 def _check_signal_multiple(model: nn.Module, n_signal: int) -> None:
@@ -411,7 +448,14 @@ def _check_signal_multiple(model: nn.Module, n_signal: int) -> None:
     ratio = int(model.ratio)
     if n_signal % ratio:
         lower = n_signal // ratio * ratio
-        examples = " or ".join(str(v) for v in (lower, lower + ratio) if v > 0)
+        # the values suggested must pass the length check too (_check_signal_length)
+        if model.valid_signal_crop:   # (then the length check needs the receptive field)
+            _measure_receptive_field(model)
+        passing = [v for v in (lower, lower + ratio)
+                   if v > 0 and _signal_shortfall(model, v) is None]
+        examples = (" or ".join(str(v) for v in passing) if passing else
+                    f"{_shortest_signal(model, lower + ratio)} or more (the shortest window "
+                    "this config takes)")
         raise TrainingArgumentError(f"--n_signal must be a multiple of {ratio} (the model's "
                                     f"samples per latent frame), got {n_signal}: use e.g. "
                                     f"{examples}")
@@ -468,12 +512,20 @@ def _check_signal_length(model: nn.Module, n_signal: int) -> None:
     short = _signal_shortfall(model, n_signal)
     if short is None:
         return
-    ratio, shortest = int(model.ratio), n_signal
-    while _signal_shortfall(model, shortest) is not None and shortest < 1 << 26:
-        shortest += ratio - shortest % ratio   # the next multiple of the ratio
     raise TrainingArgumentError(
         f"--n_signal {n_signal} is too short for this config: {short}; use --n_signal "
-        f"{shortest} or more (a multiple of {ratio}), or override rave.core.MultiScaleSTFT.scales")
+        f"{_shortest_signal(model, n_signal)} or more (a multiple of {int(model.ratio)}), or "
+        "override rave.core.MultiScaleSTFT.scales")
+
+
+def _shortest_signal(model: nn.Module, n_signal: int) -> int:
+    """The shortest window from ``n_signal`` on that the spectral distances take: a
+    multiple of the model's ratio (the receptive field measured already)."""
+    ratio, shortest = int(model.ratio), n_signal
+    while (shortest % ratio or _signal_shortfall(model, shortest) is not None) \
+            and shortest < 1 << 26:
+        shortest += ratio - shortest % ratio   # the next multiple of the ratio
+    return shortest
 
 
 def _signal_shortfall(model: nn.Module, n_signal: int) -> Optional[str]:
@@ -535,7 +587,7 @@ def _claim_run_dir(ctx: DistContext, lock: RunLock, run: RunSettings, built: _Ru
                 raise TrainingArgumentError(
                     f"run {run.run_dir} changed while this training was starting (another "
                     "training of it saved a checkpoint): run the command again to resume from it")
-            writer = _open_run_dir(run, built, start_step)
+            writer = _open_run_dir(run, built, source, start_step)
         except TrainingArgumentError as err:
             refused = err
         except OSError as err:  # a read-only or full disk
@@ -552,13 +604,18 @@ def _claim_run_dir(ctx: DistContext, lock: RunLock, run: RunSettings, built: _Ru
     return writer
 
 
-def _open_run_dir(run: RunSettings, built: _RunModel, start_step: int):
+def _open_run_dir(run: RunSettings, built: _RunModel, source: ResumeSource, start_step: int):
     """Rank 0, once the run is claimed: create the checkpoint folder, write config.gin
-    (atomically, when it changed) and return the TensorBoard writer (a new run logs its
-    config there)."""
+    (atomically, when it changed; a run resumed by its name with an ``--override`` then
+    says so) and return the TensorBoard writer (a new run logs its config there)."""
     run.ckpt_dir.mkdir(parents=True, exist_ok=True)
     if built.stored != built.operative:
         write_text_atomically(run.run_dir / "config.gin", built.operative)
+        if source.by_name and built.stored is not None and run.overrides:
+            change = _first_difference(built.stored, built.operative)
+            warnings.warn(f"resuming {run.run_dir} with "
+                          f"{' '.join('--override ' + o for o in run.overrides)}: its "
+                          f"config.gin is updated ({change})")
     writer = _tensorboard_writer(run.run_dir / "version_0")
     if start_step == 0:
         writer.add_text("config", "```\n" + built.operative + "\n```")
@@ -585,5 +642,5 @@ def _tensorboard_writer(log_dir: Path):
                       "examples are written as usual); train in a folder with a UTF-8 name to "
                       "have them")
         return _NoTensorBoard()
-    from torch.utils.tensorboard import SummaryWriter
-    return SummaryWriter(log_dir=str(log_dir))
+    # a folder TensorBoard cannot write (read-only, a full disk): a warning, and no logs
+    return open_tensorboard_log(log_dir)
