@@ -149,8 +149,8 @@ def _json_usage_error(command: Optional[str], message: str) -> None:
 @click.version_option(package_name="rave-deploy")
 @click.pass_context
 def main(ctx: click.Context, debug: bool) -> None:
-    """Export RAVE / BRAVE models to nn~, SuperCollider, the RAVE VST, Minifusion and
-    ONNX hosts, and check every export against the eager model."""
+    """Export RAVE / BRAVE models to nn~, SuperCollider, the RAVE VST, Minifusion, anira
+    and ONNX hosts, and check every export against the eager model."""
     ctx.obj = _Context()
     ctx.obj.debug = debug
     # `kill PID` cleans up like Ctrl-C (a temporary file is never left behind).
@@ -194,11 +194,11 @@ def _check_name(name: str) -> None:
 @click.option("--ema_weights", is_flag=True, help="Export the EMA weights of the checkpoint.")
 @click.option("--name", default=None, help="Base name of the files (default: the run's folder name).")
 @click.option("--block-size", "block_size", type=click.IntRange(1, MAX_BLOCK), default=None,
-              help="Host block size in samples. Fixed-block targets (anira) take exactly "
-                   "this block (default: the ratio); TorchScript targets (nn_tilde, "
-                   "supercollider, vst) lay their weights out to run fastest at it "
-                   "(default: 2048 at the model's rate, or the ratio if larger) and still run "
-                   "at any block.")
+              help="Host block size in samples. anira takes exactly this block (default: "
+                   "the ratio), and the onnx_streaming graph is fixed to it (default: any "
+                   "multiple of the ratio); TorchScript targets (nn_tilde, supercollider, "
+                   "vst) lay their weights out to run fastest at it (default: 2048 at the "
+                   "model's rate, or the ratio if larger) and still run at any block.")
 @click.option("--engine", type=click.Choice(["onnx", "executorch"]), default="onnx",
               show_default=True, help="Runtime of the anira graphs.")
 @click.option("--cpu-kernels", "cpu_kernels", type=click.Choice(list(CPU_KERNELS)),
@@ -268,7 +268,11 @@ def export(obj: _Context, run: Path, targets, output: Path, streaming: bool, fid
               help="Run the artefact was exported from (default: the checkpoint named in its "
                    "sidecar).")
 @click.option("--block-size", "block_sizes", multiple=True, type=click.IntRange(1, MAX_BLOCK),
-              help="Host block size to test (repeat; default: 64 or the ratio, up to 4096).")
+              help="Host block size to test (repeat); one the artefact cannot take is a "
+                   "failed check. Default: powers of two from 64 or the ratio up to 4096 "
+                   "(TorchScript files; Minifusion from 128 to 2048); the ratio and 4x it "
+                   "(onnx_streaming; a graph fixed at N: N, 2N, 4N, 8N); N and 4N (anira, N "
+                   "its block). The offline onnx graph runs in one call.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("--report", "report_arg", type=click.Path(), default=None,
               help="Write a self-contained HTML report (plots, audio players) to this file "
@@ -320,8 +324,11 @@ def check(obj: _Context, artifacts, run: Optional[str], block_sizes, as_json: bo
                 progress.done(reports[-1])
     except KeyboardInterrupt as err:
         _show_finished(obj, reports, as_json)   # their checks took minutes
-        before = (f"the results above are of the {len(reports)} artefact(s) checked before it"
-                  if reports else "no artefact was checked before it")
+        # (with --json the results are in the JSON object on stdout, nothing above them)
+        before = ("no artefact was checked before it" if not reports else
+                  f"the results of the {len(reports)} artefact(s) checked before it are in "
+                  "the JSON on stdout" if as_json else
+                  f"the results above are of the {len(reports)} artefact(s) checked before it")
         _interrupted(obj, err, f"Interrupted while checking {artifact}: {before}")
     # the results first: a report that cannot be written (a full disk) must not hide them
     _show_finished(obj, reports, as_json)

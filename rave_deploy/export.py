@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence
 
 from rave_core.os_errors import os_error_in
-from rave_core.run import Run, locate_run, open_run
+from rave_core.file_kinds import (HDF5_SIGNATURE, PICKLE_OPCODE, ZIP_SIGNATURE,
+                                  first_bytes, is_torchscript_archive)
+from rave_core.run import Run, exported_file_error, locate_run, open_run
 from rave_core.text import listed
 
 from .file_names import plain_file_name
@@ -20,8 +22,8 @@ from .io import (OutputError, OutputInTheWay, atomic_outputs, check_replaceable,
                  describe_os_error, dump_json, ensure_dir)
 from .model import DEFAULT_TUNED_BLOCK, DeployError, DeployModel
 from .output_lock import OutputLock
-from .sidecar import (FOLDER_SIDECAR, build_sidecar, find_sidecar, recorded_path, shown_path,
-                      sidecar_path)
+from .sidecar import (FOLDER_SIDECAR, build_sidecar, find_sidecar, read_sidecar, recorded_path,
+                      shown_path, sidecar_path)
 from .targets import ExportOptions, Target, TargetUnsupported, registry
 
 if TYPE_CHECKING:  # imported when a style is taught (it reads audio)
@@ -51,11 +53,13 @@ class ExportResult:
 
 
 def resolve_targets(names: Sequence[str]) -> List[Target]:
+    """The targets ``names`` gives, each once, in the order first given (``-t onnx -t
+    onnx`` exports one); every target for none or ``all``."""
     targets = registry()
     if not names or "all" in names:
         return list(targets.values())
     out = []
-    for n in names:
+    for n in dict.fromkeys(names):
         if n not in targets:
             raise DeployError(f"unknown target {n!r}: choose from {', '.join(sorted(targets))} or all")
         out.append(targets[n])
@@ -70,7 +74,18 @@ def artifact_path(output: Path, name: str, target: Target, as_file: bool) -> Pat
     return output / f"{name}.{target.name}{target.suffix}"
 
 
-def output_names_file(output: Path, targets: Sequence[Target]) -> bool:
+#: Suffixes of files that no target writes (audio, checkpoints and weights, archives,
+#: configs and text): an ``--output`` ending in one is taken for a mistyped file name,
+#: not a folder (``-o take1.wav`` made a folder ``take1.wav/``), unless that folder exists.
+#: Other dots in a folder's name (``v1.2``, ``exports.old``) are a folder's.
+NOT_OUTPUT_SUFFIXES = frozenset("""
+    .wav .wave .mp3 .flac .ogg .oga .opus .aif .aiff .aifc .m4a .aac .wma .caf .w64 .rf64
+    .pt .pth .ckpt .bin .safetensors .pte .tflite .pb .pkl .pickle .npy .npz .gin .json
+    .zip .tar .gz .tgz .bz2 .xz .7z .rar .txt .csv .yaml .yml .md .pd .maxpat .scd
+""".split())
+
+
+def output_names_file(output: Path, targets: Sequence[Target], all_mode: bool = False) -> bool:
     """Whether ``--output`` is the artefact's own path rather than a folder: it ends in
     a file suffix a target writes (``.ts``, ``.onnx``, ``.h5``, in any case) and is not
     an existing folder.
@@ -78,11 +93,29 @@ def output_names_file(output: Path, targets: Sequence[Target]) -> bool:
     Raises:
         DeployError: such a path given for a target that writes another suffix (or a
             folder), or for several targets (made a folder of that name, it would read as
-            a file: ``my.ts/brave.onnx.onnx``).
+            a file: ``my.ts/brave.onnx.onnx``; ``all_mode``: they were not named, ``-t
+            all``); a path ending in a suffix of :data:`NOT_OUTPUT_SUFFIXES` (a file no
+            target writes) that is not an existing folder.
     """
     suffix = output.suffix.lower()
-    if output.is_dir() or suffix not in {t.suffix for t in registry().values() if t.suffix}:
+    written = sorted({t.suffix for t in registry().values() if t.suffix})
+    if output.is_dir():
         return False
+    if suffix in NOT_OUTPUT_SUFFIXES:
+        raise DeployError(
+            f"--output {output}: no target writes a {suffix} file; -o is a folder (created "
+            f"as needed), or, for one target, the file it writes, named with that target's "
+            f"suffix ({', '.join(written)}). Give a folder: a name ending in a file suffix "
+            "such as .wav, .pt or .zip is taken for a file unless that folder exists "
+            "(other dots, as in v1.2, are fine)")
+    if suffix not in written:
+        return False
+    if len(targets) > 1 and all_mode:
+        same = [t.name for t in targets if t.suffix == suffix]
+        raise DeployError(f"--output {output} names one {suffix} file, but -t all exports "
+                          "every target that can serve the model: give a folder for them, "
+                          f"or one target that writes {suffix} files (-t "
+                          f"{' or -t '.join(same)})")
     if len(targets) > 1:
         raise DeployError(f"--output {output} names one {suffix} file, but {len(targets)} "
                           "targets are exported: give a folder for them")
@@ -270,17 +303,21 @@ def export_run(run_path, target_names: Sequence[str], output: Path,
     for another reason, or skipping every target, leaves no folder and no lock file."""
     targets = resolve_targets(target_names)
     all_mode = not target_names or "all" in target_names
+    _check_engine(targets, options)
     output = Path(output)
     # One target and a file name with its suffix (`-o model.ts`): that file; else a folder.
-    as_file = output_names_file(output, targets)
+    as_file = output_names_file(output, targets, all_mode)
     # A wrong run path is said first (found without loading): told to wait for another
     # export, the user would wait only to learn that.
+    if run is None:
+        _refuse_an_export_as_run(Path(run_path))
     files = locate_run(run_path) if run is None else None
     # One export at a time into a folder, refused before anything is loaded or checked:
     # what stands there is the other export's, changing, until it is done.
     with OutputLock(output.parent if as_file else output) as lock:
         lock.claim()
         run = run or open_run(files, ema=options.ema_weights)
+        options = _fidelity_applied(run, options)
         name = options.name or _name_from_run(run.config_path.parent.name)
         reasons = _reasons_not_served(targets, run, options, explicit, all_mode)
         # Refuse before writing anything: a folder or a file of the user's where an output goes.
@@ -307,6 +344,103 @@ def export_run(run_path, target_names: Sequence[str], output: Path,
                                                        if not reasons[t.name]]))
             raise
         return results
+
+
+def _refuse_an_export_as_run(path: Path) -> None:
+    """Refuse an export given back as RUN (``rave-deploy export exports/x.ts``), naming
+    the run its sidecar records: it said "no config.gin", and beside one, torch's warning
+    and "truncated or corrupted"."""
+    kind = _export_kind(path)
+    if kind is None:
+        return
+    origin = None
+    try:
+        source = read_sidecar(path).get("source")
+    except (OSError, ValueError, UnicodeDecodeError):   # none, or not readable: said generally
+        source = None
+    recorded = source.get("checkpoint") if isinstance(source, dict) else None
+    if isinstance(recorded, str) and recorded:
+        origin = f"its sidecar names it: {shown_path(recorded_path(path, recorded), recorded)}"
+    raise exported_file_error(path, kind, origin)
+
+
+def _export_kind(path: Path) -> Optional[str]:
+    """What export ``path`` is (``"TorchScript"``, ``"ONNX"``, ``"HDF5"``, a folder
+    export's target), told from its bytes, its suffix or its sidecar without loading it;
+    None for anything else (a run directory, a checkpoint, a path that is not there)."""
+    if path.is_dir():
+        if (path / "config.gin").exists() or not (path / FOLDER_SIDECAR).is_file():
+            return None
+        return _sidecar_target(path)
+    if not path.is_file():
+        return None
+    head = first_bytes(path)
+    if head.startswith(ZIP_SIGNATURE) and is_torchscript_archive(path):
+        return "TorchScript"
+    if head.startswith(HDF5_SIGNATURE):
+        return "HDF5"
+    if path.suffix.lower() == ".onnx":
+        return "ONNX"
+    if head.startswith(ZIP_SIGNATURE) or head[:1] == PICKLE_OPCODE:
+        return None   # a checkpoint, whatever lies beside it
+    return _sidecar_target(path)
+
+
+def _sidecar_target(path: Path) -> Optional[str]:
+    """The target of the export ``path`` by its rave-deploy sidecar; None without one."""
+    try:
+        sidecar = read_sidecar(path)
+    except (OSError, ValueError, UnicodeDecodeError):   # none, or not JSON
+        return None
+    target = sidecar.get("target") if isinstance(sidecar, dict) else None
+    return str(target) if target else None
+
+
+#: The targets that read ``--engine`` (their runtime): no other target has a choice.
+ENGINE_TARGETS = ("anira", )
+#: ``--fidelity``'s default (``rave-deploy export``'s and :class:`ExportOptions`').
+DEFAULT_FIDELITY = ExportOptions.fidelity
+
+
+def _check_engine(targets: Sequence[Target], options: ExportOptions) -> None:
+    """Refuse another ``--engine`` than ONNX Runtime when no target exported reads it
+    (``-t onnx --engine executorch`` exported ONNX graphs as if it had not been given);
+    for anira, the target says why it cannot (:meth:`Target.unsupported_reason`)."""
+    if options.engine == "onnx" or any(t.name in ENGINE_TARGETS for t in targets):
+        return
+    raise DeployError(
+        f"--engine {options.engine}: --engine chooses the runtime of anira's graphs, and "
+        f"anira is not among the targets ({', '.join(t.name for t in targets)}); no target "
+        "exports for ExecuTorch yet: drop --engine")
+
+
+def fidelity_applies(model) -> bool:
+    """Whether ``--fidelity`` changes ``model``'s export: the cut of a variational
+    latent's PCA. A discrete latent (one code index per quantiser), a Wasserstein one
+    and a spherical one are exported whole (:class:`rave_deploy.model.DeployModel`)."""
+    from rave_core.models.encoders import VariationalEncoder
+
+    return isinstance(getattr(model, "encoder", None), VariationalEncoder)
+
+
+def _fidelity_applied(run: Run, options: ExportOptions) -> ExportOptions:
+    """``options`` as the export applies them to ``run``: a run whose latent has no
+    fidelity cut (:func:`fidelity_applies`) is exported whole, and its sidecars say
+    fidelity 1 (they said the ``--fidelity`` given, which nothing had applied), with a
+    warning when another value than the default was given."""
+    if fidelity_applies(run.model) or options.fidelity == 1.0:
+        return options
+    if options.fidelity != DEFAULT_FIDELITY:
+        encoder = type(getattr(run.model, "encoder", None)).__name__
+        kind = {"DiscreteEncoder": "discrete (quantised) run, whose latent is one code index "
+                                   "per quantiser",
+                "SphericalEncoder": "spherical run, whose latent is the angles of a direction",
+                "WasserteinEncoder": "wasserstein run, whose latent goes to hosts as it is"}.get(
+                    encoder, f"run ({encoder}), whose latent is not variational")
+        warnings.warn(f"--fidelity {options.fidelity:g} does not apply to this {kind}: it is "
+                      "exported whole, every latent channel kept, and its sidecars record "
+                      "fidelity 1", stacklevel=2)
+    return dataclasses.replace(options, fidelity=1.0)
 
 
 def _reasons_not_served(targets: List[Target], run: Run, options: ExportOptions,
@@ -337,6 +471,8 @@ def _export_target(target: Target, run: Run, options: ExportOptions,
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         _warn_untaught_side(target, options)
+        for ignored in target.ignored_options(options):
+            warnings.warn(ignored, stacklevel=2)
         _warn_replacing_another_checkpoint(path, run)
         sidecar = _write_artifact(target, run, options, path, style)
     return ExportResult(target.name, path=path, sidecar=sidecar, size_bytes=_size(path),

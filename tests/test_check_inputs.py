@@ -126,8 +126,13 @@ def test_ctrl_c_keeps_the_results_of_the_artefacts_checked_before(exports, check
                                              str(exports["minifusion"])]
                                 + (["--json"] if as_json else []))
     assert result.exit_code == 130, result.output
-    assert (f"Interrupted while checking {exports['minifusion']}: the results above are of "
-            "the 1 artefact(s) checked before it") in result.stderr
+    if as_json:   # nothing is above on stderr: the results are in the JSON on stdout
+        assert (f"Interrupted while checking {exports['minifusion']}: the results of the 1 "
+                "artefact(s) checked before it are in the JSON on stdout") in result.stderr
+        assert "above" not in result.stderr
+    else:
+        assert (f"Interrupted while checking {exports['minifusion']}: the results above are "
+                "of the 1 artefact(s) checked before it") in result.stderr
     if as_json:
         data = json.loads(result.stdout)
         assert [a["artifact"] for a in data["artifacts"]] == [str(exports["onnx"])]
@@ -247,3 +252,27 @@ def test_weights_that_are_not_the_exported_ones_are_refused_even_if_the_file_now
     other = dataclasses.replace(loaded, checkpoint_sha256="0" * 64)
     with pytest.raises(CheckUsageError, match="changed while it was being read"):
         check_artifact(exports["onnx"], loaded=other)
+
+
+# ============================================================ 8. a run, or its checkpoint
+def test_a_training_checkpoint_or_run_is_told_to_be_exported_first(exports, tmp_path):
+    """A checkpoint is a zip archive as a TorchScript file is: it was taken for one ("rename
+    it to best.ts"), and a run folder said only "no artefacts". Both are told to export
+    first; a TorchScript file with another suffix is still told its name."""
+    import torch
+
+    run = exports["run"]
+    checkpoint = next(run.rglob("*.ckpt"))
+    for given, what in ((checkpoint, "a training checkpoint (torch.save)"),
+                        (run, "a training run (config.gin and checkpoints)"),
+                        (checkpoint.parent, "a folder of a training run (checkpoints)")):
+        message = (f"{given} is {what}, not an export: export it first (rave-deploy export "
+                   f"{given} -o FOLDER), then check what it writes (rave-deploy check FOLDER)")
+        result = cli(["check", given], code=2, expect=message)
+        assert "TorchScript" not in result.output and "rename" not in result.output
+        result = cli(["check", given, "--json"], code=2)
+        assert json.loads(result.stdout)["error"] == message
+    scripted = tmp_path / "model.ckpt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(scripted))
+    cli(["check", scripted, "--run", run], code=2,
+        expect="it is a TorchScript file (a zip archive): rename it to model.ts")

@@ -123,15 +123,44 @@ def test_export_help_offers_the_registry_targets_and_cpu_kernels(tmp_path):
     assert f"--cpu-kernels [{'|'.join(CPU_KERNELS)}]" in ran.stdout, ran.stdout
 
 
+#: A word of ``rave-deploy --help``'s description for each target's host.
+HOST_WORDS = {"nn_tilde": "nn~", "supercollider": "SuperCollider", "vst": "VST",
+              "minifusion": "Minifusion", "anira": "anira", "onnx": "ONNX",
+              "onnx_streaming": "ONNX"}
+
+
+def _option_help(text: str, option: str, following: str) -> str:
+    flat = " ".join(text.split())
+    return flat[flat.index(option):flat.index(following)]
+
+
+def test_help_names_every_host_and_what_block_size_does(tmp_path):
+    """The description names every target's host (anira was missing); export's
+    --block-size says it fixes the onnx_streaming graph too (it named anira alone), and
+    check's says each kind's default sizes (it said "64 or the ratio, up to 4096" for
+    all, and the ONNX ones use other sizes)."""
+    from rave_deploy.targets import available_targets
+    description = answers_light("rave-deploy", ["--help"], tmp_path).stdout
+    for name in available_targets():
+        assert HOST_WORDS[name] in description, (name, description)
+    export = _option_help(answers_light("rave-deploy", ["export", "--help"], tmp_path).stdout,
+                          "--block-size", "--engine")
+    assert "anira" in export and "onnx_streaming graph is fixed to it" in export, export
+    check = _option_help(answers_light("rave-deploy", ["check", "--help"], tmp_path).stdout,
+                         "--block-size", "--json")
+    assert "onnx_streaming" in check and "N and 4N (anira" in check, check
+    assert "failed check" in check, check
+
+
 def test_configs_lists_the_shipped_configs_without_torch(tmp_path):
-    from rave_core.config import CONFIG_DIR, available_configs
+    from rave_core.config import available_configs
+    from rave_core.config_names import config_description
     ran = answers_light("rave-core", ["configs"], tmp_path)
     lines = ran.stdout.splitlines()
     assert [line.split()[0] for line in lines] == available_configs()
     assert "v2" in available_configs()
     for line, name in zip(lines, available_configs()):
-        first = (CONFIG_DIR / f"{name}.gin").read_text().splitlines()[0]
-        assert line == f"{name:<14} {first.lstrip('# ').strip()}"
+        assert line == f"{name:<14} {config_description(name)}"
 
 
 def test_preprocess_help_shows_the_dataset_bounds(tmp_path):

@@ -287,6 +287,28 @@ def test_check_passes_brave(brave, target):
     assert "contract.sidecar" in names   # the sidecar states the latency the check found
 
 
+@pytest.mark.parametrize("target, takes", [
+    ("onnx_streaming", "multiples of the ratio 128: the graph cannot run them"),
+    ("anira", "multiples of the graphs' fixed block 512: anira cannot run them")])
+def test_a_block_size_the_graph_cannot_take_fails_and_the_others_are_checked(brave, target,
+                                                                            takes):
+    """`check --block-size 100 --block-size 512`: 100 is a failed blocks.sizes that says
+    what the artefact takes (it was dropped unnoticed, or replaced by the defaults, and
+    the check passed); 512 is checked."""
+    _, paths = brave
+    report = check_artifact(paths[target], options=CheckOptions(block_sizes=[100, 512], **FAST))
+    failed = _failed(report, "blocks.sizes")
+    assert [r.message for r in failed] == [f"block sizes [100] are not {takes} (checked 512)"]
+    assert not report.passed
+    parity = [r for r in report.results if r.name == "parity.forward"]
+    assert parity and parity[0].passed and "at block 512" in parity[0].message
+    # none usable: the failure, and the artefact's own sizes checked
+    report = check_artifact(paths[target], options=CheckOptions(block_sizes=[100], **FAST))
+    unit = 128 if target == "onnx_streaming" else 512
+    assert [r.message for r in _failed(report, "blocks.sizes")] == [
+        f"block sizes [100] are not {takes} (checked {unit}, {4 * unit})"]
+
+
 def test_stereo_model_graphs_carry_every_state(tmp_path):
     """A stereo model's PQMF sees one row per channel: its states have a batch of 2 in
     the graphs (they were silently dropped, restarting every call, before), and every

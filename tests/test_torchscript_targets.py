@@ -798,6 +798,32 @@ def test_wrong_output_length_fails_contract_3(runs, tmp_path, monkeypatch):
     _failed(report, "contract.9_nn_tilde_emulation", "9")
 
 
+def test_a_block_off_the_ratios_fails_contract_3_saying_which_call_and_why(tmp_path,
+                                                                            monkeypatch):
+    """`check --block-size 100` of a ratio-128 file: besides contract 8's failure, a call
+    that raises is contract.3_output_<method>, naming the call and the error's own line,
+    and that it follows from contract 8 (it was a crashed `contract.3_output` whose text
+    was TorchScript's header: "The following operation failed in the TorchScript
+    interpreter.")."""
+    run = make_run(tmp_path, ("brave",), name="brave")
+    path = export_quietly(run, ["nn_tilde"], tmp_path / "out")["nn_tilde"]
+    target = get_target("nn_tilde")
+    monkeypatch.setattr(type(target), "_generic_checks", lambda *a, **k: None)
+    report = target.check(path, read_sidecar(path), open_run(run).model,
+                          CheckOptions(block_sizes=[100], seconds=1.0, rtf_seconds=0.1))
+    _failed(report, "contract.8_power_of_two", "8")
+    assert not [r.message for r in report.results
+                if "TorchScript interpreter" in r.message or "Traceback" in r.message]
+    assert "contract.3_output" not in {r.name for r in report.results}   # no crashed check
+    decode = _failed(report, "contract.3_output_decode", "3")
+    latent = read_sidecar(path)["latent_size"]
+    assert f"block 100: decode(float32 (1, {latent}, 0)) raised RuntimeError: " in decode.message
+    assert "\n" not in decode.message
+    for method in ("encode", "decode", "forward"):
+        assert _result(report, f"contract.3_output_{method}").message.endswith(
+            "(follows from contract.8: block(s) [100] are not multiples of the ratios)")
+
+
 def test_output_one_sample_late_fails_parity_and_latency(runs, tmp_path):
     def mutate(m):
         m.resampler = _FakeResampler("late")

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
 from rave_core.os_errors import describe_os_error
-from rave_core.run import ZIP_SIGNATURE, RunError, find_checkpoint, sha256_of
+from rave_core.file_kinds import (HDF5_SIGNATURE, ZIP_SIGNATURE, first_bytes,
+                                  is_training_checkpoint)
+from rave_core.run import RunError, find_checkpoint, sha256_of
 from rave_core.text import listed
 
 from ..output_lock import is_lock_file
@@ -32,17 +34,32 @@ SUFFIX_KINDS = {".ts": "a TorchScript file", ".onnx": "an ONNX graph", ".h5": "a
 #: First bytes of the artefacts that have a signature: a TorchScript file is a zip archive,
 #: Minifusion's an HDF5 file (ONNX, a protobuf message, has none).
 SIGNATURES = {ZIP_SIGNATURE: (".ts", "a TorchScript file (a zip archive)"),
-              b"\x89HDF\r\n\x1a\n": (".h5", "an HDF5 file")}
+              HDF5_SIGNATURE: (".h5", "an HDF5 file")}
 
 
 def _signature(artifact: Path):
     """``(suffix, what)`` of the artefact kind ``artifact``'s first bytes say, or None."""
-    try:
-        with open(artifact, "rb") as f:
-            head = f.read(8)
-    except OSError:
-        return None
+    head = first_bytes(artifact)
     return next((kind for magic, kind in SIGNATURES.items() if head.startswith(magic)), None)
+
+
+def _is_run_folder(folder: Path) -> bool:
+    """Whether ``folder`` is a training run (``config.gin`` and ``*.ckpt`` below it) or a
+    folder of one holding checkpoints (``version_0/``, ``checkpoints/``: config.gin up to
+    three levels above, as :func:`rave_core.run.find_config` finds it)."""
+    try:
+        if not any(folder.rglob("*.ckpt")):
+            return False
+    except OSError:
+        return False
+    return any((up / "config.gin").is_file() for up in [folder, *folder.parents][:4])
+
+
+def _export_first(path: Path, what: str) -> CheckUsageError:
+    """The usage error for a run or checkpoint given to ``check``: it checks exports."""
+    return CheckUsageError(f"{path} is {what}, not an export: export it first "
+                           f"(rave-deploy export {path} -o FOLDER), then check what it "
+                           "writes (rave-deploy check FOLDER)")
 
 
 def _anira_like(folder: Path) -> bool:
@@ -74,6 +91,9 @@ def identify(artifact: Path):
         # a graph of a folder export: checked alone, it would fail for want of the others
         raise CheckUsageError(f"{artifact} is part of the anira export {artifact.parent}: "
                               f"check the folder (rave-deploy check {artifact.parent})")
+    if artifact.is_file() and is_training_checkpoint(artifact):
+        # a zip too, but no TorchScript file: "rename it to .ts" would be wrong
+        raise _export_first(artifact, "a training checkpoint (torch.save)")
     name = SUFFIX_TARGETS.get(artifact.suffix)
     signed = _signature(artifact) if artifact.is_file() else None
     if name is not None and signed is not None and signed[0] != artifact.suffix:
@@ -163,6 +183,10 @@ def _artifacts_in(folder: Path) -> List[Path]:
         return with_sidecar
     if _anira_like(folder):
         return [folder]
+    if not without and _is_run_folder(folder):
+        raise _export_first(folder, "a training run (config.gin and checkpoints)"
+                            if (folder / "config.gin").is_file() else
+                            "a folder of a training run (checkpoints)")
     # a folder named like a file (`my.ts/`): the user may have taken it for one
     kind = SUFFIX_KINDS.get(folder.suffix)
     named = f"{folder} is a folder, not {kind}: " if kind else ""

@@ -29,8 +29,8 @@ from rave_core.text import clipped
 from ..nn_tilde_emulation import nn_tilde_latency
 from ..sidecar import host_block_sizes
 from ..torchscript import export_torchscript
-from ._torchscript_calls import (METHODS, CheckContext, attr, deterministic, params, reset,
-                                 set_deterministic)
+from ._torchscript_calls import (METHODS, CheckContext, attr, deterministic, error_line, params,
+                                 reset, set_deterministic)
 from ._torchscript_contracts import (BUILD_SPECIFIC_OPS, check_file_format, check_ops,
                                      contract_checks)
 from ._torchscript_reference import HostChannels, HostReference
@@ -192,7 +192,7 @@ class TorchScriptTarget(Target):
             point = name.split(".", 1)[-1].split("_", 1)[0]
             label = f"host contract {point}" if name.startswith("contract.") else name
             report.add(name, False, f"{label}: the check could not run "
-                       f"({type(exc).__name__}: {str(exc).strip()[:300]})")
+                       f"({error_line(exc, 300)})")
 
     # ------------------------------------------------------------------ generic checks
     def _generic_checks(self, report: "CheckReport", module, ctx: CheckContext) -> None:

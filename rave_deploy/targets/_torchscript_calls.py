@@ -38,6 +38,22 @@ def call(module, method: str, x: torch.Tensor):
         return getattr(module, method)(x)
 
 
+def error_line(exc: BaseException, limit: int = 200) -> str:
+    """``Type: message`` of an error raised in a call, in one line. TorchScript's errors
+    start with a generic header ("The following operation failed in the TorchScript
+    interpreter.") and tracebacks, and end with the error's own line (``RuntimeError:
+    ...``): that last line, without PyTorch's "(Could this error message be improved?
+    ...)"."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    last = last.split("  (Could this error message be improved?", 1)[0].strip()
+    head = type(exc).__name__
+    if last.split(":", 1)[0].isidentifier() and last.split(":", 1)[0].endswith(("Error", "Exception")):
+        head, last = last.split(":", 1)[0], last.split(":", 1)[1].strip()
+    shown = f"{head}: {last}" if last else head
+    return shown if len(shown) <= limit else shown[:limit - 3] + "..."
+
+
 #: How a check that runs a second copy of a file says it could not compare outputs.
 NOT_COMPARED = "; outputs not compared: the file has no deterministic switch"
 
@@ -51,8 +67,7 @@ def copy_problems(method: str, copy: str, run_copy: Callable[[], torch.Tensor],
     try:
         y = run_copy()
     except Exception as exc:
-        lines = str(exc).strip().splitlines() or [""]
-        return [f"{method}: {type(exc).__name__}: {lines[-1][:200]}"]
+        return [f"{method}: {error_line(exc)}"]
     if y.dtype != dtype or y.shape != ref.shape or not bool(y.isfinite().all()):
         return [f"{method}: {copy} returns {y.dtype} {tuple(y.shape)}, not finite {dtype} "
                 f"{tuple(ref.shape)}"]

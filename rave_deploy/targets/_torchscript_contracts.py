@@ -31,8 +31,8 @@ import torch
 from ..nn_tilde_emulation import PD_VECTOR, NnTildeHost, nn_tilde_latency
 from ..torchscript import FORBIDDEN_NAMES, STYLE_ATTRIBUTES, file_format_version
 from ._torchscript_calls import (METHODS, NOT_COMPARED, CheckContext, attr, call, copy_problems,
-                                 input_for, named, output_problems, params, reset,
-                                 set_deterministic, state_shapes)
+                                 error_line, input_for, named, output_problems, params,
+                                 reset, set_deterministic, state_shapes)
 
 if TYPE_CHECKING:  # (annotations only; the checks import the harness when they run)
     from ..check.result import CheckReport
@@ -198,9 +198,9 @@ def check_ratios(report, module, ctx: CheckContext) -> None:
     report.add_contract("contract.7_ratios", problems,
                         f"encode {enc}, decode {dec}, forward {fwd}")
     bad = [r for p in (enc, dec, fwd) for r in (p[1], p[3]) if not _is_pow2(r)]
-    ratios = sorted({r for p in (enc, dec, fwd) for r in (p[1], p[3])})
+    ratios = _ratios(module)
     not_dividing = [(a, b) for a in ratios for b in ratios if a < b and b % a]
-    bad_blocks = [n for n in ctx.blocks if n < max(ratios) or any(n % r for r in ratios)]
+    bad_blocks = _blocks_off_ratios(module, ctx.blocks)
     ok = not bad and not not_dividing and not bad_blocks
     msg = (f"ratios {ratios} are powers of two and divide each other; host blocks "
            f"{ctx.blocks} are multiples of them")
@@ -212,6 +212,17 @@ def check_ratios(report, module, ctx: CheckContext) -> None:
         msg = (f"host block(s) {bad_blocks} are not multiples of the ratios {ratios} "
                "(nn~ throws on such a block)")
     report.add("contract.8_power_of_two", ok, "host contract 8: " + msg)
+
+
+def _ratios(module) -> List[int]:
+    """The methods' input and output ratios (``*_params``), sorted, each once."""
+    return sorted({r for m in METHODS for r in params(module, m)[1::2]})
+
+
+def _blocks_off_ratios(module, blocks) -> List[int]:
+    """The host blocks contract 8 refuses: smaller than, or not a multiple of, a ratio."""
+    ratios = _ratios(module)
+    return [n for n in blocks if n < max(ratios) or any(n % r for r in ratios)]
 
 
 @named("contract.5_forbidden_names")
@@ -260,19 +271,37 @@ def check_no_lazy_state(report, module, ctx: CheckContext) -> None:
 
 @named("contract.3_output")
 def check_shapes(report, module, ctx: CheckContext) -> None:
+    try:
+        off_ratios = _blocks_off_ratios(module, ctx.blocks)
+    except Exception:  # (contract.7/8 report unreadable *_params)
+        off_ratios = []
     for m in METHODS:
         in_dim, in_ratio, out_dim, out_ratio = params(module, m)
-        problems = []
+        problems, raised, failed_blocks = [], False, []
         for n in ctx.blocks:
             reset(module)
-            y = call(module, m, input_for(module, m, n))
-            for p in output_problems(y, (1, out_dim, n // out_ratio)):
-                problems.append(f"block {n}: {p}")
+            x = input_for(module, m, n)
+            try:
+                y = call(module, m, x)
+            except Exception as exc:  # a call that raises: which call, and the error's line
+                problems.append(f"block {n}: {m}(float32 {tuple(x.shape)}) raised "
+                                f"{error_line(exc)}")
+                raised = True
+                failed_blocks.append(n)
+                continue
+            found = output_problems(y, (1, out_dim, n // out_ratio))
+            problems += [f"block {n}: {p}" for p in found]
+            if found:
+                failed_blocks.append(n)
         msg = (f"host contract 3: {m} returns float32 (1, {out_dim}, N / {out_ratio}) "
                f"contiguous and finite at N = {ctx.blocks}")
         if problems:
-            msg = (f"host contract 3: {m}: " + "; ".join(problems[:4])
-                   + " (nn~ repeats stale audio on a wrong size)")
+            why = (" (the host's call fails)" if raised else
+                   " (nn~ repeats stale audio on a wrong size)")
+            if failed_blocks and set(failed_blocks) <= set(off_ratios):
+                why = (f" (follows from contract.8: block(s) {sorted(set(failed_blocks))} "
+                       "are not multiples of the ratios)")
+            msg = f"host contract 3: {m}: " + "; ".join(problems[:4]) + why
         report.add(f"contract.3_output_{m}", not problems, msg)
     reset(module)
 

@@ -28,7 +28,7 @@ from .. import onnx_runtime as ort_host
 from ..model import DeployModel
 from .base import CheckOptions, ExportOptions, Target, register
 from .onnx_streaming import (fidelity_of, onnx_unsupported_reason, references,
-                             streaming_only_reason)
+                             streaming_only_reason, usable_block_sizes)
 
 ENGINES = ("onnx", )
 EXECUTORCH_REASON = (
@@ -162,7 +162,10 @@ class AniraTarget(Target):
         # what the JSON configs and graphs say (checked above), for contract.sidecar
         report.summary.update({"sample_rate": int(model.sr), "block_size": block,
                                "ratio": int(model.ratio)})
-        blocks = [b for b in options.block_sizes if b > 0 and b % block == 0] or [block, 4 * block]
+        blocks = usable_block_sizes(report, list(options.block_sizes), block,
+                                    [block, 4 * block],
+                                    f"multiples of the graphs' fixed block {block}: anira "
+                                    "cannot run them")
         ort_host.generic_checks(report, runners, reference, blocks, options)
         return report
 

@@ -91,6 +91,12 @@ class Target:
         """Why this model cannot be served (``None`` if it can)."""
         return None
 
+    def ignored_options(self, options: ExportOptions) -> List[str]:
+        """The options given that do not change this target's export, each said as the
+        warning export gives (``-t onnx --block-size 512``: the offline graph takes any
+        length). None by default."""
+        return []
+
     def host_latency(self, ratio: int, blocks: Sequence[int]) -> Optional[HostLatency]:
         """What this target's host adds to the model's latency at each host block of
         ``blocks`` (samples; ``ratio``: the model's ratio at the host's rate), where the

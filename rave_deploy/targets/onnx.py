@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -29,6 +29,15 @@ class OnnxTarget(Target):
 
     def unsupported_reason(self, model: RAVE, options: ExportOptions) -> Optional[str]:
         return onnx_unsupported_reason(model, options)
+
+    def ignored_options(self, options: ExportOptions) -> List[str]:
+        # (with --style-*, --block-size is the block the style is taught at: it applies)
+        if options.block_size is None or options.style_target or options.style_source:
+            return []
+        return [f"--block-size does not apply to onnx (offline graph): it takes a whole "
+                "signal of any length (a multiple of the ratio) in one call, so "
+                f"--block-size {options.block_size} was not used; -t onnx_streaming "
+                "--block-size fixes a graph's block"]
 
     def export(self, model: RAVE, options: ExportOptions, path: Path) -> Dict[str, object]:
         core = DeployModel(model, fidelity=options.fidelity, deterministic=True, streaming=False,

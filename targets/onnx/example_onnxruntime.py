@@ -13,6 +13,26 @@ import onnxruntime as ort
 import soundfile as sf
 
 
+def not_streaming(meta, inputs, path: str):
+    """Why the graph at ``path`` (its metadata, its input names) is not an onnx_streaming
+    graph, which this loop needs (None if it is one)."""
+    graph = meta.get("graph")
+    states = [name for name in inputs if name.startswith("state_in_")]
+    if graph == "streaming" or (graph is None and states and inputs[0] == "audio_in"):
+        return None
+    right = path[:-len(".onnx.onnx")] + ".onnx_streaming.onnx" if path.endswith(".onnx.onnx") \
+        else "the onnx_streaming export (NAME.onnx_streaming.onnx)"
+    if graph == "flat_state":
+        what = "a graph of an anira export (one flat state, for anira), not an onnx_streaming one"
+    elif graph == "offline" or meta.get("streaming") == "false" or not states:
+        what = ("the offline graph (-t onnx: the whole signal in one call, no state "
+                "inputs): run block by block it would restart at every block and write "
+                "wrong audio")
+    else:
+        what = f"a {graph} graph, not an onnx_streaming one"
+    return f"{path} is {what}; give {right} (rave-deploy export RUN -t onnx_streaming)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model")
@@ -29,6 +49,9 @@ def main() -> None:
     session = ort.InferenceSession(args.model, options, providers=["CPUExecutionProvider"])
 
     meta = session.get_modelmeta().custom_metadata_map
+    problem = not_streaming(meta, [i.name for i in session.get_inputs()], args.model)
+    if problem:
+        parser.exit(2, f"error: {problem}\n")
     sr, ratio = int(meta["sample_rate"]), int(meta["block_multiple"])
     channels, latency = int(meta["channels"]), int(meta["latency_samples"])
     fixed = json.loads(meta["block_size"]) if meta["block_size"] != "dynamic" else None
