@@ -396,39 +396,31 @@ def _sidecar_target(path: Path) -> Optional[str]:
     return str(target) if target else None
 
 
-#: The targets that read ``--engine`` (their runtime): no other target has a choice.
-ENGINE_TARGETS = ("anira", )
 #: ``--fidelity``'s default (``rave-deploy export``'s and :class:`ExportOptions`').
 DEFAULT_FIDELITY = ExportOptions.fidelity
 
 
 def _check_engine(targets: Sequence[Target], options: ExportOptions) -> None:
     """Refuse another ``--engine`` than ONNX Runtime when no target exported reads it
-    (``-t onnx --engine executorch`` exported ONNX graphs as if it had not been given);
-    for anira, the target says why it cannot (:meth:`Target.unsupported_reason`)."""
-    if options.engine == "onnx" or any(t.name in ENGINE_TARGETS for t in targets):
+    (:attr:`Target.chooses_engine`; ``-t onnx --engine executorch`` exported ONNX graphs
+    as if it had not been given); a target that reads it says why it cannot
+    (:meth:`Target.unsupported_reason`)."""
+    if options.engine == "onnx" or any(t.chooses_engine for t in targets):
         return
+    readers = [t.name for t in registry().values() if t.chooses_engine]
     raise DeployError(
-        f"--engine {options.engine}: --engine chooses the runtime of anira's graphs, and "
-        f"anira is not among the targets ({', '.join(t.name for t in targets)}); no target "
-        "exports for ExecuTorch yet: drop --engine")
-
-
-def fidelity_applies(model) -> bool:
-    """Whether ``--fidelity`` changes ``model``'s export: the cut of a variational
-    latent's PCA. A discrete latent (one code index per quantiser), a Wasserstein one
-    and a spherical one are exported whole (:class:`rave_deploy.model.DeployModel`)."""
-    from rave_core.models.encoders import VariationalEncoder
-
-    return isinstance(getattr(model, "encoder", None), VariationalEncoder)
+        f"--engine {options.engine}: --engine chooses the runtime of {listed(readers)}'s "
+        f"graphs, and {listed(readers)} is not among the targets "
+        f"({', '.join(t.name for t in targets)}); no target exports for ExecuTorch yet: "
+        "drop --engine")
 
 
 def _fidelity_applied(run: Run, options: ExportOptions) -> ExportOptions:
-    """``options`` as the export applies them to ``run``: a run whose latent has no
-    fidelity cut (:func:`fidelity_applies`) is exported whole, and its sidecars say
-    fidelity 1 (they said the ``--fidelity`` given, which nothing had applied), with a
-    warning when another value than the default was given."""
-    if fidelity_applies(run.model) or options.fidelity == 1.0:
+    """``options`` as the export applies them to ``run``: a run whose latent is not
+    variational has no PCA to cut (:class:`rave_deploy.model.DeployModel`) and is exported
+    whole, and its sidecars say fidelity 1 (they said the ``--fidelity`` given, which
+    nothing had applied), with a warning when another value than the default was given."""
+    if run.model.is_variational or options.fidelity == 1.0:
         return options
     if options.fidelity != DEFAULT_FIDELITY:
         encoder = type(getattr(run.model, "encoder", None)).__name__

@@ -44,12 +44,13 @@ def error_line(exc: BaseException, limit: int = 200) -> str:
     interpreter.") and tracebacks, and end with the error's own line (``RuntimeError:
     ...``): that last line, without PyTorch's "(Could this error message be improved?
     ...)"."""
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    last = lines[-1] if lines else ""
-    last = last.split("  (Could this error message be improved?", 1)[0].strip()
-    head = type(exc).__name__
-    if last.split(":", 1)[0].isidentifier() and last.split(":", 1)[0].endswith(("Error", "Exception")):
-        head, last = last.split(":", 1)[0], last.split(":", 1)[1].strip()
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    last = lines[-1].split("  (Could this error message be improved?", 1)[0] if lines else ""
+    head, _, rest = last.partition(":")
+    if head.isidentifier() and head.endswith(("Error", "Exception")):   # `RuntimeError: ...`
+        last = rest.strip()
+    else:
+        head = type(exc).__name__
     shown = f"{head}: {last}" if last else head
     return shown if len(shown) <= limit else shown[:limit - 3] + "..."
 

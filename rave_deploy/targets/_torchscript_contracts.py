@@ -23,7 +23,7 @@ run before the file's parameters are read.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Dict, List
+from typing import TYPE_CHECKING, Callable, Dict, List, Sequence
 
 import numpy as np
 import torch
@@ -198,9 +198,9 @@ def check_ratios(report, module, ctx: CheckContext) -> None:
     report.add_contract("contract.7_ratios", problems,
                         f"encode {enc}, decode {dec}, forward {fwd}")
     bad = [r for p in (enc, dec, fwd) for r in (p[1], p[3]) if not _is_pow2(r)]
-    ratios = _ratios(module)
+    ratios = sorted({r for p in (enc, dec, fwd) for r in (p[1], p[3])})
     not_dividing = [(a, b) for a in ratios for b in ratios if a < b and b % a]
-    bad_blocks = _blocks_off_ratios(module, ctx.blocks)
+    bad_blocks = _blocks_off_ratios(ratios, ctx.blocks)
     ok = not bad and not not_dividing and not bad_blocks
     msg = (f"ratios {ratios} are powers of two and divide each other; host blocks "
            f"{ctx.blocks} are multiples of them")
@@ -214,14 +214,9 @@ def check_ratios(report, module, ctx: CheckContext) -> None:
     report.add("contract.8_power_of_two", ok, "host contract 8: " + msg)
 
 
-def _ratios(module) -> List[int]:
-    """The methods' input and output ratios (``*_params``), sorted, each once."""
-    return sorted({r for m in METHODS for r in params(module, m)[1::2]})
-
-
-def _blocks_off_ratios(module, blocks) -> List[int]:
-    """The host blocks contract 8 refuses: smaller than, or not a multiple of, a ratio."""
-    ratios = _ratios(module)
+def _blocks_off_ratios(ratios: Sequence[int], blocks: Sequence[int]) -> List[int]:
+    """The host blocks contract 8 refuses: smaller than, or not a multiple of, one of the
+    methods' ``ratios``."""
     return [n for n in blocks if n < max(ratios) or any(n % r for r in ratios)]
 
 
@@ -272,7 +267,8 @@ def check_no_lazy_state(report, module, ctx: CheckContext) -> None:
 @named("contract.3_output")
 def check_shapes(report, module, ctx: CheckContext) -> None:
     try:
-        off_ratios = _blocks_off_ratios(module, ctx.blocks)
+        off_ratios = _blocks_off_ratios([params(module, m)[i] for m in METHODS for i in (1, 3)],
+                                        ctx.blocks)
     except Exception:  # (contract.7/8 report unreadable *_params)
         off_ratios = []
     for m in METHODS:

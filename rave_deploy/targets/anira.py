@@ -26,9 +26,9 @@ from rave_core.models.rave import RAVE
 from .. import onnx_graphs as og
 from .. import onnx_runtime as ort_host
 from ..model import DeployModel
-from .base import CheckOptions, ExportOptions, Target, register
+from .base import CheckOptions, ExportOptions, Target, register, usable_block_sizes
 from .onnx_streaming import (fidelity_of, onnx_unsupported_reason, references,
-                             streaming_only_reason, usable_block_sizes)
+                             streaming_only_reason)
 
 ENGINES = ("onnx", )
 EXECUTORCH_REASON = (
@@ -84,6 +84,7 @@ class AniraTarget(Target):
     kind = "folder"
     description = ("anira (C++ plugins, anira~ for Max/PureData): stateless ONNX graphs "
                    "with one flat state tensor and anira JSON configs")
+    chooses_engine = True   # --engine: its graphs' runtime
     host_latency_note = ("anira's buffering comes on top, which anira reports to the plugin "
                          "(InferenceHandler::get_latency()): host contracts 23-24 state no "
                          "figure")
@@ -162,8 +163,7 @@ class AniraTarget(Target):
         # what the JSON configs and graphs say (checked above), for contract.sidecar
         report.summary.update({"sample_rate": int(model.sr), "block_size": block,
                                "ratio": int(model.ratio)})
-        blocks = usable_block_sizes(report, list(options.block_sizes), block,
-                                    [block, 4 * block],
+        blocks = usable_block_sizes(options.block_sizes, block, [block, 4 * block], report,
                                     f"multiples of the graphs' fixed block {block}: anira "
                                     "cannot run them")
         ort_host.generic_checks(report, runners, reference, blocks, options)

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Set
 if TYPE_CHECKING:   # (annotations only: the CLI imports this module without torch)
     from rave_core.models.rave import RAVE
 
+    from ..check.result import CheckReport
+
 
 class TargetUnsupported(Exception):
     """This model cannot be served by this target (the message names the property)."""
@@ -77,6 +79,9 @@ class Target:
     name: str = ""
     suffix: str = ""
     description: str = ""
+    #: Whether ``--engine`` chooses this target's runtime (anira's); export refuses another
+    #: engine than ONNX Runtime when no target exported reads it.
+    chooses_engine: bool = False
     #: ``"file"`` or ``"folder"``: what :meth:`export` writes at ``path``.
     kind: str = "file"
     #: why the host cannot teach a v3 file a style itself (None: it can, through the
@@ -139,3 +144,18 @@ def register(cls):
 
 def registry() -> Dict[str, Target]:
     return dict(_REGISTRY)
+
+
+def usable_block_sizes(requested: Sequence[int], unit: int, defaults: Sequence[int],
+                       report: Optional["CheckReport"] = None, takes: str = "") -> List[int]:
+    """The block sizes of ``requested`` an artefact can take (multiples of ``unit``), else
+    ``defaults``. With ``report`` (the sizes a user asked for), those it cannot take are a
+    failed ``blocks.sizes`` saying what it takes (``takes``, e.g. "multiples of the ratio
+    128: the graph cannot run them") and which were checked instead; sizes from elsewhere
+    (a sidecar's) are passed over without a word."""
+    sizes = [b for b in requested if b > 0 and b % unit == 0] or list(defaults)
+    bad = [b for b in requested if b <= 0 or b % unit]
+    if bad and report is not None:
+        report.add("blocks.sizes", False, f"block sizes {bad} are not {takes} (checked "
+                   f"{', '.join(str(b) for b in sizes)})")
+    return sizes

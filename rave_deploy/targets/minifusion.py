@@ -40,7 +40,8 @@ from ..check.runner import Runner
 from ..minifusion_numpy import (ARCHITECTURE, FORMAT, MinifusionFileError, MinifusionModel,
                                 MinifusionStream)
 from ..model import DeployModel
-from .base import CheckOptions, ExportOptions, Target, TargetUnsupported, register
+from .base import (CheckOptions, ExportOptions, Target, TargetUnsupported, register,
+                   usable_block_sizes)
 
 if TYPE_CHECKING:
     from ..check.result import CheckReport
@@ -427,12 +428,8 @@ def check_streaming(report: "CheckReport", artifact: Path, model: RAVE,
     runner32 = MinifusionRunner(artifact, dtype=np.float32)
     reference = PosteriorMeanReference(model, dtype=torch.float64)
     ratio, sr = runner64.ratio, runner64.sr
-    sizes = list(options.block_sizes) or default_block_sizes(ratio)
-    bad = [b for b in sizes if b % ratio]
-    if bad:
-        report.add("blocks.sizes", False, f"block sizes {bad} are not multiples of the ratio "
-                   f"{ratio}: the plugin cannot run them")
-    blocks = [b for b in sizes if b % ratio == 0] or default_block_sizes(ratio)
+    blocks = usable_block_sizes(options.block_sizes, ratio, default_block_sizes(ratio), report,
+                                f"multiples of the ratio {ratio}: the plugin cannot run them")
     # Both sides in float64 with the same float32 weights: only rounding separates them.
     tol = tolerances_of(options)
     tol = replace(tol, parity_max_rel=min(tol.parity_max_rel, FLOAT64_PARITY),

@@ -18,7 +18,7 @@ from rave_core.models.rave import RAVE
 from .. import onnx_graphs as og
 from .. import onnx_runtime as ort_host
 from ..model import DeployModel
-from .base import CheckOptions, ExportOptions, Target, register
+from .base import CheckOptions, ExportOptions, Target, register, usable_block_sizes
 
 
 def streaming_only_reason(options: ExportOptions) -> Optional[str]:
@@ -59,32 +59,15 @@ def references(model: RAVE, fidelity: float, twin: bool = True, fold_latent: boo
         return EagerReference(model, fidelity), core
 
 
-def usable_block_sizes(report, requested: List[int], unit: int, defaults: List[int],
-                       takes: str) -> List[int]:
-    """The requested block sizes the artefact can take (multiples of ``unit``), else
-    ``defaults``. Requested sizes it cannot take are a failed ``blocks.sizes`` that says
-    what it takes (``takes``, e.g. "multiples of the ratio 128: the graph cannot run
-    them"); the others are checked."""
-    sizes = [b for b in requested if b > 0 and b % unit == 0] or list(defaults)
-    bad = [b for b in requested if b <= 0 or b % unit]
-    if bad:
-        report.add("blocks.sizes", False,
-                   f"block sizes {bad} are not {takes} (checked "
-                   f"{', '.join(str(b) for b in sizes)})")
-    return sizes
-
-
 def streaming_block_sizes(ratio: int, fixed: Optional[int], requested: List[int],
                           report=None) -> List[int]:
     """Block sizes to check: the requested (or sidecar's) ones the graph can take, else
-    its smallest block and four times it. With ``report``, requested sizes it cannot take
-    are a failed ``blocks.sizes``."""
+    its smallest block and four times it (:func:`~rave_deploy.targets.base.usable_block_sizes`:
+    with ``report``, the requested sizes it cannot take are a failed ``blocks.sizes``)."""
     unit = fixed or ratio
     takes = (f"multiples of the graph's fixed block {fixed}" if fixed
              else f"multiples of the ratio {ratio}") + ": the graph cannot run them"
-    if report is None:
-        return [b for b in requested if b > 0 and b % unit == 0] or [unit, 4 * unit]
-    return usable_block_sizes(report, requested, unit, [unit, 4 * unit], takes)
+    return usable_block_sizes(requested, unit, [unit, 4 * unit], report, takes)
 
 
 @register
@@ -142,12 +125,10 @@ class OnnxStreamingTarget(Target):
         runner = ort_host.OrtStreamingRunner(sess, "forward", reference.ratio,
                                                         reference.latent_size,
                                                         reference.n_channels)
-        if options.block_sizes:   # asked for: the sizes the graph cannot take fail
-            blocks = streaming_block_sizes(reference.ratio, fixed, list(options.block_sizes),
-                                           report)
-        else:
-            blocks = streaming_block_sizes(reference.ratio, fixed,
-                                           list(sidecar.get("block_sizes") or []))
+        asked = list(options.block_sizes)   # (asked for: the sizes it cannot take fail)
+        blocks = streaming_block_sizes(reference.ratio, fixed,
+                                       asked or list(sidecar.get("block_sizes") or []),
+                                       report if asked else None)
         ort_host.generic_checks(report, {"forward": runner}, reference, blocks, options)
         return report
 
