@@ -21,6 +21,8 @@ ZIP_SIGNATURE = b"PK\x03\x04"
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 #: First byte of a pickle of protocol 2 or more (``torch.save`` before torch 1.6).
 PICKLE_OPCODE = b"\x80"
+#: What a RUN argument names: the end of every message refusing one that does not exist.
+WHAT_A_RUN_IS = "give a run directory (with config.gin) or a .ckpt file"
 
 
 def first_bytes(path: Path, n: int = 8) -> bytes:

@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from .config import ConfigError, build_model, read_text_file
-from .file_kinds import PICKLE_OPCODE, ZIP_SIGNATURE, is_torchscript_archive
+from .file_kinds import PICKLE_OPCODE, WHAT_A_RUN_IS, ZIP_SIGNATURE, is_torchscript_archive
 from .text import listed
 
 # Keys of the training-only modules: not needed (nor built) to run the model.
@@ -309,7 +309,7 @@ def locate_run(path) -> RunFiles:
     Raises :class:`RunError`."""
     path = Path(path)
     if not path.exists():
-        raise RunError(f"{path} does not exist: give a run directory (with config.gin) or a .ckpt file")
+        raise RunError(f"{path} does not exist: {WHAT_A_RUN_IS}")
     if path.is_file() and is_torchscript_archive(path):   # an export given back
         raise exported_file_error(path, "TorchScript")
     if path.is_file() and _is_empty(path):

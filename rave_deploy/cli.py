@@ -23,6 +23,7 @@ import click
 
 from rave_core.cli import (ShortErrorsGroup, Terminated, importing, short_message,
                            sigterm_as_interrupt, warnings_as_messages)
+from rave_core.file_kinds import WHAT_A_RUN_IS
 from rave_core.text import clipped, listed, printable
 
 from .check.output import CheckProgress, print_json, print_results
@@ -162,6 +163,19 @@ def _target_names() -> List[str]:
     return list(available_targets()) + ["all"]
 
 
+def _refuse_missing(path, hint: str = "") -> None:
+    """Refuse (exit 2) a path that does not exist before the command imports torch (it
+    took seconds to say so), in the words the command's own check uses; any other
+    problem with the path (permission, a name too long) is said by that check."""
+    if str(path):
+        try:
+            os.stat(path)
+        except FileNotFoundError:
+            _usage(f"{path} does not exist" + (f": {hint}" if hint else ""))
+        except OSError:
+            pass
+
+
 def _check_name(name: str) -> None:
     """Refuse (exit 2) an --name that is not a plain file name every host's machine
     and every shell takes (the rules: :func:`rave_deploy.file_names.name_problem`)."""
@@ -230,6 +244,7 @@ def export(obj: _Context, run: Path, targets, output: Path, streaming: bool, fid
     obj.json_error = _json_error_fields("export") if as_json else None
     if name is not None:
         _check_name(name)
+    _refuse_missing(run, WHAT_A_RUN_IS)
     with importing():
         from .export import export_run
     options = ExportOptions(streaming=streaming, fidelity=fidelity, deterministic=deterministic,
@@ -290,6 +305,10 @@ def check(obj: _Context, artifacts, run: Optional[str], block_sizes, as_json: bo
     if run == "":
         _usage("--run: an empty path was given (an unset shell variable?): give the run "
                "directory or checkpoint, or leave --run out to use the sidecar's")
+    for artifact in artifacts:
+        _refuse_missing(artifact)
+    if run is not None:
+        _refuse_missing(run, WHAT_A_RUN_IS)
     with importing():
         from .check.artifacts import CheckUsageError, expand_artifacts, prepare_check
         from .check.checking import check_artifact, open_reference

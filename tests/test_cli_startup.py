@@ -237,13 +237,34 @@ def test_a_command_error_under_json_prints_its_object_without_torch(args, fields
     assert ran.stderr == f"Error: {fields['error']}\n"
 
 
+@pytest.mark.parametrize("args, error", [
+    (["check", "x.ts"], "x.ts does not exist"),
+    (["check", "x.ts", "y.onnx"], "x.ts does not exist"),
+    (["check", "{made}", "--run", "no_run"],
+     "no_run does not exist: give a run directory (with config.gin) or a .ckpt file"),
+    (["export", "no_run", "-t", "onnx"],
+     "no_run does not exist: give a run directory (with config.gin) or a .ckpt file"),
+])
+def test_a_path_that_does_not_exist_is_said_without_torch(args, error, tmp_path):
+    """A missing artefact or run took 2 to 4 s to be refused (torch was imported first);
+    the words are those of the command's own check (rave_deploy.check.artifacts,
+    rave_core.run.locate_run)."""
+    made = tmp_path / "made.ts"
+    made.write_bytes(b"")
+    ran = answers_light("rave-deploy", [a.format(made=made) for a in args], tmp_path, code=2)
+    assert ran.stderr == f"Error: {error}\n"
+
+
 @pytest.mark.parametrize("script, args, error", [
-    ("rave-deploy", ["check", "x.ts"], "Error: x.ts does not exist\n"),
-    ("rave-deploy", ["export", "no_run"], "Error: no_run does not exist: give a run "),
+    ("rave-deploy", ["check", "x.wav"], "Error: x.wav: unknown artefact type"),
+    ("rave-deploy", ["export", "run"], "Error: no checkpoint (*.ckpt) found under run"),
 ])
 def test_a_command_imports_what_it_needs_when_it_runs(script, args, error, tmp_path):
     """(a guard: passes on the old code too) the errors of a running command, known once
     it imported its libraries, are as before."""
+    (tmp_path / "x.wav").write_bytes(b"RIFF")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.gin").write_text("")
     ran = run_script(script, args, tmp_path)
     assert (ran.code, ran.stderr[:len(error)]) == (2, error), ran.stderr
     assert "torch" in ran.heavy

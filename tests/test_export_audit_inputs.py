@@ -1,7 +1,8 @@
 """`rave-deploy export` given what a user audit gave it: an exported file as RUN (it
 said "no config.gin", then, beside one, torch's warning and "truncated or corrupted"), an
 empty checkpoint ("truncated or corrupted (EOFError)"), flags that change nothing for the
-targets exported (`-t onnx --engine executorch`, `-t onnx --block-size 100`, `--fidelity`
+targets exported (`-t onnx --engine executorch`, `-t onnx --block-size 100`,
+`--cpu-kernels onednn` for ONNX or Minifusion, `check x.onnx --block-size`, `--fidelity`
 on a discrete run, whose sidecar then claimed it), a target given twice (exported and
 printed twice), an --output named like an audio or model file (a folder `one.wav/` was
 made) and `-o one.ts` under `-t all` ("7 targets are exported", counting one that would
@@ -156,6 +157,29 @@ def test_block_size_for_the_offline_onnx_graph_is_said_unused(run, tmp_path):
     assert "--block-size 100 was not used" in result.output
     result = cli(["export", run, "-t", "onnx", "-o", tmp_path / "b"], code=0)
     assert "--block-size" not in result.output
+
+
+def test_cpu_kernels_for_a_target_that_does_not_read_it_is_said_unused(run, tmp_path):
+    """`-t onnx -t minifusion --cpu-kernels onednn` was ignored without a word; a
+    TorchScript target takes it (its own warning says where the file loads)."""
+    result = cli(["export", run, "-t", "onnx", "-t", "minifusion", "-t", "nn_tilde",
+                  "--cpu-kernels", "onednn", "-o", tmp_path / "a"], code=0)
+    for target in ("onnx", "minifusion"):
+        assert (f"warning: --cpu-kernels onednn does not apply to {target}: it chooses the "
+                "ops of the TorchScript files (nn_tilde, supercollider, vst); the "
+                f"{target} export runs on its host's own kernels") in result.output
+    assert "does not apply to nn_tilde" not in result.output
+    result = cli(["export", run, "-t", "onnx", "-o", tmp_path / "b"], code=0)
+    assert "--cpu-kernels" not in result.output
+
+
+def test_block_size_given_to_check_an_offline_onnx_graph_is_said_unused(run, exports):
+    """`check brave.onnx.onnx --block-size 100` passed over the size without a word."""
+    result = cli(["check", exports / "brave.onnx.onnx", "--block-size", "100"], code=0,
+                 expect="blocks.sizes                     --block-size 100 does not apply "
+                        "to the offline graph: it runs a whole signal in one call")
+    assert "check the onnx_streaming graph for host blocks" in result.output
+    assert "blocks.sizes" not in cli(["check", exports / "brave.onnx.onnx"], code=0).output
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
 from rave_core.os_errors import describe_os_error
-from rave_core.file_kinds import (HDF5_SIGNATURE, ZIP_SIGNATURE, first_bytes,
+from rave_core.file_kinds import (HDF5_SIGNATURE, WHAT_A_RUN_IS, ZIP_SIGNATURE, first_bytes,
                                   is_training_checkpoint)
 from rave_core.run import RunError, find_checkpoint, sha256_of
 from rave_core.text import listed
@@ -302,8 +302,7 @@ def _same_checkpoint(artifact: Path, source: str, origin: Dict[str, object],
             where = (f" (the run named in {sidecar_file_of(artifact)}"
                      + (", relative to that file's folder" if relative else "")
                      + "); pass --run RUN to check against the run it was exported from")
-        raise RunError(f"{shown} does not exist: give a run directory (with config.gin) or a "
-                       f".ckpt file{where}")
+        raise RunError(f"{shown} does not exist: {WHAT_A_RUN_IS}{where}")
     expected = origin.get("checkpoint_sha256")
     if not isinstance(expected, str) or not expected:
         return  # an older sidecar, or none: nothing to compare with

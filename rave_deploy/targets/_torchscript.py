@@ -55,6 +55,7 @@ class TorchScriptTarget(Target):
     """Shared export and checks of the TorchScript hosts (nn~, SuperCollider, RAVE VST)."""
 
     suffix = ".ts"
+    chooses_cpu_kernels = True
     #: the file starts in the RAVE VST's stereo mode
     stereo_default = False
     #: the host's name in messages

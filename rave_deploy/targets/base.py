@@ -82,6 +82,9 @@ class Target:
     #: Whether ``--engine`` chooses this target's runtime (anira's); export refuses another
     #: engine than ONNX Runtime when no target exported reads it.
     chooses_engine: bool = False
+    #: Whether ``--cpu-kernels`` chooses the ops of this target's file (the TorchScript
+    #: targets'); given to another target, export warns that it was not used.
+    chooses_cpu_kernels: bool = False
     #: ``"file"`` or ``"folder"``: what :meth:`export` writes at ``path``.
     kind: str = "file"
     #: why the host cannot teach a v3 file a style itself (None: it can, through the
@@ -99,8 +102,15 @@ class Target:
     def ignored_options(self, options: ExportOptions) -> List[str]:
         """The options given that do not change this target's export, each said as the
         warning export gives (``-t onnx --block-size 512``: the offline graph takes any
-        length). None by default."""
-        return []
+        length). By default ``--cpu-kernels`` where :attr:`chooses_cpu_kernels` is False; a
+        subclass that adds its own extends this list."""
+        if self.chooses_cpu_kernels or options.cpu_kernels == ExportOptions.cpu_kernels:
+            return []
+        from . import registry as every_target   # (all plugins loaded)
+        readers = [t.name for t in every_target().values() if t.chooses_cpu_kernels]
+        return [f"--cpu-kernels {options.cpu_kernels} does not apply to {self.name}: it "
+                f"chooses the ops of the TorchScript files ({', '.join(readers)}); "
+                f"the {self.name} export runs on its host's own kernels"]
 
     def host_latency(self, ratio: int, blocks: Sequence[int]) -> Optional[HostLatency]:
         """What this target's host adds to the model's latency at each host block of

@@ -32,9 +32,10 @@ class OnnxTarget(Target):
 
     def ignored_options(self, options: ExportOptions) -> List[str]:
         # (with --style-*, --block-size is the block the style is taught at: it applies)
+        ignored = super().ignored_options(options)
         if options.block_size is None or options.style_target or options.style_source:
-            return []
-        return [f"--block-size does not apply to onnx (offline graph): it takes a whole "
+            return ignored
+        return ignored + [f"--block-size does not apply to onnx (offline graph): it takes a whole "
                 "signal of any length (a multiple of the ratio) in one call, so "
                 f"--block-size {options.block_size} was not used; -t onnx_streaming "
                 "--block-size fixes a graph's block"]
@@ -91,13 +92,18 @@ class OnnxTarget(Target):
         # Parity on a whole signal and on a second length (the time axis is dynamic).
         n = -(-int(options.seconds * sr) // ratio) * ratio
         x = musical_signal(sr, n, reference.n_channels)[None].astype(np.float32)
+        short = x[..., :max(ratio, (n // 3) // ratio * ratio)]
+        if options.block_sizes:   # (they were passed over without a word)
+            report.add("blocks.sizes", True, f"--block-size {', '.join(map(str, options.block_sizes))}"
+                       f" does not apply to the offline graph: it runs a whole signal in one "
+                       f"call, checked at lengths {n} and {short.shape[-1]}; check the "
+                       "onnx_streaming graph for host blocks")
         t0 = time.perf_counter()
         y = sess.run(None, {"audio_in": x})[0]
         seconds = time.perf_counter() - t0
         ref = reference("forward", x)
         peak = max(float(np.max(np.abs(ref))), 1e-12)
         err = float(np.max(np.abs(y - ref))) / peak if y.shape == ref.shape else float("inf")
-        short = x[..., :max(ratio, (n // 3) // ratio * ratio)]
         y2 = sess.run(None, {"audio_in": short})[0]
         ref2 = reference("forward", short)
         err2 = float(np.max(np.abs(y2 - ref2))) / peak if y2.shape == ref2.shape else float("inf")
