@@ -285,13 +285,15 @@ def export(obj: _Context, run: Path, targets, output: Path, streaming: bool, fid
 @click.option("--block-size", "block_sizes", multiple=True, type=click.IntRange(1, MAX_BLOCK),
               help="Host block size to test (repeat); one the artefact cannot take is a "
                    "failed check. Default: powers of two from 64 or the ratio up to 4096 "
-                   "(TorchScript files; Minifusion from 128 to 2048); the ratio and 4x it "
-                   "(onnx_streaming; a graph fixed at N: N, 2N, 4N, 8N); N and 4N (anira, N "
-                   "its block). The offline onnx graph runs in one call.")
+                   "(TorchScript files, and onnx_streaming graphs; one fixed at N: N, 2N, 4N, "
+                   "8N; either without its sidecar: the ratio and 4x it); Minifusion: 128 to "
+                   "2048; anira: N and 4N, N its block. The offline onnx graph runs in one "
+                   "call.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("--report", "report_arg", type=click.Path(), default=None,
-              help="Write a self-contained HTML report (plots, audio players) to this file "
-                   "(an earlier report there is replaced, any other file refused).")
+              help="Write a self-contained HTML report (plots, audio players) to this file, "
+                   "its folder created as needed (an earlier report there is replaced, any "
+                   "other file refused).")
 @click.pass_obj
 def check(obj: _Context, artifacts, run: Optional[str], block_sizes, as_json: bool,
           report_arg: Optional[str]) -> None:

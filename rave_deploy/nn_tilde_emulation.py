@@ -1,5 +1,5 @@
 """An emulation of nn~'s buffering, as measured in a real PureData (host contracts 9, 12,
-25-30 of the reference material): 64-sample signal vectors, circular buffers, input
+25-30: docs/host-contracts.md): 64-sample signal vectors, circular buffers, input
 decimation (each value the last sample of its group), output hold, threaded (the call
 joined one block later) and unthreaded processing.
 

@@ -138,7 +138,7 @@ def test_help_names_every_host_and_what_block_size_does(tmp_path):
     """The description names every target's host (anira was missing); export's
     --block-size says it fixes the onnx_streaming graph too (it named anira alone), and
     check's says each kind's default sizes (it said "64 or the ratio, up to 4096" for
-    all, and the ONNX ones use other sizes)."""
+    all, and anira and a fixed onnx_streaming graph use other sizes)."""
     from rave_deploy.targets import available_targets
     description = answers_light("rave-deploy", ["--help"], tmp_path).stdout
     for name in available_targets():
@@ -148,7 +148,7 @@ def test_help_names_every_host_and_what_block_size_does(tmp_path):
     assert "anira" in export and "onnx_streaming graph is fixed to it" in export, export
     check = _option_help(answers_light("rave-deploy", ["check", "--help"], tmp_path).stdout,
                          "--block-size", "--json")
-    assert "onnx_streaming" in check and "N and 4N (anira" in check, check
+    assert "onnx_streaming graphs" in check and "anira: N and 4N" in check, check
     assert "failed check" in check, check
 
 

@@ -438,8 +438,12 @@ def _impulse(report, runner, reference, plan: Plan, nmax: int):
     if onset_s > hi:
         return False, (f"the impulse response starts {onset_s - click} samples ({ms:.2f} ms) after the "
                        f"click, later than the reported latency {d} allows ({lo - click}..{hi - click})"), info
-    return True, (f"impulse response starts {onset_s - click} samples ({ms:.2f} ms) after the click "
-                  f"(eager onset {onset_e - click:+d} + latency {d})"), info
+    # (the model's own response to a click starts some samples after it, depending on the
+    # click's place in the ratio's frame: the latency is the delay on top of that)
+    late = f" (and {onset_s - lo} samples more: within one ratio, {ratio})" if onset_s > lo else ""
+    return True, (f"impulse response starts {onset_s - click} samples ({ms:.2f} ms) after the "
+                  f"click: where the eager model's starts ({onset_e - click:+d}), delayed by the "
+                  f"latency {d}{late}"), info
 
 
 __all__ = ["run_method_checks", "torch_threads"]
