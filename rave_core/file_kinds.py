@@ -69,3 +69,35 @@ def is_training_checkpoint(path: Path) -> bool:
     names = zip_entries(path)
     return (bool(names) and not _is_torchscript_entries(names)
             and any(n == "data.pkl" or n.endswith("/data.pkl") for n in names))
+
+
+def not_torchscript(path: Path, target: str) -> Optional[str]:
+    """Why ``path`` is not a TorchScript file a host can load, told from its first bytes
+    (without torch), or None when it is one: torch's own error for the others is a
+    traceback about a "zip archive" that names none of them. ``target``: the export to ask
+    for instead (``.TARGET.ts``, ``rave-deploy export RUN -t TARGET``); the host scripts
+    (targets/*/run_in_*.py) call this before loading a file."""
+    give = f"give the .{target}.ts export (rave-deploy export RUN -t {target})"
+    if path.is_dir():
+        what = ("an anira export (a folder of ONNX graphs)" if any(path.glob("*.onnx"))
+                else "a folder")
+        return f"{path} is {what}, not a TorchScript file: {give}"
+    if not path.is_file():
+        return f"{path}: no such file; {give}"
+    head = first_bytes(path)
+    if head.startswith(ZIP_SIGNATURE) and is_torchscript_archive(path):
+        return None
+    if is_training_checkpoint(path):
+        return (f"{path} is a training checkpoint, not an export: export it first "
+                f"(rave-deploy export {path} -t {target})")
+    if head.startswith(HDF5_SIGNATURE):
+        what = "an HDF5 file (Minifusion's model file)"
+    elif head.startswith(ZIP_SIGNATURE):
+        what = "a zip archive that holds no TorchScript code"
+    elif path.suffix.lower() == ".onnx":
+        what = "an ONNX graph"
+    elif not head:
+        what = "empty" if path.stat().st_size == 0 else "unreadable"
+    else:
+        what = "not a TorchScript file (not a zip archive)"
+    return f"{path} is {what}: {give}"

@@ -3,7 +3,9 @@ emulation. (Pd itself is not run here: nn~'s external is not in any registry CI 
 the README of targets/nn_tilde says where it was run.)"""
 from __future__ import annotations
 
+import json
 import re
+import stat
 import sys
 from pathlib import Path
 
@@ -236,3 +238,92 @@ def test_settings_are_typed_as_the_file_declares_them(module):
     assert run_in_pd.attribute_value(module, "deterministic", "0") is False
     with pytest.raises(ValueError, match="no attribute 'learn_source'.*deterministic"):
         run_in_pd.attribute_value(module, "learn_source", "1")
+
+
+def _stand_in(path: Path, body: str) -> str:
+    path.write_text(f"#!{sys.executable}\nimport sys\n{body}")
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return str(path)
+
+
+@pytest.fixture
+def nn_tilde_folder(tmp_path):
+    folder = tmp_path / "nn_tilde"
+    folder.mkdir()
+    (folder / "nn~.pd_linux").write_bytes(b"")
+    return folder
+
+
+def _refused(argv, capsys) -> str:
+    """main(argv) exits 2 as argparse does, with one line and no traceback: that line."""
+    with pytest.raises(SystemExit) as exited:
+        run_in_pd.main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2, err
+    assert "Traceback" not in err and "PytorchStreamReader" not in err
+    return err.strip().splitlines()[-1]
+
+
+def test_main_names_a_file_that_is_not_torchscript(tmp_path, nn_tilde_folder, capsys):
+    """An ONNX graph, an HDF5 file, a training checkpoint or an anira folder given as the
+    file is named for what it is, with the export to give instead (exit 2), before
+    torch reads it (torch.jit.load's error was a traceback about a zip archive, exit 1:
+    the code for "Pd's output differs")."""
+    onnx = tmp_path / "m.onnx.onnx"
+    onnx.write_bytes(b"\x08\x08\x12\x07pytorch\x1a\x03" + bytes(64))  # protobuf, as ONNX is
+    h5 = tmp_path / "m.minifusion.h5"
+    h5.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(64))
+    ckpt = tmp_path / "best.ckpt"
+    torch.save({"state_dict": {}}, ckpt)
+    anira = tmp_path / "m.anira"
+    anira.mkdir()
+    (anira / "forward.onnx").write_bytes(bytes(8))
+    give = "give the .nn_tilde.ts export (rave-deploy export RUN -t nn_tilde)"
+    tools = ["--nn-tilde", nn_tilde_folder, "--pd", sys.executable]
+    for path, expect in ((onnx, f"{onnx} is an ONNX graph: {give}"),
+                         (h5, f"{h5} is an HDF5 file (Minifusion's model file): {give}"),
+                         (ckpt, f"{ckpt} is a training checkpoint, not an export: export it "
+                                f"first (rave-deploy export {ckpt} -t nn_tilde)"),
+                         (anira, f"{anira} is an anira export (a folder of ONNX graphs), not "
+                                 f"a TorchScript file: {give}")):
+        assert _refused([path, *tools], capsys).endswith(expect)
+
+
+def test_main_refuses_a_test_signal_too_short_to_hear(exported, nn_tilde_folder, capsys):
+    """--seconds 0, -1 or nan (a ValueError traceback), or shorter than nn~'s latency
+    (Pd would record only silence): exit 2, naming a length that plays."""
+    tools = ["--nn-tilde", nn_tilde_folder, "--pd", sys.executable]
+    for seconds in ("0", "-1", "nan"):
+        line = _refused([exported, *tools, "--seconds", seconds], capsys)
+        assert line.endswith(f"--seconds {float(seconds):g}: the test signal's length is a "
+                             "number of seconds above 0 (default 3)")
+    line = _refused([exported, *tools, "--seconds", "0.001", "--block", "128"], capsys)
+    assert ("--seconds 0.001: 44 samples at 44100 Hz, no more than nn~'s latency at N = 128 "
+            "(192 samples)") in line and "give --seconds 0.02 or more" in line
+    assert "--sr 0: a sample rate" in _refused([exported, *tools, "--sr", "0"], capsys)
+
+
+def test_main_says_which_buffer_and_rate_nn_tilde_plays_at(exported, tmp_path,
+                                                           nn_tilde_folder, capsys):
+    """--block below the model's ratio: nn~ raises its buffer to the ratio (the emulation
+    too), and the script says N = the ratio, not the --block it was given; --sr other
+    than the sidecar's rate is warned of (nn~ does not resample: the model plays at the
+    wrong pitch, though Pd and the emulation still agree). A stand-in Pd records silence
+    (exit 1)."""
+    ratio = json.loads(Path(str(exported) + ".json").read_text())["ratio"]
+    assert ratio == 128
+    pd = _stand_in(tmp_path / "pd", "import soundfile as sf\n"
+                   "x, sr = sf.read('in.wav', dtype='float32', always_2d=True)\n"
+                   "sf.write('out.wav', 0 * x, sr, subtype='FLOAT')\n")
+    args = [str(exported), "--nn-tilde", str(nn_tilde_folder), "--pd", pd, "--seconds", "0.2"]
+    assert run_in_pd.main(args + ["--block", "64", "--sr", "48000"]) == 1
+    out, err = capsys.readouterr()
+    assert "in Pd through nn~ (forward, N = 128 (--block 64 raised), 48000 Hz," in out
+    assert "N = 64" not in out
+    assert "--block 64 is below the model's largest ratio: nn~ raises its buffer to N = 128" \
+        in err
+    assert ("warning: --sr 48000: " f"{exported.name} runs at 44100 Hz (its sidecar's "
+            "sample_rate) and nn~ does not resample") in err
+    assert run_in_pd.main(args + ["--block", "256"]) == 1
+    out, err = capsys.readouterr()
+    assert "(forward, N = 256, 44100 Hz," in out and "warning" not in err and "raises" not in err

@@ -434,3 +434,45 @@ def test_nn_ar_settings_go_in_every_ugens_attributes(tmp_path, module, nn_ar, ug
             run_in_scsynth.main([str(model), *tools, *args])
         assert exited.value.code == 2
         assert expect in capsys.readouterr().err
+
+
+def test_main_names_a_file_that_is_not_torchscript(tmp_path, module, nn_ar, ugens, capsys):
+    """An ONNX graph, an HDF5 file or a checkpoint given as the file is named for what it
+    is, with the export to give instead (exit 2; torch's zip-archive traceback, exit 1,
+    before); NN.ar asks for nn~'s file, which it plays. --seconds 0 or -1 (a ValueError
+    traceback before), or a signal shorter than the UGen's delay and one call: exit 2."""
+    onnx = tmp_path / "m.onnx.onnx"
+    onnx.write_bytes(b"\x08\x08\x12\x07pytorch\x1a\x03" + bytes(64))
+    h5 = tmp_path / "m.minifusion.h5"
+    h5.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(64))
+    ckpt = tmp_path / "best.ckpt"
+    torch.save({"state_dict": {}}, ckpt)
+    model = tmp_path / "m.ts"
+    module.save(str(model))
+    tools = ["--sclang", _stand_in(tmp_path / "sclang", SCLANG),
+             "--scsynth", _stand_in(tmp_path / "scsynth", "")]
+
+    def refused(*args):
+        with pytest.raises(SystemExit) as exited:
+            run_in_scsynth.main([*map(str, args), *tools])
+        err = capsys.readouterr().err
+        assert exited.value.code == 2, err
+        assert "Traceback" not in err and "PytorchStreamReader" not in err
+        return err.strip().splitlines()[-1]
+
+    give = "give the .supercollider.ts export (rave-deploy export RUN -t supercollider)"
+    assert refused(onnx, "--ugens", ugens).endswith(f"{onnx} is an ONNX graph: {give}")
+    assert refused(h5, "--ugens", ugens).endswith(
+        f"{h5} is an HDF5 file (Minifusion's model file): {give}")
+    assert refused(ckpt, "--ugens", ugens).endswith(
+        f"{ckpt} is a training checkpoint, not an export: export it first "
+        f"(rave-deploy export {ckpt} -t supercollider)")
+    assert refused(onnx, "--ugens", nn_ar, "--ugen", "nn-ar").endswith(
+        "give the .nn_tilde.ts export (rave-deploy export RUN -t nn_tilde)")
+    for seconds in ("0", "-1"):
+        assert refused(model, "--ugens", ugens, "--seconds", seconds).endswith(
+            f"--seconds {seconds}: the test signal's length is a number of seconds above 0 "
+            "(default 3)")
+    line = refused(model, "--ugens", ugens, "--seconds", "0.001")
+    assert ("--seconds 0.001: 44 samples at 44100 Hz, not more than the RAVE UGen's delay "
+            "(64 samples) and one call of the model (128)") in line

@@ -1,10 +1,11 @@
 """Reports of ``rave-deploy check``: a terminal table, JSON, and one self-contained HTML page.
 
 The HTML page has everything inline (plots as base64 PNG, audio as base64 WAV), so it can
-be mailed, attached to a CI run or opened offline. Per artefact: the pass/fail table of
-checks, exported-vs-eager waveforms and spectrograms, the impulse response with the
-latency marked, the latency jitter histogram, the real-time factor per block size, and
-players for the input, the eager output and the exported output.
+be mailed, attached to a CI run or opened offline. First, in plain words, what a pass means
+and what each group of checks tests (:data:`_GROUPS`). Per artefact: the pass/fail table of
+checks (values with their units where known), exported-vs-eager waveforms and spectrograms,
+the impulse response with the latency marked, the latency jitter histogram, the real-time
+factor per block size, and players for the input, the eager output and the exported output.
 """
 from __future__ import annotations
 
@@ -284,6 +285,7 @@ def _fig_impulse(imp: Dict[str, Any], sr: int) -> str:
                       label=f"onset {onset - click} ({1000 * (onset - click) / sr:.2f} ms)")
     ax[0].set_title("impulse response (click minus silence)")
     ax[0].set_xlabel("samples after the click")
+    ax[0].set_ylabel("output amplitude (1 = full scale)")
     ax[0].legend(loc="upper left", fontsize=8)
     mag = 20 * np.log10(np.abs(r) / max(np.abs(r).max(), 1e-30) + 1e-12)
     ax[1].plot(1000 * x / sr, mag, color=_EXPORT, lw=0.5)
@@ -292,6 +294,7 @@ def _fig_impulse(imp: Dict[str, Any], sr: int) -> str:
     ax[1].set_xlim(1000 * lo / sr, 1000 * x[-1] / sr)
     ax[1].set_title("whole response, dB")
     ax[1].set_xlabel("ms after the click")
+    ax[1].set_ylabel("dB relative to the peak")
     return _png(fig)
 
 
@@ -360,21 +363,28 @@ def _wav(x: np.ndarray, sr: int, gain: float) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _db(gain: float) -> str:
+    return f"{20 * math.log10(gain):+.0f} dB"
+
+
 def _players(w: Dict[str, Any], sr: int, method: str) -> str:
+    """Players for the input (at its own level, turned down only if it clips) and the
+    eager and exported outputs (one gain for both, so that their levels compare)."""
     warm = int(w["warmup"])
     y = np.asarray(w["exported"])[:, warm:]
     a = np.nan_to_num(np.asarray(w["aligned"]))[:, warm:]
     peak = max(float(np.abs(y).max()), float(np.abs(a).max()), 1e-12)
-    gain, note = 1.0, ""
-    if peak < 0.05 or peak > 1.0:   # quiet random models / clipping: one common gain
-        gain = 0.9 / peak
-        note = f" (both normalised by the same gain, {20 * math.log10(gain):+.0f} dB)"
+    gain = 0.9 / peak if peak < 0.05 or peak > 1.0 else 1.0   # quiet random models / clipping
     items = []
     if w.get("in_unit", "samples") == "samples":
         xin = np.asarray(w["input"])[:, warm:]
         pin = max(float(np.abs(xin).max()), 1e-12)
-        items.append(("input", _wav(xin, sr, 1.0 if pin <= 1 else 0.9 / pin)))
-    items += [("eager", _wav(a, sr, gain)), ("exported", _wav(y, sr, gain))]
+        gain_in = 1.0 if pin <= 1 else 0.9 / pin
+        own = f"{_db(gain_in)} on its own" if gain_in != 1 else "at its own level"
+        items.append((f"input, {own}", _wav(xin, sr, gain_in)))
+    shared = f", {_db(gain)}" if gain != 1 else ""
+    items += [("eager" + shared, _wav(a, sr, gain)), ("exported" + shared, _wav(y, sr, gain))]
+    note = f" (eager and exported share one gain, {_db(gain)})" if gain != 1 else ""
     cells = "".join(
         f'<figure class="player"><figcaption>{html.escape(name)}</figcaption>'
         f'<audio controls preload="none" src="data:audio/wav;base64,{data}"></audio></figure>'
@@ -413,7 +423,7 @@ dl.facts { display:grid; grid-template-columns:repeat(auto-fill, minmax(150px, 1
            margin:0 0 16px; }
 dl.facts div { background:#f8fafc; border:1px solid var(--line); border-radius:8px; padding:8px 12px; }
 dl.facts dt { color:var(--muted); font-size:12px; }
-dl.facts dd { margin:0; font-size:16px; font-weight:600; }
+dl.facts dd { margin:0; font-size:16px; font-weight:600; overflow-wrap:anywhere; }
 img { max-width:100%; display:block; margin:6px 0 10px; }
 details { margin-top:3px; }
 details summary { cursor:pointer; color:var(--muted); font-size:12px; }
@@ -425,8 +435,126 @@ figure.player { margin:0; background:#f8fafc; border:1px solid var(--line); bord
 figure.player figcaption { font-size:12px; color:var(--muted); margin-bottom:4px; }
 audio { width:300px; }
 p.note { color:var(--muted); font-size:12px; margin:4px 0; }
+dl.about dt { font-family:ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-weight:600;
+              margin-top:10px; }
+dl.about dd { margin:2px 0 0 18px; }
+td.name a { color:inherit; text-decoration:none; }
+td.name a:hover { text-decoration:underline; }
 nav ul { margin:6px 0 0; padding-left:18px; }
 """
+
+#: What a pass means, for someone who will play the artefact live (the page's first words
+#: after the overview).
+_PASS_MEANS = (
+    "PASS means every check of the artefact passed: in plain words, it loads in its host the "
+    "way the host loads it, sounds the same as the trained model (run offline in Python: the "
+    "<i>eager</i> model), sounds the same whatever buffer size the host uses, never reacts to "
+    "sound it has not received yet, is exactly as late as it says (so the host can compensate "
+    "its latency), and, where its host's runtime is timed here, computes fast enough on one "
+    "CPU thread of this machine at the host block shown. It says nothing about whether the "
+    "model sounds good: the players are for that.")
+
+#: Each group of checks, by the prefix of its names (before the dot), in plain words: what
+#: it tests, and what a failure sounds like or does in the host. The page explains the
+#: groups its reports hold, in this order.
+_GROUPS = {
+    "contract": (
+        "Host contract: the file has what its host needs to load and run it (file format, "
+        "ops, methods, attributes, shapes, batches of voices, the sidecar's latency, rate and "
+        "ratio). contract.&lt;point&gt;_&lt;what&gt; names the point of the host's contract "
+        "(each point: docs/host-contracts.md in rave-deploy). A "
+        "failure: the host refuses the file, stops with an error, or runs it wrongly (at the "
+        "wrong rate, uncompensated, silent)."),
+    "device": (
+        "Every weight moves with the model when the host moves it to another device (nn~'s "
+        "<code>gpu</code> message). A failure: the <code>gpu</code> message breaks the model."),
+    "executor": (
+        "The file gives the same output under libtorch's legacy graph executor, which the RAVE "
+        "UGens switch all of scsynth to. A failure: with the RAVE UGens installed, NN.ar errors "
+        "or sounds different."),
+    "style": (
+        "The style attributes work: learning a target passes audio through, learning a source "
+        "then transfers, the resets give the plain output back. A failure: the style messages "
+        "do nothing, or the model stays stuck in a style."),
+    "parity": (
+        "Parity: the export sounds the same as the trained model run in Python, method by "
+        "method (forward: audio in, audio out; encode: audio to latents; decode: latents to "
+        "audio). The value is the signal-to-error ratio in dB (the overview's parity SNR: the "
+        "worst method's); the higher, the closer, and the threshold gives the bar. A failure: "
+        "the export sounds different from what was trained (noise, distortion, another "
+        "sound), or is shifted in time."),
+    "blocks": (
+        "Block-size invariance: the output is the same whatever block (buffer) size the host "
+        "processes, from the smallest to the largest tried. The value is the largest "
+        "difference between block sizes, as a share of the output's peak. A failure: the sound "
+        "changes when you change the buffer size, or clicks where blocks meet."),
+    "causality": (
+        "Causality: a change of the input never reaches the output before it is due (its time "
+        "plus the latency), and a click's response starts where the trained model's does, "
+        "delayed by the latency. The value is how far too early the output moved (0: never). "
+        "A failure: the file reads sound it cannot have yet; live, what you hear depends on how "
+        "the host cuts the stream, and the latency it reports is wrong."),
+    "latency": (
+        "Latency: how late the output answers the input, in samples at the host's rate (and "
+        "ms), measured on clicks and note onsets at 16 places inside a host block. It must "
+        "equal the latency the file reports, with no jitter. The host's buffering adds to it "
+        "(the total latency table below the plots). A failure: sound arrives at another time "
+        "than the file says, so delay compensation is off, or timing wobbles from note to "
+        "note."),
+    "rtf": (
+        "Real-time factor: how many times faster than real time the file computes on one CPU "
+        "thread of this machine. '1.5x @256' (the overview's RTF @host block) means that at a "
+        "host block of 256 samples a block takes on average two thirds of the time it lasts. It passes "
+        "when at some block size even the slowest 1% of blocks (p99) finish in time; the "
+        "smallest such block is shown. A failure (or a smaller block, or a slower or busier "
+        "machine): the host misses its deadlines, and you hear crackles and dropouts."),
+    "precision": (
+        "The plugin's float32 arithmetic stays as close to the float64 model as the threshold "
+        "says. A failure: rounding noise or distortion in the plugin's output."),
+    "streaming": (
+        "Whether the streaming checks could run. A failure: they could not (the message says "
+        "why; often a failed contract above), so parity, blocks, causality, latency and speed "
+        "are unknown."),
+}
+
+#: The unit of a check's value, by the check's name, else the prefix before its dot, as
+#: the code that adds the check computes it; a value whose unit is not here is shown bare.
+#: (``parity.*``: :func:`_unit`.)
+_UNITS = {
+    "latency": " samples",                        # the mean measured latency (check.latency)
+    "rtf": "x real time",                         # check.timing, the offline ONNX graph's
+    "blocks": " of peak",                         # max difference / peak (check.harness)
+    "precision": " of peak",                      # Minifusion's float32 max error / peak
+    "contract.4_streaming": " of peak",
+    "causality.forward": " samples",              # earliest change before it is due
+    "causality.encode": " latent frames",
+    "contract.sample_rate": " Hz",
+    "contract.14_ratio": " samples per latent frame",
+}
+
+
+def _group(name: str) -> str:
+    return name.split(".", 1)[0]
+
+
+def _unit(r) -> str:
+    """The unit of ``r.value`` (with its leading space), or ``""`` where it is not known.
+    ``parity.*`` is the SNR in dB where its details say so (the offline ONNX graph's is a
+    max error instead, and says nothing)."""
+    if _group(r.name) == "parity":
+        return " dB" if "snr_db" in r.details else ""
+    return _UNITS.get(r.name, _UNITS.get(_group(r.name), ""))
+
+
+def _about_checks(reports: Sequence[CheckReport]) -> str:
+    """The card that says, in plain words, what a pass means and what each group of checks
+    in ``reports`` tests (each check's name links to its group's entry)."""
+    present = {_group(r.name) for rep in reports for r in rep.results}
+    entries = "".join(f"<dt id=check-{g}>{g}.*</dt><dd>{text}</dd>"
+                      for g, text in _GROUPS.items() if g in present)
+    return (f"<section class=card id=about-checks><h2>what the checks mean</h2><p>{_PASS_MEANS}</p>"
+            "<p>Each check in full, and every field of its details: docs/check.md in "
+            f"rave-deploy.</p><dl class=about>{entries}</dl></section>")
 
 
 def _fmt_value(v: Any) -> str:
@@ -442,10 +570,27 @@ def _fmt_value(v: Any) -> str:
 
 
 def _details_json(details: Dict[str, Any]) -> str:
-    text = json.dumps(jsonable(details), indent=1)
+    text = json.dumps(jsonable(details), indent=1, ensure_ascii=False)  # the page is UTF-8
     if len(text) > 4000:
         text = text[:4000] + "\n…"
     return f"<details><summary>details</summary><pre>{html.escape(text)}</pre></details>" if details else ""
+
+
+def _value(r) -> str:
+    """``r``'s value with its unit, and for ``latency.forward`` in ms too."""
+    if r.value is None:
+        return ""
+    text = _fmt_value(r.value) + html.escape(_unit(r))
+    if _group(r.name) == "latency" and r.details.get("mean_ms") is not None:
+        text += f" ({r.details['mean_ms']:.2f} ms)"
+    return text
+
+
+def _check_name(name: str) -> str:
+    """The check's exact name, linked to the explanation of its group where there is one."""
+    if _group(name) not in _GROUPS:
+        return html.escape(name)
+    return f"<a href=#check-{_group(name)}>{html.escape(name)}</a>"
 
 
 def _checks_table(report: CheckReport) -> str:
@@ -453,8 +598,8 @@ def _checks_table(report: CheckReport) -> str:
     for r in report.results:
         badge = '<span class="badge pass">pass</span>' if r.passed else '<span class="badge fail">FAIL</span>'
         rows.append(
-            f'<tr class="{"pass" if r.passed else "fail"}"><td class="name">{html.escape(r.name)}</td>'
-            f"<td>{badge}</td><td class=num>{_fmt_value(r.value)}</td>"
+            f'<tr class="{"pass" if r.passed else "fail"}"><td class="name">{_check_name(r.name)}</td>'
+            f"<td>{badge}</td><td class=num>{_value(r)}</td>"
             f"<td>{html.escape(r.threshold or '')}</td>"
             f"<td>{html.escape(r.message)}{_details_json(r.details)}</td></tr>")
     return ("<table class=checks><thead><tr><th>check</th><th>result</th><th>value</th>"
@@ -571,7 +716,7 @@ def write_html_report(reports: Sequence[CheckReport], path) -> Path:
     overview = ("<section class=card><h2>overview</h2><table><thead><tr>"
                 + "".join(f"<th>{html.escape(t)}</th>" for _, t in _COLUMNS)
                 + f"</tr></thead><tbody>{overview_rows}</tbody></table></section>")
-    body = "".join(_section(i, r) for i, r in enumerate(reports))
+    body = _about_checks(reports) + "".join(_section(i, r) for i, r in enumerate(reports))
     page = (f"{_PAGE_START} {html.escape(rave_core.__version__)}'>"
             f"<meta name=viewport content='width=device-width, initial-scale=1'>"
             f"<title>rave-deploy check: {passed}/{len(reports)} passed</title><style>{_CSS}</style></head>"

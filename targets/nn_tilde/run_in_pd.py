@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -40,8 +41,10 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from rave_core.file_kinds import not_torchscript  # noqa: E402
 from rave_deploy.check.recording import RecordingComparison, compare_recording  # noqa: E402
-from rave_deploy.nn_tilde_emulation import apply_attributes, attribute_value  # noqa: E402
+from rave_deploy.nn_tilde_emulation import (apply_attributes, attribute_value,  # noqa: E402
+                                            nn_tilde_buffer)
 
 #: Pd's signal vector: the recording stops on a vector boundary.
 PD_VECTOR = 64
@@ -232,6 +235,28 @@ def compare_with_emulation(module, block: int, signal: np.ndarray, recorded: np.
                              sum(h.latency for h in hosts), "nn~")
 
 
+def sidecar_rates(model: Path):
+    """``(sample_rate, model_sample_rate)`` the sidecar of ``model`` records (the rate
+    the file runs at, and the model's own: they differ in a file exported with --sr),
+    None without a sidecar, or the line saying why it cannot be read."""
+    sidecar = Path(str(model) + ".json")
+    if not sidecar.is_file():
+        return None
+    try:
+        data = json.loads(sidecar.read_text())
+        rate = int(data["sample_rate"])
+        own = int(data.get("model_sample_rate") or rate)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError,
+            UnicodeDecodeError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        return (f"{sidecar}: not a readable rave-deploy sidecar (sample_rate: {reason}); "
+                "export again, or move it away and pass --sr")
+    if rate <= 0 or own <= 0:
+        return (f"{sidecar}: sample_rate {rate} is not a rate; export again, or move it "
+                "away and pass --sr")
+    return rate, own
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model", type=Path, help="an exported nn_tilde .ts file")
@@ -252,8 +277,9 @@ def main(argv=None) -> int:
                         "--set learn_source 1 for a v3 file's style transfer")
     args = p.parse_args(argv)
 
-    if not args.model.is_file():
-        p.error(f"{args.model}: no such file")
+    problem = not_torchscript(args.model, "nn_tilde")
+    if problem:
+        p.error(problem)
     if not args.nn_tilde.is_dir() or not any(args.nn_tilde.glob("nn~.*")):
         p.error(f"{args.nn_tilde}: no nn~ external there (expected nn~.pd_linux, "
                 "nn~.pd_darwin or nn~.dll): pass the folder nn~'s release unpacks to")
@@ -262,15 +288,30 @@ def main(argv=None) -> int:
                 "puredata-core, or pass --pd /path/to/pd)")
     if args.block <= 0 or args.block & (args.block - 1):
         p.error(f"--block {args.block}: nn~'s buffer size is a power of two")
+    if not (math.isfinite(args.seconds) and args.seconds > 0):
+        p.error(f"--seconds {args.seconds:g}: the test signal's length is a number of "
+                "seconds above 0 (default 3)")
+    if args.sr is not None and args.sr <= 0:
+        p.error(f"--sr {args.sr}: a sample rate is a number of Hz above 0 (e.g. 44100)")
+    rates = sidecar_rates(args.model)
+    if isinstance(rates, str):
+        p.error(rates)
+    file_rate, model_rate = rates or (None, None)
+    sr = args.sr or file_rate or 44100
 
     import torch
 
     from rave_deploy.check.signals import musical_signal
-    module = torch.jit.load(str(args.model))
+    try:
+        module = torch.jit.load(str(args.model))
+    except RuntimeError as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        p.error(f"{args.model}: torch cannot load this TorchScript file ({reason}): "
+                "export it again (rave-deploy export RUN -t nn_tilde)")
     module.eval()
-    sidecar = Path(str(args.model) + ".json")
-    sr = args.sr or (int(json.loads(sidecar.read_text())["sample_rate"])
-                     if sidecar.is_file() else 44100)
+    if not all(hasattr(module, a) for a in ("forward_params", "get_methods")):
+        p.error(f"{args.model.name} has no forward_params: not a file nn~ can play "
+                "(rave-deploy check says what it lacks; export with -t nn_tilde)")
     encode_decode = args.methods == "encode-decode"
     if encode_decode and not (hasattr(module, "encode_params")
                               and hasattr(module, "decode_params")):
@@ -293,7 +334,27 @@ def main(argv=None) -> int:
             attribute_value(module, name, value)
         except ValueError as err:
             p.error(f"--set {name} {value}: {err}")
-    signal = musical_signal(sr, int(args.seconds * sr), channels, seed=1)
+    buffer = nn_tilde_buffer(module, args.block)
+    latency = (2 if encode_decode else 1) * (2 * buffer - PD_VECTOR)
+    n = int(args.seconds * sr)
+    if n // PD_VECTOR * PD_VECTOR <= latency:
+        shortest = math.ceil(100 * (latency + 2 * buffer) / sr) / 100
+        p.error(f"--seconds {args.seconds:g}: {n} samples at {sr} Hz, no more than nn~'s "
+                f"latency at N = {buffer} ({latency} samples): Pd would record none of the "
+                f"model's output; give --seconds {shortest:g} or more")
+    if buffer != args.block:
+        print(f"note: --block {args.block} is below the model's largest ratio: nn~ raises "
+              f"its buffer to N = {buffer} (and says so in Pd's log), as the emulation "
+              "does", file=sys.stderr)
+    if file_rate and sr != file_rate:
+        instead = (f", or export it for {sr} Hz (rave-deploy export RUN -t nn_tilde --sr {sr})"
+                   if sr % model_rate == 0 else "")
+        print(f"warning: --sr {sr}: {args.model.name} runs at {file_rate} Hz (its sidecar's "
+              f"sample_rate) and nn~ does not resample: in Pd at {sr} Hz the model hears "
+              f"its input {sr / file_rate:.3g} times too fast, and plays at the wrong pitch "
+              "and timbre. The comparison with the emulation (fed the same samples) holds "
+              f"all the same; play it at {file_rate} Hz{instead}", file=sys.stderr)
+    signal = musical_signal(sr, n, channels, seed=1)
     if channels == 1:
         signal = signal[0]
     try:
@@ -304,14 +365,15 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     decoder = torch.jit.load(str(args.model)).eval() if encode_decode else None
-    result = compare_with_emulation(module, args.block, signal, recorded, decoder, settings)
+    result = compare_with_emulation(module, buffer, signal, recorded, decoder, settings)
     if not hasattr(module, "set_deterministic"):
         print("note: this file has no `deterministic` attribute: it draws noise, so Pd's "
               "output and the emulation's cannot agree exactly", file=sys.stderr)
     print("Pd's log:\n  " + "\n  ".join(log.splitlines()))
     extra = "".join(f", {name} {value}" for name, value in settings)
-    print(f"{args.model.name} in Pd through nn~ ({args.methods}, N = {args.block}, "
-          f"deterministic{extra}):")
+    asked = "" if buffer == args.block else f" (--block {args.block} raised)"
+    print(f"{args.model.name} in Pd through nn~ ({args.methods}, N = {buffer}{asked}, "
+          f"{sr} Hz, deterministic{extra}):")
     for line in result.lines():
         print("  " + line)
     ok = result.agrees(args.tolerance)

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -66,6 +67,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from rave_core.file_kinds import not_torchscript  # noqa: E402
 from rave_deploy.check.recording import RecordingComparison, compare_recording  # noqa: E402
 from rave_deploy.nn_tilde_emulation import apply_attributes, attribute_value  # noqa: E402
 
@@ -513,9 +515,11 @@ def main(argv=None) -> int:
                         "learn_source 1 for a v3 file's style transfer")
     args = p.parse_args(argv)
 
-    if not args.model.is_file():
-        p.error(f"{args.model}: no such file")
     family = family_of(args.ugen)
+    target = "nn_tilde" if family is NN_AR else "supercollider"  # NN.ar plays nn~'s files
+    problem = not_torchscript(args.model, target)
+    if problem:
+        p.error(problem)
     if not args.ugens.is_dir() or _plugin_binary(args.ugens, family) is None:
         built_by = "nn.ar's" if family is NN_AR else "rave-supercollider's"
         p.error(f"{args.ugens}: {family.name} is not there (expected "
@@ -527,11 +531,29 @@ def main(argv=None) -> int:
                     "supercollider-server supercollider-language, or pass its path)")
     if args.server_block <= 0 or args.server_block & (args.server_block - 1):
         p.error(f"--server-block {args.server_block}: {family.name} expects a power of two")
+    if not (math.isfinite(args.seconds) and args.seconds > 0):
+        p.error(f"--seconds {args.seconds:g}: the test signal's length is a number of "
+                "seconds above 0 (default 3)")
+    if args.sr is not None and args.sr <= 0:
+        p.error(f"--sr {args.sr}: a sample rate is a number of Hz above 0 (e.g. 44100)")
+    sidecar = Path(str(args.model) + ".json")
+    try:
+        sr = args.sr or (int(json.loads(sidecar.read_text())["sample_rate"])
+                         if sidecar.is_file() else 44100)
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        p.error(f"{sidecar}: not a readable rave-deploy sidecar (sample_rate: {reason}); "
+                "export again, or pass --sr")
 
     import torch
 
     from rave_deploy.check.signals import musical_signal
-    module = torch.jit.load(str(args.model))
+    try:
+        module = torch.jit.load(str(args.model))
+    except RuntimeError as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        p.error(f"{args.model}: torch cannot load this TorchScript file ({reason}): "
+                f"export it again (rave-deploy export RUN -t {target})")
     module.eval()
     if not hasattr(module, "decode_params") or not hasattr(module, "forward_params"):
         p.error(f"{args.model.name} has no decode_params / forward_params: not a file "
@@ -568,10 +590,19 @@ def main(argv=None) -> int:
         p.error(f"--ugen {args.ugen}: --server-block {args.server_block} is above NN.ar's buffer "
                 f"({buffer}), where NN.ar disables itself; pass --buffer-size "
                 f"{args.server_block} or more")
-    sidecar = Path(str(args.model) + ".json")
-    sr = args.sr or (int(json.loads(sidecar.read_text())["sample_rate"])
-                     if sidecar.is_file() else 44100)
-    signal = musical_signal(sr, int(args.seconds * sr), channels, seed=1)
+    # the delay the synth puts before the model's first output, and the model's block
+    z = args.server_block
+    unit = buffer if family is NN_AR else ratio
+    delay = {"forward": max(ratio - z, 0), "encoder-decoder": ratio if z < ratio else 0,
+             "nn-ar": buffer - z, "nn-ar-encode-decode": 2 * (buffer - z)}[args.ugen]
+    n = int(args.seconds * sr)
+    if n <= delay + unit:
+        shortest = math.ceil(100 * (delay + 2 * unit) / sr) / 100
+        p.error(f"--seconds {args.seconds:g}: {n} samples at {sr} Hz, not more than "
+                f"{family.name}'s delay ({delay} samples) and one call of the model "
+                f"({unit}): the server would play none of its output; give --seconds "
+                f"{shortest:g} or more")
+    signal = musical_signal(sr, n, channels, seed=1)
     if channels == 1:
         signal = signal[0]
     deterministic = hasattr(module, "set_deterministic")
