@@ -2,13 +2,28 @@
 
     python benchmarks/profile_block.py exports/brave.nn_tilde.ts --block 128
     python benchmarks/profile_block.py exports/brave.onnx_streaming.onnx --block 2048 --top 20
+    python benchmarks/profile_block.py exports/brave.anira/forward.onnx    # its fixed block
 
-A TorchScript file (``.ts``) is profiled with ``torch.profiler`` over its ``forward``; an
-``onnx_streaming`` graph (``.onnx``) with ONNX Runtime's own profiler, states fed back.
-Both print the median block time measured *without* the profiler (the profiler itself
-adds about a microsecond per op), then one table per file: op type -> calls per block,
-microseconds per block and share of the profiled time, and, for the matrix products
-and convolutions that usually dominate, the heaviest shapes. Random input, warm-up first.
+A TorchScript file (``.ts``) is profiled with ``torch.profiler`` over its ``forward``; a
+streaming ONNX graph (``onnx_streaming``, or an anira folder's ``forward.onnx``) with ONNX
+Runtime's own profiler, run as ``rave-deploy check`` and ``streaming_rtf.py`` run it
+(states bound in place: ``rave_deploy.onnx_runtime.BoundStreamingSession``). The offline
+``onnx`` graph (no states) is refused: it is not what a streaming host runs. A graph with
+a fixed block (anira's) is profiled at its block, whatever --block says. The sample rate
+and ratio come from the export's sidecar (else from the file): --block must be a multiple
+of the ratio.
+
+Both print the median block time measured *without* the profiler, then one table per
+file: op type -> calls per block, microseconds per block and share of the profiled time,
+and, for the matrix products and convolutions that usually dominate, the heaviest
+shapes. The profilers add their own time to every op they record: torch.profiler about
+0.3 us per op, ONNX Runtime's about 3 us per node, inside each node's time (full-size BRAVE
+at 128: 2.4 ms of profiled nodes against 1.0 ms unprofiled). Under ONNX Runtime the small
+ops (Reshape, Slice, Concat) look heavier than they are: compare the large ops, and take
+the block time from the unprofiled line. Random input; warm-up calls first, unprofiled.
+
+Exit status: 0, 2 bad options or a file that is not a streaming export (checked before
+any profiling), 130 Ctrl-C.
 """
 from __future__ import annotations
 
@@ -20,7 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -28,14 +43,102 @@ import numpy as np
 PRODUCT_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::conv1d",
                "aten::_convolution", "aten::_embedding_bag_forward_only", "aten::_embedding_bag",
                "Conv", "FusedConv", "MatMul", "Gemm", "NchwcConv")
+#: Unprofiled calls before the profiled ones (first calls allocate and pack weights).
+WARMUP = 20
 
 
-def median_block_ms(step: Callable[[], None], block: int, seconds: float = 2.0) -> float:
-    """Median wall time (ms) of ``step`` over ``seconds`` of audio at 44.1 kHz, after a
-    warm-up of 20 calls."""
-    for _ in range(20):
+class Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line, ``error: ...``, exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message}\n")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
+                    argparse.RawDescriptionHelpFormatter):
+    """--help: the module's docstring as written (usage examples), each default shown."""
+
+
+class Export(NamedTuple):
+    """A file to profile, loaded: what its block is and how fast audio runs."""
+    path: Path
+    model: object                  # a TorchScript module or an ONNX Runtime session
+    sr: Optional[int]              # None: neither the sidecar nor the file says
+    ratio: int
+    channels: int
+    fixed_block: Optional[int]     # a graph that takes one block size only (anira)
+    pairs: Optional[Dict[int, int]] = None   # ONNX: state output -> the input it feeds
+
+
+def read_sidecar(path: Path) -> dict:
+    """rave-deploy's sidecar of ``path`` (``X.json`` beside ``X``, or an anira folder's
+    ``rave-deploy.json``); ``{}`` when there is none or it cannot be read."""
+    for candidate in (path.with_name(path.name + ".json"), path.parent / "rave-deploy.json"):
+        try:
+            return json.loads(candidate.read_text())
+        except (OSError, ValueError):
+            continue
+    return {}
+
+
+def first_line(err: BaseException) -> str:
+    """An error's first sentence (torch's and ONNX Runtime's run on for lines)."""
+    line = next((x.strip() for x in str(err).splitlines() if x.strip()), type(err).__name__)
+    return line.split(". ")[0]
+
+
+def open_export(p: argparse.ArgumentParser, path: Path) -> Export:
+    """Load ``path``; anything but a streaming export is refused in one line (exit 2)."""
+    if not path.is_file():
+        p.error(f"{path}: no such file")
+    if path.suffix not in (".onnx", ".ts", ".pt"):
+        p.error(f"{path}: expected a .ts (TorchScript) or .onnx (onnx_streaming) file")
+    sidecar = read_sidecar(path)
+    try:
+        if path.suffix == ".onnx":
+            from rave_deploy.onnx_runtime import session
+            model = session(path)  # one thread, all optimisations, no denormals
+            meta = {k: json.loads(v) for k, v in
+                    model.get_modelmeta().custom_metadata_map.items() if v[:1].isdigit()}
+        else:
+            import torch
+            model = torch.jit.load(str(path)).eval()
+            meta = {"sample_rate": getattr(model, "sr", None),
+                    "ratio": int(model.encode_params[3]) if hasattr(model, "encode_params")
+                    else None}
+    except Exception as err:  # noqa: BLE001 - whatever it is, it cannot be profiled
+        kind = "ONNX" if path.suffix == ".onnx" else "TorchScript"
+        p.error(f"{path}: cannot be loaded as {kind} ({first_line(err)}): give a .ts or an "
+                "onnx_streaming .onnx export")
+    sr = sidecar.get("sample_rate") or meta.get("sample_rate")
+    ratio = int(sidecar.get("ratio") or meta.get("ratio") or 1)
+    if path.suffix != ".onnx":
+        channels = int(sidecar.get("channels") or getattr(model, "n_channels", 1))
+        return Export(path, model, sr and int(sr), ratio, channels, None)
+    inputs, outputs = model.get_inputs(), model.get_outputs()
+    if len(inputs) == 1:
+        p.error(f"{path}: offline graph (one input, no states): profile an onnx_streaming "
+                "export")
+    if not inputs[0].name.startswith("audio"):
+        p.error(f"{path}: its input {inputs[0].name} is not audio: profile a graph that "
+                "takes audio (an anira folder's forward.onnx)")
+    # state_out_<k> feeds state_in_<k> (onnx_streaming), state_out feeds state_in (anira)
+    index = {i.name: k for k, i in enumerate(inputs)}
+    pairs = {k: index.get(o.name.replace("_out", "_in", 1)) for k, o in enumerate(outputs) if k}
+    if None in pairs.values():
+        p.error(f"{path}: its state outputs do not name the inputs they feed: not an "
+                "onnx_streaming or anira graph")
+    fixed = inputs[0].shape[2]
+    return Export(path, model, sr and int(sr), ratio, int(inputs[0].shape[1]),
+                  fixed if isinstance(fixed, int) else None, pairs)
+
+
+def median_block_ms(step: Callable[[], None], block: int, sr: int,
+                    seconds: float = 2.0) -> float:
+    """Median wall time (ms) of ``step`` over ``seconds`` of audio, after a warm-up."""
+    for _ in range(WARMUP):
         step()
-    n = max(int(seconds * 44100 / block), 30)
+    n = max(int(seconds * sr / block), 30)
     times = []
     for _ in range(n):
         t0 = time.perf_counter()
@@ -44,84 +147,84 @@ def median_block_ms(step: Callable[[], None], block: int, seconds: float = 2.0) 
     return float(np.median(times)) * 1000
 
 
-def profile_torchscript(path: Path, block: int, calls: int) -> Tuple[float, List[Dict]]:
+def profile_torchscript(e: Export, block: int, calls: int, sr: int) -> Tuple[float, List[Dict]]:
     """``(median ms, rows)``: one row per (op, input shapes), self time per block (us)."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
     torch.set_num_threads(1)
-    module = torch.jit.load(str(path)).eval()
-    channels = int(getattr(module, "n_channels", 1)) if hasattr(module, "n_channels") else 1
-    x = torch.randn(1, channels, block) * 0.1
+    x = torch.randn(1, e.channels, block) * 0.1
     with torch.inference_mode():
-        ms = median_block_ms(lambda: module(x), block)
+        ms = median_block_ms(lambda: e.model(x), block, sr)  # also the profiler's warm-up
         with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
             for _ in range(calls):
-                module(x)
-    rows = [{"op": e.key, "shape": str(e.input_shapes), "calls": e.count / calls,
-             "us": e.self_cpu_time_total / calls}
-            for e in prof.key_averages(group_by_input_shape=True)
-            if e.key not in ("forward",)]
+                e.model(x)
+    rows = [{"op": ev.key, "shape": str(ev.input_shapes), "calls": ev.count / calls,
+             "us": ev.self_cpu_time_total / calls}
+            for ev in prof.key_averages(group_by_input_shape=True)
+            if ev.key not in ("forward",)]
     return ms, rows
 
 
-def profile_onnx(path: Path, block: int, calls: int) -> Tuple[float, List[Dict]]:
-    """As :func:`profile_torchscript`, for an explicit-state ONNX graph."""
+def profiled_session(path: Path, folder: str):
+    """A session as :func:`rave_deploy.onnx_runtime.session` opens one, with ONNX
+    Runtime's profiler on (it can only be switched on when a session is made)."""
     import onnxruntime as ort
 
-    from rave_deploy.onnx_runtime import session
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.set_denormal_as_zero", "1")
+    opts.log_severity_level = 3
+    opts.enable_profiling = True
+    opts.profile_file_prefix = os.path.join(folder, "ort")
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
-    def feeder(sess) -> Callable[[], None]:
-        inputs = sess.get_inputs()
-        names = [o.name for o in sess.get_outputs()]
-        fixed = inputs[0].shape[2]
-        n = fixed if isinstance(fixed, int) else block
-        states = {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], np.float32)
-                  for i in inputs[1:]}
-        x = (np.random.default_rng(0).standard_normal((1, 1, n)) * 0.1).astype(np.float32)
 
-        def step() -> None:
-            out = sess.run(names, {inputs[0].name: x, **states})
-            for name, value in zip(states, out[1:]):
-                states[name] = value
-        return step
+def profile_onnx(e: Export, block: int, calls: int, sr: int) -> Tuple[float, List[Dict]]:
+    """As :func:`profile_torchscript`, for a streaming ONNX graph run as hosts run it."""
+    from rave_deploy.onnx_runtime import BoundStreamingSession
 
-    ms = median_block_ms(feeder(session(path)), block)
+    out = e.model.get_outputs()[0].shape  # fixed (anira's encode: latent frames): as declared
+    shape = (lambda _: tuple(out)) if all(isinstance(d, int) for d in out) else None
+    x = (np.random.default_rng(0).standard_normal((1, e.channels, block)) * 0.1).astype(np.float32)
+    stream = BoundStreamingSession(e.model, shape, e.pairs)
+    ms = median_block_ms(lambda: stream(x), block, sr)
     with tempfile.TemporaryDirectory() as tmp:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.add_session_config_entry("session.set_denormal_as_zero", "1")
-        opts.log_severity_level = 3
-        opts.enable_profiling = True
-        opts.profile_file_prefix = os.path.join(tmp, "ort")
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        step = feeder(sess)
-        for _ in range(calls):
-            step()
+        sess = profiled_session(e.path, tmp)
+        stream = BoundStreamingSession(sess, shape, e.pairs)
+        for _ in range(WARMUP + calls):
+            stream(x)
         with open(sess.end_profiling()) as f:
             events = json.load(f)
+    # the profiler records from the session's start: keep the calls after the warm-up
+    runs = sorted(ev["ts"] for ev in events
+                  if ev.get("cat") == "Session" and ev["name"] == "model_run")
+    start = runs[WARMUP]
     per: Dict[Tuple[str, str], List[float]] = collections.defaultdict(lambda: [0.0, 0])
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            key = (e["args"]["op_name"], str(e["args"].get("input_type_shape", "")))
-            per[key][0] += e["dur"]
+    for ev in events:
+        if (ev.get("cat") == "Node" and ev["name"].endswith("_kernel_time")
+                and ev["ts"] >= start):
+            key = (ev["args"]["op_name"], str(ev["args"].get("input_type_shape", "")))
+            per[key][0] += ev["dur"]
             per[key][1] += 1
-    # the first call also runs (profiled) before the loop's first timed one: same count
     rows = [{"op": op, "shape": shape, "calls": n / calls, "us": dur / calls}
             for (op, shape), (dur, n) in per.items()]
     return ms, rows
 
 
-def print_tables(path: Path, block: int, ms: float, rows: List[Dict], top: int) -> None:
+def print_tables(path: Path, block: int, sr: int, ms: float, rows: List[Dict],
+                 top: int) -> None:
     by_op: Dict[str, List[float]] = collections.defaultdict(lambda: [0.0, 0.0])
     for r in rows:
         by_op[r["op"]][0] += r["us"]
         by_op[r["op"]][1] += r["calls"]
     total = sum(v[0] for v in by_op.values()) or 1.0
     print(f"{path.name} @ block {block}: {ms:.3f} ms per block unprofiled "
-          f"({block / 44.1 / ms:.2f}x real time at 44.1 kHz); profiled ops {total / 1000:.3f} ms")
+          f"({block / sr * 1000 / ms:.2f}x real time at {sr / 1000:g} kHz); profiled ops "
+          f"{total / 1000:.3f} ms")
     print(f"{'op':28s} {'calls':>7s} {'us/block':>9s} {'share':>6s}")
     for op, (us, n) in sorted(by_op.items(), key=lambda kv: -kv[1][0])[:top]:
         print(f"{op[:28]:28s} {n:7.0f} {us:9.1f} {100 * us / total:5.1f}%")
@@ -133,27 +236,44 @@ def print_tables(path: Path, block: int, ms: float, rows: List[Dict], top: int) 
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("files", nargs="+", type=Path, help=".ts (TorchScript) or .onnx "
-                                                       "(onnx_streaming) files")
-    p.add_argument("--block", type=int, default=2048, help="host block size (samples)")
+                                                       "(onnx_streaming, anira) files")
+    p.add_argument("--block", type=int, default=2048,
+                   help="host block size (samples), a multiple of the model's ratio; a "
+                        "fixed-block graph is profiled at its own")
     p.add_argument("--calls", type=int, default=50, help="profiled calls (after warm-up)")
     p.add_argument("--top", type=int, default=12, help="rows per table")
     args = p.parse_args(argv)
-    for path in args.files:
-        if not path.is_file():
-            p.error(f"{path}: no such file")
-        if path.suffix == ".onnx":
-            ms, rows = profile_onnx(path, args.block, args.calls)
-        elif path.suffix in (".ts", ".pt"):
-            ms, rows = profile_torchscript(path, args.block, args.calls)
-        else:
-            p.error(f"{path}: expected a .ts (TorchScript) or .onnx (onnx_streaming) file")
-        print_tables(path, args.block, ms, rows, args.top)
+    for flag, value in (("--block", args.block), ("--calls", args.calls), ("--top", args.top)):
+        if value < 1:
+            p.error(f"{flag} {value}: give at least 1")
+    exports = [open_export(p, path) for path in args.files]  # every file checked first
+    blocks = []
+    for e in exports:
+        if e.fixed_block is None and args.block % e.ratio:
+            p.error(f"--block {args.block}: {e.path.name} takes multiples of its ratio "
+                    f"{e.ratio} (e.g. --block {max(1, args.block // e.ratio) * e.ratio})")
+        blocks.append(e.fixed_block or args.block)
+    for e, block in zip(exports, blocks):
+        if block != args.block:
+            print(f"{e.path.name}: a fixed-block graph: profiled at its block {block}, "
+                  f"not --block {args.block}")
+        sr = e.sr or 44100
+        if e.sr is None:
+            print(f"{e.path.name}: no sample rate in a sidecar nor in the file: 44.1 kHz "
+                  "assumed for the real-time factor")
+        profile = profile_onnx if e.path.suffix == ".onnx" else profile_torchscript
+        ms, rows = profile(e, block, args.calls, sr)
+        print_tables(e.path, block, sr, ms, rows, args.top)
         print()
     return 0
 
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
