@@ -12,7 +12,6 @@ Exit status: 0, 1 an export failed, 2 bad options (checked before any model is b
 """
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks.arguments import HelpFormatter, Parser  # noqa: E402
 
 CHILD = """
 import json, resource, sys, time
@@ -39,18 +39,6 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "skipped": res.skipped,
                   "size_mb": res.size_bytes / 1e6,
                   "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line, ``error: ...``, exit 2."""
-
-    def error(self, message):
-        self.exit(2, f"error: {message}\n")
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
-                    argparse.RawDescriptionHelpFormatter):
-    """--help: the module's docstring as written (usage examples), each default shown."""
 
 
 def last_line(text: str) -> str:

@@ -39,24 +39,17 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+from benchmarks.arguments import HelpFormatter, Parser  # noqa: E402
+
 #: Ops whose shapes are listed: the arithmetic a streaming call cannot avoid.
 PRODUCT_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::conv1d",
                "aten::_convolution", "aten::_embedding_bag_forward_only", "aten::_embedding_bag",
                "Conv", "FusedConv", "MatMul", "Gemm", "NchwcConv")
 #: Unprofiled calls before the profiled ones (first calls allocate and pack weights).
 WARMUP = 20
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line, ``error: ...``, exit 2."""
-
-    def error(self, message):
-        self.exit(2, f"error: {message}\n")
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
-                    argparse.RawDescriptionHelpFormatter):
-    """--help: the module's docstring as written (usage examples), each default shown."""
 
 
 class Export(NamedTuple):

@@ -57,24 +57,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks.arguments import HelpFormatter, Parser  # noqa: E402
 
 #: Overrides of a benchmark model: no training losses (they are not exported).
 NO_LOSSES = ["rave.model.RAVE.audio_distance = None",
              "rave.model.RAVE.multiband_audio_distance = None"]
 #: Fewest pooled block calls for a p99 (below it the "99th percentile" is the maximum).
 MIN_P99_CALLS = 100
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line, ``error: ...``, exit 2."""
-
-    def error(self, message):
-        self.exit(2, f"error: {message}\n")
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
-                    argparse.RawDescriptionHelpFormatter):
-    """--help: the module's docstring as written (usage examples), each default shown."""
 
 
 def fresh_folder(root: Path, config: str, suffix: str = "") -> Path:

@@ -31,19 +31,10 @@ from pathlib import Path
 from typing import Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+from benchmarks.arguments import HelpFormatter, Parser  # noqa: E402
 DEFAULT_CONFIGS = ("v2_small", "brave", "v2")
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line, ``error: ...``, exit 2."""
-
-    def error(self, message):
-        self.exit(2, f"error: {message}\n")
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
-                    argparse.RawDescriptionHelpFormatter):
-    """--help: the module's docstring as written (usage examples), each default shown."""
 
 
 def timed_window(first: int, warmup: int, steps: int, period: int) -> Tuple[int, int]:
