@@ -264,7 +264,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     try:
         sys.exit(main())
     except KeyboardInterrupt:
