@@ -211,6 +211,7 @@ def test_export_of_a_run_that_cannot_be_loaded(brave_copy, tmp_path, damage, exp
 
 
 def test_debug_shows_the_traceback(runs, tmp_path):
+    (tmp_path / "nope").mkdir()   # a run without a checkpoint (a missing one is refused earlier)
     result = CliRunner().invoke(deploy_cli, ["--debug", "export", str(tmp_path / "nope"),
                                              "-t", "minifusion", "-o", str(tmp_path / "out")])
     assert result.exit_code == 2
