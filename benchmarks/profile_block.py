@@ -42,7 +42,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-from benchmarks.arguments import HelpFormatter, Parser  # noqa: E402
+from benchmarks.arguments import HelpFormatter, Parser, first_line  # noqa: E402
 
 #: Ops whose shapes are listed: the arithmetic a streaming call cannot avoid.
 PRODUCT_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::conv1d",
@@ -63,21 +63,17 @@ class Export(NamedTuple):
     pairs: Optional[Dict[int, int]] = None   # ONNX: state output -> the input it feeds
 
 
-def read_sidecar(path: Path) -> dict:
-    """rave-deploy's sidecar of ``path`` (``X.json`` beside ``X``, or an anira folder's
-    ``rave-deploy.json``); ``{}`` when there is none or it cannot be read."""
-    for candidate in (path.with_name(path.name + ".json"), path.parent / "rave-deploy.json"):
+def sidecar_of(path: Path) -> dict:
+    """rave-deploy's sidecar of ``path`` (beside it, or an anira folder's for one of its
+    graphs: :func:`rave_deploy.sidecar.read_sidecar`); ``{}`` when there is none or it
+    cannot be read (the file's own metadata is used then)."""
+    from rave_deploy.sidecar import read_sidecar
+    for artifact in (path, path.parent):
         try:
-            return json.loads(candidate.read_text())
-        except (OSError, ValueError):
+            return read_sidecar(artifact)
+        except (OSError, ValueError, UnicodeDecodeError):
             continue
     return {}
-
-
-def first_line(err: BaseException) -> str:
-    """An error's first sentence (torch's and ONNX Runtime's run on for lines)."""
-    line = next((x.strip() for x in str(err).splitlines() if x.strip()), type(err).__name__)
-    return line.split(". ")[0]
 
 
 def open_export(p: argparse.ArgumentParser, path: Path) -> Export:
@@ -86,7 +82,7 @@ def open_export(p: argparse.ArgumentParser, path: Path) -> Export:
         p.error(f"{path}: no such file")
     if path.suffix not in (".onnx", ".ts", ".pt"):
         p.error(f"{path}: expected a .ts (TorchScript) or .onnx (onnx_streaming) file")
-    sidecar = read_sidecar(path)
+    sidecar = sidecar_of(path)
     try:
         if path.suffix == ".onnx":
             from rave_deploy.onnx_runtime import session
@@ -159,26 +155,9 @@ def profile_torchscript(e: Export, block: int, calls: int, sr: int) -> Tuple[flo
     return ms, rows
 
 
-def profiled_session(path: Path, folder: str):
-    """A session as :func:`rave_deploy.onnx_runtime.session` opens one, with ONNX
-    Runtime's profiler on (it can only be switched on when a session is made)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.add_session_config_entry("session.set_denormal_as_zero", "1")
-    opts.log_severity_level = 3
-    opts.enable_profiling = True
-    opts.profile_file_prefix = os.path.join(folder, "ort")
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
 def profile_onnx(e: Export, block: int, calls: int, sr: int) -> Tuple[float, List[Dict]]:
     """As :func:`profile_torchscript`, for a streaming ONNX graph run as hosts run it."""
-    from rave_deploy.onnx_runtime import BoundStreamingSession
+    from rave_deploy.onnx_runtime import BoundStreamingSession, session
 
     out = e.model.get_outputs()[0].shape  # fixed (anira's encode: latent frames): as declared
     shape = (lambda _: tuple(out)) if all(isinstance(d, int) for d in out) else None
@@ -186,7 +165,7 @@ def profile_onnx(e: Export, block: int, calls: int, sr: int) -> Tuple[float, Lis
     stream = BoundStreamingSession(e.model, shape, e.pairs)
     ms = median_block_ms(lambda: stream(x), block, sr)
     with tempfile.TemporaryDirectory() as tmp:
-        sess = profiled_session(e.path, tmp)
+        sess = session(e.path, profile_prefix=os.path.join(tmp, "ort"))
         stream = BoundStreamingSession(sess, shape, e.pairs)
         for _ in range(WARMUP + calls):
             stream(x)

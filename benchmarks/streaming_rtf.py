@@ -57,7 +57,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.arguments import HelpFormatter, Parser  # noqa: E402
+from benchmarks.arguments import HelpFormatter, Parser, first_line  # noqa: E402
 
 #: Overrides of a benchmark model: no training losses (they are not exported).
 NO_LOSSES = ["rave.model.RAVE.audio_distance = None",
@@ -204,12 +204,6 @@ def read_bandwidth(megabytes=(8, 16, 24), repeats: int = 20) -> str:
         seconds = median_read_seconds(torch.ones(mb * 2 ** 20 // 4), repeats)
         speeds.append(f"{mb} MB at {mb * 2 ** 20 / seconds / 1e9:.0f} GB/s")
     return ", ".join(speeds)
-
-
-def first_line(err: BaseException) -> str:
-    """An error's first sentence (torch's messages run on for lines)."""
-    line = next((x.strip() for x in str(err).splitlines() if x.strip()), type(err).__name__)
-    return line.split(". ")[0]
 
 
 #: What each CONFIG=PATH flag takes, as an example.

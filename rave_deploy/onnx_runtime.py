@@ -11,13 +11,17 @@ from .check.runner import Runner
 from .onnx_graphs import REQUIRED_METADATA
 
 
-def session(path, threads: int = 1):
+def session(path, threads: int = 1, profile_prefix: Optional[str] = None):
     """An ONNX Runtime CPU session as a real-time host opens one: ``threads`` intra-op
     threads (1: no thread pool hand-offs), sequential execution, all graph optimisations,
-    denormals flushed to zero."""
+    denormals flushed to zero. ``profile_prefix``: ONNX Runtime's profiler on, writing
+    there (it can only be switched on when a session is made; benchmarks/profile_block.py)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
