@@ -476,3 +476,41 @@ def test_main_names_a_file_that_is_not_torchscript(tmp_path, module, nn_ar, ugen
     line = refused(model, "--ugens", ugens, "--seconds", "0.001")
     assert ("--seconds 0.001: 44 samples at 44100 Hz, not more than the RAVE UGen's delay "
             "(64 samples) and one call of the model (128)") in line
+
+
+def test_main_warns_of_a_server_rate_the_file_was_not_made_for(tmp_path, module, ugens,
+                                                                capsys):
+    """The RAVE UGens do not resample: ``--sr`` other than the sidecar's sample_rate is
+    warned of (the model hears its input too fast or too slow; the comparison still holds,
+    so the run goes on), with the export for that rate when the model's own rate divides
+    it; the sidecar's rate is the server's by default, and an unreadable sidecar is
+    refused (exit 2). A stand-in scsynth plays half the input: the comparison fails."""
+    model = tmp_path / "m.ts"
+    module.save(str(model))
+    sidecar = Path(str(model) + ".json")
+    sidecar.write_text(json.dumps({"sample_rate": 44100, "model_sample_rate": 44100}))
+    scsynth = _stand_in(tmp_path / "scsynth", (
+        "import soundfile as sf\n"
+        "x, sr = sf.read(sys.argv[3], dtype='float32')\n"
+        "sf.write(sys.argv[4], 0.5 * x, sr, subtype='FLOAT')\n"
+        "print('loading: model\\n\\tblock size: 128')\n"))
+    args = [str(model), "--ugens", str(ugens), "--sclang", _stand_in(tmp_path / "sclang", SCLANG),
+            "--scsynth", scsynth, "--seconds", "0.2"]
+    assert run_in_scsynth.main(args + ["--sr", "88200"]) == 1
+    err = capsys.readouterr().err
+    assert ("warning: --sr 88200: m.ts runs at 44100 Hz (its sidecar's sample_rate) and the "
+            "RAVE UGen does not resample: in scsynth at 88200 Hz the model hears its input "
+            "2 times too fast") in err
+    assert "or export it for 88200 Hz (rave-deploy export RUN -t supercollider --sr 88200)" \
+        in err
+    assert run_in_scsynth.main(args + ["--sr", "22050"]) == 1
+    err = capsys.readouterr().err
+    assert "hears its input 2 times too slow" in err and "export it for" not in err
+    assert run_in_scsynth.main(args) == 1
+    out, err = capsys.readouterr()
+    assert "warning" not in err and "44100 Hz" in out
+    sidecar.write_text("{")
+    with pytest.raises(SystemExit) as exited:
+        run_in_scsynth.main(args + ["--sr", "44100"])
+    assert exited.value.code == 2
+    assert f"{sidecar}: not a readable rave-deploy sidecar" in capsys.readouterr().err

@@ -26,7 +26,6 @@ play one array per channel (needs as many outputs as inputs).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shutil
 import subprocess
@@ -43,6 +42,7 @@ if str(ROOT) not in sys.path:
 
 from rave_core.file_kinds import not_torchscript  # noqa: E402
 from rave_deploy.check.recording import RecordingComparison, compare_recording  # noqa: E402
+from rave_deploy.host_rates import other_rate_warning, sidecar_rates  # noqa: E402
 from rave_deploy.nn_tilde_emulation import (apply_attributes, attribute_value,  # noqa: E402
                                             nn_tilde_buffer)
 
@@ -235,28 +235,6 @@ def compare_with_emulation(module, block: int, signal: np.ndarray, recorded: np.
                              sum(h.latency for h in hosts), "nn~")
 
 
-def sidecar_rates(model: Path):
-    """``(sample_rate, model_sample_rate)`` the sidecar of ``model`` records (the rate
-    the file runs at, and the model's own: they differ in a file exported with --sr),
-    None without a sidecar, or the line saying why it cannot be read."""
-    sidecar = Path(str(model) + ".json")
-    if not sidecar.is_file():
-        return None
-    try:
-        data = json.loads(sidecar.read_text())
-        rate = int(data["sample_rate"])
-        own = int(data.get("model_sample_rate") or rate)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError,
-            UnicodeDecodeError) as err:
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        return (f"{sidecar}: not a readable rave-deploy sidecar (sample_rate: {reason}); "
-                "export again, or move it away and pass --sr")
-    if rate <= 0 or own <= 0:
-        return (f"{sidecar}: sample_rate {rate} is not a rate; export again, or move it "
-                "away and pass --sr")
-    return rate, own
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model", type=Path, help="an exported nn_tilde .ts file")
@@ -346,14 +324,10 @@ def main(argv=None) -> int:
         print(f"note: --block {args.block} is below the model's largest ratio: nn~ raises "
               f"its buffer to N = {buffer} (and says so in Pd's log), as the emulation "
               "does", file=sys.stderr)
-    if file_rate and sr != file_rate:
-        instead = (f", or export it for {sr} Hz (rave-deploy export RUN -t nn_tilde --sr {sr})"
-                   if sr % model_rate == 0 else "")
-        print(f"warning: --sr {sr}: {args.model.name} runs at {file_rate} Hz (its sidecar's "
-              f"sample_rate) and nn~ does not resample: in Pd at {sr} Hz the model hears "
-              f"its input {sr / file_rate:.3g} times too fast, and plays at the wrong pitch "
-              "and timbre. The comparison with the emulation (fed the same samples) holds "
-              f"all the same; play it at {file_rate} Hz{instead}", file=sys.stderr)
+    warning = file_rate and other_rate_warning(args.model, sr, file_rate, model_rate, "nn~",
+                                               "Pd", "nn_tilde", "the emulation")
+    if warning:
+        print(warning, file=sys.stderr)
     signal = musical_signal(sr, n, channels, seed=1)
     if channels == 1:
         signal = signal[0]

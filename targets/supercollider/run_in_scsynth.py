@@ -69,6 +69,7 @@ if str(ROOT) not in sys.path:
 
 from rave_core.file_kinds import not_torchscript  # noqa: E402
 from rave_deploy.check.recording import RecordingComparison, compare_recording  # noqa: E402
+from rave_deploy.host_rates import other_rate_warning, sidecar_rates  # noqa: E402
 from rave_deploy.nn_tilde_emulation import apply_attributes, attribute_value  # noqa: E402
 
 #: Where Debian's and SuperCollider's Linux packages put the core UGens (In, Out).
@@ -536,14 +537,11 @@ def main(argv=None) -> int:
                 "seconds above 0 (default 3)")
     if args.sr is not None and args.sr <= 0:
         p.error(f"--sr {args.sr}: a sample rate is a number of Hz above 0 (e.g. 44100)")
-    sidecar = Path(str(args.model) + ".json")
-    try:
-        sr = args.sr or (int(json.loads(sidecar.read_text())["sample_rate"])
-                         if sidecar.is_file() else 44100)
-    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        p.error(f"{sidecar}: not a readable rave-deploy sidecar (sample_rate: {reason}); "
-                "export again, or pass --sr")
+    rates = sidecar_rates(args.model)
+    if isinstance(rates, str):
+        p.error(rates)
+    file_rate, model_rate = rates or (None, None)
+    sr = args.sr or file_rate or 44100
 
     import torch
 
@@ -602,6 +600,11 @@ def main(argv=None) -> int:
                 f"{family.name}'s delay ({delay} samples) and one call of the model "
                 f"({unit}): the server would play none of its output; give --seconds "
                 f"{shortest:g} or more")
+    warning = file_rate and other_rate_warning(
+        args.model, sr, file_rate, model_rate, family.name, "scsynth", target,
+        "the expected output")
+    if warning:
+        print(warning, file=sys.stderr)
     signal = musical_signal(sr, n, channels, seed=1)
     if channels == 1:
         signal = signal[0]
