@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import click
+from click.core import ParameterSource
 
 from rave_core.cli import (ShortErrorsGroup, Terminated, importing, short_message,
                            sigterm_as_interrupt, warnings_as_messages)
@@ -247,7 +248,10 @@ def export(obj: _Context, run: Path, targets, output: Path, streaming: bool, fid
     _refuse_missing(run, WHAT_A_RUN_IS)
     with importing():
         from .export import export_run
-    options = ExportOptions(streaming=streaming, fidelity=fidelity, deterministic=deterministic,
+    given = click.get_current_context().get_parameter_source("fidelity")
+    options = ExportOptions(streaming=streaming, fidelity=fidelity,
+                            fidelity_given=given is not ParameterSource.DEFAULT,
+                            deterministic=deterministic,
                             sr=sr, channels=channels, ema_weights=ema_weights, name=name,
                             block_size=block_size, engine=engine, cpu_kernels=cpu_kernels,
                             style_target=style_target, style_source=style_source)

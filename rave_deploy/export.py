@@ -419,10 +419,11 @@ def _fidelity_applied(run: Run, options: ExportOptions) -> ExportOptions:
     """``options`` as the export applies them to ``run``: a run whose latent is not
     variational has no PCA to cut (:class:`rave_deploy.model.DeployModel`) and is exported
     whole, and its sidecars say fidelity 1 (they said the ``--fidelity`` given, which
-    nothing had applied), with a warning when another value than the default was given."""
+    nothing had applied), with a warning when ``--fidelity`` was given (or another value
+    than the default)."""
     if run.model.is_variational or options.fidelity == 1.0:
         return options
-    if options.fidelity != DEFAULT_FIDELITY:
+    if options.fidelity_given or options.fidelity != DEFAULT_FIDELITY:
         encoder = type(getattr(run.model, "encoder", None)).__name__
         kind = {"DiscreteEncoder": "discrete (quantised) run, whose latent is one code index "
                                    "per quantiser",

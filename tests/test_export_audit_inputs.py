@@ -208,6 +208,18 @@ def test_fidelity_on_a_discrete_run_is_said_unused_and_the_sidecar_says_what_was
     assert json.loads(Path(f"{results[0].path}.json").read_text())["fidelity"] == 1.0
 
 
+def test_fidelity_given_at_its_default_on_a_discrete_run_is_said_unused(discrete_run,
+                                                                       tmp_path):
+    """`--fidelity 0.95` (the default's value, typed) on a discrete run was not warned of,
+    as if it had not been given; left out, nothing is said."""
+    said = "--fidelity 0.95 does not apply to this discrete (quantised) run"
+    result = cli(["export", discrete_run, "-t", "onnx", "-o", tmp_path / "a",
+                  "--fidelity", "0.95"], code=0)
+    assert said in result.output
+    result = cli(["export", discrete_run, "-t", "onnx", "-o", tmp_path / "b"], code=0)
+    assert "--fidelity" not in result.output
+
+
 def test_fidelity_still_applies_to_a_variational_run(run, tmp_path):
     paths = export_quietly(run, ["onnx"], tmp_path, ExportOptions(fidelity=0.5))
     sidecar = json.loads(Path(f"{paths['onnx']}.json").read_text())

@@ -26,6 +26,7 @@ class ExportOptions:
 
     streaming: bool = True
     fidelity: float = 0.95
+    fidelity_given: bool = False      # --fidelity on the command line, even its default
     deterministic: bool = False
     sr: Optional[int] = None          # host sample rate (a multiple of the model's)
     channels: Optional[int] = None    # host channels
