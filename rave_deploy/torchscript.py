@@ -631,39 +631,59 @@ def _forward_through_encode_and_decode(frozen: torch.jit.ScriptModule) -> None:
 
 
 def _tensor_key(t: torch.Tensor) -> Tuple:
-    # the same view of the same memory is one buffer, whichever methods use it
-    return (t.data_ptr(), tuple(t.shape), t.stride(), t.dtype)
+    """What makes two tensor constants one buffer: the same values in the same layout
+    (``dtype``, shape, strides, bytes). Keyed by content, not by memory or by where the
+    constant sits in a graph: freezing places a constant it folded late elsewhere in the
+    graph (about 1 export in 100), and names given in graph order then shifted, so two
+    exports of one checkpoint differed in bytes. Constants are never written, so equal
+    ones (the bag indices of layers of one width, zero biases) can share a buffer."""
+    values = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+    return (str(t.dtype), tuple(t.shape), t.stride(), hashlib.sha256(values).hexdigest())
 
 
 def _tensor_constant_nodes(frozen: torch.jit.ScriptModule):
-    """``(method graph, constant node, tensor)`` for every tensor constant, in a fixed
-    order (methods, then nodes in graph order)."""
+    """``(method graph, constant nodes)`` per method, the nodes of every tensor constant
+    in graph order."""
     for method in frozen._c._method_names():
         graph = frozen._c._get_method(method).graph
-        for node in graph.findAllNodes("prim::Constant", True):
-            if node.output().type().isSubtypeOf(torch._C.TensorType.get()):
-                yield graph, node, node.t("value")
+        yield graph, [node for node in graph.findAllNodes("prim::Constant", True)
+                      if node.output().type().isSubtypeOf(torch._C.TensorType.get())]
 
 
 def _distinct_tensor_constants(frozen: torch.jit.ScriptModule) -> Dict[Tuple, torch.Tensor]:
-    return {_tensor_key(t): t for _, _, t in _tensor_constant_nodes(frozen)}
+    """One tensor per :func:`_tensor_key`, in the keys' order (not the graphs')."""
+    distinct = {_tensor_key(node.t("value")): node.t("value")
+                for _, nodes in _tensor_constant_nodes(frozen) for node in nodes}
+    return dict(sorted(distinct.items()))
 
 
 def _tensor_constants_to_buffers(frozen: torch.jit.ScriptModule, names: List[str]) -> None:
     """Replace each tensor constant of ``frozen``'s methods with a ``GetAttr`` of the
-    top-level buffer in ``names`` that now holds it."""
+    top-level buffer in ``names`` that now holds it: one read per buffer and method, at
+    the method's start (it dominates every use, in any block), in the buffers' order."""
     distinct = _distinct_tensor_constants(frozen)
     buffer_of = {}
     for key, name in zip(distinct, names):
         frozen._c.setattr(name, distinct[key])
         buffer_of[key] = name
-    for graph, node, tensor in list(_tensor_constant_nodes(frozen)):
-        read = graph.create("prim::GetAttr", [next(graph.inputs())], 1)
-        read.s_("name", buffer_of[_tensor_key(tensor)])
-        read.output().setType(torch._C.TensorType.get())
-        read.insertAfter(graph.param_node())  # dominates every use, in any block
-        node.output().replaceAllUsesWith(read.output())
-        node.destroy()
+    for graph, nodes in list(_tensor_constant_nodes(frozen)):
+        uses: Dict[str, list] = {}
+        for node in nodes:
+            uses.setdefault(buffer_of[_tensor_key(node.t("value"))], []).append(node)
+        # each read goes first, after the parameters: the last name first, so that the
+        # reads end in name order
+        for name in sorted(uses, key=_buffer_index, reverse=True):
+            read = graph.create("prim::GetAttr", [next(graph.inputs())], 1)
+            read.s_("name", name)
+            read.output().setType(torch._C.TensorType.get())
+            read.insertAfter(graph.param_node())
+            for node in uses[name]:
+                node.output().replaceAllUsesWith(read.output())
+                node.destroy()
+
+
+def _buffer_index(name: str) -> int:
+    return int(name[len(FROZEN_TENSOR_PREFIX):])
 
 
 # --------------------------------------------------------------------------- saving
