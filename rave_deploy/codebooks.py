@@ -7,8 +7,8 @@ scripts and ONNX traces.
 
 Exported latents follow acids-rave's export of discrete models: ``encode`` returns the
 code index of each quantiser as a float (hosts pass float signals), ``decode`` clamps its
-input to ``[0, codebook_size - 1]`` and truncates it to an integer (``3.9`` is code 3),
-then sums the codes of every quantiser.
+input to ``[0, codebook_size - 1]`` and truncates it to an integer (``3.9`` is code 3;
+NaN is code 0), then sums the codes of every quantiser.
 """
 from __future__ import annotations
 
@@ -94,7 +94,9 @@ class ResidualCodebooks(nn.Module):
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         batch, frames = codes.shape[0], codes.shape[-1]
-        index = codes.clamp(0, self.codebook_size - 1).long()
+        # NaN is code 0 (a cast of NaN is no index: nn~ would raise on every block, ONNX
+        # Runtime refuses the Gather); isnan + masked_fill are IsNaN + Where in ONNX
+        index = codes.masked_fill(torch.isnan(codes), 0.0).clamp(0, self.codebook_size - 1).long()
         index = index.transpose(1, 2).reshape(batch * frames, self.num_quantizers)
         z = torch.zeros((), dtype=codes.dtype, device=codes.device)  # as training sums
         for i, layer in enumerate(self.layers):

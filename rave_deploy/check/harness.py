@@ -209,7 +209,8 @@ def _method_checks(report, runner, reference, method, block_sizes, options, tol)
     # a discrete model's near-ties: outputs mapped back onto the eager model's picks
     # (causality compares the artefact's raw runs with each other: it keeps them raw)
     compared, taken = _on_eager_choices(report, reference, plan, x, eager, outputs)
-    _parity(report, plan, x, eager, compared[n0], tol, near_ties=taken.get(n0, 0))
+    _parity(report, plan, x, eager, compared[n0], tol, near_ties=taken.get(n0, 0),
+            reference=reference)
     _blocks(report, plan, compared, errors, tol)
     if method in ("forward", "encode"):
         _causality(report, runner, reference, plan, x, eager, outputs, tol)
@@ -247,8 +248,42 @@ def _on_eager_choices(report: CheckReport, reference: EagerReference, plan: Plan
 
 
 # --------------------------------------------------------------------------- parity
+def failed_silent(report: CheckReport, method: str, peak: float, reference=None,
+                  after_warmup: bool = True, **fields) -> bool:
+    """Fail ``parity.<method>`` when the eager output it compares with is silent (``peak``
+    0: any silent artefact would match it, so parity proves nothing), with the likely
+    cause; ``fields`` go to :meth:`~rave_deploy.check.result.CheckReport.add`. Returns
+    whether it failed. The rule of every target's parity (streaming and offline)."""
+    if peak != 0:
+        return False
+    when = " after the warm-up" if after_warmup else ""
+    report.add(f"parity.{method}", False, f"the eager {method} output is silent{when}: "
+               f"nothing to compare ({silent_cause(reference)})", **fields)
+    return True
+
+
+def silent_cause(reference=None) -> str:
+    """Why the eager model of ``reference`` is silent: its codebooks never set (a discrete
+    checkpoint saved before training started, as its export warned), or all-zero weights;
+    both, as a question, when ``reference`` does not show its model (an
+    :class:`EagerReference`'s ``core``, or that of the one a host's reference wraps as
+    ``base``)."""
+    core = getattr(reference, "core", None)
+    if core is None:
+        core = getattr(getattr(reference, "base", None), "core", None)
+    codebooks = getattr(core, "codebooks", None)
+    if codebooks is not None and not codebooks.initialised:
+        return ("this checkpoint's codebooks were never initialised: it was saved before "
+                "training started, and every latent maps to code 0; export a checkpoint "
+                "saved after training started")
+    if core is not None:
+        return "a model with all-zero weights?"
+    return ("a model with all-zero weights, or a discrete checkpoint saved before training "
+            "started, whose codebooks were never initialised?")
+
+
 def _parity(report, plan: Plan, x, eager, exported, tol: Tolerances,
-            near_ties: int = 0) -> None:
+            near_ties: int = 0, reference: Optional[EagerReference] = None) -> None:
     method, d, w = plan.units.method, plan.delay, plan.warmup
     y, e = exported[0], eager[0]
     aligned = _aligned(e, d, plan.n_out)
@@ -269,10 +304,8 @@ def _parity(report, plan: Plan, x, eager, exported, tol: Tolerances,
                "memory": plan.memory}
     summary = report.summary.setdefault("parity", {})
     summary[method] = {"snr_db": snr, "max_rel_error": rel}
-    if peak == 0:
-        report.add(f"parity.{method}", False,
-                   f"the eager {method} output is silent after the warm-up: nothing to compare "
-                   "(a model with all-zero weights?)", value=snr, threshold=threshold, details=details)
+    if failed_silent(report, method, peak, reference, value=snr, threshold=threshold,
+                     details=details):
         return
     passed = rel <= tol.parity_max_rel and snr >= tol.parity_min_snr_db
     where = f"at block {plan.host_block}, {plan.units.unit} {w}..{plan.n_out} vs eager delayed by {d}"
