@@ -14,7 +14,7 @@ It needs torch only (not rave-deploy). For each file: ``torch.jit.load`` on CPU,
 ``encode``, ``decode`` and ``forward`` on ``(1, in_channels, N / in_ratio)`` (N = twice
 the largest ratio, deterministic mode, after ``reset()``), under inference mode as hosts
 call them; each output must be float32, finite, contiguous and exactly
-``(1, out_channels, N / out_ratio)``. Prints a table; exit status 1 if anything fails.
+``(1, out_channels, N / out_ratio)``. Prints a table; exit status 1 if anything fails, 2 for a path that is missing or not a TorchScript file.
 ``--json OUT`` also writes the outputs, to compare two torch versions value by value.
 """
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 import zipfile
@@ -103,11 +104,35 @@ def check_file(path: str) -> dict:
     return result
 
 
+def _argument_problems(files, json_path) -> list:
+    """What stops the check before it starts: a file that is missing or not a TorchScript
+    archive (said so, not reported as this torch failing to load it), a --json whose
+    folder is missing."""
+    problems = []
+    for path in files:
+        if not os.path.exists(path):
+            problems.append(f"{path}: no such file")
+        elif not os.path.isfile(path) or not zipfile.is_zipfile(path):
+            problems.append(f"{path}: not a TorchScript file (a zip archive): give a .ts file "
+                            "rave-deploy export wrote (-t nn_tilde, supercollider or vst)")
+    if json_path:
+        folder = os.path.dirname(os.path.abspath(json_path))
+        if not os.path.isdir(folder):
+            problems.append(f"--json {json_path}: folder {folder} does not exist: create it "
+                            "first")
+        elif os.path.isdir(json_path):
+            problems.append(f"--json {json_path} is a folder: give a file name")
+    return problems
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="+", help="TorchScript files (.ts)")
     parser.add_argument("--json", help="also write the results (with outputs) to this file")
     args = parser.parse_args(argv)
+    problems = _argument_problems(args.files, args.json)
+    if problems:
+        parser.error("; ".join(problems))  # exit 2, before any file is loaded
     print(f"torch {torch.__version__} (python {sys.version.split()[0]})")
     header = f"{'file':<40} {'fmt':>3} {'method':<8} {'input':<16} {'output':<16} {'ms':>8}  result"
     print(header)
@@ -129,9 +154,11 @@ def main(argv=None) -> int:
             status = "ok" if row["ok"] else f"FAIL {row.get('error')}"
             print(f"{name:<40} {r['file_format_version']:>3} {m:<8} "
                   f"{'x'.join(map(str, row['input'])):<16} {shape:<16} {ms:>8}  {status}")
-    if args.json:
-        with open(args.json, "w") as f:
+    if args.json:  # through a temporary file: an earlier results file stays whole
+        tmp = f"{args.json}.tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
             json.dump({"torch": torch.__version__, "ok": ok, "files": results}, f)
+        os.replace(tmp, args.json)
     print("all files load and run" if ok else "SOME FILES FAIL in this torch")
     return 0 if ok else 1
 

@@ -5,11 +5,14 @@ package (it contains no acids-rave code) and is never run in CI. CI only reads
 the files it writes, ``tests/fixtures/oracle/<cfg>.pt`` and
 ``tests/fixtures/oracle/overrides.json``, with ``torch.load(..., weights_only=True)``.
 
-How to run (from the repository root, with the oracle virtualenv described in
-/work/oracle/README.md: acids-rave 2.3.1, torch 2.5.0, gin-config 0.5.0)::
+How to run (from the repository root), in a virtualenv of its own holding acids-rave
+2.3.1 with torch 2.5 and gin-config 0.5.0 (never this project's .venv)::
 
-    /work/oracle/venv/bin/python scripts/make_oracle_fixtures.py \
-        [--runs /work/shared/reference/acids_rave_runs] \
+    python3.11 -m venv oracle && oracle/bin/pip install "torch==2.5.*" \
+        --index-url https://download.pytorch.org/whl/cpu
+    oracle/bin/pip install acids-rave==2.3.1 gin-config==0.5.0
+    oracle/bin/python scripts/make_oracle_fixtures.py \
+        [--runs ../shared/reference/acids_rave_runs] \
         [--out tests/fixtures/oracle] [cfg ...]
 
 It takes ~15 s on CPU, is deterministic (re-running gives identical tensors)
@@ -18,7 +21,7 @@ and rewrites every fixture file plus overrides.json. It only imports ``rave``,
 ``scripts``/``tests`` packages; nothing here imports those names).
 
 What it does, for each reference run config (v1, v2, v2_small, v3, v2_causal,
-discrete, brave, c128_r10):
+discrete, brave, c128_r10, and v2 composed with wasserstein and with spherical):
 
 1. Reads ``<runs>/<cfg>/config.gin`` (acids-rave's operative config), appends the
    override lines listed in ``OVERRIDES[cfg]`` (shrinking CAPACITY / LATENT_SIZE /
@@ -373,8 +376,10 @@ def make_one(cfg: str, runs: str, out_dir: str, gin, rave, cc, verbose=True):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--runs", default="/work/shared/reference/acids_rave_runs")
     here = os.path.dirname(os.path.abspath(__file__))
+    # the reference material beside the clone, as the tests find it
+    ap.add_argument("--runs", default=os.path.join(here, "..", "..", "shared", "reference",
+                                                   "acids_rave_runs"))
     ap.add_argument("--out", default=os.path.join(here, "..", "tests", "fixtures", "oracle"))
     ap.add_argument("cfgs", nargs="*", default=CONFIGS)
     args = ap.parse_args(argv)

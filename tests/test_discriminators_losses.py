@@ -23,8 +23,8 @@ from rave_core import losses
 from rave_core.models import discriminators as D
 from rave_core.models import quantization as Q
 from rave_core.nn.weight_norm import remove_weight_norm
+from tests.conftest import REFERENCE, reference_dir
 
-REFERENCE = Path("/work/shared/reference")
 STATE_DICTS = REFERENCE / "state_dicts"
 RUNS = REFERENCE / "acids_rave_runs"
 BEFORE = "state_dict_before_weight_norm_removal"
@@ -32,8 +32,13 @@ AFTER = "state_dict_after_weight_norm_removal"
 PREFIXES = ("discriminator.", "audio_distance.", "multiband_audio_distance.")
 CONFIGS = ["v1", "v2", "v3", "brave", "discrete", "v2_small", "v2_causal", "c128_r10"]
 
-needs_reference = pytest.mark.skipif(not STATE_DICTS.exists() or not RUNS.exists(),
-                                     reason="reference files not available")
+# the reference material's manifests: without them, the tests fail saying where it was looked for
+needs_reference = pytest.mark.usefixtures("reference_material")
+
+
+@pytest.fixture
+def reference_material() -> Path:
+    return reference_dir()
 
 for _cls in (torch.nn.Conv1d, torch.nn.Conv2d):
     try:
