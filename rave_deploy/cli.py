@@ -198,8 +198,9 @@ def _check_name(name: str) -> None:
               help="Block-by-block model with streaming state (what live hosts need).")
 @click.option("--fidelity", type=click.FloatRange(0, 1, min_open=True), default=0.95,
               show_default=True,
-              help="Share of latent variance kept: sets the latent size (a discrete model "
-                   "keeps one code index per quantiser, whatever this says).")
+              help="Share of latent variance kept: sets the latent size of variational runs "
+                   "(discrete, Wasserstein and spherical runs are exported whole; their "
+                   "sidecars record 1).")
 @click.option("--deterministic", is_flag=True,
               help="Posterior mean, zero fill, no noise: same input, same output.")
 @click.option("--sr", type=click.IntRange(1, MAX_SR), default=None,
@@ -255,7 +256,11 @@ def export(obj: _Context, run: Path, targets, output: Path, streaming: bool, fid
                             sr=sr, channels=channels, ema_weights=ema_weights, name=name,
                             block_size=block_size, engine=engine, cpu_kernels=cpu_kernels,
                             style_target=style_target, style_source=style_source)
-    shown = set()  # a warning about the run itself comes with every target: say it once
+    # A warning about the run as a whole (`--fidelity` on a discrete run) comes first in
+    # every target's result, skipped or not, and so may one about the model (its latent
+    # statistics) from each target's export: each is said once.
+    shown = set()
+    of_the_run: List[str] = []  # given by export_run before any target is exported
 
     def show(r) -> None:  # as each target is done: an error or Ctrl-C may follow
         if r.skipped:
@@ -263,14 +268,25 @@ def export(obj: _Context, run: Path, targets, output: Path, streaming: bool, fid
         else:
             click.echo(printable(f"  ok    {r.target:15s} {r.path}  "
                                  f"({r.size_bytes / 1e6:.1f} MB, {r.seconds:.1f} s)"))
-            for w in r.warnings:
+        for w in r.warnings:
+            if w not in shown:
+                click.echo(printable(f"        warning: {w}"))
+                shown.add(w)
+
+    def exporting():
+        try:
+            return export_run(run, list(targets), output, options,
+                              on_result=None if as_json else show,
+                              on_warning=of_the_run.append)
+        except BaseException:
+            # no result came to say them: they come before the error, on stderr
+            for w in of_the_run:
                 if w not in shown:
-                    click.echo(printable(f"        warning: {w}"))
-                    shown.add(w)
+                    click.echo(printable(f"Warning: {w}"), err=True)
+            raise
 
     try:
-        results = _guard(obj, export_run, run, list(targets), output, options,
-                         on_result=None if as_json else show, interrupted=None)
+        results = _guard(obj, exporting, interrupted=None)
     except KeyboardInterrupt as err:
         # export_run's note: the targets written before it, when there were some
         notes = getattr(err, "__notes__", None)

@@ -7,9 +7,10 @@ import json
 import os
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence
 
 from rave_core.os_errors import os_error_in
 from rave_core.file_kinds import (HDF5_SIGNATURE, PICKLE_OPCODE, ZIP_SIGNATURE,
@@ -43,6 +44,8 @@ class ExportResult:
     skipped: Optional[str] = None  # why the model cannot be served by this target
     size_bytes: int = 0
     seconds: float = 0.0
+    #: what the export warned about: the run as a whole first (in every target's result,
+    #: a skipped one's too), then this target
     warnings: List[str] = field(default_factory=list)
 
     def as_dict(self) -> Dict[str, object]:
@@ -286,7 +289,8 @@ def _name_from_run(folder: str) -> str:
 def export_run(run_path, target_names: Sequence[str], output: Path,
                options: ExportOptions, run: Optional[Run] = None,
                explicit: bool = True,
-               on_result: Optional[Callable[[ExportResult], None]] = None) -> List[ExportResult]:
+               on_result: Optional[Callable[[ExportResult], None]] = None,
+               on_warning: Optional[Callable[[str], None]] = None) -> List[ExportResult]:
     """Export ``run_path`` to each target. A target that cannot serve the model is an
     error when named explicitly, and skipped with its reason under ``all``; ``all`` with
     no target that can serve it is an error too. ``explicit=False`` never raises
@@ -295,6 +299,13 @@ def export_run(run_path, target_names: Sequence[str], output: Path,
     ``on_result`` is called with each target's result as soon as it is done. An error or
     Ctrl-C after some targets were written carries a note (``err.__notes__``) naming the
     targets written and those not.
+
+    A warning about the run as a whole, given before any target is exported (``--fidelity``
+    on a run whose latent is not variational, a run folder's name changed for the files),
+    comes first in every result's ``warnings``, and is given once the run is opened and
+    checked (an error then or later: still given), as a Python warning, or to
+    ``on_warning`` when one is given (the CLI: it prints it with the results). The lock's
+    own warning (a killed export's leftovers removed) is a Python warning only.
 
     The export holds the output folder's lock (:class:`rave_deploy.output_lock.OutputLock`)
     from before it loads the run to after its last write: another export into that folder
@@ -316,25 +327,30 @@ def export_run(run_path, target_names: Sequence[str], output: Path,
     # what stands there is the other export's, changing, until it is done.
     with OutputLock(output.parent if as_file else output) as lock:
         lock.claim()
-        run = run or open_run(files, ema=options.ema_weights)
-        options = _fidelity_applied(run, options)
-        name = options.name or _name_from_run(run.config_path.parent.name)
-        reasons = _reasons_not_served(targets, run, options, explicit, all_mode)
-        # Refuse before writing anything: a folder or a file of the user's where an output goes.
-        for target in targets:
-            if not reasons[target.name]:
-                check_outputs_replaceable(target, artifact_path(output, name, target, as_file))
-        run, style = _taught(run, options)
+        with _warnings_of_the_run(on_warning) as run_warnings:
+            run = run or open_run(files, ema=options.ema_weights)
+            options = _fidelity_applied(run, options)
+            name = options.name or _name_from_run(run.config_path.parent.name)
+            reasons = _reasons_not_served(targets, run, options, explicit, all_mode)
+            # Refuse before writing anything: a folder or a file of the user's where an
+            # output goes.
+            for target in targets:
+                if not reasons[target.name]:
+                    check_outputs_replaceable(target,
+                                              artifact_path(output, name, target, as_file))
+            run, style = _taught(run, options)
         if any(not reason for reason in reasons.values()):
             lock.take()  # the folder made, and locked if it was not yet
         results: List[ExportResult] = []
         try:
             for target in targets:
                 if reasons[target.name]:
-                    results.append(ExportResult(target.name, skipped=reasons[target.name]))
+                    results.append(ExportResult(target.name, skipped=reasons[target.name],
+                                                warnings=list(run_warnings)))
                 else:
                     results.append(_export_target(target, run, options, style,
-                                                  artifact_path(output, name, target, as_file)))
+                                                  artifact_path(output, name, target, as_file),
+                                                  run_warnings))
                 if on_result is not None:
                     on_result(results[-1])
         except BaseException as err:  # Ctrl-C and SIGTERM too
@@ -344,6 +360,33 @@ def export_run(run_path, target_names: Sequence[str], output: Path,
                                                        if not reasons[t.name]]))
             raise
         return results
+
+
+@contextmanager
+def _warnings_of_the_run(on_warning: Optional[Callable[[str], None]]) -> Iterator[List[str]]:
+    """Record the warnings given inside: yields the list of the UserWarnings' texts (each
+    once, in the order given), filled on the way out, when each is given again, an error
+    inside or not: to ``on_warning`` where given, else as the Python warning it was. Other
+    categories are given again as they were (their filters then apply, as before)."""
+    said: List[str] = []
+    caught: List[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield said
+    finally:
+        registry: Dict[object, int] = {}  # the filters' `default`: once per place
+        for w in caught:
+            text = str(w.message)
+            if issubclass(w.category, UserWarning):
+                if text in said:
+                    continue
+                said.append(text)
+                if on_warning is not None:
+                    on_warning(text)
+                    continue
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno,
+                                   registry=registry, source=w.source)
 
 
 def _refuse_an_export_as_run(path: Path) -> None:
@@ -457,8 +500,10 @@ def _reasons_not_served(targets: List[Target], run: Run, options: ExportOptions,
 
 
 def _export_target(target: Target, run: Run, options: ExportOptions,
-                   style: Optional[StyleAudio], path: Path) -> ExportResult:
-    """Write ``target``'s artefact and sidecar at ``path``, with the warnings it gave."""
+                   style: Optional[StyleAudio], path: Path,
+                   run_warnings: Sequence[str] = ()) -> ExportResult:
+    """Write ``target``'s artefact and sidecar at ``path``, with the warnings it gave after
+    ``run_warnings`` (those about the run as a whole)."""
     ensure_dir(path.parent)  # created as needed, like every output folder of both CLIs
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
@@ -470,8 +515,9 @@ def _export_target(target: Target, run: Run, options: ExportOptions,
         sidecar = _write_artifact(target, run, options, path, style)
     return ExportResult(target.name, path=path, sidecar=sidecar, size_bytes=_size(path),
                         seconds=time.perf_counter() - t0,
-                        warnings=sorted({str(w.message) for w in caught
-                                         if issubclass(w.category, UserWarning)}))
+                        warnings=list(run_warnings) + sorted(
+                            {str(w.message) for w in caught
+                             if issubclass(w.category, UserWarning)} - set(run_warnings)))
 
 
 def _stopped_midway(written: List[str], not_written: List[str]) -> str:
@@ -489,13 +535,20 @@ def _taught(run: Run, options: ExportOptions):
     style audio, which each sidecar names (None when neither is given)."""
     if options.style_target is None and options.style_source is None:
         return run, None
-    from .style_teaching import StyleAudio, teach_style
+    from .style_teaching import StyleAudio, teach_style, teaching_block
 
-    sr = int(run.model.sr)
+    sr, ratio = int(run.model.sr), int(run.model.ratio)
     factor = max(int(options.sr) // sr, 1) if options.sr else 1  # --block-size: host samples
+    asked = (options.block_size or DEFAULT_TUNED_BLOCK * factor) // factor
+    # the block teaching plays (a multiple of the ratio), which the sidecar records
+    block = teaching_block(asked, ratio)
+    if options.block_size is not None and block != asked:
+        at = "" if factor == 1 else f" ({asked} at the model's {sr} Hz)"
+        warnings.warn(f"--block-size {options.block_size}{at} is not a multiple of the "
+                      f"model's ratio ({ratio}): the style is taught in blocks of {block} "
+                      "samples (rounded up), as the sidecar records", stacklevel=2)
     style = StyleAudio(target=options.style_target, source=options.style_source,
-                       block_size=(options.block_size or DEFAULT_TUNED_BLOCK * factor) // factor,
-                       fidelity=options.fidelity)
+                       block_size=block, fidelity=options.fidelity)
     model = teach_style(run.model, style, progress=True)
     return dataclasses.replace(run, model=model), style
 

@@ -207,12 +207,20 @@ class DeployModel(nn.Module):
         a few rows through oneDNN, on a weight it packs at its first such call (see
         :data:`rave_core.nn.conv.MIN_WEIGHTS_PACKED`). Needs this torch to have oneDNN;
         the file then needs the host's libtorch to have it too. Returns the layer count;
-        with none (every weight below the threshold) the model stays ``portable``."""
+        with none (every weight below the threshold) the model stays ``portable``, with a
+        warning (the user asked for oneDNN)."""
         if not torch.backends.mkldnn.is_available():
             raise DeployError("this torch was built without oneDNN (torch.backends.mkldnn): "
                               "export with --cpu-kernels portable")
         self.packed_layers = sum(bool(m.use_packed_product()) for m in self.modules()
                                  if hasattr(m, "use_packed_product"))
+        if not self.packed_layers:
+            from rave_core.nn import conv  # (its threshold read now: tests lower it)
+            warnings.warn(
+                f"--cpu-kernels onednn: no layer of this model has a weight of "
+                f"{conv.MIN_WEIGHTS_PACKED} values or more (in an ungrouped convolution), "
+                "where oneDNN's packed weights pay: the file is portable (its sidecar says "
+                '"cpu_kernels": "portable") and loads in every libtorch', stacklevel=2)
         return self.packed_layers
 
     @property

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,17 +101,39 @@ class StyleAudioError(DeployError):
     """A style file cannot be used (unreadable, too short, or not the one exported with)."""
 
 
-def style_files(path: Path) -> List[Path]:
+#: what a style path is, for each kind that is neither a file nor a folder
+_OTHER_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"))
+
+
+def style_files(path: Path, side: Optional[str] = None) -> List[Path]:
     """``path`` itself, or the audio files under the folder ``path`` (sorted, as
     ``rave-core preprocess`` finds them). A subfolder that cannot be entered raises
-    :class:`StyleAudioError`: teaching from part of the folder would go unnoticed."""
+    :class:`StyleAudioError`: teaching from part of the folder would go unnoticed; so does
+    a folder without audio files, and a path that is neither a file nor a folder
+    (``/dev/null``). ``side``: the messages start ``--style-SIDE PATH:``, the option the
+    path was given to (``--style-target`` and ``--style-source`` may both be folders)."""
+    path = Path(path)
+    prefix = f"--style-{side} " if side else ""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = None  # search_audio says what is wrong with it
+    if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        kind = next((what for test, what in _OTHER_KINDS if test(mode)), "a special file")
+        raise StyleAudioError(f"{prefix}{path}: not a file or folder (it is {kind}): give an "
+                              "audio file, or a folder of them")
     try:
         search = search_audio([str(path)], remedy="give an audio file, or a folder of them")
     except DataError as err:
-        raise StyleAudioError(str(err)) from None
+        message = str(err)
+        if prefix:  # (the path said once)
+            message = f"{prefix}{path}: " + message.replace(f" found in {path}", " found in it", 1)
+        raise StyleAudioError(message) from None
     if search.unreadable:
         folder, reason = search.unreadable[0]
-        raise StyleAudioError(f"{folder}: {reason}")
+        shown = f"{path}: {folder}" if prefix and Path(folder) != path else f"{folder}"
+        raise StyleAudioError(f"{prefix}{shown}: {reason}")
     return search.files
 
 
@@ -130,6 +154,12 @@ def has_style_layers(model: torch.nn.Module) -> bool:
     return bool(adain_layers(model))
 
 
+def teaching_block(block_size: int, ratio: int) -> int:
+    """The block a style is taught at: ``block_size`` (samples at the model's rate)
+    rounded up to a multiple of the model's ``ratio`` (``forward`` takes only those)."""
+    return max(ratio, -(-int(block_size) // ratio) * ratio)
+
+
 def teach_style(model: torch.nn.Module, style: StyleAudio,
                 progress: bool = False) -> torch.nn.Module:
     """A copy of ``model`` whose AdaIN layers learned ``style`` as nn~ would learn it
@@ -143,8 +173,7 @@ def teach_style(model: torch.nn.Module, style: StyleAudio,
     if not has_style_layers(model):
         raise StyleAudioError("--style-target / --style-source: this model has no AdaIN "
                               "layers; only v3 models (config v3) learn a style")
-    ratio = int(model.ratio)
-    block = max(ratio, -(-int(style.block_size) // ratio) * ratio)  # a multiple of the ratio
+    block = teaching_block(style.block_size, int(model.ratio))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the run's warnings are the export's to give
         host = build_scripted_rave(model, fidelity=style.fidelity, deterministic=True,
@@ -156,7 +185,7 @@ def teach_style(model: torch.nn.Module, style: StyleAudio,
         getattr(host, f"set_reset_{side}")(True)  # what the checkpoint learned: forgotten
         getattr(host, f"set_learn_{side}")(True)
         taught_blocks, peak = 0, 0.0
-        for file in style_files(Path(path)):
+        for file in style_files(Path(path), side):
             audio = _read(file, side, int(model.sr), int(model.n_channels))
             starts = range(0, audio.shape[-1] - block + 1, block)  # whole blocks only
             if len(starts):

@@ -217,6 +217,9 @@ class CheckPlan:
     #: the sidecar's ``source.checkpoint`` as written (relative to its folder, or absolute
     #: from older versions) where ``source`` comes from it; None for ``--run``
     recorded: Optional[str] = None
+    #: the style audio the file was taught (``export --style-*``; a
+    #: :class:`~rave_deploy.style_teaching.StyleAudio`), there and unchanged; None if none
+    style: Optional[object] = None
 
 
 _MISSING = object()
@@ -233,7 +236,8 @@ def prepare_check(artifact, run: Optional[str] = None) -> CheckPlan:
     """Everything about checking ``artifact`` that can be refused without running a check:
     it exists, its sidecar is readable and names a known target, the run to check against
     is there and (when the sidecar records its SHA-256) is the checkpoint the file was
-    exported from. ``rave-deploy check`` prepares every artefact before checking any.
+    exported from, the style audio it was taught (``export --style-*``) is there unchanged.
+    ``rave-deploy check`` prepares every artefact before checking any.
 
     The sidecar's ``source.checkpoint`` is relative to the sidecar's folder (the one read,
     beside a symbolic link's target for a link; absolute from older versions), so a
@@ -272,7 +276,34 @@ def prepare_check(artifact, run: Optional[str] = None) -> CheckPlan:
                               "--run RUN (the run directory or checkpoint it was exported from)")
     _same_checkpoint(artifact, str(source), origin, explicit=bool(run), named=named)
     return CheckPlan(artifact, sidecar, target_name, str(source),
-                     bool(origin.get("ema_weights")), recorded=None if run else str(recorded))
+                     bool(origin.get("ema_weights")), recorded=None if run else str(recorded),
+                     style=_style_audio(artifact, sidecar))
+
+
+def _style_audio(artifact: Path, sidecar: Dict[str, object]):
+    """The style audio the sidecar of ``artifact`` names (``export --style-*``: its
+    ``style`` field, paths relative to the sidecar's folder), found there unchanged (by
+    SHA-256); None when the file was taught none. The check teaches its reference again
+    from it, minutes in: a file gone is refused before any artefact is checked.
+
+    Raises:
+        CheckUsageError: a style file gone, changed or unreadable, or a damaged field.
+    """
+    style = sidecar.get("style") if sidecar else None
+    if not style:
+        return None
+    from ..style_teaching import StyleAudio, StyleAudioError  # (imports torch)
+
+    try:
+        return StyleAudio.from_sidecar(style, sidecar_file_of(artifact))
+    except StyleAudioError as err:
+        raise CheckUsageError(str(err)) from None
+    except OSError as err:  # a file that cannot be read
+        raise CheckUsageError(f"the style audio {artifact} was taught from cannot be read "
+                              f"({describe_os_error(err)}): make it readable, or export "
+                              "again") from None
+    except (AttributeError, KeyError, TypeError, ValueError):  # not what export writes
+        raise _damaged_sidecar(artifact, "style", style) from None
 
 
 def _recorded_checkpoint(artifact: Path, recorded: object) -> Optional[Path]:

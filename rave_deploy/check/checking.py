@@ -54,8 +54,8 @@ def check_artifact(artifact, run: Optional[str] = None,
                               "was exported from")
     model = loaded.model
     style = sidecar.get("style") if isinstance(sidecar.get("style"), dict) else None
-    if style:
-        style_audio = _style_audio(plan)
+    style_audio = plan.style  # found unchanged by prepare_check, with the paths to read
+    if style_audio is not None:
         model = _taught_as_exported(model, style_audio, sidecar, loaded.checkpoint_sha256)
     report = get_target(plan.target).check(artifact, sidecar, model, options)
     # which checkpoint it was checked against, as the user knows it (in --json and the
@@ -110,23 +110,8 @@ def check_sidecar_facts(report: CheckReport, sidecar: Dict[str, object]) -> None
 _LAST_TAUGHT: Dict[str, object] = {}
 
 
-def _style_audio(plan: CheckPlan):
-    """The style audio the artefact's sidecar names (``export --style-*``), its paths taken
-    from the sidecar's folder; the files must be there and unchanged.
-
-    Raises:
-        CheckUsageError: one is gone or changed since the export.
-    """
-    from ..style_teaching import StyleAudio, StyleAudioError
-
-    try:
-        return StyleAudio.from_sidecar(plan.sidecar["style"], sidecar_file_of(plan.artifact))
-    except StyleAudioError as err:
-        raise CheckUsageError(f"{err}") from None
-
-
 def _taught_as_exported(model, style, sidecar, checkpoint_sha256: str):
-    """The run's model taught ``style`` (:func:`_style_audio`), as the sidecar says it was,
+    """The run's model taught ``style`` (``CheckPlan.style``), as the sidecar says it was,
     so the reference computes what the file was taught."""
     from ..style_teaching import teach_style
 
