@@ -4,21 +4,48 @@ Writes mono 16-bit WAV files with numpy and the standard library only, so the sa
 seed gives byte-identical files on every run::
 
     python examples/synth_dataset.py --out data/synth --seconds 180 --seed 0
+
+The folder then holds exactly what was asked for: ``synth_000.wav``, ``synth_001.wav``, ...
+Files of that name left by an earlier run that asked for more are removed (other files
+are left alone). Each file is written under a temporary name and renamed into place once
+complete, after every file of the run is rendered: an interrupted run leaves the folder
+as it was, never a half-written WAV.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
+import re
+import sys
 import wave
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 SECONDS_PER_FILE = 15.0
+#: The most audio one run writes: an hour, 20 times the quickstart's default (318 MB of
+#: WAV at 44.1 kHz, 2.8 GB at the highest --sr). This is a test and demo set; beyond
+#: this, train on real audio. (A typo such as 1e9 wrote gigabytes before this bound.)
+MAX_SECONDS = 3600.0
+#: Sampling rates accepted, those of `rave-core preprocess --sampling_rate`
+#: (rave_core.dataset_limits).
+MIN_SR, MAX_SR = 8000, 384000
+#: The names this module writes (and the only files it ever removes).
+FILE_NAME = re.compile(r"synth_(\d{3,})\.wav")
 PEAK = 0.8
 MAJOR_PENTATONIC = (0, 2, 4, 7, 9)
 MINOR_PENTATONIC = (0, 3, 5, 7, 10)
+
+
+class Written(NamedTuple):
+    """What :func:`write_dataset` did: the files written, in order, and the stale
+    ``synth_NNN.wav`` files of an earlier run it removed."""
+
+    paths: list[Path]
+    removed: list[Path]
 
 
 def synthesize(
@@ -31,24 +58,92 @@ def synthesize(
 ) -> list[Path]:
     """Write about ``seconds`` of audio as ``n_files`` WAVs (default: ~15 s each) in ``out_dir``.
 
-    Returns the written paths, ``synth_000.wav``, ``synth_001.wav``, ... in order.
+    Returns the written paths, ``synth_000.wav``, ``synth_001.wav``, ... in order (see
+    :func:`write_dataset`: stale files of that name are removed).
     """
-    if seconds <= 0:
-        raise ValueError(f"seconds must be > 0, got {seconds}")
-    if n_files is None:
-        n_files = max(1, math.ceil(seconds / SECONDS_PER_FILE))
+    return write_dataset(out_dir, seconds, sr, seed, n_files=n_files).paths
+
+
+def argument_problem(seconds: float, sr: int, seed: int = 0, n_files: int | None = None) -> str | None:
+    """Why :func:`write_dataset` cannot write these, or None."""
+    if not math.isfinite(seconds) or seconds <= 0:
+        return f"seconds must be a finite number > 0, got {seconds}"
+    if seconds > MAX_SECONDS:
+        return (f"seconds must be at most {MAX_SECONDS:.0f} (an hour of synthetic audio; "
+                f"train on real audio beyond that), got {seconds:g}")
+    if isinstance(sr, bool) or not isinstance(sr, (int, np.integer)) or not MIN_SR <= sr <= MAX_SR:
+        return f"sr must be a whole number of Hz from {MIN_SR} to {MAX_SR}, got {sr}"
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        return f"seed must be a whole number >= 0, got {seed}"
+    if n_files is not None and n_files < 1:
+        return f"n_files must be >= 1, got {n_files}"
+    files = n_files or _default_files(seconds)
+    if int(round(seconds * sr)) < files:
+        return (f"seconds must give at least {files} sample{'s' * (files != 1)} at {sr} Hz "
+                f"(one per file), got {seconds:g} ({int(round(seconds * sr))} samples)")
+    return None
+
+
+def _default_files(seconds: float) -> int:
+    return max(1, math.ceil(seconds / SECONDS_PER_FILE))
+
+
+def write_dataset(
+    out_dir: str | Path,
+    seconds: float = 180,
+    sr: int = 44100,
+    seed: int = 0,
+    *,
+    n_files: int | None = None,
+) -> Written:
+    """Write about ``seconds`` of audio as ``n_files`` WAVs (default: ~15 s each) in
+    ``out_dir`` (created if needed): ``synth_000.wav``, ``synth_001.wav``, ...
+
+    The folder then holds exactly these: ``synth_NNN.wav`` files of an earlier run beyond
+    them are removed (and reported); no other file is touched. Every file is rendered to a
+    temporary name first and renamed into place once all are complete, so an interrupted
+    or failed run leaves the folder as it was.
+
+    Raises:
+        ValueError: unusable arguments (:func:`argument_problem`).
+        OSError: the folder cannot be written (its temporary files are removed).
+    """
+    problem = argument_problem(seconds, sr, seed, n_files)
+    if problem is not None:
+        raise ValueError(problem)
+    n_files = n_files or _default_files(seconds)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     total = int(round(seconds * sr))
     lengths = [total // n_files + (1 if i < total % n_files else 0) for i in range(n_files)]
-    paths = []
-    for i, length in enumerate(lengths):
-        # Seeding per file keeps each file independent of how many files there are.
-        rng = np.random.default_rng([seed, i])
-        path = out / f"synth_{i:03d}.wav"
-        write_wav(path, normalise(render_track(length, sr, rng)), sr)
-        paths.append(path)
-    return paths
+    paths = [out / f"synth_{i:03d}.wav" for i in range(n_files)]
+    temporaries: list[Path] = []
+    try:
+        for i, (path, length) in enumerate(zip(paths, lengths)):
+            # Seeding per file keeps each file independent of how many files there are.
+            rng = np.random.default_rng([seed, i])
+            temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            temporaries.append(temporary)
+            write_wav(temporary, normalise(render_track(length, sr, rng)), sr)
+        removed = _stale_files(out, {p.name for p in paths})
+        for stale in removed:
+            stale.unlink()
+        for temporary, path in zip(temporaries, paths):
+            os.replace(temporary, path)
+    finally:
+        for temporary in temporaries:   # left only when the run did not complete
+            try:
+                temporary.unlink()
+            except FileNotFoundError:
+                pass
+    return Written(paths, removed)
+
+
+def _stale_files(out: Path, keep: set[str]) -> list[Path]:
+    """The ``synth_NNN.wav`` files in ``out`` not among ``keep`` (an earlier run's)."""
+    return sorted(p for p in out.iterdir()
+                  if FILE_NAME.fullmatch(p.name) and p.name not in keep and p.is_file()
+                  and not p.is_symlink())
 
 
 def render_track(n: int, sr: int, rng: np.random.Generator) -> np.ndarray:
@@ -147,16 +242,49 @@ def _mix_into(track: np.ndarray, event: np.ndarray, start: int) -> None:
     track[start:end] += event[: end - start]
 
 
-def main(argv: list[str] | None = None) -> None:
+def output_problem(out: str | Path) -> str | None:
+    """Why ``out`` cannot be the output folder (a file in the way), or None."""
+    path = Path(out)
+    for parent in [path, *path.parents]:
+        if parent.is_dir():
+            return None
+        if parent.exists() or parent.is_symlink():
+            where = f"{path}" if parent == path else f"{path}: {parent}"
+            return f"{where} is a file, not a folder; choose another folder"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="folder for the WAV files")
-    parser.add_argument("--seconds", type=float, default=180, help="total seconds of audio")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sr", type=int, default=44100)
+    parser.add_argument("--out", required=True, help="folder for the WAV files (created if needed)")
+    parser.add_argument("--seconds", type=float, default=180,
+                        help=f"total seconds of audio, at most {MAX_SECONDS:.0f} (default 180)")
+    parser.add_argument("--seed", type=int, default=0, help="a whole number >= 0 (default 0)")
+    parser.add_argument("--sr", type=int, default=44100,
+                        help=f"sampling rate in Hz, {MIN_SR} to {MAX_SR} (default 44100)")
     args = parser.parse_args(argv)
-    paths = synthesize(args.out, seconds=args.seconds, sr=args.sr, seed=args.seed)
-    print(f"wrote {len(paths)} files to {args.out}")
+    # checked before anything is created: bad input leaves no folder behind
+    problem = argument_problem(args.seconds, args.sr, args.seed)
+    if problem is not None:
+        parser.error("--" + problem)
+    problem = output_problem(args.out)
+    if problem is not None:
+        parser.error(f"--out {problem}")
+    try:
+        written = write_dataset(args.out, seconds=args.seconds, sr=args.sr, seed=args.seed)
+    except OSError as err:
+        print(f"Error: cannot write {args.out}: {err.strerror or err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"Interrupted: {args.out} is as it was.", file=sys.stderr)
+        return 130
+    print(f"wrote {len(written.paths)} file{'s' * (len(written.paths) != 1)} to {args.out}")
+    if written.removed:
+        names = ", ".join(p.name for p in written.removed)
+        print(f"removed {len(written.removed)} stale file{'s' * (len(written.removed) != 1)} "
+              f"of an earlier run: {names}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -35,7 +35,8 @@ import click
 
 from rave_core.launch import INTERRUPTED, interrupts_end_at_once
 
-from .config_names import available_configs, config_description
+from .config_names import (available_configs, config_description, config_problem,
+                           modifier_problem)
 from .dataset_limits import (DEFAULT_N_SIGNAL, MAX_CHANNELS, MAX_SAMPLING_RATE, MIN_CHANNELS,
                              MIN_SAMPLING_RATE, not_a_dataset)
 from .os_errors import describe_os_error
@@ -264,7 +265,7 @@ def _guard(settings: _Settings, fn: Callable, *args, interrupted: str = "Interru
                                 "...` for the traceback, and report it)")
 
 
-def _check_output_location(flag: str, path) -> None:
+def check_output_location(flag: str, path) -> None:
     """Output folders are created as needed; fail early (exit 1) when a file is in the way
     or the nearest existing folder cannot be written, rather than deep inside the work."""
     path = Path(path)
@@ -321,7 +322,7 @@ def preprocess(settings: _Settings, input_paths, output_path, channels, sampling
     missing = [p for p in input_paths if not Path(p).exists()]
     if missing:
         _usage(f"--input_path {missing[0]} does not exist; give a folder of audio files")
-    _check_output_location("--output_path", output_path)
+    check_output_location("--output_path", output_path)
     with importing():
         from .data import preprocess as run_preprocess
     with sigterm_as_interrupt():
@@ -399,7 +400,8 @@ def _run_training(settings: _Settings, configs, db_path, name, out_path, max_ste
         _usage(f"--db_path {db_path} is not a dataset: {why_not}")
     if ckpt is not None and not Path(ckpt).is_file():
         _usage(f"--ckpt {ckpt}: no such checkpoint file")
-    _check_output_location("--out_path", out_path)
+    _check_config_names(configs)
+    check_output_location("--out_path", out_path)
     with importing():
         from .training.trainer import train
     result = _guard(settings, train, list(configs), db_path, name, out_path=out_path,
@@ -424,9 +426,23 @@ def train_command(settings: _Settings, gpus: int, **kwargs) -> None:
     """Train a model, or resume a run (the whole RAVE schedule: phase 1, then adversarial
     phase 2 from PHASE_1_DURATION steps)."""
     if gpus > 1 and "WORLD_SIZE" not in os.environ:
+        _check_config_names(kwargs["configs"])
         _spawn_torchrun(settings, gpus, kwargs)
         return
     _run_training(settings, **kwargs)
+
+
+def _check_config_names(configs) -> None:
+    """A --config that names no config (a typo, a missing file) or a modifier without its
+    base: a usage error at once, before torch is imported (the configs' contents are read
+    with gin, later)."""
+    for config in configs:
+        problem = config_problem(config)
+        if problem is not None:
+            _usage(problem)
+    problem = modifier_problem(list(configs))
+    if problem is not None:
+        _usage(problem)
 
 
 def _spawn_torchrun(settings: _Settings, gpus: int, kwargs: dict) -> None:

@@ -17,7 +17,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import gin
 import torch
 
-from .config_names import CONFIG_DIR, available_configs  # noqa: F401 (torch-free: the CLI)
+# torch-free, for the CLI
+from .config_names import (CONFIG_DIR, MODIFIERS, available_configs,  # noqa: F401
+                           config_problem, modifier_problem, shipped_config)
 
 
 class ConfigError(ValueError):
@@ -127,45 +129,59 @@ def translate_acids_config(text: str) -> str:
     return pattern.sub(repl, "\n".join(body))
 
 
-def _shipped(name: str) -> Optional[Path]:
-    path = CONFIG_DIR / f"{name}.gin"
-    return path if path.exists() else None
-
-
 # One line of a config with where it comes from: (text, source, line number in source).
 _Line = Tuple[str, str, int]
 
 
 def _read_config(name_or_path: str) -> List[_Line]:
-    path = _shipped(name_or_path)
+    problem = config_problem(name_or_path)
+    if problem is not None:
+        raise ConfigError(problem)
+    path = shipped_config(name_or_path)
     if path is None:
         path = Path(name_or_path)
-        if not path.exists():
-            close = difflib.get_close_matches(name_or_path, available_configs(), n=3)
-            hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise ConfigError(f"unknown config {name_or_path!r}: not a shipped config "
-                              f"({', '.join(available_configs())}) nor a file.{hint}")
-        if path.is_dir():
-            raise ConfigError(f"config {name_or_path} is a folder: give a .gin file or a "
-                              "shipped config name (rave-core configs)")
-        return _expand_includes(read_text_file(path), path.parent, name_or_path)
-    return _expand_includes(read_text_file(path), path.parent, f"shipped config {path.name}")
+        return _expand_includes(read_text_file(path), path.parent, name_or_path, [path])
+    return _expand_includes(read_text_file(path), path.parent, f"shipped config {path.name}",
+                            [path])
 
 
-def _expand_includes(text: str, folder: Path, source: str) -> List[_Line]:
+def _expand_includes(text: str, folder: Path, source: str, chain: List[Path]) -> List[_Line]:
+    """``text``'s lines, each ``include`` replaced by the included file's (recursively).
+
+    An included path is relative to the including file's folder, as gin reads it; a
+    name found nowhere there (or only as a file being expanded) is one of our shipped
+    configs (acids-rave's configs include ``configs/v1.gin``, from its package). ``chain``:
+    the files being expanded, outermost first (``text`` is the last one's), to refuse an
+    include loop."""
     out: List[_Line] = []
     for number, line in enumerate(text.splitlines(), 1):
         m = re.match(r"""^\s*include\s+['"](.+)['"]\s*$""", line)
         if m:
             target = m.group(1)
-            candidates = [CONFIG_DIR / Path(target).name, folder / target]
-            found = next((c for c in candidates if c.exists()), None)
-            if found is None:
+            candidates = [c for c in (folder / target, CONFIG_DIR / Path(target).name)
+                          if c.is_file()]
+            if not candidates:
                 raise ConfigError(f"config include {target!r} not found ({source}, line {number})")
-            out += _expand_includes(read_text_file(found), found.parent, found.name)
+            # a file including its own name (a local v1.gin that includes 'v1.gin' to
+            # extend it) means the shipped one
+            found = next((c for c in candidates
+                          if not any(_same_file(c, earlier) for earlier in chain)), None)
+            if found is None:
+                names = " -> ".join(p.name for p in [*chain, candidates[0]])
+                raise ConfigError(f"config include loop: {names} ({source}, line {number}): "
+                                  "remove one of these include lines")
+            out += _expand_includes(read_text_file(found), found.parent, found.name,
+                                    [*chain, found])
         else:
             out.append((line, source, number))
     return out
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or a.samefile(b)
+    except OSError:
+        return False
 
 
 def _known_selectors() -> List[str]:
@@ -306,27 +322,12 @@ def parse_config(configs: Sequence[str] = (), overrides: Sequence[str] = (),
     return "\n".join(part for part, _ in parts)
 
 
-#: Shipped configs that modify a base config given before them, and the bases each
-#: applies to (None: any). spherical and wasserstein replace EncoderV2's output.
-MODIFIERS = {"causal": None,
-             "spherical": ("v2", "v2_small", "v2_nodisc", "v3"),
-             "wasserstein": ("v2", "v2_small", "v2_nodisc", "v3")}
-
-
 def _check_modifiers(configs: Sequence[str]) -> None:
     """A modifier alone, or after a base it does not apply to, fails deep inside gin
     ("missing 4 required positional arguments"): say what to give instead."""
-    for i, c in enumerate(configs):
-        if c not in MODIFIERS or _shipped(c) is None:
-            continue
-        allowed = MODIFIERS[c]
-        example = f"--config {(allowed or ('v2',))[0]} --config {c}"
-        bases = [b for b in configs[:i] if b not in MODIFIERS]
-        if not bases:
-            raise ConfigError(f"{c} is a modifier: give a base config before it, e.g. {example}")
-        base = bases[0]
-        if allowed is not None and _shipped(base) is not None and base not in allowed:
-            raise ConfigError(f"{c} applies to {', '.join(allowed)}, not to {base}: e.g. {example}")
+    problem = modifier_problem(configs)
+    if problem is not None:
+        raise ConfigError(problem)
 
 
 def build_model(configs: Sequence[str] = (), overrides: Sequence[str] = (),

@@ -4,7 +4,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +38,26 @@ def randomize(model: torch.nn.Module, seed: int = 0, scale: float = 0.3) -> torc
             else:
                 p.copy_(torch.randn(p.shape, generator=g) * scale)
     return model
+
+
+def tone(path: Path, seconds: float = 1.0, sr: int = 44100, channels: int = 1) -> Path:
+    """A 220 Hz sine at 0.3, 32-bit float, written at ``path`` (folders made)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(seconds * sr)) / sr
+    x = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    sf.write(str(path), np.stack([x] * channels, 1), sr, subtype="FLOAT")
+    return path
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory) -> Path:
+    """A mono dataset of 3 s of :func:`tone` (enough windows of 8192 samples for a batch
+    of 2); a module that needs other audio defines its own ``db``."""
+    from rave_core.data import preprocess
+    root = tmp_path_factory.mktemp("data")
+    tone(root / "wav" / "a.wav", seconds=3)
+    preprocess([str(root / "wav")], str(root / "db"), progress=False)
+    return root / "db"
 
 
 def small_model(configs, extra=(), seed: int = 0):

@@ -18,9 +18,9 @@ from click.testing import CliRunner
 from rave_core.cli import main as core_cli
 from rave_core.data import DataError, DataInputError, load_metadata, preprocess
 
-# db: a mono dataset of 3 s, made from a folder of one audio file (``wav/``, beside it)
-from .test_bad_input_training import db  # noqa: F401 (the fixture)
-from .test_bad_input_training import run_cli, tone, train_args
+# db (conftest): a mono dataset of 3 s, made from a folder of one audio file (``wav/``, beside it)
+from .conftest import tone
+from .test_bad_input_training import run_cli, train_args
 
 ROOT = Path(__file__).resolve().parents[1]
 

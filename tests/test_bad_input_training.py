@@ -23,6 +23,7 @@ from rave_core.cli import main as core_cli
 from rave_core.data import DataError, preprocess
 from rave_deploy.cli import main as deploy_cli
 
+from .conftest import tone
 from .runs import make_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,29 +51,12 @@ def run_cli(cli, args: Iterable, code: int, expect: Iterable[str] = ()) -> str:
     return result.output
 
 
-def tone(path: Path, seconds: float = 1.0, sr: int = 44100, channels: int = 1) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    t = np.arange(int(seconds * sr)) / sr
-    x = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
-    sf.write(str(path), np.stack([x] * channels, 1), sr, subtype="FLOAT")
-    return path
-
-
 def tree(folder: Path) -> List[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
 def leftovers(folder: Path) -> List[str]:
     return [p.name for p in folder.iterdir() if ".partial-" in p.name or ".old-" in p.name]
-
-
-@pytest.fixture(scope="module")
-def db(tmp_path_factory) -> Path:
-    """A mono dataset of 3 s (enough windows of 8192 samples for a batch of 2)."""
-    root = tmp_path_factory.mktemp("data")
-    tone(root / "wav" / "a.wav", seconds=3)
-    preprocess([str(root / "wav")], str(root / "db"), progress=False)
-    return root / "db"
 
 
 @pytest.fixture(scope="module")

@@ -19,31 +19,16 @@ import warnings
 from pathlib import Path
 from typing import Callable, List
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
 from click.testing import CliRunner
 
 from rave_core.cli import main as cli
-from rave_core.data import preprocess
 from rave_core.training import checkpoint
 
 TINY = ["CAPACITY=4", "LATENT_SIZE=8", "rave.core.MultiScaleSTFT.scales = [512, 256, 128]"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def db(tmp_path_factory) -> Path:
-    """A mono dataset of 3 s (enough windows of 8192 samples for a batch of 2)."""
-    root = tmp_path_factory.mktemp("data")
-    t = np.arange(3 * 44100) / 44100
-    (root / "wav").mkdir()
-    sf.write(str(root / "wav" / "a.wav"), (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32),
-             44100, subtype="FLOAT")
-    preprocess([str(root / "wav")], str(root / "db"), progress=False)
-    return root / "db"
 
 
 def _train(db: Path, out: Path, steps: int = 4):

@@ -32,7 +32,7 @@ import inspect
 import random
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -69,27 +69,52 @@ CHECKPOINT_DIR = Path("version_0") / "checkpoints"
 
 # ============================================================================ config
 def _macros(text: str) -> List[str]:
-    defined = re.findall(r"^\s*([A-Za-z_]\w*)\s*=", text, flags=re.MULTILINE)
     used = re.findall(r"%([A-Za-z_]\w*)", text)
-    return sorted(set(defined) | set(used))
+    return sorted(set(_defined_macros(text)) | set(used))
+
+
+def _defined_macros(text: str) -> List[str]:
+    return sorted(set(re.findall(r"^\s*([A-Za-z_]\w*)\s*=", text, flags=re.MULTILINE)))
 
 
 def _selectors() -> List[str]:
     return sorted(sel for sel, _ in gin.config._REGISTRY.items())
 
 
+def _macro_references(value: str) -> List[str]:
+    """The macros a gin value refers to (``%NAME``; not ``%module.CONSTANT``, nor a ``%``
+    inside a quoted string)."""
+    code = re.sub(r"'[^']*'|\"[^\"]*\"", "''", value)
+    return re.findall(r"%([A-Za-z_]\w*)(?![\w.])", code)
+
+
 def check_overrides(config_text: str, overrides: Sequence[str]) -> None:
-    """Refuse overrides that would silently do nothing or fail deep inside gin.
+    """Refuse overrides that would fail deep inside gin, or that name nothing.
 
     ``NAME = value`` must name a macro of the config (gin would accept a typo as a new,
     unused macro); ``[scope/]module.Class.param = value`` must name a configurable and
-    one of its parameters. Errors name the nearest valid keys.
+    one of its parameters; a ``%MACRO`` in a value must be one of the config's macros.
+    Errors name the nearest valid keys. Whether an override reaches what the config
+    builds is for :func:`check_overrides_used`, once it is built.
     """
+    given_macros = [o.split("=", 1)[0].strip() for o in overrides if "=" in o]
     for override in overrides:
         if "=" not in override:
             raise ConfigError(f"override {override!r} is not of the form 'KEY=VALUE' "
                               "(e.g. --override 'CAPACITY=32')")
-        key = override.split("=", 1)[0].strip()
+        key, value = (part.strip() for part in override.split("=", 1))
+        if not key:
+            raise ConfigError(f"override {override!r} has no key before '=': give KEY=VALUE, a "
+                              "macro or a binding and its value (e.g. --override 'CAPACITY=32')")
+        defined = sorted(set(_defined_macros(config_text))
+                         | {k for k in given_macros if k and "." not in k and "/" not in k})
+        for name in _macro_references(value):
+            if name not in defined:
+                close = difflib.get_close_matches(name, defined, n=3, cutoff=0.5)
+                hint = (f"nearest: {', '.join(close)}" if close else
+                        f"macros: {', '.join(defined) or 'none'}")
+                raise ConfigError(f"override {override.strip()!r}: its value refers to %{name}, "
+                                  f"but the config has no macro {name}; {hint}")
         if "." not in key:
             macros = _macros(config_text)
             if key not in macros:
@@ -119,11 +144,86 @@ def check_overrides(config_text: str, overrides: Sequence[str]) -> None:
         raise ConfigError(f"override {key!r}: {matches[0]} has no parameter {param!r}; {hint}")
 
 
+def _scope_parts(scope: str) -> List[str]:
+    return scope.split("/") if scope else []
+
+
+def check_overrides_used(overrides: Sequence[str]) -> None:
+    """Refuse an override that the model just built never read: it would silently do
+    nothing. To be called once everything the training builds with gin is built (the
+    model with its discriminator, the beta schedule, a call of each training-time loss),
+    with gin's record of those calls (its operative config) still there.
+
+    A binding ``[scope/]Class.param`` takes effect where ``Class`` was called in that scope
+    (or one within it), ``param`` not given by the code itself, and no binding of a more
+    specific scope of the config covering it; a macro, where one of those calls evaluated
+    it. (gin applies ``scope/`` bindings to calls within that scope and scopes below it.)
+    """
+    operative = gin.config._OPERATIVE_CONFIG
+    bound = gin.config._CONFIG
+    calls: Dict[str, List[str]] = {}   # selector -> the scopes it was called in
+    for scope, selector in operative:
+        calls.setdefault(selector, []).append(scope)
+    evaluated = {_scope_parts(scope)[-1] for scope in calls.get("gin.macro", []) if scope}
+    for override in overrides:
+        key = override.split("=", 1)[0].strip()
+        shown = f"--override {override.strip()!r}"
+        if "." not in key:
+            if key not in evaluated:
+                raise ConfigError(f"{shown}: nothing this config builds uses the macro {key} "
+                                  "(only bindings of configurables it does not use refer to "
+                                  "it, if any), so the override would do nothing")
+            continue
+        scope, _, rest = key.rpartition("/")
+        selector, param = rest.rsplit(".", 1)
+        try:
+            full = gin.config._REGISTRY.get_match(selector).selector
+        except (KeyError, ValueError):
+            continue   # (check_overrides and gin answered for it)
+        if (full, param) == ("rave.model.RAVE", "n_channels"):
+            raise ConfigError(f"{shown}: the dataset sets the channel count (--db_path); "
+                              "preprocess the audio with --channels N instead")
+        scopes = calls.get(full, [])
+        if not scopes:
+            module = full.rsplit(".", 1)[0]
+            used = sorted(s for s in calls if s.rsplit(".", 1)[0] == module)
+            close = difflib.get_close_matches(full, used, n=3, cutoff=0.6)
+            hint = (f"; of {module} it uses {', '.join(close or used)}" if used else "")
+            raise ConfigError(f"{shown}: this config does not use {full} (it builds none), so "
+                              f"the override would do nothing{hint}")
+        wanted = _scope_parts(scope)
+        within = [c for c in scopes if _scope_parts(c)[:len(wanted)] == wanted]
+        if not within:
+            where = ", ".join(sorted(f"scope {c}" if c else "no scope" for c in set(scopes)))
+            raise ConfigError(f"{shown}: this config uses {full} in {where}, never in scope "
+                              f"{scope}, so the override would do nothing")
+        if not any(param in operative[(c, full)] for c in within):
+            raise ConfigError(f"{shown}: the code always gives {full} its {param} itself, so "
+                              "the override would do nothing")
+        shadows = set()
+        reached = False
+        for c in within:
+            parts = _scope_parts(c)
+            deeper = ["/".join(parts[:n]) for n in range(len(wanted) + 1, len(parts) + 1)
+                      if param in bound.get(("/".join(parts[:n]), full), {})]
+            if deeper:
+                shadows.add(deeper[-1])
+            elif param in operative[(c, full)]:
+                reached = True
+        if not reached and shadows:
+            winner = sorted(shadows)[0]
+            raise ConfigError(f"{shown}: the config binds {winner}/{full}.{param}, which wins "
+                              f"over it, so the override would do nothing; override "
+                              f"'{winner}/{full}.{param}' instead")
+
+
 def _build(configs: Sequence[str], overrides: Sequence[str], text: Optional[str],
-           channels: int, seed: int):
+           channels: int, seed: int, *, unused: Optional[List[ConfigError]] = None):
     """Parse the config, build the model with its discriminator, and the beta schedule.
 
-    Returns ``(model, beta, operative config text)``.
+    Returns ``(model, beta, operative config text)``. An override the model never read
+    (:func:`check_overrides_used`) raises its ConfigError, or with ``unused`` (a list) is
+    appended there: the training says so once every other check has passed.
     """
     from ..models.rave import RAVE
     full = parse_config(configs, (), text)
@@ -143,6 +243,12 @@ def _build(configs: Sequence[str], overrides: Sequence[str], text: Optional[str]
         model.gan_loss(probe, probe)
     if model.feature_matching_fun is not None:
         model.feature_matching_fun(probe, probe)
+    try:
+        check_overrides_used(overrides)
+    except ConfigError as err:
+        if unused is None:
+            raise
+        unused.append(err)
     return model, beta, gin.operative_config_str()
 
 
@@ -363,12 +469,16 @@ def _train(ctx: DistContext, lock: RunLock, run: RunSettings) -> TrainResult:
     _seed_this_process(resumed.rng_state, run.seed, ctx)
 
     # ---- receptive field (RAVE measures it before training; valid_signal_crop uses it)
-    _measure_receptive_field(model)
+    measure_receptive_field(model)
     _check_signal_length(model, run.n_signal)
 
     # ---- data loaders
     sampler, loader, valid_loader = _data_loaders(run, train_set, valid_set, ctx,
                                                   resumed.start_step)
+
+    # ---- an override that would do nothing: the last refusal, before the run's folder
+    if built.unused_overrides:
+        raise built.unused_overrides[0]
 
     # ---- run directory (written by rank 0 only)
     writer = _claim_run_dir(ctx, lock, run, built, source, resumed.start_step)
@@ -386,6 +496,8 @@ class _RunModel:
     beta: BetaWarmup
     operative: str          # the operative config: what config.gin holds once training starts
     stored: Optional[str]   # the run's config.gin as this training found it (None: none yet)
+    #: an --override the model never read: refused after the other checks (the checkpoint's)
+    unused_overrides: List[ConfigError] = field(default_factory=list)
 
 
 def _build_run_model(run: RunSettings, meta: Dict[str, Any], source: ResumeSource) -> _RunModel:
@@ -402,7 +514,9 @@ def _build_run_model(run: RunSettings, meta: Dict[str, Any], source: ResumeSourc
     text = _resumed_config_text(run.configs, source.path)
     if text is not None:
         check_channels(text, channels, run.db_path, source.path)
-    model, beta, operative = _build(run.configs, run.overrides, text, channels, run.seed)
+    unused: List[ConfigError] = []
+    model, beta, operative = _build(run.configs, run.overrides, text, channels, run.seed,
+                                    unused=unused)
     _check_signal_multiple(model, run.n_signal)
     _check_config_change(run, source, stored, operative)
     if int(model.sr) != int(meta["sr"]):
@@ -411,7 +525,7 @@ def _build_run_model(run: RunSettings, meta: Dict[str, Any], source: ResumeSourc
                              f"{model.sr} Hz; re-run `rave-core preprocess --sampling_rate "
                              f"{model.sr}`, or --override 'SAMPLING_RATE={meta['sr']}'")
     model.to(run.device)
-    return _RunModel(model, beta, operative, stored)
+    return _RunModel(model, beta, operative, stored, unused)
 
 
 def _resumed_config_text(configs: Sequence[str], resume_path: Optional[Path]) -> Optional[str]:
@@ -450,11 +564,11 @@ def _check_signal_multiple(model: nn.Module, n_signal: int) -> None:
         lower = n_signal // ratio * ratio
         # the values suggested must pass the length check too (_check_signal_length)
         if model.valid_signal_crop:   # (then the length check needs the receptive field)
-            _measure_receptive_field(model)
+            measure_receptive_field(model)
         passing = [v for v in (lower, lower + ratio)
                    if v > 0 and _signal_shortfall(model, v) is None]
         examples = (" or ".join(str(v) for v in passing) if passing else
-                    f"{_shortest_signal(model, lower + ratio)} or more (the shortest window "
+                    f"{shortest_signal(model, lower + ratio)} or more (the shortest window "
                     "this config takes)")
         raise TrainingArgumentError(f"--n_signal must be a multiple of {ratio} (the model's "
                                     f"samples per latent frame), got {n_signal}: use e.g. "
@@ -499,7 +613,7 @@ def _seed_this_process(rng_state: Optional[Dict[str, Any]], seed: int, ctx: Dist
         random.seed(seed + ctx.rank)
 
 
-def _measure_receptive_field(model: nn.Module) -> None:
+def measure_receptive_field(model: nn.Module) -> None:
     """Record the model's receptive field in its ``receptive_field`` buffer, unless it
     holds one already (a resumed model)."""
     if not int(model.receptive_field.sum()):
@@ -514,11 +628,11 @@ def _check_signal_length(model: nn.Module, n_signal: int) -> None:
         return
     raise TrainingArgumentError(
         f"--n_signal {n_signal} is too short for this config: {short}; use --n_signal "
-        f"{_shortest_signal(model, n_signal)} or more (a multiple of {int(model.ratio)}), or "
+        f"{shortest_signal(model, n_signal)} or more (a multiple of {int(model.ratio)}), or "
         "override rave.core.MultiScaleSTFT.scales")
 
 
-def _shortest_signal(model: nn.Module, n_signal: int) -> int:
+def shortest_signal(model: nn.Module, n_signal: int) -> int:
     """The shortest window from ``n_signal`` on that the spectral distances take: a
     multiple of the model's ratio (the receptive field measured already)."""
     ratio, shortest = int(model.ratio), n_signal
