@@ -15,7 +15,7 @@ from typing import Dict, Iterable
 
 import pytest
 
-from .test_bad_input_training import db, train_args  # noqa: F401 (db: the shared dataset fixture)
+from .test_bad_input_training import train_args  # (db: the conftest dataset fixture)
 
 LATIN = os.fsdecode(b"caf\xe9")   # "café" in Latin-1: 'caf\udce9'
 
