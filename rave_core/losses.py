@@ -29,7 +29,7 @@ class Spectrogram(nn.Module):
     ``(..., time) -> (..., n_fft // 2 + 1, frames)`` (complex). Matches
     ``torchaudio.transforms.Spectrogram(n_fft, win_length, hop_length, power=None, ...)``:
     with ``center`` the signal is padded by ``n_fft // 2`` on both sides (``pad_mode``);
-    ``normalized=True`` divides by the window's energy, ``sqrt(sum(window ** 2))``.
+    ``normalized=True`` divides by the window's L2 norm, ``sqrt(sum(window ** 2))``.
     """
 
     def __init__(self, n_fft: int, win_length: Optional[int] = None,

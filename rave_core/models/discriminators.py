@@ -269,7 +269,9 @@ class MPD(nn.Module):
 @gin.configurable(module="rave.descript_discriminator")
 class MSD(nn.Module):
     """Waveform discriminator on the signal low-passed and decimated by ``scale``
-    (grouped strided 1-D convs, as MelGAN). Returns seven maps (the last is the score)."""
+    (grouped strided 1-D convs, as MelGAN). Returns seven maps (the last is the score).
+
+    ``sample_rate`` is accepted for acids-rave's configs, unused."""
 
     def __init__(self, scale: int, n_channels: int = 1, sample_rate: int = 44100) -> None:
         super().__init__()
@@ -310,15 +312,15 @@ class MRD(nn.Module):
     """Multi-band STFT discriminator: the complex STFT (window ``window_length``) as
     ``(batch, 2 * channels, frames, bins)`` is cut into frequency ``bands`` (fractions of
     the bins), each through its own 2-D conv stack; the stacks' outputs are concatenated
-    along frequency into one score conv. Returns ``5 * len(bands) + 1`` maps."""
+    along frequency into one score conv. Returns ``5 * len(bands) + 1`` maps.
+
+    The STFT hop is ``int(hop_factor * window_length)``. ``sample_rate`` is accepted for
+    acids-rave's configs, unused."""
 
     def __init__(self, window_length: int, hop_factor: float = 0.25,
                  sample_rate: int = 44100, bands: Sequence[Tuple[float, float]] = BANDS,
                  n_channels: int = 1) -> None:
         super().__init__()
-        self.window_length = window_length
-        self.hop_factor = hop_factor
-        self.sample_rate = sample_rate
         n_bins = window_length // 2 + 1
         self.bands = [(int(lo * n_bins), int(hi * n_bins)) for lo, hi in bands]
 

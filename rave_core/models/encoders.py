@@ -138,7 +138,9 @@ class VariationalEncoder(FreezableEncoder):
     """Gaussian posterior: the encoder outputs ``(mean, scale)`` stacked on channels.
 
     ``std = softplus(scale) + 1e-4``; ``reparametrize`` samples ``mean + std * eps`` and
-    returns the KL divergence to a standard normal, times ``beta``.
+    returns ``beta`` times ``(mean^2 + var - log var - 1)`` summed over latent channels and
+    averaged over batch and frames: twice the KL divergence to a standard normal (no
+    factor 1/2), as acids-rave computes it.
     """
 
     def __init__(self, encoder: Callable[..., nn.Module], beta: float = 1.0,

@@ -5,7 +5,9 @@
 * :class:`GeneratorV2`: RAVE v2 / v3 (upsampling, residual dilated units, amplitude
   modulation, optional :class:`NoiseGeneratorV2`).
 
-The output is in ``[-1, 1]`` (tanh) and still split into PQMF bands.
+The output is still split into PQMF bands. :class:`GeneratorV2` ends in a tanh, so its output
+is in ``[-1, 1]``; :class:`Generator` returns ``tanh(waveform) * mod_sigmoid(loudness)``, which
+is in ``(-2, 2)`` (``mod_sigmoid`` goes up to 2), plus the filtered noise when that branch is on.
 """
 from __future__ import annotations
 
@@ -27,7 +29,10 @@ from .layers import (ActivationFactory, Branches, Residual, align_branches, amp_
 
 @gin.configurable(module="rave.blocks")
 class ResidualLayer(nn.Module):
-    """Residual around a chain of (activation, dilated conv) pairs (v1 / BRAVE)."""
+    """Residual around a chain of (activation, dilated conv) pairs (v1 / BRAVE).
+
+    ``cumulative_delay`` is accepted for acids-rave's configs, unused.
+    """
 
     def __init__(self, dim: int, kernel_size: int, dilations: Sequence[int],
                  cumulative_delay: int = 0,
@@ -45,7 +50,10 @@ class ResidualLayer(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    """A chain of :class:`ResidualLayer` (one per entry of ``dilations_list``)."""
+    """A chain of :class:`ResidualLayer` (one per entry of ``dilations_list``).
+
+    ``cumulative_delay`` is accepted for acids-rave's signature, unused.
+    """
 
     def __init__(self, dim: int, kernel_size: int, dilations_list: Sequence[Sequence[int]],
                  cumulative_delay: int = 0) -> None:
@@ -58,7 +66,10 @@ class ResidualBlock(nn.Module):
 
 @gin.configurable(module="rave.blocks")
 class ResidualStack(nn.Module):
-    """Sum of one :class:`ResidualBlock` per kernel size."""
+    """Sum of one :class:`ResidualBlock` per kernel size.
+
+    ``cumulative_delay`` is accepted for acids-rave's configs, unused.
+    """
 
     def __init__(self, dim: int, kernel_sizes: Sequence[int],
                  dilations_list: Sequence[Sequence[int]], cumulative_delay: int = 0) -> None:
@@ -78,7 +89,10 @@ class ResidualStack(nn.Module):
 
 @gin.configurable(module="rave.blocks")
 class UpsampleLayer(nn.Module):
-    """activation -> transposed conv by ``ratio`` (or a 3-tap conv when ``ratio`` is 1)."""
+    """activation -> transposed conv by ``ratio`` (or a 3-tap conv when ``ratio`` is 1).
+
+    ``cumulative_delay`` is accepted for acids-rave's configs, unused.
+    """
 
     def __init__(self, in_dim: int, out_dim: int, ratio: int, cumulative_delay: int = 0,
                  activation: ActivationFactory = leaky_relu) -> None:

@@ -87,6 +87,8 @@ class Residual(nn.Module):
     """``x + module(x)``, the skip path delayed in streaming to match the module.
 
     Keys: ``aligned.branches.0.*`` (the module), as acids-rave's ``Residual``.
+    ``cumulative_delay`` is accepted for acids-rave's configs, unused (the skip path's
+    delay is set by :meth:`configure_delay`).
     """
 
     def __init__(self, module: nn.Module, cumulative_delay: int = 0) -> None:
@@ -187,7 +189,11 @@ def amp_to_impulse_response(amp: torch.Tensor, target_size: int) -> torch.Tensor
 
 
 def fft_convolve(signal: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """Causal linear convolution on the last axis, truncated to the signal's length."""
+    """Causal linear convolution on the last axis, truncated to the signal's length.
+
+    ``signal`` and ``kernel`` must have the same length on the last axis (the spectra of
+    the two zero-padded inputs are multiplied bin by bin); other dimensions broadcast.
+    """
     signal = nn.functional.pad(signal, (0, signal.shape[-1]))
     kernel = nn.functional.pad(kernel, (kernel.shape[-1], 0))
     out = torch.fft.irfft(torch.fft.rfft(signal) * torch.fft.rfft(kernel))

@@ -94,13 +94,18 @@ class CachedPQMF(nn.Module):
     Args:
         attenuation: rejection of the prototype filter, in dB (40 for BRAVE, 100 for RAVE).
         n_band: number of bands, a power of two.
-        n_channels: audio channels (each is split independently).
+        polyphase: accepted for acids-rave's configs, unused (analysis and synthesis are
+            always the polyphase convolutions).
+        n_channels: accepted for acids-rave's configs and stored, otherwise unused: this
+            module takes one audio channel; :class:`~rave_core.models.rave.RAVE` folds the
+            channels into the batch before calling it.
 
     Buffers / parameters (acids-rave's keys): ``hk`` (bank, padded to a power of two),
     ``h`` (prototype), ``forward_conv.weight``, ``inverse_conv.weight``.
 
-    Shapes: ``forward``: ``(batch, 1, time) -> (batch, n_band, time / n_band)``;
-    ``inverse``: ``(batch, n_band, frames) -> (batch, 1, frames * n_band)``.
+    Shapes: ``forward``: ``(batch, 1, time) -> (batch, n_band, time / n_band)`` (the input
+    must have exactly one channel); ``inverse``: ``(batch, n_band, frames) ->
+    (batch, 1, frames * n_band)``.
     """
 
     def __init__(self, attenuation: float, n_band: int, polyphase: bool = True,

@@ -1,7 +1,10 @@
 """Residual vector quantisation (SoundStream's Algorithm 1) for the ``discrete`` config.
 
 Codebooks are learnt by exponential moving averages (no gradient), initialised by k-means
-on the first training batch, and codes that fall out of use are re-seeded from the batch.
+on the first training batch. Codes that fall out of use are re-seeded from the batch, but
+the EMA update that follows recomputes every code from ``embed_avg / cluster_size``, so
+the re-seed does not survive the step; this is kept as acids-rave (and EnCodec, whose
+code it follows) does it, for parity.
 The encoder output reaches the quantiser through a straight-through estimator and is
 pulled towards its code by a commitment loss.
 
@@ -85,7 +88,13 @@ class EuclideanCodebook(nn.Module):
         self.inited.fill_(1.0)
 
     def _expire_codes(self, x: torch.Tensor) -> None:
-        """Re-seed codes whose EMA usage fell below the threshold with batch vectors."""
+        """Re-seed codes whose EMA usage fell below the threshold with batch vectors.
+
+        As in acids-rave and EnCodec, only ``embed`` is re-seeded (not ``embed_avg`` or
+        ``cluster_size``), after this batch's lookup, and :meth:`_ema_update` then
+        overwrites every row of ``embed``: the re-seed is lost (it only draws from the
+        random generator). Kept for parity, not fixed.
+        """
         if self.threshold_ema_dead_code == 0:
             return
         dead = self.cluster_size < self.threshold_ema_dead_code
@@ -95,6 +104,8 @@ class EuclideanCodebook(nn.Module):
         self.embed.copy_(torch.where(dead.unsqueeze(1), fresh, self.embed))
 
     def _ema_update(self, x: torch.Tensor, onehot: torch.Tensor) -> None:
+        """EMA of code usage and vector sums; every code becomes ``embed_avg`` divided by
+        its Laplace-smoothed usage (overwriting any re-seed of :meth:`_expire_codes`)."""
         keep = self.decay
         self.cluster_size.mul_(keep).add_(onehot.sum(0), alpha=1 - keep)
         self.embed_avg.mul_(keep).add_(onehot.t() @ x, alpha=1 - keep)
@@ -151,7 +162,6 @@ class VectorQuantization(nn.Module):
         project = inner != dim
         self.project_in = nn.Linear(dim, inner) if project else nn.Identity()
         self.project_out = nn.Linear(inner, dim) if project else nn.Identity()
-        self.epsilon = epsilon
         self.commitment_weight = commitment_weight
         self.codebook_size = codebook_size
         self._codebook = EuclideanCodebook(inner, codebook_size, kmeans_init=kmeans_init,

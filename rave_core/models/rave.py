@@ -25,10 +25,6 @@ class StreamingDelays:
     decode: int   # decode(z) in streaming == decode offline, this many samples late
     forward: int  # encode then decode
 
-    @property
-    def latency_samples(self) -> int:
-        return self.forward
-
 
 @gin.configurable(module="rave.model")
 class RAVE(nn.Module):
@@ -36,11 +32,14 @@ class RAVE(nn.Module):
 
     Shapes: ``encode``: ``(batch, channels, time) -> (batch, n_out * latent, time / ratio)``
     (the encoder's raw output, before reparametrisation); ``decode``:
-    ``(batch, latent, frames) -> (batch, channels, frames * ratio)``; ``forward`` chains
-    them with the encoder's reparametrisation.
+    ``(batch, decoder_latent_size, frames) -> (batch, channels, frames * ratio)``, where
+    ``decoder_latent_size`` is the latent plus any noise-augmentation channels that
+    ``reparametrize`` appends; ``forward`` chains them with the encoder's reparametrisation.
 
     Arguments are acids-rave's (so that its configs bind); those only training uses are
-    kept as attributes. ``build_discriminator=False`` skips the discriminator (export).
+    kept as attributes. ``n_bands`` is accepted for acids-rave's configs, unused (the band
+    count is the PQMF's ``n_band``). ``build_discriminator=False`` skips the discriminator
+    (export).
     """
 
     def __init__(self, latent_size: int, sampling_rate: int, encoder: Callable[..., nn.Module],
@@ -84,7 +83,6 @@ class RAVE(nn.Module):
         self.latent_size = latent_size
         self.sr = sampling_rate
         self.n_channels = n_channels
-        self.n_bands = n_bands
         # Training settings (read by rave_core.training).
         self.phase_1_duration = phase_1_duration
         self.gan_loss = gan_loss
@@ -106,7 +104,12 @@ class RAVE(nn.Module):
         return self.encoder(bands.reshape(batch, channels * bands.shape[1], -1))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Latent ``(batch, latent, frames)`` -> audio ``(batch, channels, frames * ratio)``."""
+        """Latent -> audio ``(batch, channels, frames * ratio)``.
+
+        The latent is ``(batch, decoder_latent_size, frames)``: the latent size plus the
+        noise-augmentation channels (what ``reparametrize`` returns), not the encoder's
+        latent size alone.
+        """
         y = self.decoder(z)
         batch = y.shape[0]
         y = self.pqmf.inverse(y.reshape(batch * self.n_channels, -1, y.shape[-1]))
@@ -162,7 +165,13 @@ class RAVE(nn.Module):
         return self
 
     def set_streaming(self, streaming: bool, batch_size: int = 1) -> "RAVE":
-        """Switch to block-by-block processing (state starts from silence) or back."""
+        """Switch to block-by-block processing (state starts from silence) or back.
+
+        Unlike the bare :func:`rave_core.nn.streaming.set_streaming`, this first configures
+        every delay line and strided-conv alignment (``streaming_delays``, through
+        ``configure_delay``), so the streaming output is the offline one delayed by
+        ``latency_samples``.
+        """
         self.streaming_delays()
         set_streaming(self, streaming, batch_size)
         return self

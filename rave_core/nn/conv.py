@@ -243,7 +243,8 @@ class Conv1d(_WeightedRowSums):
 
     Shapes: ``(batch, in_channels, time) -> (batch, out_channels, time / stride)``.
     Parameters are named ``weight`` and ``bias`` (``weight_g`` / ``weight_v`` once weight
-    norm is applied), as in acids-rave's state dicts.
+    norm is applied), as in acids-rave's state dicts. ``cumulative_delay`` is accepted for
+    acids-rave's configs, unused (delays are set by :meth:`configure_delay`).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
@@ -403,7 +404,12 @@ class ConvTranspose1d(_WeightedRowSums):
     Streaming keeps the ``kernel - stride`` samples that overlap the next block and
     returns ``T * stride`` samples per call: the offline output delayed by ``padding``.
 
-    Shapes: ``(batch, in_channels, time) -> (batch, out_channels, time * stride)``.
+    Shapes: ``(batch, in_channels, T) -> (batch, out_channels, T')``. Offline, as torch:
+    ``T' = (T - 1) * stride - 2 * padding + kernel_size``, which is ``T * stride`` only
+    when ``kernel_size - 2 * padding == stride`` (RAVE's ``kernel_size = 2 * stride``,
+    ``padding = stride // 2`` with an even stride; an odd stride gives one sample more).
+    Streaming: ``T' = T * stride``. ``cumulative_delay`` is accepted for acids-rave's
+    configs, unused.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int,

@@ -23,8 +23,7 @@ offline model; here the alignment uses the true upstream delay, so streaming is 
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator, List, Tuple
+from typing import List, Tuple
 
 import torch
 import torch.nn as nn
@@ -33,8 +32,9 @@ import torch.nn as nn
 class StreamingModule(nn.Module):
     """A layer whose streaming mode carries state from one call to the next.
 
-    Subclasses implement :meth:`state_shape` (the state for batch 1) and use
-    :meth:`_get_state` / :meth:`_set_state` inside ``forward`` when ``self.streaming``.
+    Subclasses implement :meth:`state_shape` (the state for batch 1) and, inside
+    ``forward`` when ``self.streaming``, read the state with :meth:`_get_state` and
+    replace it by assigning ``self.state`` (never writing into it in place).
     """
 
     def __init__(self) -> None:
@@ -105,7 +105,14 @@ def streaming_layers(module: nn.Module) -> List[Tuple[str, StreamingModule]]:
 
 
 def set_streaming(module: nn.Module, streaming: bool, batch_size: int = 1) -> None:
-    """Switch every layer below ``module`` to streaming (or offline) and reset its state."""
+    """Switch every layer below ``module`` to streaming (or offline) and reset its state.
+
+    This only sets the mode and the state: it does not configure the delay lines and
+    strided-conv alignments (:func:`configure_delay`), which stay at zero until something
+    does. :meth:`rave_core.models.rave.RAVE.set_streaming` configures them first (through
+    ``streaming_delays``), so on a bare submodule call :func:`configure_delay` before
+    streaming, or the ``Residual`` / ``Branches`` delay lines leave it inexact.
+    """
     for m in module.modules():
         if isinstance(m, StreamingModule):
             m.streaming = streaming
@@ -113,27 +120,6 @@ def set_streaming(module: nn.Module, streaming: bool, batch_size: int = 1) -> No
                 m.reset_state(batch_size)
             else:
                 m.state = torch.zeros(0, device=m.state.device)
-
-
-def reset_streaming_state(module: nn.Module, batch_size: int = 1) -> None:
-    """Return every streaming layer to silence, keeping streaming mode on."""
-    for m in module.modules():
-        if isinstance(m, StreamingModule) and m.streaming:
-            m.reset_state(batch_size)
-
-
-@contextlib.contextmanager
-def streaming(module: nn.Module, batch_size: int = 1) -> Iterator[nn.Module]:
-    """Context in which ``module`` runs block by block, starting from silence.
-
-    >>> with streaming(model.decoder):
-    ...     y = torch.cat([model.decoder(z[..., i:i + 1]) for i in range(z.shape[-1])], -1)
-    """
-    set_streaming(module, True, batch_size)
-    try:
-        yield module
-    finally:
-        set_streaming(module, False)
 
 
 def set_matmul_streaming(module: nn.Module, enabled: bool = True) -> None:

@@ -22,10 +22,6 @@ def apply_weight_norm(module: nn.Module) -> nn.Module:
         return _weight_norm(module)
 
 
-def has_weight_norm(module: nn.Module) -> bool:
-    return any(hasattr(m, "weight_g") for m in module.modules())
-
-
 def remove_weight_norm(model: nn.Module) -> nn.Module:
     """Fold every weight norm below ``model`` into a plain ``weight`` parameter, in place."""
     for m in model.modules():
