@@ -267,7 +267,7 @@ def _pipeline(args) -> int:
     from rave_deploy.check import check_artifact
     from rave_deploy.check.report import format_table, write_html_report
     from rave_deploy.export import export_run, resolve_targets
-    from rave_deploy.targets import CheckOptions, ExportOptions
+    from rave_deploy.targets import CheckOptions, ExportOptions, name_width
 
     # ---- everything checked before any work: the config builds, the audio is enough
     windows = plan_windows(args.config, args.override)
@@ -326,11 +326,12 @@ def _pipeline(args) -> int:
     results = export_run(run_dir, others, out / "exports", ExportOptions(), explicit=False)
     results += export_run(run_dir, ["anira"], out / "exports", ExportOptions(block_size=512),
                           explicit=False)
+    width = name_width()   # the longest target's name (at least 15)
     for r in results:
         if r.skipped:
-            print(f"  skip  {r.target:15s} {r.skipped}")
+            print(f"  skip  {r.target:{width}s} {r.skipped}")
         else:
-            print(f"  ok    {r.target:15s} {r.path} ({r.size_bytes / 1e6:.1f} MB)")
+            print(f"  ok    {r.target:{width}s} {r.path} ({r.size_bytes / 1e6:.1f} MB)")
 
     _say("5/5", "checking every export against the eager model")
     reports = []

@@ -31,7 +31,7 @@ from .check.output import CheckProgress, print_json, print_results
 from .cpu_kernels import CPU_KERNELS
 from .file_names import name_problem
 from .io import OutputError, OutputInTheWay, describe_os_error
-from .targets import available_targets
+from .targets import available_targets, name_width, target_hosts
 from .targets.base import CheckOptions, ExportOptions, TargetUnsupported
 
 
@@ -145,14 +145,22 @@ def _json_usage_error(command: Optional[str], message: str) -> None:
     print_json({**_json_error_fields(command), "error": printable(message), "exit_code": 2})
 
 
-@click.group(cls=ShortErrorsGroup, json_error=_json_usage_error,
+def _description() -> str:
+    """``rave-deploy --help``'s description: it names the host of every target (each
+    once, by the target's ``host``: :func:`rave_deploy.targets.target_hosts`)."""
+    hosts = list(dict.fromkeys(target_hosts().values()))
+    named = ", ".join(hosts[:-1]) + f" and {hosts[-1]}" if len(hosts) > 1 else "".join(hosts)
+    return (f"Export RAVE / BRAVE models for {named}, and check every export against the "
+            "eager model (`rave-deploy targets` lists the targets).")
+
+
+@click.group(cls=ShortErrorsGroup, json_error=_json_usage_error, help=_description(),
              context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 @click.version_option(package_name="rave-deploy")
 @click.pass_context
 def main(ctx: click.Context, debug: bool) -> None:
-    """Export RAVE / BRAVE models to nn~, SuperCollider, the RAVE VST, Minifusion, anira
-    and ONNX hosts, and check every export against the eager model."""
+    """(``--help``'s description: :func:`_description`, from the targets.)"""
     ctx.obj = _Context()
     ctx.obj.debug = debug
     # `kill PID` cleans up like Ctrl-C (a temporary file is never left behind).
@@ -212,8 +220,8 @@ def _check_name(name: str) -> None:
 @click.option("--block-size", "block_size", type=click.IntRange(1, MAX_BLOCK), default=None,
               help="Host block size in samples. anira takes exactly this block (default: "
                    "the ratio), and the onnx_streaming graph is fixed to it (default: any "
-                   "multiple of the ratio); TorchScript targets (nn_tilde, supercollider, "
-                   "vst) lay their weights out to run fastest at it (default: 2048 at the "
+                   "multiple of the ratio); the TorchScript targets (`rave-deploy targets`) "
+                   "lay their weights out to run fastest at it (default: 2048 at the "
                    "model's rate, or the ratio if larger) and still run at any block.")
 @click.option("--engine", type=click.Choice(["onnx", "executorch"]), default="onnx",
               show_default=True, help="Runtime of the anira graphs.")
@@ -262,11 +270,13 @@ def export(obj: _Context, run: Path, targets, output: Path, streaming: bool, fid
     shown = set()
     of_the_run: List[str] = []  # given by export_run before any target is exported
 
+    width = name_width()
+
     def show(r) -> None:  # as each target is done: an error or Ctrl-C may follow
         if r.skipped:
-            click.echo(f"  skip  {r.target:15s} {r.skipped}")
+            click.echo(f"  skip  {r.target:{width}s} {r.skipped}")
         else:
-            click.echo(printable(f"  ok    {r.target:15s} {r.path}  "
+            click.echo(printable(f"  ok    {r.target:{width}s} {r.path}  "
                                  f"({r.size_bytes / 1e6:.1f} MB, {r.seconds:.1f} s)"))
         for w in r.warnings:
             if w not in shown:
@@ -434,8 +444,9 @@ def _report_path(obj: _Context, given: Optional[str]) -> Optional[Path]:
 @main.command("targets", short_help="List the export targets.")
 def list_targets() -> None:
     """List the export targets."""
+    width = name_width()
     for name, description in available_targets().items():
-        click.echo(f"{name:15s} {description}")
+        click.echo(f"{name:{width}s} {description}")
 
 
 if __name__ == "__main__":

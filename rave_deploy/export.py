@@ -80,7 +80,9 @@ def artifact_path(output: Path, name: str, target: Target, as_file: bool) -> Pat
 #: Suffixes of files that no target writes (audio, checkpoints and weights, archives,
 #: configs and text): an ``--output`` ending in one is taken for a mistyped file name,
 #: not a folder (``-o take1.wav`` made a folder ``take1.wav/``), unless that folder exists.
-#: Other dots in a folder's name (``v1.2``, ``exports.old``) are a folder's.
+#: Other dots in a folder's name (``v1.2``, ``exports.old``) are a folder's. A suffix a
+#: registered target writes (a target writing ``.pt`` or ``.tflite`` files) is not one:
+#: :func:`output_names_file` leaves those out.
 NOT_OUTPUT_SUFFIXES = frozenset("""
     .wav .wave .mp3 .flac .ogg .oga .opus .aif .aiff .aifc .m4a .aac .wma .caf .w64 .rf64
     .pt .pth .ckpt .bin .safetensors .pte .tflite .pb .pkl .pickle .npy .npz .gin .json
@@ -104,7 +106,7 @@ def output_names_file(output: Path, targets: Sequence[Target], all_mode: bool = 
     written = sorted({t.suffix for t in registry().values() if t.suffix})
     if output.is_dir():
         return False
-    if suffix in NOT_OUTPUT_SUFFIXES:
+    if suffix in NOT_OUTPUT_SUFFIXES.difference(written):
         raise DeployError(
             f"--output {output}: no target writes a {suffix} file; -o is a folder (created "
             f"as needed), or, for one target, the file it writes, named with that target's "

@@ -19,9 +19,18 @@ SEPARATORS = "/\\"
 #: names Windows keeps for devices, whatever follows the first dot (``con.nn_tilde.ts``)
 WINDOWS_DEVICES = frozenset(["con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)),
                              *(f"lpt{i}" for i in range(1, 10))])
-#: longest name: with ".onnx_streaming.onnx.json" and a temporary suffix, under the 255
-#: bytes file systems hold
+#: the bytes file systems hold in a file name
+FILE_NAME_BYTES = 255
+#: what writing a file adds to its name while it is written (rave_deploy.io's temporary
+#: ``.<file name>.<pid>.<8 random characters>.partial``, for any 32-bit pid)
+TEMPORARY_EXTRA_BYTES = len("." + "." + "4294967295" + "." + "abcdefgh" + ".partial")
+#: longest name: room is left for a target's ``.<target><suffix>.json`` (its sidecar's
+#: name; :data:`MAX_TARGET_SUFFIX_BYTES`) and :data:`TEMPORARY_EXTRA_BYTES`
 MAX_NAME_BYTES = 200
+#: longest ``.<target><suffix>.json`` a target may write after a name of
+#: :data:`MAX_NAME_BYTES` bytes (26: today's longest is ``.onnx_streaming.onnx.json``,
+#: 25); :func:`rave_deploy.targets.register` refuses a target with a longer one
+MAX_TARGET_SUFFIX_BYTES = FILE_NAME_BYTES - MAX_NAME_BYTES - TEMPORARY_EXTRA_BYTES
 
 
 def is_windows_device(name: str) -> bool:
@@ -76,6 +85,21 @@ def name_problem(name: str, flag: str = "--name") -> Optional[str]:
                 "room for the target's suffix and the sidecar's (file names hold 255 bytes); "
                 "give a shorter name")
     return None
+
+
+def target_name_problem(target: str, suffix: str) -> Optional[str]:
+    """Why a target named ``target`` writing ``suffix`` files cannot be registered (its
+    sidecar's name ``<name>.<target><suffix>.json``, with a name of
+    :data:`MAX_NAME_BYTES` bytes, would not fit in a file name while it is written), or
+    None."""
+    tail = f".{target}{suffix}.json"
+    if name_bytes(tail) <= MAX_TARGET_SUFFIX_BYTES:
+        return None
+    return (f"target {target!r}: its sidecar's name ends in {tail!r}, {name_bytes(tail)} "
+            f"bytes, more than the {MAX_TARGET_SUFFIX_BYTES} a --name of {MAX_NAME_BYTES} "
+            f"bytes and a temporary's {TEMPORARY_EXTRA_BYTES} leave of a file name's "
+            f"{FILE_NAME_BYTES}: give the target a shorter name (or lower "
+            "rave_deploy.file_names.MAX_NAME_BYTES)")
 
 
 def plain_file_name(text: str, fallback: str = "model") -> str:

@@ -114,7 +114,8 @@ def _argument_problems(files, json_path) -> list:
             problems.append(f"{path}: no such file")
         elif not os.path.isfile(path) or not zipfile.is_zipfile(path):
             problems.append(f"{path}: not a TorchScript file (a zip archive): give a .ts file "
-                            "rave-deploy export wrote (-t nn_tilde, supercollider or vst)")
+                            "rave-deploy export wrote (a TorchScript target: `rave-deploy "
+                            "targets`)")
     if json_path:
         folder = os.path.dirname(os.path.abspath(json_path))
         if not os.path.isdir(folder):

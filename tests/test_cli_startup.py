@@ -110,7 +110,8 @@ def test_targets_lists_the_registry_without_importing_the_targets(tmp_path):
     the registry (which imports them: torch)."""
     from rave_deploy.targets import registry
     ran = answers_light("rave-deploy", ["targets"], tmp_path)
-    assert ran.stdout.splitlines() == [f"{name:15s} {target.description}"
+    width = max(15, *map(len, registry()))   # the longest name, at least 15
+    assert ran.stdout.splitlines() == [f"{name:{width}s} {target.description}"
                                        for name, target in sorted(registry().items())]
     assert len(ran.stdout.splitlines()) >= 7
 
@@ -123,26 +124,21 @@ def test_export_help_offers_the_registry_targets_and_cpu_kernels(tmp_path):
     assert f"--cpu-kernels [{'|'.join(CPU_KERNELS)}]" in ran.stdout, ran.stdout
 
 
-#: A word of ``rave-deploy --help``'s description for each target's host.
-HOST_WORDS = {"nn_tilde": "nn~", "supercollider": "SuperCollider", "vst": "VST",
-              "minifusion": "Minifusion", "anira": "anira", "onnx": "ONNX",
-              "onnx_streaming": "ONNX"}
-
-
 def _option_help(text: str, option: str, following: str) -> str:
     flat = " ".join(text.split())
     return flat[flat.index(option):flat.index(following)]
 
 
 def test_help_names_every_host_and_what_block_size_does(tmp_path):
-    """The description names every target's host (anira was missing); export's
+    """The description names every target's host (anira was missing), as the target
+    declares it (``host``; else its name: a new target needs no word here); export's
     --block-size says it fixes the onnx_streaming graph too (it named anira alone), and
     check's says each kind's default sizes (it said "64 or the ratio, up to 4096" for
     all, and anira and a fixed onnx_streaming graph use other sizes)."""
-    from rave_deploy.targets import available_targets
-    description = answers_light("rave-deploy", ["--help"], tmp_path).stdout
-    for name in available_targets():
-        assert HOST_WORDS[name] in description, (name, description)
+    from rave_deploy.targets import registry, shown_host
+    description = " ".join(answers_light("rave-deploy", ["--help"], tmp_path).stdout.split())
+    for name, target in registry().items():
+        assert (shown_host(target) or name) in description, (name, description)
     export = _option_help(answers_light("rave-deploy", ["export", "--help"], tmp_path).stdout,
                           "--block-size", "--engine")
     assert "anira" in export and "onnx_streaming graph is fixed to it" in export, export
@@ -311,9 +307,9 @@ def test_the_check_package_names_are_there_when_used():
                              "CheckUsageError", "check_artifact", "check_sidecar_facts",
                              "expand_artifacts", "given_path", "identify", "open_reference",
                              "prepare_check"]
-    defined = {artifacts: ["CheckPlan", "CheckUsageError", "SIGNATURES", "SUFFIX_KINDS",
-                           "SUFFIX_TARGETS", "expand_artifacts", "given_path", "identify",
-                           "prepare_check"],
+    defined = {artifacts: ["CheckPlan", "CheckUsageError", "SIGNATURES", "expand_artifacts",
+                           "given_path", "identify", "prepare_check", "suffix_kinds",
+                           "suffix_targets"],
                checking: ["COMMON_SUMMARY", "SIDECAR_FACTS", "check_artifact",
                           "check_sidecar_facts", "open_reference"],
                result: ["CheckReport", "CheckResult"]}
@@ -356,20 +352,27 @@ def test_every_shipped_target_is_read_without_being_imported():
     for module in targets._plugin_modules():
         found = targets._declared_targets(module)
         assert found is not None, module
-        declared.update(found)
-    assert declared == {name: t.description for name, t in targets.registry().items()}
+        declared.update({d.name: d for d in found})
+    assert declared == {name: (name, t.description, targets.shown_host(t))
+                        for name, t in targets.registry().items()}
+    assert {d.host for d in declared.values()} >= {"nn~", "SuperCollider", "the RAVE VST"}
 
 
 @pytest.mark.parametrize("body, read", [
     ('name = "a"\n    description = ("one "\n                   "two")',
-     (("a", "one two"),)),
+     (("a", "one two", None),)),
     ('name: str = "a"\n    description = "d"\n    def f(self):\n        name = 1',
-     (("a", "d"),)),
+     (("a", "d", None),)),
+    ('name = "a"\n    description = "d"\n    host = "A~"', (("a", "d", "A~"),)),
     ('name = "a"\n    description = "d" + SUFFIX', None),      # computed
     ('name = "a"', None),                                       # description inherited
     ('name = "a"\n    description = "d"\n    description += "e"', None),
     ('name = "a"\n    description = "d"\n    if X:\n        name = "b"', None),
     ('name = 3\n    description = "d"', None),
+    ('name = "a"\n    description = "d"\n    host = HOST', None),         # host computed
+    ('name = "a"\n    description = "d"\n    host = "x"\n    host = "y"', None),
+    ('name = "a"\n    description = "d"\n    if X:\n        host = "x"', None),
+    ('name = "a"\n    description = "d"\n    host = ""', None),
 ])
 def test_the_catalogue_reads_literal_declarations_only(body, read):
     from rave_deploy.targets import _declarations

@@ -21,7 +21,7 @@ import torch
 from rave_core.run import RunError, read_checkpoint
 from rave_deploy.export import export_run, resolve_targets
 from rave_deploy.sidecar import read_sidecar, shown_path
-from rave_deploy.targets import ExportOptions
+from rave_deploy.targets import ExportOptions, registry
 
 from .runs import export_quietly, make_run
 from .test_bad_input_export import cli
@@ -164,9 +164,12 @@ def test_cpu_kernels_for_a_target_that_does_not_read_it_is_said_unused(run, tmp_
     TorchScript target takes it (its own warning says where the file loads)."""
     result = cli(["export", run, "-t", "onnx", "-t", "minifusion", "-t", "nn_tilde",
                   "--cpu-kernels", "onednn", "-o", tmp_path / "a"], code=0)
+    # (every target that reads it, as the registry has them: nn_tilde, supercollider, vst)
+    readers = ", ".join(t.name for t in registry().values() if t.chooses_cpu_kernels)
+    assert {"nn_tilde", "supercollider", "vst"} <= set(readers.split(", "))
     for target in ("onnx", "minifusion"):
         assert (f"warning: --cpu-kernels onednn does not apply to {target}: it chooses the "
-                "ops of the TorchScript files (nn_tilde, supercollider, vst); the "
+                f"ops of the TorchScript files ({readers}); the "
                 f"{target} export runs on its host's own kernels") in result.output
     assert "does not apply to nn_tilde" not in result.output
     result = cli(["export", run, "-t", "onnx", "-o", tmp_path / "b"], code=0)
@@ -265,9 +268,13 @@ def test_an_existing_folder_or_a_dotted_folder_name_is_still_a_folder(run, tmp_p
 def test_a_file_output_under_all_does_not_count_targets_that_would_be_skipped(run, tmp_path):
     """It said "7 targets are exported" for a run that 6 targets serve."""
     out = tmp_path / "one.ts"
+    # (every target that writes .ts files, as the registry has them: nn_tilde, supercollider,
+    # vst)
+    writers = " or ".join(f"-t {t.name}" for t in registry().values() if t.suffix == ".ts")
+    assert {"-t nn_tilde", "-t supercollider", "-t vst"} <= set(writers.split(" or "))
     result = cli(["export", run, "-o", out], code=2,
                  expect=f"--output {out} names one .ts file, but -t all exports every target "
                         "that can serve the model: give a folder for them, or one target that "
-                        "writes .ts files (-t nn_tilde or -t supercollider or -t vst)")
+                        f"writes .ts files ({writers})")
     assert "targets are exported" not in result.output
     assert not out.exists()

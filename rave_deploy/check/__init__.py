@@ -22,8 +22,6 @@ _FROM = {
     "CheckUsageError": "artifacts",
     "SIDECAR_FACTS": "checking",
     "SIGNATURES": "artifacts",
-    "SUFFIX_KINDS": "artifacts",
-    "SUFFIX_TARGETS": "artifacts",
     "check_artifact": "checking",
     "check_sidecar_facts": "checking",
     "expand_artifacts": "artifacts",
@@ -31,6 +29,8 @@ _FROM = {
     "identify": "artifacts",
     "open_reference": "checking",
     "prepare_check": "artifacts",
+    "suffix_kinds": "artifacts",
+    "suffix_targets": "artifacts",
 }
 
 __all__ = ["COMMON_SUMMARY", "CheckPlan", "CheckReport", "CheckResult", "CheckUsageError",

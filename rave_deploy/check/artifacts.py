@@ -10,7 +10,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from rave_core.os_errors import describe_os_error
 from rave_core.file_kinds import (HDF5_SIGNATURE, WHAT_A_RUN_IS, ZIP_SIGNATURE, first_bytes,
@@ -27,9 +27,79 @@ class CheckUsageError(ValueError):
     """The artefact or options cannot be checked at all (exit code 2)."""
 
 
-SUFFIX_TARGETS = {".ts": "nn_tilde", ".onnx": "onnx", ".h5": "minifusion"}
-#: What a file named with each of :data:`SUFFIX_TARGETS` is taken for.
-SUFFIX_KINDS = {".ts": "a TorchScript file", ".onnx": "an ONNX graph", ".h5": "an HDF5 file"}
+#: What a file is, by its suffix, as messages name it (a suffix not here: "a .X file").
+FILE_KINDS = {".ts": "a TorchScript file", ".onnx": "an ONNX graph", ".h5": "an HDF5 file"}
+
+
+#: The target a file of a suffix several targets write is checked as when neither a
+#: sidecar nor its name (:func:`target_named_by`) says which: a file nn~ loads, the offline
+#: graph (a policy, not a list of targets: any other suffix takes its first target by
+#: name, and a new target needs nothing here).
+SUFFIX_DEFAULTS = {".ts": "nn_tilde", ".onnx": "onnx"}
+
+
+def suffix_targets() -> Dict[str, str]:
+    """The target a file without a sidecar is checked as by its suffix alone (where its
+    name does not say it: :func:`target_named_by`): every suffix a registered target
+    writes, the suffixes more targets write first (``.ts``, ``.onnx``, ``.h5``), each with
+    its :data:`SUFFIX_DEFAULTS` target, else the first of its targets by name."""
+    by_suffix: Dict[str, List[str]] = {}
+    for name, target in sorted(registry().items()):
+        if target.suffix and target.kind != "folder":
+            by_suffix.setdefault(target.suffix, []).append(name)
+    ordered = sorted(by_suffix.items(), key=lambda item: (-len(item[1]), item[0]))
+    return {suffix: SUFFIX_DEFAULTS.get(suffix) if SUFFIX_DEFAULTS.get(suffix) in names
+            else names[0] for suffix, names in ordered}
+
+
+def suffix_kinds() -> Dict[str, str]:
+    """What a file named with each suffix of :func:`suffix_targets` is taken for."""
+    return {suffix: FILE_KINDS.get(suffix, f"a {suffix} file") for suffix in suffix_targets()}
+
+
+def folder_targets() -> List[str]:
+    """The targets whose export is a folder (anira), by name."""
+    return sorted(name for name, target in registry().items() if target.kind == "folder")
+
+
+def target_named_by(artifact: Path) -> Optional[str]:
+    """The target whose export names its file as ``artifact`` is named,
+    ``<name>.<target><suffix>`` (``brave.supercollider.ts``: supercollider), or None."""
+    found = [name for name, target in registry().items()
+             if target.suffix and target.kind != "folder"
+             and artifact.name.endswith(f".{name}{target.suffix}")
+             and len(artifact.name) > len(f".{name}{target.suffix}")]
+    return max(found, key=len, default=None)
+
+
+def _expected() -> Tuple[List[str], List[str]]:
+    """What ``check`` takes without a sidecar, as messages list it: the suffixes of
+    :func:`suffix_targets` and the folder targets."""
+    return list(suffix_targets()), folder_targets()
+
+
+def _or(words: Sequence[str]) -> str:
+    """``a, b or c``."""
+    words = list(words)
+    return ", ".join(words[:-1]) + f" or {words[-1]}" if len(words) > 1 else "".join(words)
+
+
+def _a(word: str) -> str:
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
+
+
+def _expected_artifact() -> str:
+    """``a .ts, .onnx, .h5 or an anira folder``."""
+    suffixes, folders = _expected()
+    return "a " + _or([*suffixes, *([_a(f"{_or(folders)} folder")] if folders else [])])
+
+
+def _expected_artifacts() -> str:
+    """``.ts, .onnx or .h5 files, or anira folders``."""
+    suffixes, folders = _expected()
+    files = f"{_or(suffixes)} files" if suffixes else ""
+    return ", or ".join(x for x in (files, f"{_or(folders)} folders" if folders else "") if x)
+
 
 #: First bytes of the artefacts that have a signature: a TorchScript file is a zip archive,
 #: Minifusion's an HDF5 file (ONNX, a protobuf message, has none).
@@ -94,7 +164,9 @@ def identify(artifact: Path):
     if artifact.is_file() and is_training_checkpoint(artifact):
         # a zip too, but no TorchScript file: "rename it to .ts" would be wrong
         raise _export_first(artifact, "a training checkpoint (torch.save)")
-    name = SUFFIX_TARGETS.get(artifact.suffix)
+    # the target its name says (as export names it), else its suffix's
+    name = ((None if artifact.is_dir() else target_named_by(artifact))
+            or suffix_targets().get(artifact.suffix))
     signed = _signature(artifact) if artifact.is_file() else None
     if name is not None and signed is not None and signed[0] != artifact.suffix:
         # e.g. a TorchScript file renamed .onnx: its loader would only say "parsing failed"
@@ -103,7 +175,7 @@ def identify(artifact: Path):
     if name is None:
         raise CheckUsageError(
             f"{artifact}: unknown artefact type (no rave-deploy sidecar, suffix "
-            f"{artifact.suffix or 'none'}): expected a .ts, .onnx, .h5 or an anira folder"
+            f"{artifact.suffix or 'none'}): expected {_expected_artifact()}"
             + (f"; it is {signed[1]}: rename it to {artifact.stem}{signed[0]}" if signed else ""))
     return {}, name
 
@@ -176,7 +248,7 @@ def _artifacts_in(folder: Path) -> List[Path]:
         raise CheckUsageError(f"cannot list {folder}: {describe_os_error(err, '')}") from None
     with_sidecar = [q for q in entries if not q.name.endswith(".json") and find_sidecar(q)]
     without = [q for q in entries if q not in with_sidecar and (
-        (q.suffix in SUFFIX_TARGETS and q.is_file()) or _anira_like(q))]
+        (q.suffix in suffix_targets() and q.is_file()) or _anira_like(q))]
     if with_sidecar:
         for q in without:
             warnings.warn(f"{q} has no sidecar: check it on its own with --run RUN")
@@ -188,7 +260,7 @@ def _artifacts_in(folder: Path) -> List[Path]:
                             if (folder / "config.gin").is_file() else
                             "a folder of a training run (checkpoints)")
     # a folder named like a file (`my.ts/`): the user may have taken it for one
-    kind = SUFFIX_KINDS.get(folder.suffix)
+    kind = suffix_kinds().get(folder.suffix)
     named = f"{folder} is a folder, not {kind}: " if kind else ""
     if not entries:
         what = f"an empty folder, not {kind}" if kind else "empty"
@@ -201,7 +273,7 @@ def _artifacts_in(folder: Path) -> List[Path]:
     # folders shown as such: `my.ts/` inside is a folder, not a file to check
     held = [q.name + ("/" if q.is_dir() else "") for q in entries]
     raise CheckUsageError(f"{named}no artefacts in {folder} (it holds {listed(held)}): "
-                          "expected .ts, .onnx or .h5 files, or anira folders")
+                          f"expected {_expected_artifacts()}")
 
 
 @dataclass
@@ -361,5 +433,5 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-__all__ = ["CheckPlan", "CheckUsageError", "SIGNATURES", "SUFFIX_KINDS", "SUFFIX_TARGETS",
-           "expand_artifacts", "given_path", "identify", "prepare_check"]
+__all__ = ["CheckPlan", "CheckUsageError", "SIGNATURES", "expand_artifacts", "given_path",
+           "identify", "prepare_check", "suffix_kinds", "suffix_targets"]

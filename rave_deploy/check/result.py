@@ -57,12 +57,12 @@ script reads the summary without knowing the target. Samples are at ``sample_rat
     vector; host contract 28): ``{"unthreaded": {"samples": int, "ms": float},
     "threaded": {block: {"samples": int, "ms": float}}}``; unthreaded is nn~'s buffer
     argument 0, which runs at the model's largest ratio R (R - 64 added), threaded one
-    figure per buffer argument N (2N - 64 added). For the TorchScript files (``nn_tilde``,
-    ``supercollider``, whose NN.ar buffers as nn~ does, ``vst``), which nn~ loads; the
-    RAVE UGens and the RAVE VST buffer otherwise (their sidecar's
-    ``host_latency_samples``). null: ONNX graphs, anira folders and Minifusion's file,
-    which nn~ cannot load (their hosts add their own buffering), or a check that stopped
-    first. What the artefact's own host adds, where its contract states it, is in the
+    figure per buffer argument N (2N - 64 added). For the TorchScript files (``.ts``: the
+    targets ``rave-deploy targets`` says are TorchScript), which nn~ loads (SuperCollider's
+    NN.ar buffers as nn~ does; the RAVE UGens and the RAVE VST buffer otherwise: their
+    sidecar's ``host_latency_samples``). null: every other artefact (ONNX graphs, anira
+    folders, Minifusion's file), which nn~ cannot load (their hosts add their own
+    buffering), or a check that stopped first. What the artefact's own host adds, where its contract states it, is in the
     ``latency.forward`` check (its message, and its details: ``host`` names the host and
     the key of its figures, ``nn_tilde_adds`` for nn~, ``host_adds`` for another host;
     ``host`` null and ``host_note`` where no figure is stated).
@@ -74,7 +74,7 @@ script reads the summary without knowing the target. Samples are at ``sample_rat
     file was taught at export (``--style-target``, ``--style-source``), as
     ``checkpoint``'s paths are shown. null: the sidecar names none.
 ``target_specific`` (object, never null; ``{}`` when the target has nothing of its own)
-    ``nn_tilde_host_latency`` (``nn_tilde``, ``supercollider``, ``vst``; object, samples):
+    ``nn_tilde_host_latency`` (the TorchScript targets; object, samples):
         what nn~'s buffering adds to ``forward`` in the emulation of nn~
         (``contract.12_host_latency``), without the model's latency:
         ``{"forward unthreaded": int, "forward threaded <block>": int}``.

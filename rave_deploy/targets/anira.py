@@ -84,6 +84,7 @@ class AniraTarget(Target):
     kind = "folder"
     description = ("anira (C++ plugins, anira~ for Max/PureData): stateless ONNX graphs "
                    "with one flat state tensor and anira JSON configs")
+    host = "anira"
     chooses_engine = True   # --engine: its graphs' runtime
     host_latency_note = ("anira's buffering comes on top, which anira reports to the plugin "
                          "(InferenceHandler::get_latency()): host contracts 23-24 state no "

@@ -2,7 +2,38 @@
 
 Adding a target is one module in ``rave_deploy/targets/`` (a :class:`Target` subclass
 decorated with :func:`register`) and one folder in ``targets/<name>/`` (the host's
-requirements, host-side examples). Nothing else is edited.
+requirements, host-side examples). Nothing else is edited: the CLI's choices, listings
+and help, the check's reading of files without a sidecar (``<name>.<target><suffix>``)
+and the tests that check every target take the registry's targets.
+
+In the decorated class's own body, written as string literals (also in a subclass of
+another target class):
+
+- ``name`` (required): ``-t NAME``, and the files' ``<name>.<target><suffix>``;
+- ``description`` (required): its line in ``rave-deploy targets``;
+- ``host`` (optional): the host its files are for, as ``rave-deploy --help`` names it
+  (``"nn~"``, ``"the RAVE VST"``); without it, ``--help`` names the target.
+
+The command line reads these from the module's source without importing it
+(:func:`rave_deploy.targets.available_targets`): one computed, or only inherited, makes
+every command (``--help`` included) import the plugins and torch first, 2.7 s instead of
+0.17 s (tests/test_cli_startup.py fails then). ``suffix`` (``".ts"``, or ``""`` for a
+folder) and everything else may be inherited. :func:`register` refuses a name already
+registered (a copied module that kept its original's name) and a sidecar name ending
+``.<target><suffix>.json`` too long for the longest ``--name`` (26 bytes:
+:func:`rave_deploy.file_names.target_name_problem`).
+
+A target implements :meth:`Target.export` and :meth:`Target.check`, and may override:
+
+- :meth:`Target.unsupported_reason`: why it cannot serve a model (``-t all`` skips it);
+- :meth:`Target.ignored_options`: the options given that do not change its export;
+- :meth:`Target.host_latency`: what its host adds to the latency, where a contract states
+  it (else :attr:`Target.host_latency_note`);
+- :meth:`Target.folder_files`: ``kind = "folder"``: the files its export writes there;
+
+and set the attributes :attr:`Target.kind`, :attr:`Target.chooses_engine`,
+:attr:`Target.chooses_cpu_kernels`, :attr:`Target.style_learning` and
+:attr:`Target.host_latency_note`.
 """
 from __future__ import annotations
 
@@ -72,14 +103,18 @@ class Target:
     """Base class of an export target.
 
     Subclasses set ``name``, ``suffix`` (file suffix, or ``""`` for a folder) and
-    ``description``, and implement :meth:`export` and :meth:`check`; a target whose host's
-    contract states what the host adds to the model's latency says so in
+    ``description`` (``name``, ``description`` and ``host`` as literals in their own body:
+    see the module's docstring), and implement :meth:`export` and :meth:`check`; a target
+    whose host's contract states what the host adds to the model's latency says so in
     :meth:`host_latency` (else in :attr:`host_latency_note`).
     """
 
     name: str = ""
     suffix: str = ""
     description: str = ""
+    #: the host its files are for, as ``rave-deploy --help`` names it; read from the
+    #: class's own body only (:func:`rave_deploy.targets.shown_host`; empty: the name)
+    host: str = ""
     #: Whether ``--engine`` chooses this target's runtime (anira's); export refuses another
     #: engine than ONNX Runtime when no target exported reads it.
     chooses_engine: bool = False
@@ -146,11 +181,30 @@ _REGISTRY: Dict[str, Target] = {}
 
 
 def register(cls):
-    """Class decorator: make a :class:`Target` available to the CLI by its ``name``."""
+    """Class decorator: make a :class:`Target` available to the CLI by its ``name``.
+
+    Raises:
+        ValueError: no name; a name another class registered (a copied module that kept
+            its original's name would replace that target); a name and suffix that leave
+            no room for the longest ``--name`` in a file name.
+    """
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no name")
+    other = _REGISTRY.get(cls.name)
+    if other is not None and _origin(type(other)) != _origin(cls):   # (not a reload)
+        raise ValueError(f"target {cls.name!r} is registered twice: by {_origin(type(other))} "
+                         f"and by {_origin(cls)}; give each target its own name")
+    from ..file_names import target_name_problem
+    problem = target_name_problem(cls.name, cls.suffix)
+    if problem is not None:
+        raise ValueError(f"{_origin(cls)}: {problem}")
     _REGISTRY[cls.name] = cls()
     return cls
+
+
+def _origin(cls) -> str:
+    """Where ``cls`` is defined, as a message names it (``module.Class``)."""
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def registry() -> Dict[str, Target]:

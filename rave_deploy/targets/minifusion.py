@@ -478,6 +478,7 @@ class MinifusionTarget(Target):
     suffix = ".h5"
     description = ("BRAVE's low-latency Minifusion plugin: weights as HDF5 datasets "
                    "(BRAVE-family causal models only)")
+    host = "Minifusion"
     host_latency_note = ("the plugin's own buffering comes on top: host contracts 20-21 "
                          "state no figure")
 

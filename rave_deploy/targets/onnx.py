@@ -26,6 +26,7 @@ class OnnxTarget(Target):
     name = "onnx"
     suffix = ".onnx"
     description = "ONNX offline graph: a whole signal of any length in one call"
+    host = "ONNX runtimes"
 
     def unsupported_reason(self, model: RAVE, options: ExportOptions) -> Optional[str]:
         return onnx_unsupported_reason(model, options)

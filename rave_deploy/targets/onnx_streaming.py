@@ -76,6 +76,7 @@ class OnnxStreamingTarget(Target):
     suffix = ".onnx"
     description = ("ONNX streaming graph: one block and the previous states in, the output "
                    "block and the next states out (any ONNX runtime)")
+    host = "ONNX runtimes"
     host_latency_note = ("the host's own buffering comes on top: host contract 22 states no "
                          "figure")
 
