@@ -62,16 +62,18 @@ def print_table(rows, interrupted: bool) -> None:
     """The table; the reasons of rows not measured below it, in full."""
     if interrupted:
         print("interrupted: partial table (the rows measured before Ctrl-C)")
-    print(f"{'config':7s} {'target':15s} {'seconds':>8s} {'peak MB':>8s} {'size MB':>8s}")
+    from rave_deploy.targets import name_width  # (torch-free)
+    w = name_width()
+    print(f"{'config':7s} {'target':{w}s} {'seconds':>8s} {'peak MB':>8s} {'size MB':>8s}")
     notes = []
     for config, target, r in rows:
         if "failed" in r or r.get("skipped"):
             kind = "failed" if "failed" in r else "not supported"
             notes.append(f"[{len(notes) + 1}] {config} {target}: {kind}: "
                          f"{r.get('failed') or r['skipped']}")
-            print(f"{config:7s} {target:15s} {kind} [{len(notes)}]")
+            print(f"{config:7s} {target:{w}s} {kind} [{len(notes)}]")
         else:
-            print(f"{config:7s} {target:15s} {r['seconds']:8.1f} {r['peak_mb']:8.0f} "
+            print(f"{config:7s} {target:{w}s} {r['seconds']:8.1f} {r['peak_mb']:8.0f} "
                   f"{r['size_mb']:8.1f}")
     if notes:
         print()
