@@ -204,18 +204,10 @@ def main(argv=None) -> int:
 def _error_classes():
     """``(usage errors, operation errors)`` of every call the pipeline makes, as
     `rave-core` and `rave-deploy` sort them (exit 2, exit 1)."""
-    from rave_core.config import ConfigError
-    from rave_core.data import DataError, DataInputError
-    from rave_core.run import RunError
-    from rave_core.training.trainer import TrainingArgumentError, TrainingError
-    from rave_deploy.check.artifacts import CheckUsageError
-    from rave_deploy.export import ExportError
-    from rave_deploy.io import OutputError, OutputInTheWay
-    from rave_deploy.model import DeployError
-    from rave_deploy.targets.base import TargetUnsupported
-    return ((UsageError, ConfigError, RunError, DataInputError, TrainingArgumentError,
-             DeployError, OutputInTheWay, CheckUsageError),
-            (DataError, TrainingError, ExportError, TargetUnsupported, OutputError, OSError))
+    from rave_core.cli import error_classes as training_errors
+    from rave_deploy.cli import error_classes as export_errors
+    (core_usage, core_failed), (deploy_usage, deploy_failed) = training_errors(), export_errors()
+    return (UsageError, *core_usage, *deploy_usage), (*core_failed, *deploy_failed)
 
 
 def _guarded(args, errors) -> int:

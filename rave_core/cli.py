@@ -54,6 +54,15 @@ def _error_classes():
     return (ConfigError, RunError, DataInputError), (DataError, OSError)
 
 
+def error_classes():
+    """:func:`_error_classes` with training's own: the errors every rave-core command
+    treats as unusable input (exit 2) and as a failed operation (exit 1)."""
+    with importing():
+        from .training.trainer import TrainingArgumentError, TrainingError
+    usage, operation = _error_classes()
+    return (*usage, TrainingArgumentError), (*operation, TrainingError)
+
+
 def importing():
     """Around a command's imports of heavy libraries (torch: seconds): Ctrl-C or SIGTERM
     meanwhile ends the process at once, in one line, exit 130 or 143 (nothing was done
@@ -236,8 +245,8 @@ def _guard(settings: _Settings, fn: Callable, *args, interrupted: str = "Interru
     """Run ``fn``; known errors become clean messages and exit codes. ``writing`` names
     the output, for file-system errors (a full disk, a read-only folder)."""
     with importing():
-        from .training.trainer import TrainingArgumentError, TrainingError, TrainingInterrupted
-    usage_errors, operation_errors = _error_classes()
+        from .training.trainer import TrainingInterrupted
+    usage_errors, operation_errors = error_classes()
     try:
         return fn(*args, **kwargs)
     except TrainingInterrupted as err:
@@ -250,9 +259,9 @@ def _guard(settings: _Settings, fn: Callable, *args, interrupted: str = "Interru
             traceback.print_exception(err)
         click.echo(f"{_rank_prefix()}{interrupted}", err=True)
         sys.exit(143 if isinstance(err, Terminated) else 130)
-    except (*usage_errors, TrainingArgumentError) as err:
+    except usage_errors as err:
         _fail(settings, err, 2)
-    except (*operation_errors, TrainingError) as err:
+    except operation_errors as err:
         text = None
         if writing and isinstance(err, OSError) and type(err).__module__ == "builtins":
             text = f"cannot write {writing} ({describe_os_error(err)}); nothing was changed there"

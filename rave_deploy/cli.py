@@ -51,6 +51,15 @@ def _error_classes():
             (TargetUnsupported, OutputError, OSError, ExportError))
 
 
+def error_classes():
+    """:func:`_error_classes` with check's own: the errors every rave-deploy command treats
+    as unusable input (exit 2) and as a failed operation (exit 1)."""
+    with importing():
+        from .check.artifacts import CheckUsageError
+    usage, operation = _error_classes()
+    return (*usage, CheckUsageError), operation
+
+
 # Bounds of the numeric flags: beyond them no host runs, and the export or check would
 # only exhaust memory before failing.
 MAX_BLOCK = 65536        # samples (the RAVE VST's largest buffer is 32768)

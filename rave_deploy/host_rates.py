@@ -34,6 +34,24 @@ def sidecar_rates(model: Path) -> Union[None, str, Tuple[int, int]]:
     return rate, own
 
 
+def host_rate(model: Path, sr: Optional[int]) -> Tuple[int, Optional[int], Optional[int]]:
+    """``(rate the host runs at, the file's rate, the model's own rate)`` for a host-side
+    script given ``--sr sr`` (None: the sidecar's ``sample_rate``, else 44100); the last
+    two None without a sidecar.
+
+    Raises:
+        ValueError: ``sr`` is not a rate, or the sidecar cannot be read (the message says
+            what to do).
+    """
+    if sr is not None and sr <= 0:
+        raise ValueError(f"--sr {sr}: a sample rate is a number of Hz above 0 (e.g. 44100)")
+    rates = sidecar_rates(model)
+    if isinstance(rates, str):
+        raise ValueError(rates)
+    file_rate, model_rate = rates or (None, None)
+    return sr or file_rate or 44100, file_rate, model_rate
+
+
 def other_rate_warning(model: Path, sr: int, file_rate: int, model_rate: int,
                        player: str, host: str, target: str,
                        compared_with: str) -> Optional[str]:

@@ -115,10 +115,11 @@ def test_export_run_gives_the_run_warning_as_a_python_warning_and_in_each_result
 def test_onednn_on_a_model_with_no_layer_to_pack_is_said_portable(brave_run, tmp_path):
     """`-t nn_tilde --cpu-kernels onednn` on a small BRAVE exported a portable file without
     a word (the docs said such a file says "onednn")."""
-    pytest.importorskip("torch")
     import torch
     if not torch.backends.mkldnn.is_available():
-        pytest.skip("this torch has no oneDNN: --cpu-kernels onednn cannot be exported")
+        why = "this torch has no oneDNN: --cpu-kernels onednn cannot be exported"
+        print(f"skipped: {why}")
+        pytest.skip(reason=why)
     result = _invoke(["export", brave_run, "-t", "nn_tilde", "--cpu-kernels", "onednn",
                       "-o", tmp_path / "a", "--json"])
     assert result.exit_code == 0, result.output

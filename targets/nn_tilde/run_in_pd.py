@@ -42,7 +42,7 @@ if str(ROOT) not in sys.path:
 
 from rave_core.file_kinds import not_torchscript  # noqa: E402
 from rave_deploy.check.recording import RecordingComparison, compare_recording  # noqa: E402
-from rave_deploy.host_rates import other_rate_warning, sidecar_rates  # noqa: E402
+from rave_deploy.host_rates import host_rate, other_rate_warning  # noqa: E402
 from rave_deploy.nn_tilde_emulation import (apply_attributes, attribute_value,  # noqa: E402
                                             nn_tilde_buffer)
 
@@ -269,13 +269,10 @@ def main(argv=None) -> int:
     if not (math.isfinite(args.seconds) and args.seconds > 0):
         p.error(f"--seconds {args.seconds:g}: the test signal's length is a number of "
                 "seconds above 0 (default 3)")
-    if args.sr is not None and args.sr <= 0:
-        p.error(f"--sr {args.sr}: a sample rate is a number of Hz above 0 (e.g. 44100)")
-    rates = sidecar_rates(args.model)
-    if isinstance(rates, str):
-        p.error(rates)
-    file_rate, model_rate = rates or (None, None)
-    sr = args.sr or file_rate or 44100
+    try:
+        sr, file_rate, model_rate = host_rate(args.model, args.sr)
+    except ValueError as err:
+        p.error(str(err))
 
     import torch
 
