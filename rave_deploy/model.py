@@ -80,8 +80,9 @@ def fold_batch_norms(module: nn.Module) -> int:
 
 
 # Host block the TorchScript weight layout is tuned for unless told (`--block-size`): the
-# block RAVE models most often run at (v2's ratio). BRAVE tuned for its ratio (128) ran
-# no faster at 128 and 3-15 % slower at 512-2048 (its weights stay in the CPU cache).
+# block RAVE models most often run at (v2's ratio). Only layers outside the row sums'
+# range that compute 3 frames or fewer change layout (v2, v2_small); BRAVE has none, so
+# its file is the same at any block (docs/streaming.md, "Weights laid out ...").
 DEFAULT_TUNED_BLOCK = 2048
 
 

@@ -2,9 +2,10 @@
 
 We use cached-conv's padding arithmetic (:func:`get_padding`) and its gin vocabulary
 (``cc.Conv1d.bias``, ``convs.get_padding.mode``), but not its cached layers: those keep
-caches of a fixed batch of 64 behind a process-wide flag, and align strided convolutions
-on their own padding only. Our layers keep an explicit state per layer, sized for the
-batch in use, and align on the true upstream delay (see :mod:`rave_core.nn.streaming`).
+caches of a fixed batch of 64 behind a process-wide flag, and align a strided convolution
+on the upstream delay only when the caller passes it (``cumulative_delay``; acids-rave's
+v2 encoders do not). Our layers keep an explicit state per layer, sized for the batch in
+use, and always align on the true upstream delay (see :mod:`rave_core.nn.streaming`).
 """
 from __future__ import annotations
 

@@ -17,9 +17,12 @@ number of samples. Each layer reports, through :meth:`StreamingModule.configure_
 the delay of its output given the delay of its input. A strided convolution only computes
 the offline frames if the delay of its input plus its right padding is a multiple of its
 stride; where it is not, the layer delays its input by the few samples needed
-(``alignment``). cached-conv computes that alignment from the layer's own padding only,
-which leaves some encoders (v2, v2_small) computing frames at another phase than the
-offline model; here the alignment uses the true upstream delay, so streaming is exact.
+(``alignment``). cached-conv computes that alignment from the layer's own padding plus
+the ``cumulative_delay`` its caller passes, and acids-rave's v2 encoders pass none, which
+leaves them (v2, v2_small, discrete) computing frames at another phase than the offline
+model; here every layer reports its delay, so the alignment always uses the true
+upstream delay and streaming is exact (once the first receptive field has passed: before
+it, offline zero padding and the layers' zero state differ inside the network).
 """
 from __future__ import annotations
 
