@@ -10,6 +10,7 @@ acids-rave installed.
 from __future__ import annotations
 
 import difflib
+import inspect
 import re
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -59,6 +60,61 @@ def _register_externals() -> None:
             pass  # already registered (module re-import)
 
 
+#: acids-rave 2.3.1's configurables that its ``rave train`` calls to build the dataset,
+#: before it writes gin's operative config (scripts/train.py: ``get_dataset`` with the
+#: augmentations a config names, then ``split_dataset``), with their parameters: a real
+#: run's config.gin binds them (``dataset.get_dataset.augmentations = []``,
+#: ``dataset.split_dataset.max_residual = 1000``, ``augmentations/transforms.RandomCompress.
+#: prob = 0.5`` ...), though no model reads them. (Its callbacks, also built before, are
+#: not configurable but ``rave.model.BetaWarmupCallback``, which we register in
+#: :mod:`rave_core.training.schedule`; ``add_augmentation``'s bindings are cleared before
+#: the config is written.)
+ACIDS_DATASET_CONFIGURABLES: Dict[str, Tuple[str, ...]] = {
+    "rave.dataset.get_dataset": ("db_path", "sr", "n_signal", "derivative", "normalize",
+                                 "rand_pitch", "augmentations", "n_channels"),
+    "rave.dataset.split_dataset": ("dataset", "percent", "max_residual"),
+    "rave.transforms.Compress": ("time", "lookup", "gain", "sr"),
+    "rave.transforms.RandomCompress": ("threshold", "amp_range", "attack", "release", "prob",
+                                       "sr"),
+    "rave.transforms.RandomGain": ("gain_range", "prob", "limit"),
+    "rave.transforms.RandomMute": ("prob",),
+    "rave.transforms.FrequencyMasking": ("prob", "max_size"),
+}
+
+
+def _register_dataset_configurables() -> None:
+    """Register :data:`ACIDS_DATASET_CONFIGURABLES` as inert configurables: never called
+    (nothing here builds acids-rave's dataset), they only let a run's config.gin bind them.
+
+    Registered rather than stripped from the text: gin still checks each binding's
+    parameter name (``dataset.split_dataset.max_residul`` stays an error) and value, a
+    value that gin wrote over several lines (``augmentations = \\`` and a list of
+    ``@augmentations/transforms.RandomCompress()`` references) parses as gin reads it, and
+    a configurable that is not acids-rave's is refused as before."""
+    registry = getattr(gin.config, "_REGISTRY", None)
+    for selector, params in ACIDS_DATASET_CONFIGURABLES.items():
+        if registry is not None and selector in registry:
+            continue
+        module, name = selector.rsplit(".", 1)
+        try:
+            gin.external_configurable(_inert(selector, params), name=name, module=module)
+        except ValueError:
+            pass  # already registered
+
+
+def _inert(selector: str, params: Sequence[str]):
+    """A function taking ``params`` (keywords, all optional) that is never to be called."""
+    def inert(**kwargs: object) -> None:
+        raise ConfigError(f"{selector} configures acids-rave's training data, which "
+                          "rave-core does not build")
+
+    inert.__name__ = inert.__qualname__ = selector.rsplit(".", 1)[1]
+    # gin reads the parameter names from the signature (inspect honours __signature__)
+    inert.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter(p, inspect.Parameter.KEYWORD_ONLY, default=None) for p in params])
+    return inert
+
+
 def _import_model_modules() -> None:
     """Import every module that registers configurables, so any config can bind."""
     from . import losses  # noqa: F401
@@ -67,6 +123,7 @@ def _import_model_modules() -> None:
     from .nn import conv  # noqa: F401
     from .training import schedule  # noqa: F401
     _register_externals()
+    _register_dataset_configurables()
 
 
 # Modules a config.gin may import (acids-rave's operative configs import exactly these).

@@ -12,15 +12,22 @@ or rewritten meanwhile.
 from __future__ import annotations
 
 import errno
+import filecmp
 import hashlib
 import io
+import json
+import math
 import os
 import pickle
+import re
+import shlex
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
+import gin
 import torch
 
 from .config import ConfigError, build_model, read_text_file
@@ -47,6 +54,8 @@ class Run:
     epoch: int = 0
     ema: bool = False
     extra: Dict[str, object] = field(default_factory=dict)
+    #: whether the checkpoint records its step (``global_step``); a bare state dict does not
+    step_recorded: bool = True
 
 
 def find_config(path: Path) -> Path:
@@ -61,7 +70,10 @@ def find_config(path: Path) -> Path:
 
 
 def find_checkpoint(run_dir: Path) -> Path:
-    """The checkpoint to use in a run directory: ``best.ckpt``, else ``last.ckpt``, else the newest."""
+    """The checkpoint to use in a run directory: ``best.ckpt``, else ``last.ckpt``, else the
+    newest, by modification time (of several ``best.ckpt`` in ``version_N`` folders, the
+    newest). acids-rave's ``rave export`` takes the newest ``*.ckpt`` instead:
+    :func:`newer_checkpoint` finds one newer than ours, for export to name."""
     ckpts = sorted(run_dir.rglob("*.ckpt"))
     if not ckpts:
         raise RunError(f"no checkpoint (*.ckpt) found under {run_dir}: train the model first "
@@ -71,6 +83,28 @@ def find_checkpoint(run_dir: Path) -> Path:
         if named:
             return max(named, key=lambda p: p.stat().st_mtime)
     return max(ckpts, key=lambda p: p.stat().st_mtime)
+
+
+def newer_checkpoint(run_dir: Path, chosen: Path) -> Optional[Path]:
+    """The newest checkpoint under ``run_dir`` modified after ``chosen`` (what
+    :func:`find_checkpoint` took), leaving out byte-for-byte copies of it (our trainer
+    copies an improved ``best.ckpt`` to ``last.ckpt``); None when there is none."""
+    def mtime(p: Path) -> int:
+        try:
+            return p.stat().st_mtime_ns
+        except OSError:
+            return -1
+    since = mtime(chosen)
+    newer = sorted((p for p in Path(run_dir).rglob("*.ckpt")
+                    if p != chosen and mtime(p) > since >= 0), key=mtime, reverse=True)
+    for candidate in newer:
+        try:
+            if filecmp.cmp(candidate, chosen, shallow=False):
+                continue   # the same weights under another name
+        except OSError:
+            pass
+        return candidate
+    return None
 
 
 #: SHA-256 of files by (path, inode, size, modification time): `rave-deploy check exports/*`
@@ -118,8 +152,17 @@ def _another_checkpoint(path: Path) -> str:
     return "use another checkpoint of the run, or train it again"
 
 
+#: terminal escape sequences (torch's messages put words in bold)
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+def _plain(text: str) -> str:
+    """``text`` without terminal escape sequences."""
+    return _ANSI.sub("", text)
+
+
 def _damaged(path: Path, detail: str) -> RunError:
-    detail = detail.split(". ")[0].rstrip(".")   # torch's advice after its first sentence
+    detail = _plain(detail).split(". ")[0].rstrip(".")   # torch's advice after its first sentence
     return RunError(f"cannot read checkpoint {path}: the file is truncated or corrupted "
                     f"({detail}); {_another_checkpoint(path)}")
 
@@ -190,10 +233,7 @@ def read_checkpoint_file(path: Path) -> Tuple[Dict[str, object], str]:
     try:
         ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0][:200]
-        raise RunError(f"refusing to load {path}: it contains pickled objects other than tensors "
-                       f"and plain values ({first}). Only load checkpoints you trust; re-save it "
-                       "as a plain state dict with torch.save(model.state_dict(), ...)") from None
+        raise _untrusted(Path(path), str(err)) from None
     except Exception as err:  # noqa: BLE001 - any parse failure means a damaged file
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise _damaged(path, first) from None
@@ -203,6 +243,34 @@ def read_checkpoint_file(path: Path) -> Tuple[Dict[str, object], str]:
     if isinstance(sd, dict):
         check_finite(sd, path)
     return ckpt, digest
+
+
+def _untrusted(path: Path, detail: str) -> RunError:
+    """A checkpoint that ``torch.load(weights_only=True)`` refused (``detail``: torch's
+    message): what it holds that only code could rebuild (torch names it on a later line,
+    ``Unsupported global: GLOBAL numpy._core.multiarray.scalar ...``), and, for a file the
+    user trusts, a one-liner that keeps its weights in a plain checkpoint. It is never
+    loaded otherwise: unpickling it could run code."""
+    detail = _plain(detail)
+    # "Unsupported global: GLOBAL numpy...scalar was not an allowed global", "Trying to
+    # load unsupported GLOBAL posix.system whose module posix is blocked"
+    found = re.search(r"\bGLOBAL ([A-Za-z_][\w.]*)", detail)
+    if found:
+        what = f"unsupported global {found.group(1)}"
+    else:   # another refusal: torch's reason, after "WeightsUnpickler error:" if it says one
+        after = detail.split("WeightsUnpickler error:", 1)
+        lines = [line.strip() for line in after[-1].splitlines() if line.strip()]
+        why = lines[0].split(". ")[0].rstrip(".")[:200] if lines else ""
+        what = f"torch's safe loader says: {why}" if why else "torch's safe loader refused it"
+    weights = path.with_name(f"{path.stem}_weights.ckpt")
+    code = (f"import torch; c = torch.load({json.dumps(str(path))}, weights_only=False); "
+            'torch.save({k: c[k] for k in ("state_dict", "global_step", "epoch") if k in c}, '
+            f"{json.dumps(str(weights))})")
+    return RunError(f"refusing to load {path}: it holds pickled objects other than tensors and "
+                    f"plain values ({what}), which only running code could rebuild. If you "
+                    "trust the file, keep its weights in a plain checkpoint, and export that: "
+                    f"python -c {shlex.quote(code)}, then rave-deploy export "
+                    f"{shlex.quote(str(weights))}")
 
 
 def _read_bytes(path: Path) -> Tuple[bytes, str]:
@@ -243,21 +311,51 @@ def _looks_like_checkpoint(path: Path) -> bool:
 
 
 def extract_state_dict(ckpt: Dict[str, object], ema: bool = False) -> Tuple[Dict[str, torch.Tensor], bool]:
-    """The model's weights from a checkpoint dict (Lightning, ours, or a bare state dict)."""
-    if ema:
-        callbacks = ckpt.get("callbacks") or {}
-        for name, state in callbacks.items() if isinstance(callbacks, dict) else []:
-            if "EMA" in str(name) and isinstance(state, dict):
-                weights = state.get("weights") or state.get("state_dict") or state
-                if isinstance(weights, dict) and weights and all(
-                        isinstance(v, torch.Tensor) for v in weights.values()):
-                    return dict(weights), True
-        raise RunError("--ema_weights: this checkpoint carries no EMA weights; export without "
-                       "--ema_weights")
+    """The model's weights from a checkpoint dict (Lightning, ours, or a bare state dict),
+    and whether EMA weights were used. ``ema``: the EMA weights laid over the state dict.
+
+    acids-rave's ``rave train --ema`` keeps, as its ``EMA`` callback's state, the averages
+    of the model's parameters only (``named_parameters``: no buffers, so no latent PCA,
+    PQMF filters, BatchNorm statistics or codebooks); a callback state holding every
+    weight works the same. rave-core train keeps no EMA.
+
+    Raises:
+        RunError: no state dict of tensors; ``ema`` and no EMA weights, or EMA weights
+            whose keys or shapes the state dict does not have (named).
+    """
     sd = ckpt.get("state_dict", ckpt)
     if not isinstance(sd, dict) or not any(isinstance(v, torch.Tensor) for v in sd.values()):
         raise RunError("checkpoint has no 'state_dict' of tensors")
-    return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}, False
+    weights = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    if not ema:
+        return weights, False
+    averaged = _ema_weights(ckpt)
+    unknown = [k for k in averaged if k not in weights]
+    if unknown:
+        raise RunError(f"--ema_weights: the checkpoint's EMA weights hold {unknown[0]!r}, which "
+                       f"its state_dict lacks ({len(unknown)} such key(s)): they are not this "
+                       "model's; export without --ema_weights")
+    for key, value in averaged.items():
+        if tuple(value.shape) != tuple(weights[key].shape):
+            raise RunError(f"--ema_weights: the checkpoint's EMA weight {key!r} has shape "
+                           f"{tuple(value.shape)} but {tuple(weights[key].shape)} in its "
+                           "state_dict: they are not this model's; export without --ema_weights")
+    return {**weights, **averaged}, True
+
+
+def _ema_weights(ckpt: Dict[str, object]) -> Dict[str, torch.Tensor]:
+    """The EMA weights a checkpoint's callbacks hold (a callback whose name says EMA, its
+    state a dict of tensors, or holding one as ``weights`` or ``state_dict``)."""
+    callbacks = ckpt.get("callbacks") or {}
+    for name, state in callbacks.items() if isinstance(callbacks, dict) else []:
+        if "EMA" in str(name) and isinstance(state, dict):
+            weights = state.get("weights") or state.get("state_dict") or state
+            if isinstance(weights, dict) and weights and all(
+                    isinstance(v, torch.Tensor) for v in weights.values()):
+                return dict(weights)
+    raise RunError("--ema_weights: this checkpoint carries no EMA weights (acids-rave's `rave "
+                   "train --ema` saves them; rave-core train does not); export without "
+                   "--ema_weights")
 
 
 def load_weights(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor],
@@ -267,24 +365,132 @@ def load_weights(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor],
     Any other missing key, unexpected key or shape mismatch is an error naming the first
     key that differs, and both shapes.
     """
+    problem = _misfit(model, state_dict)
+    if problem is not None:
+        raise RunError(f"{source} does not fit the config: {problem[0]}{problem[1]}")
     expected = model.state_dict()
+    given = _given(model, state_dict)
+    model.load_state_dict({k: v for k, v in given.items() if k in expected}, strict=False)
+
+
+def _given(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """``state_dict`` less the training-only keys, for a model built without them."""
     skip = TRAINING_ONLY_PREFIXES if getattr(model, "discriminator", None) is None else ()
-    given = {k: v for k, v in state_dict.items() if not k.startswith(skip or ("\0", ))}
+    return {k: v for k, v in state_dict.items() if not k.startswith(skip or ("\0", ))}
+
+
+_ANOTHER_CONFIG = "; was it trained with another config?"
+
+
+def _misfit(model: torch.nn.Module,
+            state_dict: Dict[str, torch.Tensor]) -> Optional[Tuple[str, str]]:
+    """Why ``state_dict`` does not load into ``model`` (:func:`load_weights`): the first key
+    missing, of another shape, or unexpected, and the question to add; None when it fits."""
+    expected = model.state_dict()
+    given = _given(model, state_dict)
     for key, value in expected.items():
         if key.startswith(TRAINING_ONLY_PREFIXES) and key not in given:
             continue
         if key not in given:
-            raise RunError(f"{source} does not fit the config: key {key!r} (shape "
-                           f"{tuple(value.shape)}) is missing; was it trained with another config?")
+            return f"key {key!r} (shape {tuple(value.shape)}) is missing", _ANOTHER_CONFIG
         if tuple(given[key].shape) != tuple(value.shape):
-            raise RunError(f"{source} does not fit the config: {key!r} has shape "
-                           f"{tuple(given[key].shape)} in the checkpoint but {tuple(value.shape)} "
-                           "in the model built from config.gin")
+            return (f"{key!r} has shape {tuple(given[key].shape)} in the checkpoint but "
+                    f"{tuple(value.shape)} in the model built from config.gin"), ""
     extra = sorted(k for k in given if k not in expected and not k.startswith(TRAINING_ONLY_PREFIXES))
     if extra:
-        raise RunError(f"{source} does not fit the config: unexpected key {extra[0]!r} "
-                       f"({len(extra)} in all); was it trained with another config?")
-    model.load_state_dict({k: v for k, v in given.items() if k in expected}, strict=False)
+        return f"unexpected key {extra[0]!r} ({len(extra)} in all)", _ANOTHER_CONFIG
+    return None
+
+
+#: The most audio channels a run is taken to have when its count is inferred (the CLIs'
+#: --channels bound).
+MAX_INFERRED_CHANNELS = 64
+
+
+def _binds_channels() -> bool:
+    """Whether the config gin parsed last binds ``rave.model.RAVE.n_channels``."""
+    try:
+        gin.query_parameter("rave.model.RAVE.n_channels")
+    except ValueError:
+        return False
+    return True
+
+
+def _channel_ratios(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor]) -> Set[int]:
+    """The integer ratios (> 1) of a checkpoint's dimensions to the model's among the
+    weights whose shapes differ: a k-channel run's first encoder convolution and last
+    decoder layers are k times wider than a mono model's."""
+    ratios: Set[int] = set()
+    given = _given(model, state_dict)
+    for key, value in model.state_dict().items():
+        theirs = given.get(key)
+        if theirs is None or theirs.dim() != value.dim() or theirs.shape == value.shape:
+            continue
+        for a, b in zip(theirs.shape, value.shape):
+            if a != b and b > 0 and a % b == 0 and a // b > 1:
+                ratios.add(a // b)
+    return ratios
+
+
+def _infer_channels(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], text: str,
+                    overrides: Sequence[str], checkpoint: Path,
+                    config_path: Path) -> torch.nn.Module:
+    """``model``, built from a config.gin that does not bind ``rave.model.RAVE.n_channels``
+    (acids-rave's ``rave train`` passes the channel count to ``RAVE`` itself, so gin's
+    operative config leaves it out), when ``state_dict`` does not fit it: the model of the
+    channel count whose every weight fits, said in a warning; else ``model``
+    (:func:`load_weights` then says why it does not fit).
+
+    The counts tried are the ratios of the checkpoint's widths to the model's (and their
+    square roots: a width of ``data_size * n_channels`` whose ``data_size`` defaults to
+    ``n_channels``), each checked by building its model, so whatever the encoder and
+    decoder, only a count that makes every weight fit is taken.
+
+    Raises:
+        RunError: no count fits, but one makes every weight that depends on the count
+            fit (the rest differs): the mismatch, that the run looks like a run of that
+            many channels, and the line to add to config.gin.
+    """
+    ratios = _channel_ratios(model, state_dict)
+    candidates = set()
+    for ratio in ratios:
+        candidates.add(ratio)
+        root = math.isqrt(ratio)
+        if root * root == ratio:
+            candidates.add(root)
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    given = _given(model, state_dict)
+    looks = None   # (channels, a weight they explain, what still differs with them)
+    for channels in sorted(c for c in candidates if 1 < c <= MAX_INFERRED_CHANNELS):
+        try:
+            trial = build_model(text=text, overrides=[*overrides,
+                                                      f"rave.model.RAVE.n_channels = {channels}"],
+                                build_discriminator=False)
+        except ConfigError:
+            continue
+        still = _misfit(trial, state_dict)
+        if still is None:
+            warnings.warn(f"{config_path} does not say how many audio channels the run has "
+                          "(acids-rave's rave train leaves model.RAVE.n_channels out of it): "
+                          f"its checkpoint is a {channels}-channel model's, exported as such",
+                          stacklevel=3)
+            return trial
+        # the weights whose shapes the count changes: all as the checkpoint has them?
+        changed = {k: tuple(v.shape) for k, v in trial.state_dict().items()
+                   if k in ours and ours[k] != tuple(v.shape)}
+        if looks is None and changed and all(
+                k in given and tuple(given[k].shape) == shape for k, shape in changed.items()):
+            looks = channels, next(iter(changed)), still[0]
+    if looks is None:
+        return model
+    channels, key, still = looks
+    raise RunError(f"{checkpoint} does not fit the config: {key!r} has shape "
+                   f"{tuple(given[key].shape)} in the checkpoint but {ours[key]} in the model "
+                   f"built from config.gin: the run looks like a {channels}-channel run, which "
+                   "its config.gin does not say (acids-rave's rave train leaves "
+                   "model.RAVE.n_channels out), but even as one it does not fit ("
+                   f"{still}); add the line `model.RAVE.n_channels = {channels}` to "
+                   f"{config_path}, and make its other settings the run's")
 
 
 def load_run(path, streaming: bool = False, ema: bool = False,
@@ -301,6 +507,9 @@ class RunFiles:
 
     checkpoint: Path
     config: Path
+    #: a checkpoint under the run directory newer than the one chosen (not a copy of it:
+    #: :func:`newer_checkpoint`); None when none is, or the path named a checkpoint
+    newer: Optional[Path] = None
 
 
 def locate_run(path) -> RunFiles:
@@ -320,7 +529,8 @@ def locate_run(path) -> RunFiles:
     checkpoint = path if path.is_file() else find_checkpoint(path)
     if checkpoint is not path and _is_empty(checkpoint):
         raise _empty(checkpoint)
-    return RunFiles(checkpoint=checkpoint, config=find_config(path))
+    return RunFiles(checkpoint=checkpoint, config=find_config(path),
+                    newer=None if checkpoint is path else newer_checkpoint(path, checkpoint))
 
 
 def _is_empty(path: Path) -> bool:
@@ -344,14 +554,18 @@ def open_run(path, streaming: bool = False, ema: bool = False,
         model = build_model(text=text, overrides=overrides or [], build_discriminator=False)
     except ConfigError as err:
         raise RunError(f"{config_path}: {err}") from None
+    channels_given = _binds_channels()
     ckpt, digest = read_checkpoint_file(checkpoint)  # the file's one read
     sd, used_ema = extract_state_dict(ckpt, ema=ema)
     if used_ema:
         check_finite(sd, f"{checkpoint} (EMA weights)")
+    if not channels_given and _misfit(model, sd) is not None:
+        model = _infer_channels(model, sd, text, overrides or [], checkpoint, config_path)
     load_weights(model, sd, source=str(checkpoint))
     model.eval()
     if streaming:
         model.set_streaming(True)
     return Run(model=model, config_path=config_path, checkpoint_path=checkpoint, config_text=text,
                checkpoint_sha256=digest, step=int(ckpt.get("global_step", 0) or 0),
-               epoch=int(ckpt.get("epoch", 0) or 0), ema=used_ema)
+               epoch=int(ckpt.get("epoch", 0) or 0), ema=used_ema,
+               step_recorded="global_step" in ckpt)

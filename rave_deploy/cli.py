@@ -278,10 +278,20 @@ def export(obj: _Context, run: Path, targets, output: Path, streaming: bool, fid
     # statistics) from each target's export: each is said once.
     shown = set()
     of_the_run: List[str] = []  # given by export_run before any target is exported
+    shown_checkpoint: List[Path] = []
 
     width = name_width()
 
     def show(r) -> None:  # as each target is done: an error or Ctrl-C may follow
+        if not shown_checkpoint:   # the results' first line: what they were exported from
+            step = "no step recorded" if r.step is None else f"step {r.step}"
+            ema = ", EMA weights" if ema_weights else ""
+            click.echo(printable(f"Checkpoint: {r.checkpoint} ({step}{ema})"))
+            if r.newer_checkpoint is not None:
+                click.echo(printable(f"            newer in the run folder: "
+                                     f"{r.newer_checkpoint} (give its path as RUN to "
+                                     "export that one)"))
+            shown_checkpoint.append(r.checkpoint)
         if r.skipped:
             click.echo(f"  skip  {r.target:{width}s} {r.skipped}")
         else:

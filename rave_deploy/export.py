@@ -47,12 +47,23 @@ class ExportResult:
     #: what the export warned about: the run as a whole first (in every target's result,
     #: a skipped one's too), then this target
     warnings: List[str] = field(default_factory=list)
+    #: the checkpoint exported (a run directory's: :func:`rave_core.run.find_checkpoint`)
+    #: and the step it records (None: it records none, as a bare state dict)
+    checkpoint: Optional[Path] = None
+    step: Optional[int] = None
+    #: a checkpoint in the run folder modified after the one exported (a run folder exports
+    #: its best.ckpt first; acids-rave's ``rave export`` takes the newest), else None
+    newer_checkpoint: Optional[Path] = None
 
     def as_dict(self) -> Dict[str, object]:
         return {"target": self.target, "path": str(self.path) if self.path else None,
                 "sidecar": str(self.sidecar) if self.sidecar else None,
                 "skipped": self.skipped, "size_bytes": self.size_bytes,
-                "seconds": round(self.seconds, 3), "warnings": self.warnings}
+                "seconds": round(self.seconds, 3), "warnings": self.warnings,
+                "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+                "step": self.step,
+                "newer_checkpoint": (str(self.newer_checkpoint) if self.newer_checkpoint
+                                     else None)}
 
 
 def resolve_targets(names: Sequence[str]) -> List[Target]:
@@ -298,7 +309,8 @@ def export_run(run_path, target_names: Sequence[str], output: Path,
     no target that can serve it is an error too. ``explicit=False`` never raises
     for that: every such target comes back skipped, with its reason.
 
-    ``on_result`` is called with each target's result as soon as it is done. An error or
+    Every result names the checkpoint exported and its step. ``on_result`` is called with
+    each target's result as soon as it is done. An error or
     Ctrl-C after some targets were written carries a note (``err.__notes__``) naming the
     targets written and those not.
 
@@ -353,6 +365,9 @@ def export_run(run_path, target_names: Sequence[str], output: Path,
                     results.append(_export_target(target, run, options, style,
                                                   artifact_path(output, name, target, as_file),
                                                   run_warnings))
+                results[-1].checkpoint = run.checkpoint_path
+                results[-1].step = run.step if run.step_recorded else None
+                results[-1].newer_checkpoint = files.newer if files is not None else None
                 if on_result is not None:
                     on_result(results[-1])
         except BaseException as err:  # Ctrl-C and SIGTERM too
