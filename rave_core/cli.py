@@ -134,8 +134,13 @@ def warnings_as_messages(flags: Optional[Dict[str, str]] = None):
 
 
 def _rank_prefix() -> str:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return f"[rank {os.environ.get('RANK', '0')}] " if world > 1 else ""
+    """``[rank k] `` in a process of a run of several (torchrun's ``WORLD_SIZE`` and
+    ``RANK``), else nothing (also where they are not set as torchrun sets them: that
+    process's error says so)."""
+    world, rank = os.environ.get("WORLD_SIZE", ""), os.environ.get("RANK", "")
+    if world.isdigit() and rank.isdigit() and int(world) > max(1, int(rank)):
+        return f"[rank {int(rank)}] "
+    return ""
 
 
 _GIN_CONTEXT = re.compile(r"^\s*In call to configurable '([^']+)'.*?(?:in scope '([^']+)')?\s*$")
@@ -229,7 +234,9 @@ class _ShortUsageError(click.ClickException):
             self.as_json(self.format_message())
 
 
-def _fail(settings: _Settings, err: BaseException, code: int, text: Optional[str] = None) -> None:
+def _say_failure(settings: _Settings, err: BaseException, code: int,
+                 text: Optional[str] = None) -> int:
+    """Say ``err`` in one or two lines (``text``: in these words); returns ``code``."""
     if settings.debug:
         traceback.print_exception(err)
     if text is None and isinstance(err, OSError) and type(err).__module__ == "builtins":
@@ -237,41 +244,69 @@ def _fail(settings: _Settings, err: BaseException, code: int, text: Optional[str
     # a name that is not UTF-8 is shown as \xe9, as rave-deploy shows it
     msg = printable(short_message(text or str(err)) or type(err).__name__)
     click.echo(f"{_rank_prefix()}Error: {msg}", err=True)
-    sys.exit(code)
+    return code
 
 
-def _guard(settings: _Settings, fn: Callable, *args, interrupted: str = "Interrupted.",
-           writing: Optional[str] = None, **kwargs):
-    """Run ``fn``; known errors become clean messages and exit codes. ``writing`` names
-    the output, for file-system errors (a full disk, a read-only folder)."""
+def _fail(settings: _Settings, err: BaseException, code: int, text: Optional[str] = None) -> None:
+    sys.exit(_say_failure(settings, err, code, text))
+
+
+def _say_error(settings: _Settings, err: BaseException, interrupted: str,
+               writing: Optional[str]) -> int:
+    """Say ``err`` as :func:`_guard` does, and return its exit code."""
     with importing():
         from .training.trainer import TrainingInterrupted
     usage_errors, operation_errors = error_classes()
-    try:
-        return fn(*args, **kwargs)
-    except TrainingInterrupted as err:
+    if isinstance(err, TrainingInterrupted):
         if settings.debug:
             traceback.print_exception(err)
         click.echo(f"{_rank_prefix()}{err.message}", err=True)
-        sys.exit(128 + err.signal)  # 130 for Ctrl-C, 143 for SIGTERM, as the shell counts
-    except KeyboardInterrupt as err:
+        return 128 + err.signal  # 130 for Ctrl-C, 143 for SIGTERM, as the shell counts
+    if isinstance(err, KeyboardInterrupt):
         if settings.debug:
             traceback.print_exception(err)
         click.echo(f"{_rank_prefix()}{interrupted}", err=True)
-        sys.exit(143 if isinstance(err, Terminated) else 130)
-    except usage_errors as err:
-        _fail(settings, err, 2)
-    except operation_errors as err:
+        return 143 if isinstance(err, Terminated) else 130
+    if isinstance(err, usage_errors):
+        return _say_failure(settings, err, 2)
+    if isinstance(err, operation_errors):
         text = None
         if writing and isinstance(err, OSError) and type(err).__module__ == "builtins":
             text = f"cannot write {writing} ({describe_os_error(err)}); nothing was changed there"
-        _fail(settings, err, 1, text)
-    except MemoryError as err:
-        _fail(settings, err, 1, "out of memory: lower --batch or --n_signal, or the model size")
-    except Exception as err:  # noqa: BLE001 - the last line of defence: no raw traceback
-        first = (str(err).strip().splitlines() or [""])[0]
-        _fail(settings, err, 1, f"unexpected {type(err).__name__}: {first} (run `rave-core --debug "
-                                "...` for the traceback, and report it)")
+        return _say_failure(settings, err, 1, text)
+    if isinstance(err, MemoryError):
+        return _say_failure(settings, err, 1,
+                            "out of memory: lower --batch or --n_signal, or the model size")
+    # the last line of defence: no raw traceback
+    first = (str(err).strip().splitlines() or [""])[0]
+    return _say_failure(settings, err, 1, f"unexpected {type(err).__name__}: {first} (run "
+                                          "`rave-core --debug ...` for the traceback, and "
+                                          "report it)")
+
+
+def _guard(settings: _Settings, fn: Callable, *args, interrupted: str = "Interrupted.",
+           writing: Optional[str] = None, says_early: bool = False, **kwargs):
+    """Run ``fn``; known errors become clean messages and exit codes. ``writing`` names
+    the output, for file-system errors (a full disk, a read-only folder). ``says_early``:
+    ``fn`` takes ``report_error``, which it calls with the error it is about to raise,
+    before it cleans up (training, before it leaves its process group: under torchrun the
+    process that failed says why before the others say that it failed); said there, the
+    error is not said again."""
+    error_classes()   # (their modules imported now, Ctrl-C meanwhile ending the process)
+    said: List[tuple] = []   # (the error said early, its exit code)
+
+    def report_error(err: BaseException) -> None:
+        if isinstance(err, (Exception, KeyboardInterrupt)):
+            said[:] = [(err, _say_error(settings, err, interrupted, writing))]
+
+    if says_early:
+        kwargs["report_error"] = report_error
+    try:
+        return fn(*args, **kwargs)
+    except (Exception, KeyboardInterrupt) as err:
+        if said and said[0][0] is err:
+            sys.exit(said[0][1])
+        sys.exit(_say_error(settings, err, interrupted, writing))
 
 
 def check_output_location(flag: str, path) -> None:
@@ -417,10 +452,11 @@ def _run_training(settings: _Settings, configs, db_path, name, out_path, max_ste
                     max_steps=max_steps, batch=batch, n_signal=n_signal, val_every=val_every,
                     save_every=save_every, log_every=log_every, device=device,
                     workers=workers, ckpt=ckpt, overrides=list(overrides), seed=seed,
-                    progress=progress,
+                    progress=progress, says_early=True,
                     interrupted="Interrupted: checkpoints already written are intact; run the "
                                 "same command again to resume.")
-    if int(os.environ.get("RANK", "0")) == 0:
+    rank = os.environ.get("RANK", "0")
+    if not rank.isdigit() or int(rank) == 0:   # (rank 0 alone says the result)
         best = (f", best validation {result.best_validation:.4g}"
                 if result.best_validation is not None else "")
         click.echo(printable(f"trained {result.run_dir} to step {result.global_step}{best}"))
@@ -464,10 +500,14 @@ def _spawn_torchrun(settings: _Settings, gpus: int, kwargs: dict) -> None:
         _usage(f"--gpus {gpus} asks for GPU processes but --device is cpu; {cpu_hint}")
     if available < gpus:
         _usage(f"--gpus {gpus}: this machine has {available} CUDA GPU(s); {cpu_hint}")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={gpus}", "-m", "rave_core.train", *_as_arguments(kwargs)]
+    # torchrun, quiet where a process failed (rave_core.launch.torchrun)
+    cmd = [sys.executable, "-c", "from rave_core.launch import torchrun; torchrun()",
+           "--standalone", f"--nproc_per_node={gpus}", "-m", "rave_core.train",
+           *_as_arguments(kwargs)]
     if settings.debug:
         cmd.append("--debug")
+    last_ckpt = Path(kwargs["out_path"], kwargs["name"], "version_0", "checkpoints", "last.ckpt")
+    found = _file_stamp(last_ckpt)
     proc = subprocess.Popen(cmd)
     interrupted = 0  # the first signal's number
 
@@ -486,13 +526,38 @@ def _spawn_torchrun(settings: _Settings, gpus: int, kwargs: dict) -> None:
         for s, handler in previous.items():
             signal.signal(s, handler)
     if interrupted:
-        click.echo("Interrupted: the run saved last.ckpt; run the same command again to resume.",
-                   err=True)
+        click.echo(_interrupted_spawn(last_ckpt, found), err=True)
         sys.exit(128 + interrupted)
+    if code == 2:   # a usage error, which the processes said
+        sys.exit(2)
     if code != 0:
         click.echo(f"Error: the training processes failed (exit code {code}); see their "
                    "messages above.", err=True)
         sys.exit(1)
+
+
+def _file_stamp(path: Path):
+    """``(size, mtime_ns)`` of ``path``, None if it is not there."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def _interrupted_spawn(last_ckpt: Path, found) -> str:
+    """What `rave-core train --gpus N` says when interrupted: that the run saved, only
+    where its ``last_ckpt`` was written since the training started (``found``: its
+    :func:`_file_stamp` then); Ctrl-C while the processes start saves nothing."""
+    now = _file_stamp(last_ckpt)
+    if now is not None and now != found:
+        return (f"Interrupted: the run saved {printable(str(last_ckpt))}; run the same "
+                "command again to resume.")
+    if found is not None:
+        return (f"Interrupted: nothing was saved since the start; the run's "
+                f"{printable(str(last_ckpt))} is as it was: run the same command again to "
+                "resume from it.")
+    return "Interrupted: nothing was saved (the training had not saved a checkpoint yet)."
 
 
 def _as_arguments(kwargs: dict) -> List[str]:
@@ -531,7 +596,8 @@ def torchrun_train(gpus: int, debug: bool, **kwargs) -> None:
     """
     settings = _Settings()
     settings.debug = debug
-    _run_training(settings, **kwargs)
+    with warnings_as_messages():   # as `rave-core train` says them
+        _run_training(settings, **kwargs)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,9 @@ exit 130 (Ctrl-C) or 143 (SIGTERM), as the shell counts. Nothing was done yet, s
 nothing to clean up: the process ends at once, no exception goes through the libraries'
 imports.
 
+:func:`torchrun` is torchrun as ``rave-core train --gpus N`` runs it: quiet where a
+training process failed (that process said why).
+
 ``rave_core``'s ``__init__`` imports nothing up front (its names are imported when first
 used), so importing this module imports nothing heavy; keep it free of imports from either
 package at its top: its handlers must be in place before anything of theirs is imported.
@@ -76,3 +79,40 @@ def rave_core() -> None:
 def rave_deploy() -> None:
     """``rave-deploy``: export and check."""
     _load("rave_deploy.cli")()
+
+
+def torchrun(argv=None) -> None:
+    """torchrun's launcher (``torch.distributed.run``, arguments ``argv``, else the command
+    line's), for ``rave-core train --gpus N``: where a training process fails, it exits
+    with that process's exit code (2: a usage error; 1: a failed training; 128 + N: killed
+    by signal N, the first to fail) instead of printing its ``ChildFailedError``
+    traceback, 40 lines that add nothing to what the process said; the launcher's log
+    lines (which process it stops, and how) are left out too. Interrupted (Ctrl-C,
+    SIGTERM, passed on to the training processes, which save), it exits 130 or 143 without
+    its ``SignalException`` traceback."""
+    import logging
+    with interrupts_end_at_once():
+        from torch.distributed.elastic.multiprocessing.api import SignalException
+        from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+        from torch.distributed.run import parse_args, run
+    # (each of the launcher's modules sets its logger's own level)
+    for name in list(logging.Logger.manager.loggerDict):
+        if name.startswith(("torch.distributed.elastic", "torch.distributed.run")):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        run(parse_args(sys.argv[1:] if argv is None else argv))
+    except ChildFailedError as err:
+        rank, failure = err.get_first_failure()
+        code = failure.exitcode
+        if code < 0:   # killed: it said nothing, say it here
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            print(f"Error: training process {rank} was killed by {name}"
+                  + (" (out of memory, if nobody killed it: lower --batch or --n_signal)"
+                     if -code == signal.SIGKILL else ""), file=sys.stderr)
+            sys.exit(128 - code)
+        sys.exit(code)
+    except SignalException as err:
+        sys.exit(128 + int(err.sigval))

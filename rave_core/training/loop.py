@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from ..os_errors import describe_os_error
 from .analysis import fidelity_dimensions, latent_statistics
 from .checkpoint import capture_rng, copy_checkpoint, replace_atomically, save_checkpoint
-from .distributed import DistContext
+from .distributed import DistContext, on_every_rank
 from .errors import TrainingError, TrainingInterrupted
 from .resume import ResumeState
 from .sampler import ResumableSampler
@@ -177,8 +177,8 @@ class TrainingLoop:
         """One optimisation step on batch ``x``, logged; True when any rank asked to stop."""
         try:
             logs, stop = self.trainer.step(x, self.step, stop_requested)
-        except TrainingError as err:
-            raise TrainingError(_divergence_message(err, self.last_saved)) from None
+        except TrainingError as err:  # (every rank: the finite check is shared)
+            raise on_every_rank(TrainingError(_divergence_message(err, self.last_saved))) from None
         self.step += 1
         logs["step"] = self.step
         self.history.append(logs)
@@ -255,7 +255,7 @@ class TrainingLoop:
                 message = f"interrupted at step {self.step} and could not save it: {message}"
         message = self.ctx.broadcast(message)
         if message is not None:
-            raise TrainingError(message) from failed
+            raise on_every_rank(TrainingError(message)) from failed
 
     def _save_and_stop(self, stopper: StopRequest) -> NoReturn:
         """Every rank, when a signal stopped training before ``max_steps``: save this step
@@ -269,9 +269,9 @@ class TrainingLoop:
             except OSError as err:
                 failed = err
             self._stop_if_rank_0_failed(failed, stopping=True)
-        raise TrainingInterrupted(
+        raise on_every_rank(TrainingInterrupted(
             f"interrupted at step {self.step}: saved {self.ckpt_dir / 'last.ckpt'}; run the same "
-            "command again to resume", self.ckpt_dir / "last.ckpt", stopper.signal)
+            "command again to resume", self.ckpt_dir / "last.ckpt", stopper.signal))
 
     def save(self, step: int, periodic: bool, improved: bool, write: bool = True) -> None:
         """Every rank: gather the RNG states; rank 0 writes the checkpoints (unless

@@ -123,12 +123,20 @@ def read_resume_checkpoint(path: Path, model: nn.Module, trainer: RAVETrainer, c
 
     Every rank calls it (no collective). A plain state dict
     (``torch.save(model.state_dict(), ...)``) restarts from its weights at step 0; state
-    that does not carry over is warned about, not refused.
+    that does not carry over is warned about (by rank 0: every rank finds the same), not
+    refused.
 
     Raises:
         TrainingArgumentError: the checkpoint holds no weights, or they do not fit the
             model (its discriminator alone may be missing).
     """
+    with ctx.warnings_of_rank_0():
+        return _read_resume_checkpoint(path, model, trainer, ctx, batch, seed, n_signal)
+
+
+def _read_resume_checkpoint(path: Path, model: nn.Module, trainer: RAVETrainer,
+                            ctx: DistContext, batch: int, seed: int,
+                            n_signal: int) -> ResumeState:
     state = load_checkpoint(path)
     if "state_dict" in state:
         weights = state["state_dict"]

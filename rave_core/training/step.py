@@ -119,7 +119,9 @@ class RAVETrainer:
         if key not in self._wrapped:
             ids = [self.device.index] if self.device.type == "cuda" else None
             unused = key == "autoencoder" and _phase_1_has_unused_parameters(self.model)
-            # Buffers (RVQ codebooks) follow rank 0 at every forward.
+            # Buffers (RVQ codebooks, BatchNorm statistics) follow rank 0 at every forward
+            # (DDP broadcasts them); phase 2's frozen encoder, outside any wrapper, takes
+            # them in step().
             self._wrapped[key] = DistributedDataParallel(module, device_ids=ids,
                                                          find_unused_parameters=unused)
         return self._wrapped[key]
@@ -162,7 +164,11 @@ class RAVETrainer:
 
         with torch.set_grad_enabled(not dis_step):
             if warmed:
-                # Frozen encoder: it runs outside the trained module, without a graph.
+                # Frozen encoder: it runs outside the trained module, without a graph. In
+                # train mode it still updates its buffers (an RVQ's codebooks, BatchNorm's
+                # statistics) from this rank's batch: rank 0's first, as DDP does in phase 1,
+                # so that every rank quantises with the same codebooks.
+                self.dist.broadcast_tensors(list(model.encoder.buffers()))
                 with torch.no_grad():
                     x_mb = _analysis(model.pqmf, x)
                     z_raw = model.encoder(x_mb)
@@ -214,8 +220,8 @@ class RAVETrainer:
         logs = dict(zip(names, logged))
         if flag_values[0]:
             which = "discriminator" if dis_step else "generator"
-            raise TrainingError(f"the {which} loss is not finite at step {step + 1} "
-                                f"({', '.join(f'{k}={v:.4g}' for k, v in logs.items())})")
+            raise TrainingError(f"the {which} loss is not finite at step {step + 1}"
+                                f"{self._where_not_finite(loss, logs)}")
 
         learning_rate = self.gen_opt.param_groups[0]["lr"]
         if dis_step:
@@ -230,6 +236,25 @@ class RAVETrainer:
         logs["beta_factor"] = beta
         logs["learning_rate"] = learning_rate
         return logs, bool(flag_values[1])
+
+    def _where_not_finite(self, loss: torch.Tensor, logs: Dict[str, float]) -> str:
+        """The end of the message of a loss that is not finite: the values logged.
+        Every rank, once some rank's loss was not finite (the flags are shared): the ranks
+        where it was not, and the first one's values (each other rank's are finite)."""
+        def values(logged: Dict[str, float]) -> str:
+            return ", ".join(f"{k}={v:.4g}" for k, v in logged.items())
+
+        if not self.dist.enabled:
+            return f" ({values(logs)})"
+        # (one gather, on this path only: every rank knows from the shared flags)
+        ranks = self.dist.gather(None if bool(torch.isfinite(loss)) else logs)
+        failed = [rank for rank, logged in enumerate(ranks) if logged is not None]
+        if not failed:   # (not reached: some rank set the flag)
+            return f" ({values(logs)})"
+        if len(failed) == 1:
+            return f" on rank {failed[0]} ({values(ranks[failed[0]])})"
+        shown = ", ".join(str(rank) for rank in failed[:-1]) + f" and {failed[-1]}"
+        return f" on ranks {shown} (rank {failed[0]}: {values(ranks[failed[0]])})"
 
     # ---------------------------------------------------------------- validation
     @torch.no_grad()

@@ -34,7 +34,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import gin
 import numpy as np
@@ -51,7 +51,7 @@ from ..run import RunError, find_config
 from ..text import printable
 from .analysis import cropped_length, receptive_field
 from .checkpoint import restore_rng, write_text_atomically
-from .distributed import DistContext
+from .distributed import DistContext, on_every_rank, raised_on_every_rank
 from .errors import TrainingArgumentError, TrainingError, TrainingInterrupted
 from .loop import TrainingLoop, TrainResult
 from .resume import ResumeSource, ResumeState, check_channels, read_resume_checkpoint
@@ -301,7 +301,8 @@ def train(configs: Sequence[str], db_path, name: str, out_path="runs", max_steps
           save_every: int = 500_000, device: str = "auto", workers: int = 8,
           ckpt=None, overrides: Sequence[str] = (), seed: int = 0, progress: bool = True, *,
           valid_fraction: float = 0.02, log_every: int = 50, audio_examples: int = 4,
-          keep_history: int = 10_000) -> TrainResult:
+          keep_history: int = 10_000,
+          report_error: Optional[Callable[[BaseException], None]] = None) -> TrainResult:
     """Train (or resume) the run ``<out_path>/<name>`` until ``max_steps`` steps.
 
     Args:
@@ -328,6 +329,10 @@ def train(configs: Sequence[str], db_path, name: str, out_path="runs", max_steps
         log_every: TensorBoard scalars every that many steps.
         audio_examples: reconstructions written at each validation.
         keep_history: steps of logged values kept in the result.
+        report_error: called with the error that ends the training (the one then raised),
+            before this process leaves its process group: the CLI says it there, so that
+            under torchrun the process that failed says why first, before the others say
+            that it failed.
 
     Raises:
         ConfigError: unknown config or override. DataError: missing or too short dataset
@@ -335,6 +340,9 @@ def train(configs: Sequence[str], db_path, name: str, out_path="runs", max_steps
         TrainingArgumentError: unusable argument, or a checkpoint that does not fit the
         config. TrainingError: diverged (non-finite loss; the last good checkpoint is kept).
         TrainingInterrupted: Ctrl-C / SIGTERM (``last.ckpt`` saved first).
+
+    Under torchrun, a process whose connection to another process was lost (that process
+    failed) raises a :class:`TrainingError` saying so.
     """
     _check_arguments(name, max_steps, batch, n_signal, val_every, save_every, workers)
     dev = _resolve_device(device)
@@ -342,7 +350,8 @@ def train(configs: Sequence[str], db_path, name: str, out_path="runs", max_steps
         return _train_on_device(configs, db_path, name, out_path, max_steps, batch, n_signal, val_every,
                       save_every, dev, workers, ckpt, overrides, seed, progress,
                       valid_fraction=valid_fraction, log_every=log_every,
-                      audio_examples=audio_examples, keep_history=keep_history)
+                      audio_examples=audio_examples, keep_history=keep_history,
+                      report_error=report_error)
 
 
 @contextlib.contextmanager
@@ -417,13 +426,15 @@ class RunSettings:
 
 def _train_on_device(configs, db_path, name, out_path, max_steps, batch, n_signal, val_every,
                      save_every, dev, workers, ckpt, overrides, seed, progress, *,
-                     valid_fraction, log_every, audio_examples, keep_history) -> TrainResult:
-    ctx = DistContext.from_environment(dev.type == "cuda")
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed window shapes: let cuDNN pick kernels
-        if ctx.enabled:
-            dev = torch.device("cuda", ctx.local_rank)
+                     valid_fraction, log_every, audio_examples, keep_history,
+                     report_error=None) -> TrainResult:
+    ctx: Optional[DistContext] = None
     try:
+        ctx = DistContext.from_environment(dev.type == "cuda")
+        if dev.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed window shapes: let cuDNN pick kernels
+            if ctx.enabled:
+                dev = torch.device("cuda", ctx.local_rank)
         with RunLock(Path(out_path) / name) as lock:
             run = RunSettings(
                 configs=configs, db_path=Path(db_path), name=name, out_path=Path(out_path),
@@ -432,9 +443,42 @@ def _train_on_device(configs, db_path, name, out_path, max_steps, batch, n_signa
                 workers=int(workers), ckpt=ckpt, overrides=list(overrides), seed=int(seed),
                 progress=progress, valid_fraction=valid_fraction, log_every=log_every,
                 audio_examples=audio_examples, keep_history=keep_history)
-            return _train(ctx, lock, run)
+            result = _train(ctx, lock, run)
+    except BaseException as err:
+        said = _stop(ctx, err, report_error)
+        try:
+            if said is err:
+                raise
+            raise said from err
+        finally:
+            # no reference cycle through this frame: the error's traceback holds the
+            # frames of the step that failed (a DDP wrapper, which holds the process
+            # group's threads), freed with the error, not at the next garbage collection
+            del said, err
+    ctx.close()
+    return result
+
+
+def _stop(ctx: Optional[DistContext], err: BaseException,
+          report_error: Optional[Callable[[BaseException], None]]) -> BaseException:
+    """This process stops on ``err``: say it (``report_error``), leave the process group
+    (``ctx``: None where it was not joined), and return the error to raise: ``err``, or
+    where another process failed, the :class:`TrainingError` that says so.
+
+    Said first: leaving may wait for the other processes (a bounded barrier, when every
+    rank raised the error), and a process that stops alone leaves at once, which makes
+    the others fail at their next collective: its reason comes before their "another
+    training process failed"."""
+    said = err if ctx is None else ctx.explain(err)
+    if said is not err:
+        said.__cause__ = err   # (--debug shows the backend's error and where)
+    try:
+        if report_error is not None:
+            report_error(said)
     finally:
-        ctx.close()
+        if ctx is not None:
+            ctx.close(together=raised_on_every_rank(err))
+    return said
 
 
 # ============================================================================ _train's steps
@@ -712,9 +756,9 @@ def _claim_run_dir(ctx: DistContext, lock: RunLock, run: RunSettings, built: _Ru
         else (TrainingError, f"cannot write {describe_os_error(refused)}")))
     if said is not None:
         if refused is not None:
-            raise refused
+            raise on_every_rank(refused)
         error_class, message = said
-        raise error_class(message)
+        raise on_every_rank(error_class(message))
     return writer
 
 
