@@ -138,7 +138,7 @@ def _rank_prefix() -> str:
     ``RANK``), else nothing (also where they are not set as torchrun sets them: that
     process's error says so)."""
     world, rank = os.environ.get("WORLD_SIZE", ""), os.environ.get("RANK", "")
-    if world.isdigit() and rank.isdigit() and int(world) > max(1, int(rank)):
+    if world.isdigit() and rank.isdigit() and 1 < int(world) and int(rank) < int(world):
         return f"[rank {int(rank)}] "
     return ""
 
@@ -506,7 +506,9 @@ def _spawn_torchrun(settings: _Settings, gpus: int, kwargs: dict) -> None:
            *_as_arguments(kwargs)]
     if settings.debug:
         cmd.append("--debug")
-    last_ckpt = Path(kwargs["out_path"], kwargs["name"], "version_0", "checkpoints", "last.ckpt")
+    with importing():
+        from .training.trainer import CHECKPOINT_DIR
+    last_ckpt = Path(kwargs["out_path"], kwargs["name"]) / CHECKPOINT_DIR / "last.ckpt"
     found = _file_stamp(last_ckpt)
     proc = subprocess.Popen(cmd)
     interrupted = 0  # the first signal's number
@@ -531,8 +533,9 @@ def _spawn_torchrun(settings: _Settings, gpus: int, kwargs: dict) -> None:
     if code == 2:   # a usage error, which the processes said
         sys.exit(2)
     if code != 0:
-        click.echo(f"Error: the training processes failed (exit code {code}); see their "
-                   "messages above.", err=True)
+        if code <= 128:   # (above: a process killed by a signal, which the launcher said)
+            click.echo(f"Error: the training processes failed (exit code {code}); see their "
+                       "messages above.", err=True)
         sys.exit(1)
 
 

@@ -91,10 +91,7 @@ def _register_dataset_configurables() -> None:
     value that gin wrote over several lines (``augmentations = \\`` and a list of
     ``@augmentations/transforms.RandomCompress()`` references) parses as gin reads it, and
     a configurable that is not acids-rave's is refused as before."""
-    registry = getattr(gin.config, "_REGISTRY", None)
     for selector, params in ACIDS_DATASET_CONFIGURABLES.items():
-        if registry is not None and selector in registry:
-            continue
         module, name = selector.rsplit(".", 1)
         try:
             gin.external_configurable(_inert(selector, params), name=name, module=module)

@@ -102,7 +102,13 @@ def torchrun(argv=None) -> None:
     try:
         run(parse_args(sys.argv[1:] if argv is None else argv))
     except ChildFailedError as err:
+        # the first failure, but a usage error first of all: torchrun orders failures by
+        # the second they happened in, then by rank, so that of a rank 1 whose arguments
+        # were refused could come after rank 0's failing on the lost connection
         rank, failure = err.get_first_failure()
+        refused = [(r, f) for r, f in sorted(err.failures.items()) if f.exitcode == 2]
+        if refused:
+            rank, failure = refused[0]
         code = failure.exitcode
         if code < 0:   # killed: it said nothing, say it here
             try:

@@ -31,6 +31,7 @@ import gin
 import torch
 
 from .config import ConfigError, build_model, read_text_file
+from .dataset_limits import MAX_CHANNELS
 from .file_kinds import PICKLE_OPCODE, WHAT_A_RUN_IS, ZIP_SIGNATURE, is_torchscript_archive
 from .text import listed
 
@@ -248,9 +249,11 @@ def read_checkpoint_file(path: Path) -> Tuple[Dict[str, object], str]:
 def _untrusted(path: Path, detail: str) -> RunError:
     """A checkpoint that ``torch.load(weights_only=True)`` refused (``detail``: torch's
     message): what it holds that only code could rebuild (torch names it on a later line,
-    ``Unsupported global: GLOBAL numpy._core.multiarray.scalar ...``), and, for a file the
-    user trusts, a one-liner that keeps its weights in a plain checkpoint. It is never
-    loaded otherwise: unpickling it could run code."""
+    ``Unsupported global: GLOBAL numpy._core.multiarray.scalar ...``). Where that is one
+    of NumPy's values (Lightning keeps a callback's monitored score as one), a one-liner,
+    for a file the user trusts, that keeps its weights, step and EMA weights in a plain
+    checkpoint to use instead (for export and for training alike); anything else would
+    run code when loaded, and is said so. The file itself is never loaded otherwise."""
     detail = _plain(detail)
     # "Unsupported global: GLOBAL numpy...scalar was not an allowed global", "Trying to
     # load unsupported GLOBAL posix.system whose module posix is blocked"
@@ -262,15 +265,21 @@ def _untrusted(path: Path, detail: str) -> RunError:
         lines = [line.strip() for line in after[-1].splitlines() if line.strip()]
         why = lines[0].split(". ")[0].rstrip(".")[:200] if lines else ""
         what = f"torch's safe loader says: {why}" if why else "torch's safe loader refused it"
+    refused = (f"refusing to load {path}: it holds pickled objects other than tensors and "
+               f"plain values ({what}), which only running code could rebuild")
+    if not (found and found.group(1).startswith("numpy.")):
+        return RunError(f"{refused}: loading it could run any code; use another checkpoint "
+                        "of the run, or ask whoever made the file for one saved with "
+                        "torch.save of plain tensors")
     weights = path.with_name(f"{path.stem}_weights.ckpt")
     code = (f"import torch; c = torch.load({json.dumps(str(path))}, weights_only=False); "
-            'torch.save({k: c[k] for k in ("state_dict", "global_step", "epoch") if k in c}, '
-            f"{json.dumps(str(weights))})")
-    return RunError(f"refusing to load {path}: it holds pickled objects other than tensors and "
-                    f"plain values ({what}), which only running code could rebuild. If you "
-                    "trust the file, keep its weights in a plain checkpoint, and export that: "
-                    f"python -c {shlex.quote(code)}, then rave-deploy export "
-                    f"{shlex.quote(str(weights))}")
+            'kept = {k: c[k] for k in ("state_dict", "global_step", "epoch") if k in c}; '
+            'kept["callbacks"] = {k: v for k, v in (c.get("callbacks") or {}).items() '
+            'if "EMA" in k}; '
+            f"torch.save(kept, {json.dumps(str(weights))})")
+    return RunError(f"{refused}. If you trust the file, keep its weights in a plain "
+                    f"checkpoint: python -c {shlex.quote(code)}, then give "
+                    f"{shlex.quote(str(weights))} in place of this file")
 
 
 def _read_bytes(path: Path) -> Tuple[bytes, str]:
@@ -402,9 +411,6 @@ def _misfit(model: torch.nn.Module,
     return None
 
 
-#: The most audio channels a run is taken to have when its count is inferred (the CLIs'
-#: --channels bound).
-MAX_INFERRED_CHANNELS = 64
 
 
 def _binds_channels() -> bool:
@@ -461,7 +467,7 @@ def _infer_channels(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor],
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     given = _given(model, state_dict)
     looks = None   # (channels, a weight they explain, what still differs with them)
-    for channels in sorted(c for c in candidates if 1 < c <= MAX_INFERRED_CHANNELS):
+    for channels in sorted(c for c in candidates if 1 < c <= MAX_CHANNELS):
         try:
             trial = build_model(text=text, overrides=[*overrides,
                                                       f"rave.model.RAVE.n_channels = {channels}"],

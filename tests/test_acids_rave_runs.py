@@ -460,8 +460,8 @@ def test_the_advice_for_a_trusted_refused_checkpoint_works(numpy_run, tmp_path):
     """The one-liner given (for a file the user trusts) writes a checkpoint that exports."""
     with pytest.raises(RunError) as err:
         open_run(numpy_run)
-    command = re.search(r"export that: (python -c '[^']*'), then rave-deploy export (\S+)$",
-                        str(err.value))
+    command = re.search(r"plain checkpoint: (python -c '[^']*'), then give (\S+) in place "
+                        r"of this file$", str(err.value))
     assert command, str(err.value)
     shell = command.group(1).replace("python -c", f"{sys.executable} -c", 1)
     subprocess.run(shell, shell=True, check=True, cwd=os.getcwd(), timeout=300)
@@ -488,6 +488,8 @@ def test_a_pickle_that_would_run_code_is_named_and_never_run(tmp_path):
     payload["state_dict"]["payload"] = _Exploit(marker)
     torch.save(payload, ckpt)   # torch's own pickle protocol
     with pytest.raises(RunError, match=r"\(unsupported global (posix|nt)\.system\), which only "
-                                       "running code could rebuild. If you trust the file"):
+                                       "running code could rebuild: loading it could run any "
+                                       "code; use another checkpoint of the run") as err:
         open_run(run)
+    assert "weights_only=False" not in str(err.value)
     assert not marker.exists()

@@ -304,10 +304,9 @@ def test_a_loss_not_finite_on_one_rank_is_named_with_its_values_on_every_rank(db
 
 
 # ---------------------------------------------------------------------------- environment
-@pytest.mark.parametrize("unset, variable", [("RANK", "RANK"),
-                                             ("MASTER_ADDR", "MASTER_ADDR")])
+@pytest.mark.parametrize("unset", ["RANK", "MASTER_ADDR"])
 def test_a_process_without_torchruns_variables_is_a_usage_error(db, tmp_path, monkeypatch,
-                                                                 unset, variable):
+                                                                 unset):
     """`WORLD_SIZE=2` without `RANK` (or `MASTER_ADDR`) said `unexpected KeyError: 'RANK'
     ... report it` (a ValueError of torch's rendezvous, exit 1)."""
     from rave_core.cli import torchrun_train
@@ -320,10 +319,30 @@ def test_a_process_without_torchruns_variables_is_a_usage_error(db, tmp_path, mo
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1, result.output
-    assert re.match(rf"(\[rank 0\] )?Error: WORLD_SIZE is 2 but {variable} is not set: "
+    assert re.match(rf"(\[rank 0\] )?Error: WORLD_SIZE is 2 but {unset} is not set: "
                     r"launch the training with torchrun \(torchrun --nproc_per_node N -m "
                     r"rave_core.train \.\.\.\) or `rave-core train --gpus N`", lines[0]), lines
     assert not (tmp_path / "env").exists()
+
+
+def test_only_a_lost_peer_is_said_as_another_process_failing():
+    """gloo's words for a peer gone become "another training process failed"; a backend
+    error every rank may raise alike (mismatched collectives) is said as it is, else no
+    rank would say why."""
+    from rave_core.training.distributed import DistContext
+    from rave_core.training.errors import TrainingError
+    ctx = DistContext(rank=0, world_size=2)
+    lost = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection "
+                        "closed by peer [127.0.0.1]:29500")
+    said = ctx.explain(lost)
+    assert isinstance(said, TrainingError) and "another training process failed" in str(said)
+    slow = RuntimeError("[../third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:81] Timed "
+                        "out waiting 1800000ms for recv operation to complete")
+    assert "stopped answering" in str(ctx.explain(slow))
+    own = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:446] "
+                       "op.preamble.length <= op.nbytes. 8 vs 4")
+    assert ctx.explain(own) is own
+    assert DistContext().explain(lost) is lost   # one process: nothing to explain
 
 
 # ---------------------------------------------------------------------------- --gpus N

@@ -2,6 +2,8 @@
 delayed by exactly its reported latency (after the first receptive field)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -32,8 +34,9 @@ CASES = [
     (("v2", "spherical"), (2048,)),
 ]
 
-# Streaming delays (encode, decode) of the full-size models at 44.1 kHz, as the README's
-# latency table states them (the small models have the same strides).
+# Streaming delays (encode, decode) of the full-size models at 44.1 kHz (the small models
+# have the same strides); their sums are the README's latency table
+# (test_readme_latency_table_sums_these).
 EXPECTED_LATENCY = {
     ("brave",): (0, 112), ("c128_r10",): (0, 112), ("v2", "causal"): (0, 1696),
     ("v2",): (14336, 12512), ("v3",): (14336, 12512), ("v2_small",): (5632, 5024),
@@ -51,12 +54,12 @@ def _error(stream, offline, delay, skip):
 STEREO = [(("brave",), (512,)), (("v1",), (2048,)), (("v2_small",), (2048,)), (("v2",), (2048,))]
 
 
-@pytest.mark.parametrize("configs,blocks", CASES, ids=lambda c: "+".join(c) if isinstance(c[0], str) else "")
+@pytest.mark.parametrize("configs,blocks", CASES, ids=lambda c: "+".join(c) if isinstance(c[0], str) else None)
 def test_streaming_equals_offline(configs, blocks):
     _check_streaming(small_model(configs).set_noise(False), blocks)
 
 
-@pytest.mark.parametrize("configs,blocks", STEREO, ids=lambda c: "+".join(c) if isinstance(c[0], str) else "")
+@pytest.mark.parametrize("configs,blocks", STEREO, ids=lambda c: "+".join(c) if isinstance(c[0], str) else None)
 def test_stereo_streaming_equals_offline(configs, blocks):
     model = small_model(configs, extra=["rave.model.RAVE.n_channels = 2"]).set_noise(False)
     assert model.n_channels == 2
@@ -92,13 +95,27 @@ def _check_streaming(model, blocks):
 
 
 @pytest.mark.parametrize("configs,delays", sorted(EXPECTED_LATENCY.items()),
-                         ids=lambda c: "+".join(c) if isinstance(c[0], str) else "")
+                         ids=lambda c: "+".join(c) if isinstance(c[0], str) else None)
 def test_reported_latency(configs, delays):
     from rave_core.config import build_model
     model = build_model(list(configs), build_discriminator=False)
     got = model.streaming_delays()
     assert (got.encode, got.decode) == delays
     assert model.latency_samples == got.forward == sum(delays)
+
+
+def test_readme_latency_table_sums_these():
+    """Each row of the README's latency table, `ours`, is the encoder's delay plus the
+    decoder's asserted above, and every config asserted has a row."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    header = "| config | ours | acids-rave 2.3.1 | why they differ |"
+    rows = readme.split(header, 1)[1].split("\n\n", 1)[0].strip().splitlines()[1:]
+    stated = {}
+    for row in rows:
+        names, ours = [cell.strip() for cell in row.strip("|").split("|")][:2]
+        for name in names.split(", "):
+            stated[tuple(part.strip() for part in name.split("+"))] = int(ours)
+    assert stated == {configs: sum(delays) for configs, delays in EXPECTED_LATENCY.items()}
 
 
 def test_latency_is_whole_frames_for_the_encoder():

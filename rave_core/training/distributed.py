@@ -174,6 +174,12 @@ class DistContext:
                     t.copy_(packed[offset:offset + t.numel()].view_as(t))
                     offset += t.numel()
 
+    #: what the backends say when another process is gone (gloo, then NCCL); any other
+    #: backend error (a wrong network interface, mismatched collectives) is said as it is:
+    #: every rank may raise it, and none would then say why
+    PEER_LOST = ("connection closed by peer", "connection reset by peer", "broken pipe",
+                 "timed out", "remote process exited", "communicator was aborted")
+
     def explain(self, err: BaseException) -> BaseException:
         """The error to say for ``err``, which stopped this process: where the connection
         to another process was lost (it failed, or stopped answering), a short
@@ -183,6 +189,8 @@ class DistContext:
             return err
         text = str(err)
         if not (isinstance(err, dist.DistError) or "gloo/" in text or "NCCL" in text):
+            return err
+        if not any(words in text.lower() for words in self.PEER_LOST):
             return err
         if "timed out" in text.lower():
             return TrainingError("another training process stopped answering (a collective "

@@ -8,7 +8,7 @@ phase 2 adversarial training of the decoder against the discriminator (updated o
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -16,6 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from ..losses import adversarial_losses, feature_matching_loss, split_features
+from ..models.quantization import EuclideanCodebook
 from .analysis import valid_signal_crop
 from .distributed import DistContext
 from .errors import TrainingError
@@ -168,7 +169,7 @@ class RAVETrainer:
                 # train mode it still updates its buffers (an RVQ's codebooks, BatchNorm's
                 # statistics) from this rank's batch: rank 0's first, as DDP does in phase 1,
                 # so that every rank quantises with the same codebooks.
-                self.dist.broadcast_tensors(list(model.encoder.buffers()))
+                self.dist.broadcast_tensors(self._buffers_trained(model.encoder))
                 with torch.no_grad():
                     x_mb = _analysis(model.pqmf, x)
                     z_raw = model.encoder(x_mb)
@@ -236,6 +237,15 @@ class RAVETrainer:
         logs["beta_factor"] = beta
         logs["learning_rate"] = learning_rate
         return logs, bool(flag_values[1])
+
+    @staticmethod
+    def _buffers_trained(module: nn.Module) -> List[torch.Tensor]:
+        """The buffers of ``module`` that a forward in train mode updates: the RVQ
+        codebooks' and BatchNorm's statistics (not the streaming states, the fast path's
+        indices or v3's style buffers, which only change outside training)."""
+        return [buffer for layer in module.modules()
+                if isinstance(layer, (EuclideanCodebook, nn.modules.batchnorm._BatchNorm))
+                for buffer in layer.buffers(recurse=False)]
 
     def _where_not_finite(self, loss: torch.Tensor, logs: Dict[str, float]) -> str:
         """The end of the message of a loss that is not finite: the values logged.
