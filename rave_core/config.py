@@ -99,6 +99,21 @@ def _register_dataset_configurables() -> None:
             pass  # already registered
 
 
+def acids_dataset_bindings() -> List[str]:
+    """The parameters of :data:`ACIDS_DATASET_CONFIGURABLES` that the config parsed last
+    binds (out of any scope), as ``dataset.split_dataset.max_residual``: what
+    ``rave-core train`` ignores, and says it does."""
+    bound = []
+    for selector, params in ACIDS_DATASET_CONFIGURABLES.items():
+        for param in params:
+            try:
+                gin.query_parameter(f"{selector}.{param}")
+            except ValueError:
+                continue
+            bound.append(f"{selector.split('.', 1)[1]}.{param}")
+    return bound
+
+
 def _inert(selector: str, params: Sequence[str]):
     """A function taking ``params`` (keywords, all optional) that is never to be called."""
     def inert(**kwargs: object) -> None:

@@ -493,3 +493,20 @@ def test_a_pickle_that_would_run_code_is_named_and_never_run(tmp_path):
         open_run(run)
     assert "weights_only=False" not in str(err.value)
     assert not marker.exists()
+
+
+def test_training_says_it_ignores_acids_rave_dataset_lines(tmp_path):
+    """A config of one's own copied from acids-rave's (its v1.gin binds
+    dataset.split_dataset.max_residual) trains, saying that line is not read; a config
+    without such lines says nothing."""
+    import warnings as python_warnings
+    from rave_core.training.trainer import _build
+    mine = tmp_path / "mine.gin"
+    mine.write_text("include 'brave.gin'\ndataset.split_dataset.max_residual = 1000\n")
+    with pytest.warns(UserWarning, match=r"the config binds dataset\.split_dataset\."
+                                         r"max_residual: acids-rave's dataset settings, which "
+                                         r"rave-core train does not read"):
+        _build([str(mine)], [], None, 1, 0)
+    with python_warnings.catch_warnings():
+        python_warnings.simplefilter("error")
+        _build(["brave"], [], None, 1, 0)

@@ -42,13 +42,13 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from ..config import ConfigError, parse_config, read_text_file
+from ..config import ConfigError, acids_dataset_bindings, parse_config, read_text_file
 from ..data import AudioDataset, DataInputError, load_metadata
 from ..dataset_limits import DEFAULT_N_SIGNAL
 from ..models.encoders import VariationalEncoder
 from ..os_errors import describe_os_error
 from ..run import RunError, find_config
-from ..text import printable
+from ..text import listed, printable
 from .analysis import cropped_length, receptive_field
 from .checkpoint import restore_rng, write_text_atomically
 from .distributed import DistContext, on_every_rank, raised_on_every_rank
@@ -230,6 +230,11 @@ def _build(configs: Sequence[str], overrides: Sequence[str], text: Optional[str]
     check_overrides(full, overrides)
     # The dataset decides the channel count, as in acids-rave's `rave train`.
     parse_config(configs, [*overrides, f"rave.model.RAVE.n_channels = {channels}"], text)
+    ignored = acids_dataset_bindings()
+    if ignored:
+        warnings.warn(f"the config binds {listed(ignored)}: acids-rave's dataset settings, "
+                      "which rave-core train does not read (its data are set by --db_path, "
+                      "--n_signal and --valid_fraction); they are ignored", stacklevel=2)
     torch.manual_seed(seed)  # the initial weights depend on the seed only
     try:
         model = RAVE(build_discriminator=True)
@@ -495,7 +500,8 @@ def _train(ctx: DistContext, lock: RunLock, run: RunSettings) -> TrainResult:
     source = ResumeSource.find(run.ckpt, run.ckpt_dir / "last.ckpt")
 
     # ---- config and model
-    built = _build_run_model(run, meta, source)
+    with ctx.warnings_of_rank_0():   # (what the config says, every rank finds alike)
+        built = _build_run_model(run, meta, source)
     model = built.model
 
     # ---- data
