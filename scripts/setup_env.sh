@@ -23,8 +23,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 # A torch 2.13.0 wheel pip already knows locally (its find-links: this one is the CPU
-# build), else the CPU build from PyTorch's own index; PyPI's default build bundles CUDA.
-if ! .venv/bin/python -m pip install -q --no-index "torch==2.13.0" 2>/dev/null; then
+# build), then its dependencies (plain packages) from the usual index; else the CPU build
+# from PyTorch's own index. PyPI's default build bundles CUDA.
+if .venv/bin/python -m pip install -q --no-index --no-deps "torch==2.13.0" 2>/dev/null; then
+  .venv/bin/python -m pip install -q "torch==2.13.0"   # torch is there: its dependencies
+else
   .venv/bin/python -m pip install -q "torch==2.13.0" \
     --index-url https://download.pytorch.org/whl/cpu
 fi
