@@ -247,10 +247,6 @@ def _say_failure(settings: _Settings, err: BaseException, code: int,
     return code
 
 
-def _fail(settings: _Settings, err: BaseException, code: int, text: Optional[str] = None) -> None:
-    sys.exit(_say_failure(settings, err, code, text))
-
-
 def _say_error(settings: _Settings, err: BaseException, interrupted: str,
                writing: Optional[str]) -> int:
     """Say ``err`` as :func:`_guard` does, and return its exit code."""

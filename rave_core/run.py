@@ -89,7 +89,10 @@ def find_checkpoint(run_dir: Path) -> Path:
 def newer_checkpoint(run_dir: Path, chosen: Path) -> Optional[Path]:
     """The newest checkpoint under ``run_dir`` modified after ``chosen`` (what
     :func:`find_checkpoint` took), leaving out byte-for-byte copies of it (our trainer
-    copies an improved ``best.ckpt`` to ``last.ckpt``); None when there is none."""
+    copies an improved ``best.ckpt`` to ``last.ckpt``: such a copy is read in full); None
+    when there is none, or ``run_dir`` is the checkpoint itself."""
+    if Path(run_dir).is_file():
+        return None
     def mtime(p: Path) -> int:
         try:
             return p.stat().st_mtime_ns
@@ -513,9 +516,6 @@ class RunFiles:
 
     checkpoint: Path
     config: Path
-    #: a checkpoint under the run directory newer than the one chosen (not a copy of it:
-    #: :func:`newer_checkpoint`); None when none is, or the path named a checkpoint
-    newer: Optional[Path] = None
 
 
 def locate_run(path) -> RunFiles:
@@ -535,8 +535,7 @@ def locate_run(path) -> RunFiles:
     checkpoint = path if path.is_file() else find_checkpoint(path)
     if checkpoint is not path and _is_empty(checkpoint):
         raise _empty(checkpoint)
-    return RunFiles(checkpoint=checkpoint, config=find_config(path),
-                    newer=None if checkpoint is path else newer_checkpoint(path, checkpoint))
+    return RunFiles(checkpoint=checkpoint, config=find_config(path))
 
 
 def _is_empty(path: Path) -> bool:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequ
 from rave_core.os_errors import os_error_in
 from rave_core.file_kinds import (HDF5_SIGNATURE, PICKLE_OPCODE, ZIP_SIGNATURE,
                                   first_bytes, is_torchscript_archive)
-from rave_core.run import Run, exported_file_error, locate_run, open_run
+from rave_core.run import Run, exported_file_error, locate_run, newer_checkpoint, open_run
 from rave_core.text import listed
 
 from .file_names import plain_file_name
@@ -343,6 +343,9 @@ def export_run(run_path, target_names: Sequence[str], output: Path,
         lock.claim()
         with _warnings_of_the_run(on_warning) as run_warnings:
             run = run or open_run(files, ema=options.ema_weights)
+            # named in the results (acids-rave's `rave export` would take the newest)
+            newer = (newer_checkpoint(Path(run_path), files.checkpoint) if files is not None
+                     else None)
             options = _fidelity_applied(run, options)
             name = options.name or _name_from_run(run.config_path.parent.name)
             reasons = _reasons_not_served(targets, run, options, explicit, all_mode)
@@ -367,7 +370,7 @@ def export_run(run_path, target_names: Sequence[str], output: Path,
                                                   run_warnings))
                 results[-1].checkpoint = run.checkpoint_path
                 results[-1].step = run.step if run.step_recorded else None
-                results[-1].newer_checkpoint = files.newer if files is not None else None
+                results[-1].newer_checkpoint = newer
                 if on_result is not None:
                     on_result(results[-1])
         except BaseException as err:  # Ctrl-C and SIGTERM too

@@ -20,13 +20,14 @@ from typing import List
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from click.testing import CliRunner
+
+from .distributed import (TINY_TRAINING, free_port, interrupt_during_step, join_two_ranks,
+                          run_two_ranks)
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Reduced capacity; STFT scales that fit 8192-sample windows.
-SMALL = ["CAPACITY=4", "LATENT_SIZE=8", "rave.core.MultiScaleSTFT.scales = [512, 256, 128]"]
+SMALL = TINY_TRAINING
 FAST = dict(batch=2, n_signal=8192, device="cpu", workers=0, progress=False, log_every=1)
 #: the discrete config, tiny: 2 quantisers of 16 codes, phase 2 from the third step, no
 #: receptive-field crop (which would leave nothing of 8192-sample windows)
@@ -168,31 +169,9 @@ def test_an_error_on_one_rank_stops_every_rank_at_once_its_reason_said_first(db,
 
 
 # ---------------------------------------------------------------------------- mp.spawn ranks
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _join_two_ranks(rank: int, port: int) -> None:
-    """The environment torchrun gives rank ``rank`` of 2, one thread each."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE="2", LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-
-
 def _two_ranks(worker, *args, limit: float = 240) -> None:
     """Run ``worker(rank, port, *args)`` as ranks 0 and 1; both must end well in time."""
-    context = mp.spawn(worker, args=(_free_port(), *args), nprocs=2, join=False)
-    deadline = time.monotonic() + limit
-    while any(p.is_alive() for p in context.processes):
-        if time.monotonic() > deadline:
-            for p in context.processes:
-                p.kill()
-            pytest.fail(f"the ranks did not stop within {limit:.0f} s")
-        time.sleep(0.5)
-    codes = [p.exitcode for p in context.processes]
+    context, codes = run_two_ranks(worker, *args, limit=limit)
     if codes != [0, 0]:
         try:
             context.join()   # raises the failed rank's error, its traceback with it
@@ -207,8 +186,8 @@ def _discrete_worker(rank: int, port: int, db: str, out: str, name: str, max_ste
     ``stop_during``, if not -1: it stops after the next one); the codebooks each training
     forward of this rank quantised with go to ``<out>/<name>-rank<rank>.pt``."""
     from rave_core.models import quantization
-    from rave_core.training.trainer import RAVETrainer, TrainingInterrupted, train
-    _join_two_ranks(rank, port)
+    from rave_core.training.trainer import TrainingInterrupted, train
+    join_two_ranks(rank, port)
     used: List[torch.Tensor] = []
     real_forward = quantization.EuclideanCodebook.forward
 
@@ -218,14 +197,8 @@ def _discrete_worker(rank: int, port: int, db: str, out: str, name: str, max_ste
         return real_forward(self, x)
 
     quantization.EuclideanCodebook.forward = forward
-    real_step = RAVETrainer.step
-
-    def step(self, x, index, stop=False):
-        if index == stop_during:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real_step(self, x, index, stop)
-
-    RAVETrainer.step = step
+    if stop_during >= 0:
+        interrupt_during_step(stop_during)
     try:
         train(["discrete"], db, name, out_path=out, max_steps=max_steps, val_every=100,
               save_every=100, overrides=DISCRETE, **FAST)
@@ -269,7 +242,7 @@ def _nan_on_rank_1_worker(rank: int, port: int, db: str, out: str) -> None:
     """Rank 1's batches turn to NaN from its second step; rank 0's stay finite."""
     from rave_core.data import dataset
     from rave_core.training.trainer import TrainingError, train
-    _join_two_ranks(rank, port)
+    join_two_ranks(rank, port)
     if rank == 1:
         real_item = dataset.AudioDataset.__getitem__
         served = [0]
@@ -311,7 +284,7 @@ def test_a_process_without_torchruns_variables_is_a_usage_error(db, tmp_path, mo
     ... report it` (a ValueError of torch's rendezvous, exit 1)."""
     from rave_core.cli import torchrun_train
     for name, value in dict(WORLD_SIZE="2", RANK="0", LOCAL_RANK="0",
-                            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port())).items():
+                            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())).items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv(unset)
     result = CliRunner().invoke(torchrun_train, _train_flags(db, tmp_path, "env",

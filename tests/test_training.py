@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -30,8 +29,10 @@ from rave_core.training.trainer import RAVETrainer, TrainingError, train
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from synth_dataset import synthesize  # noqa: E402
 
-# Reduced capacity; STFT scales that fit 8192-sample windows (512 samples per band).
-SMALL = ["CAPACITY=4", "LATENT_SIZE=8", "rave.core.MultiScaleSTFT.scales = [512, 256, 128]"]
+from .distributed import (TINY_TRAINING, free_port, interrupt_during_step,  # noqa: E402
+                          join_two_ranks, run_two_ranks)
+
+SMALL = TINY_TRAINING
 FAST = dict(batch=4, n_signal=8192, device="cpu", workers=0, progress=False, log_every=1)
 
 
@@ -262,15 +263,8 @@ def test_a_repeated_signal_is_one_request_unless_it_comes_later():
 
 
 # ---------------------------------------------------------------------------- distributed
-def _join_two_ranks(rank: int, port: int) -> None:
-    """The environment torchrun gives rank ``rank`` of 2, one thread each."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE="2", LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-
-
 def _ddp_worker(rank: int, port: int, db: str, out: str) -> None:
-    _join_two_ranks(rank, port)
+    join_two_ranks(rank, port)
     # Step 1: phase 1; step 2: generator step of phase 2; step 3: discriminator step.
     result = train(["brave"], db, "ddp", out_path=out, max_steps=3, val_every=100, save_every=100,
                    overrides=SMALL + ["PHASE_1_DURATION=1"], **{**FAST, "batch": 2})
@@ -279,14 +273,8 @@ def _ddp_worker(rank: int, port: int, db: str, out: str) -> None:
     assert not _process_group_threads(), "the process group outlived training"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_processes_keep_identical_weights(db, tmp_path):
-    mp.spawn(_ddp_worker, args=(_free_port(), str(db), str(tmp_path)), nprocs=2)
+    mp.spawn(_ddp_worker, args=(free_port(), str(db), str(tmp_path)), nprocs=2)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     a, b = (r["state_dict"] for r in ranks)
     assert a.keys() == b.keys()
@@ -329,22 +317,15 @@ def _train_as_rank(rank: int, db: str, out: str, name: str, caught, **settings) 
 def _ddp_interrupted_worker(rank: int, port: int, db: str, out: str) -> None:
     """Ctrl-C reaches every process of the group: each gets SIGINT during step 3."""
     from rave_core.training.trainer import TrainingInterrupted
-    _join_two_ranks(rank, port)
-    real_step = RAVETrainer.step
-
-    def interrupted(self, x, step, stop=False):
-        if step == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real_step(self, x, step, stop)
-
-    RAVETrainer.step = interrupted
+    join_two_ranks(rank, port)
+    interrupt_during_step(2)
     _train_as_rank(rank, db, out, "ddp_stop", TrainingInterrupted, max_steps=50, val_every=100)
 
 
 def test_two_gloo_processes_stop_together_on_ctrl_c(db, tmp_path):
     # Each rank raised TrainingInterrupted (rank 1 used to gather again, alone, after
     # rank 0 had saved and left: "Connection closed by peer").
-    mp.spawn(_ddp_interrupted_worker, args=(_free_port(), str(db), str(tmp_path)), nprocs=2)
+    mp.spawn(_ddp_interrupted_worker, args=(free_port(), str(db), str(tmp_path)), nprocs=2)
     for rank in (0, 1):
         assert "interrupted at step 4" in (tmp_path / f"rank{rank}.txt").read_text()
     folder = tmp_path / "ddp_stop" / "version_0" / "checkpoints"
@@ -358,16 +339,7 @@ def _two_ranks_to_their_end(worker, db, tmp_path, limit: float = 300,
     """Run ``worker`` as ranks 0 and 1, wait until both have ended, and check how: after an
     error, gloo's teardown used to abort a process as it exited ("terminate called without
     an active exception", exit code -6), once its message was said."""
-    context = mp.spawn(worker, args=(_free_port(), str(db), str(tmp_path)), nprocs=2,
-                       join=False)
-    deadline = time.monotonic() + limit
-    while any(p.is_alive() for p in context.processes):
-        if time.monotonic() > deadline:
-            for p in context.processes:
-                p.kill()
-            pytest.fail(f"the ranks did not stop within {limit:.0f} s")
-        time.sleep(1)
-    codes = tuple(p.exitcode for p in context.processes)
+    codes = tuple(run_two_ranks(worker, str(db), str(tmp_path), limit=limit)[1])
     assert codes == tuple(exit_codes), f"exit codes of ranks 0 and 1: {codes}"
 
 
@@ -376,7 +348,7 @@ def _ddp_full_disk_worker(rank: int, port: int, db: str, out: str) -> None:
     import errno
 
     from rave_core.training import checkpoint
-    _join_two_ranks(rank, port)
+    join_two_ranks(rank, port)
     real = checkpoint.replace_atomically
 
     def full_at_step_2(path, write):
@@ -407,7 +379,7 @@ def _ddp_failing_write_worker(rank: int, port: int, db: str, out: str) -> None:
     import errno
 
     from rave_core.training import loop, trainer
-    _join_two_ranks(rank, port)
+    join_two_ranks(rank, port)
     what = Path(out).name
 
     def full(*args, **kwargs):
@@ -440,7 +412,7 @@ def test_a_write_failure_on_rank_0_before_the_first_step_stops_every_rank(db, tm
 
 def _ddp_locked_worker(rank: int, port: int, db: str, out: str) -> None:
     from rave_core.training.trainer import TrainingArgumentError
-    _join_two_ranks(rank, port)
+    join_two_ranks(rank, port)
     _train_as_rank(rank, db, out, "ddp_locked", TrainingArgumentError, max_steps=2,
                    val_every=100)
 
@@ -459,7 +431,7 @@ def test_a_run_being_trained_refuses_every_rank_of_a_second_torchrun(db, tmp_pat
 
 def _ddp_dying_worker(rank: int, port: int, db: str, out: str) -> None:
     """Rank 1 dies (killed, out of memory) during step 2; rank 0 is left alone."""
-    _join_two_ranks(rank, port)
+    join_two_ranks(rank, port)
     real_step = RAVETrainer.step
 
     def dying(self, x, step, stop=False):

@@ -24,7 +24,8 @@ from rave_core.data import AudioDataset
 from rave_core.training.trainer import RAVETrainer, TrainingError
 
 from .test_training import db  # noqa: F401 (the fixture: one synthesized dataset)
-from .test_training import _cli_train, _join_two_ranks, _train_as_rank, _two_ranks_to_their_end
+from .distributed import interrupt_during_step, join_two_ranks
+from .test_training import _cli_train, _train_as_rank, _two_ranks_to_their_end
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -65,18 +66,6 @@ def _stopped_while_loading(steps: int, batch: int) -> None:
     AudioDataset.__getitem__ = getitem
 
 
-def _stopped_during_a_step(step: int) -> None:
-    """SIGINT during step ``step + 1``: the ranks agree to stop after the next one."""
-    real = RAVETrainer.step
-
-    def interrupted(self, x, at, stop=False):
-        if at == step:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real(self, x, at, stop)
-
-    RAVETrainer.step = interrupted
-
-
 @pytest.fixture
 def restored():
     """Undo the module patches of one test."""
@@ -97,7 +86,7 @@ def test_a_stop_whose_checkpoint_cannot_be_written_says_so_and_what_is_kept(
     if how == "loading":
         _stopped_while_loading(3, batch=4)
     else:
-        _stopped_during_a_step(1)   # the stop comes after step 3
+        interrupt_during_step(1)   # the stop comes after step 3
     result = CliRunner().invoke(cli, _cli_train(db, tmp_path, "r", "--max_steps", "50",
                                                 "--val_every", str(val_every)))
     out = result.output
@@ -116,7 +105,7 @@ def test_a_stop_whose_checkpoint_cannot_be_written_says_so_and_what_is_kept(
 
 def _ddp_stop_on_full_disk_worker(rank: int, port: int, db: str, out: str) -> None:
     """Both ranks stop as their 4th batch loads; rank 0's disk is full after step 2."""
-    _join_two_ranks(rank, port)
+    join_two_ranks(rank, port)
     _disk_full()
     _stopped_while_loading(3, batch=2)
     _train_as_rank(rank, db, out, "ddp_stop_full", TrainingError, max_steps=50, val_every=2)

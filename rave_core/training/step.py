@@ -169,7 +169,8 @@ class RAVETrainer:
                 # train mode it still updates its buffers (an RVQ's codebooks, BatchNorm's
                 # statistics) from this rank's batch: rank 0's first, as DDP does in phase 1,
                 # so that every rank quantises with the same codebooks.
-                self.dist.broadcast_tensors(self._buffers_trained(model.encoder))
+                if self.dist.enabled:
+                    self.dist.broadcast_tensors(self._buffers_trained(model.encoder))
                 with torch.no_grad():
                     x_mb = _analysis(model.pqmf, x)
                     z_raw = model.encoder(x_mb)
